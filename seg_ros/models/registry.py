@@ -1,0 +1,41 @@
+"""Model registry: one name -> one builder, shared by the pipeline, node, tools and tests."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder ``f(num_classes, **options) -> nn.Module`` under ``name``."""
+
+    def wrap(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a registered model with random initialisation.
+
+    Raises ConfigError listing the known names when ``name`` is unknown.
+    """
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return builder(num_classes, **options)

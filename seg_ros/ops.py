@@ -1,0 +1,68 @@
+"""Tensor operations of the pipeline's pre- and post-processing, run where the model runs.
+
+They work on torch tensors on any device so the CUDA path never leaves the GPU until the final
+uint8 results; the same functions serve the CPU path, the tools and the tests.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_FIXED_POINT = 256  # overlay blending in 8.8 fixed point: exact to +-1, no float image needed
+
+
+def image_to_tensor(image: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) view; already channels_last in memory, so no copy."""
+    return image.permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_and_normalize(x: torch.Tensor, size: tuple[int, int], scale: torch.Tensor,
+                         shift: torch.Tensor, channel_order: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (1, 3, H, W) -> normalised float at ``size``: ``x * scale + shift`` per channel.
+
+    ``scale``/``shift`` fold ``(x / 255 - mean) / std``; ``channel_order`` reorders BGR to RGB.
+    """
+    x = x.float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    if channel_order is not None:
+        x = x.index_select(1, channel_order)
+    x = torch.addcmul(shift, x, scale)
+    return x.to(dtype=dtype, memory_format=torch.channels_last)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of class scores to the output size (float32 for a stable argmax)."""
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def labels_from_logits(logits: torch.Tensor, label_dtype: torch.dtype) -> torch.Tensor:
+    """(1, C, H, W) -> (H, W) class ids (ties go to the lowest id, as torch.argmax does)."""
+    return logits[0].argmax(dim=0).to(label_dtype)
+
+
+def confidence_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Max softmax probability per pixel, (H, W) float32 in (0, 1]: 1 / sum(exp(l - max))."""
+    scores = logits[0]
+    top = scores.max(dim=0, keepdim=True).values
+    return torch.exp(scores - top).sum(dim=0).reciprocal()
+
+
+def colorize(labels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """(H, W) ids -> (H, W, 3) uint8 colours from a (K, 3) palette."""
+    return palette[labels.long()]
+
+
+def blend(image: torch.Tensor, color: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(1 - alpha) * image + alpha * color`` for uint8 (H, W, 3) tensors, rounded."""
+    a = int(round(alpha * _FIXED_POINT))
+    if a <= 0:
+        return image.clone()
+    if a >= _FIXED_POINT:
+        return color.clone()
+    mixed = image.to(torch.int32) * (_FIXED_POINT - a) + color.to(torch.int32) * a + _FIXED_POINT // 2
+    return (mixed >> 8).to(torch.uint8)

@@ -1,0 +1,280 @@
+"""The one segmentation pipeline: uint8 image in, labels (and colour mask, overlay, confidence) out.
+
+Used unchanged by the ROS node, the command-line tools and the tests. Everything between the
+input upload and the uint8 results runs on the model's device.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .classes import ClassSet, load_classes
+from .device import resolve_device
+from .errors import ConfigError, InputError
+from .models import build_model, list_models, read_weights
+from .models.optimize import prepare_for_inference
+from .models.weights import apply_state_dict
+from .resources import share_path
+
+log = logging.getLogger("seg_ros")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CLASSES = "camvid"
+# Weights shipped with the package, by model name (relative to the share directory).
+SHIPPED_WEIGHTS = {"ddrnet23_slim": "weights/ddrnet23_slim_camvid.pt"}
+COLOR_ORDERS = ("rgb", "bgr")
+OUTPUT_RESOLUTIONS = ("input", "inference")
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights,
+    random initialisation when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
+    ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
+    frame's own size. Sizes are rounded to the model's size divisor."""
+
+    model: str = "ddrnet23_slim"
+    weights: str = "default"
+    classes: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    input_size: tuple[int, int] | None = None
+    keep_aspect: bool = True
+    output_resolution: str = "input"
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    num_threads: int = 0
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
+        if self.output_resolution not in OUTPUT_RESOLUTIONS:
+            raise ConfigError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {self.output_resolution!r}")
+        if self.input_size is not None:
+            if len(self.input_size) != 2 or any(int(v) < 8 or int(v) > 16384 for v in self.input_size):
+                raise ConfigError(f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}")
+        if not 1 <= int(self.max_input_pixels) <= 1 << 30:
+            raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")
+        if self.num_threads < 0:
+            raise ConfigError(f"num_threads must be >= 0 (0 = library default), got {self.num_threads}")
+
+
+@dataclass
+class SegmentationResult:
+    """uint8/uint16 labels (H, W); optional RGB colour mask and overlay (H, W, 3) uint8 and
+    confidence (H, W) float32; ``timings_ms`` per stage when profiling was requested."""
+
+    labels: np.ndarray
+    color: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def round_to_multiple(value: float, divisor: int) -> int:
+    return max(divisor, int(round(value / divisor)) * divisor)
+
+
+def inference_size(frame_hw: tuple[int, int], target: tuple[int, int] | None, keep_aspect: bool,
+                   divisor: int) -> tuple[int, int]:
+    """The size the network runs at for a frame, rounded to the model's size divisor."""
+    h, w = frame_hw
+    if target is None:
+        th, tw = h, w
+    elif keep_aspect:
+        scale = min(target[0] / h, target[1] / w)
+        th, tw = h * scale, w * scale
+    else:
+        th, tw = target
+    return round_to_multiple(th, divisor), round_to_multiple(tw, divisor)
+
+
+class _StageClock:
+    """Per-stage wall time; synchronises CUDA only when profiling, so the hot path never waits."""
+
+    def __init__(self, enabled: bool, device: torch.device) -> None:
+        self.enabled = enabled
+        self.sync = enabled and device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter() if enabled else 0.0
+
+    def mark(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times[stage] = (now - self._last) * 1e3
+        self._last = now
+
+
+class SegmentationPipeline:
+    """Model + pre/post-processing for one configuration. Not thread-safe: one caller at a time."""
+
+    def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
+        config = config or PipelineConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise ConfigError(f"unknown pipeline option {key!r}")
+            setattr(config, key, value)
+        config.validate()
+        self.config = config
+        self.notes: list[str] = []
+        choice = resolve_device(config.device, config.precision)
+        self.device, self.half = choice.device, choice.half
+        self.notes += choice.notes
+        if config.num_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+
+        weights = self._read_weights()
+        meta = weights.meta if weights else {}
+        self.classes = self._resolve_classes(meta)
+        model = build_model(config.model, self.classes.num_classes, **config.model_options)
+        if weights is not None:
+            if meta.get("arch") and meta["arch"] != config.model:
+                raise ConfigError(f"weights file {weights.path} holds a {meta['arch']!r} model, "
+                                  f"not {config.model!r}")
+            apply_state_dict(model, weights.state_dict, weights.path)
+        self.weights_path = weights.path if weights else None
+        self.trained = weights is not None
+        self.size_divisor = int(getattr(model, "size_divisor", 8))
+        self.model = prepare_for_inference(model, self.device, half=self.half)
+        self.dtype = torch.float16 if self.half else torch.float32
+
+        mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
+        std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
+        self.mean, self.std = mean.tolist(), std.tolist()
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        self._bgr_to_rgb = torch.tensor([2, 1, 0], device=self.device)
+        self._palette = torch.from_numpy(self.classes.colors.copy()).to(self.device)
+        self._label_dtype = torch.uint8 if self.classes.label_dtype == np.uint8 else torch.int32
+        size = config.input_size or meta.get("input_size")
+        self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
+        if not self.trained:
+            msg = (f"model {config.model!r} has NO trained weights and runs with random "
+                   f"initialisation: its labels are meaningless (fine for tests and benchmarks, "
+                   f"useless for driving)")
+            self.notes.append(msg)
+        for note in self.notes:
+            log.warning(note)
+
+    # -- construction helpers -------------------------------------------------------------
+    def _read_weights(self):
+        spec = self.config.weights
+        if spec in ("none", "", None):
+            return None
+        if spec == "default":
+            shipped = SHIPPED_WEIGHTS.get(self.config.model)
+            if shipped is None or not share_path(shipped).is_file():
+                return None
+            spec = str(share_path(shipped))
+        return read_weights(spec)
+
+    def _resolve_classes(self, meta: dict[str, Any]) -> ClassSet:
+        if self.config.classes:
+            classes = load_classes(self.config.classes)
+        elif meta.get("classes"):
+            classes = ClassSet.from_entries(meta["classes"], name=meta.get("classes_name", "weights"),
+                                            ignore_id=meta.get("ignore_id"), source="weights metadata")
+        else:
+            classes = load_classes(DEFAULT_CLASSES)
+        if meta.get("num_classes") is not None:
+            classes.check_num_classes(int(meta["num_classes"]), f"weights file {self.config.weights}")
+        return classes
+
+    # -- per-frame work -------------------------------------------------------------------
+    def check_image(self, image: Any) -> None:
+        """Raise InputError (a ValueError) naming the problem before anything reaches torch."""
+        if not isinstance(image, np.ndarray):
+            raise InputError("bad_type", f"image must be a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise InputError("bad_dtype", f"image dtype must be uint8, got {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError("bad_channels", f"image must be HxWx3 (3 colour channels), got shape {image.shape}")
+        h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            raise InputError("empty", f"image is empty ({h}x{w})")
+        if h * w > self.config.max_input_pixels:
+            raise InputError("too_large", f"image has {h}x{w} = {h * w} pixels, more than "
+                                          f"max_input_pixels = {self.config.max_input_pixels}")
+
+    def inference_size_for(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        return inference_size(frame_hw, self.input_size, self.config.keep_aspect, self.size_divisor)
+
+    @torch.inference_mode()
+    def forward_logits(self, image: np.ndarray, color_order: str = "rgb",
+                       clock: _StageClock | None = None) -> torch.Tensor:
+        """Class scores (1, C, h, w) on the device at the network's output stride."""
+        self.check_image(image)
+        if color_order not in COLOR_ORDERS:
+            raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
+        clock = clock or _StageClock(False, self.device)
+        frame = torch.from_numpy(image)
+        if self.device.type == "cuda":
+            frame = frame.pin_memory().to(self.device, non_blocking=True)
+        x = ops.resize_and_normalize(
+            ops.image_to_tensor(frame), self.inference_size_for(image.shape[:2]), self._scale,
+            self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
+        clock.mark("preprocess")
+        logits = self.model(x)
+        clock.mark("forward")
+        return logits
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, color_order: str = "rgb", *, color: bool = False,
+                 overlay: bool = False, confidence: bool = False, overlay_alpha: float = 0.5,
+                 profile: bool = False) -> SegmentationResult:
+        """Segment one frame. Only the outputs asked for are computed."""
+        if not 0.0 <= overlay_alpha <= 1.0:
+            raise ConfigError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
+        clock = _StageClock(profile, self.device)
+        logits = self.forward_logits(image, color_order, clock)
+        h, w = image.shape[:2]
+        out_hw = (h, w) if self.config.output_resolution == "input" else tuple(logits.shape[-2:])
+        if self.config.output_resolution == "inference":
+            out_hw = self.inference_size_for((h, w))
+        scores = ops.upsample_logits(logits, out_hw)
+        labels = ops.labels_from_logits(scores, self._label_dtype)
+        conf = ops.confidence_from_logits(scores) if confidence else None
+        clock.mark("postprocess")
+        color_t = ops.colorize(labels, self._palette) if (color or overlay) else None
+        clock.mark("color")
+        overlay_t = None
+        if overlay:
+            base = torch.from_numpy(image).to(self.device)
+            if out_hw != (h, w):
+                base = torch.nn.functional.interpolate(
+                    ops.image_to_tensor(base).float(), size=out_hw, mode="bilinear",
+                    align_corners=False).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+            if color_order == "bgr":
+                base = base.flip(-1)
+            overlay_t = ops.blend(base, color_t, overlay_alpha)
+        clock.mark("overlay")
+        labels_np = labels.cpu().numpy()
+        if labels_np.dtype == np.int32:
+            labels_np = labels_np.astype(np.uint16)
+        result = SegmentationResult(
+            labels=labels_np,
+            color=color_t.cpu().numpy() if color else None,
+            overlay=overlay_t.cpu().numpy() if overlay_t is not None else None,
+            confidence=conf.cpu().numpy() if conf is not None else None)
+        clock.mark("download")
+        result.timings_ms = clock.times
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """What is running, for logs, diagnostics and benchmark reports."""
+        return {"model": self.config.model, "backend": "torch", "device": str(self.device),
+                "precision": "fp16" if self.half else "fp32", "weights": self.weights_path or "random-init",
+                "classes": self.classes.name, "num_classes": self.classes.num_classes,
+                "input_size": list(self.input_size) if self.input_size else None}
