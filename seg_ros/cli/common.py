@@ -1,0 +1,46 @@
+"""Options shared by several subcommands, so every tool builds its pipeline the same way."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+from ..models import list_models
+from ..pipeline import PipelineConfig, SegmentationPipeline
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024) as (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 512x1024, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return h, w
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = False) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="ddrnet23_slim", choices=list_models())
+    g.add_argument("--weights", default="default",
+                   help="weights file; 'default' = the model's shipped weights, 'none' = random init")
+    g.add_argument("--classes", default=None, help="classes YAML file or built-in name (camvid, cityscapes)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    g.add_argument("--input-size", type=parse_size, default=None, required=size_required,
+                   help="inference size HxW (default: the weights' training size, else the frame size)")
+    g.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
+
+
+def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPipeline:
+    config = PipelineConfig(model=args.model, weights=args.weights, classes=args.classes,
+                            device=args.device, precision=args.precision,
+                            input_size=getattr(args, "input_size", None),
+                            keep_aspect=getattr(args, "keep_aspect", True),
+                            num_threads=getattr(args, "threads", 0))
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"unknown pipeline option {key!r}")
+        setattr(config, key, value)
+    return SegmentationPipeline(config)

@@ -1,0 +1,53 @@
+"""Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CAMVID = Path(os.environ.get("SEG_ROS_CAMVID", REPO.parent / "shared" / "datasets" / "camvid"))
+
+
+def camvid_available() -> bool:
+    return (CAMVID / "val").is_dir() and (CAMVID / "valannot").is_dir()
+
+
+requires_camvid = pytest.mark.skipif(not camvid_available(),
+                                     reason=f"CamVid not found at {CAMVID} (../shared absent)")
+
+
+@pytest.fixture(scope="session")
+def camvid_dir() -> Path:
+    if not camvid_available():
+        pytest.skip(f"CamVid not found at {CAMVID} (../shared absent)")
+    return CAMVID
+
+
+@pytest.fixture(scope="session")
+def road_image() -> np.ndarray:
+    """A real CamVid val frame (RGB uint8) when available, else a synthetic road-like scene."""
+    if camvid_available():
+        from PIL import Image
+        first = sorted((CAMVID / "val").glob("*.png"))[0]
+        return np.asarray(Image.open(first).convert("RGB"))
+    h, w = 360, 480
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 3] = (135, 170, 210)  # sky
+    img[h // 3: 2 * h // 3] = (110, 90, 80)  # buildings
+    img[2 * h // 3:] = (100, 100, 100)  # road
+    rng = np.random.default_rng(0)
+    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def ros_domain_id(monkeypatch) -> int:
+    """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk."""
+    domain = random.Random(os.getpid() * 7919 + os.getppid()).randint(1, 100) + random.randint(0, 100)
+    domain = domain % 200 + 1
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_LOCALHOST_ONLY", "1")
+    return domain
