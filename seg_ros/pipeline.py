@@ -243,9 +243,14 @@ class SegmentationPipeline:
         out_hw = (h, w) if self.config.output_resolution == "input" else tuple(logits.shape[-2:])
         if self.config.output_resolution == "inference":
             out_hw = self.inference_size_for((h, w))
-        scores = ops.upsample_logits(logits, out_hw)
-        labels = ops.labels_from_logits(scores, self._label_dtype)
-        conf = ops.confidence_from_logits(scores) if confidence else None
+        conf = None
+        if confidence or self.device.type != "cpu":
+            # GPUs upsample every score faster than they can sync on the sparse path's nonzero()
+            scores = ops.upsample_logits(logits, out_hw)
+            labels = ops.labels_from_logits(scores, self._label_dtype)
+            conf = ops.confidence_from_logits(scores) if confidence else None
+        else:
+            labels = ops.upsampled_argmax(logits, out_hw, self._label_dtype)
         clock.mark("postprocess")
         color_t = ops.colorize(labels, self._palette) if (color or overlay) else None
         clock.mark("color")

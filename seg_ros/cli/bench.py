@@ -1,0 +1,117 @@
+"""``seg-ros bench``: forward alone vs the whole pipeline (and plain eager as a baseline).
+
+Timed on a real-looking frame (a CamVid frame via ``--image``, frames of a bag via ``--bag``,
+else a synthetic road scene) resized to ``--size``. Prints a table; ``--json`` writes
+``{"model", "backend", "device", "size", "timings_ms": {stage: {"median", "p95"}}}``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..benchmark import percentiles, time_call
+from ..models import build_model
+from ..pipeline import SegmentationPipeline
+from ..sample import sample_road_image
+from .common import add_pipeline_args, parse_size, pipeline_from_args
+from .segment import read_image_rgb
+
+PIPELINE_STAGES = ("preprocess", "forward", "postprocess", "color", "overlay", "download")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time the model forward and the whole pipeline")
+    p.add_argument("--size", type=parse_size, default=(512, 1024), help="frame size HxW (default 512x1024)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per measurement (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--image", type=Path, default=None, help="image file to time on (resized to --size)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip timing the plain eager fp32 NCHW network")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    add_pipeline_args(p)
+    p.set_defaults(func=run)
+
+
+def bench_frames(args: argparse.Namespace) -> list[np.ndarray]:
+    h, w = args.size
+    if args.image is not None:
+        return [cv2.resize(read_image_rgb(args.image), (w, h), interpolation=cv2.INTER_LINEAR)]
+    return [sample_road_image(h, w)]
+
+
+def eager_baseline(pipe: SegmentationPipeline, x: torch.Tensor) -> torch.nn.Module:
+    """The same network as plain eager fp32 NCHW with unfolded batch norm (random weights: the
+    arithmetic, not the values, sets the time)."""
+    model = build_model(pipe.config.model, pipe.classes.num_classes, **pipe.config.model_options).eval()
+    return model.to(pipe.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(0)
+    pipe = pipeline_from_args(args, input_size=args.size)
+    frames = bench_frames(args)
+    frame = frames[0]
+    dev = pipe.device
+    results: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        x = torch.empty(1, 3, *pipe.inference_size_for(frame.shape[:2]), device=dev, dtype=pipe.dtype
+                        ).normal_().contiguous(memory_format=torch.channels_last)
+        results["forward"] = percentiles(time_call(lambda: pipe.model(x), args.runs, args.warmup, dev))
+        if args.baseline and not pipe.half:
+            base = eager_baseline(pipe, x)
+            x_nchw = x.float().contiguous()
+            results["forward_eager_fp32_nchw"] = percentiles(
+                time_call(lambda: base(x_nchw), args.runs, args.warmup, dev))
+            del base
+    stage_samples: dict[str, list[float]] = {s: [] for s in PIPELINE_STAGES}
+    counter = iter(range(10 ** 9))
+
+    def one_frame() -> None:
+        res = pipe(frames[next(counter) % len(frames)], "rgb", color=True, overlay=True, profile=True)
+        for stage, ms in res.timings_ms.items():
+            stage_samples.setdefault(stage, []).append(ms)
+
+    results["pipeline"] = percentiles(time_call(one_frame, args.runs, args.warmup, dev))
+    for stage in list(stage_samples):
+        samples = stage_samples[stage][args.warmup:]
+        if samples:
+            results[stage] = percentiles(samples)
+    report = {
+        "model": pipe.config.model, "backend": "torch", "device": str(dev),
+        "precision": "fp16" if pipe.half else "fp32", "size": list(frame.shape[:2]),
+        "inference_size": list(pipe.inference_size_for(frame.shape[:2])),
+        "threads": torch.get_num_threads(), "weights": pipe.describe()["weights"],
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__, "timings_ms": results,
+    }
+    ratios = {}
+    if "forward_eager_fp32_nchw" in results:
+        ratios["forward_vs_eager"] = round(results["forward"]["median"] / results["forward_eager_fp32_nchw"]["median"], 3)
+    ratios["pipeline_vs_forward"] = round(results["pipeline"]["median"] / results["forward"]["median"], 3)
+    report["ratios"] = ratios
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    h, w = report["size"]
+    print(f"\n{report['model']}  {report['backend']}/{report['device']} {report['precision']}  "
+          f"{h}x{w} (network {report['inference_size'][0]}x{report['inference_size'][1]}), "
+          f"{report['threads']} threads")
+    print(f"{'stage':28s} {'median ms':>10s} {'p95 ms':>10s}")
+    for stage, t in report["timings_ms"].items():
+        print(f"{stage:28s} {t['median']:10.2f} {t['p95']:10.2f}")
+    for name, value in report["ratios"].items():
+        print(f"{name:28s} {value:10.3f}")
