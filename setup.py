@@ -21,6 +21,7 @@ setup(
         share("config", "*.yaml"),
         share("config/classes", "*.yaml"),
         share("weights", "*.pt"),
+        share("demo", "*"),
     ],
     python_requires=">=3.10",
     # Loose on purpose: a vehicle's own CUDA / JetPack torch build must satisfy these as it is.
