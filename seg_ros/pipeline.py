@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,8 @@ from .models.weights import apply_state_dict
 from .resources import share_path
 
 log = logging.getLogger("seg_ros")
+# Frames from ROS buffers are read-only views; the pipeline never writes to its input.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +84,7 @@ class SegmentationResult:
 
 
 def round_to_multiple(value: float, divisor: int) -> int:
-    return max(divisor, int(round(value / divisor)) * divisor)
+    return max(divisor, int(value / divisor + 0.5) * divisor)
 
 
 def inference_size(frame_hw: tuple[int, int], target: tuple[int, int] | None, keep_aspect: bool,

@@ -1,0 +1,140 @@
+"""The segmentation pipeline end to end on real computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seg_ros.errors import ConfigError, InputError, WeightsError
+from seg_ros.models import build_model, save_weights
+from seg_ros.pipeline import PipelineConfig, SegmentationPipeline, inference_size
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A project weights file with metadata (8 custom classes, own normalisation, input size)."""
+    torch.manual_seed(0)
+    model = build_model("ddrnet23_slim", 8)
+    path = tmp_path_factory.mktemp("w") / "custom.pt"
+    classes = [{"id": i, "name": f"c{i}", "color": [i * 30, 255 - i * 30, 7 * i]} for i in range(8)]
+    save_weights(path, model, {"arch": "ddrnet23_slim", "num_classes": 8, "classes": classes,
+                               "ignore_id": 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                               "input_size": [96, 128]})
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(weights_file):
+    return SegmentationPipeline(weights=str(weights_file), device="cpu")
+
+
+def test_weights_metadata_configures_pipeline(pipe):
+    assert pipe.trained and pipe.classes.num_classes == 8 and pipe.classes.names[3] == "c3"
+    assert pipe.mean == [0.5, 0.5, 0.5] and pipe.input_size == (96, 128)
+    assert pipe.describe()["weights"].endswith("custom.pt")
+
+
+def test_outputs_at_input_resolution_for_odd_size(pipe, road_image):
+    img = np.ascontiguousarray(np.resize(road_image, (375, 500, 3)))
+    res = pipe(img, "rgb", color=True, overlay=True, confidence=True)
+    assert res.labels.shape == (375, 500) and res.labels.dtype == np.uint8
+    assert res.labels.max() < 8
+    assert res.color.shape == res.overlay.shape == (375, 500, 3)
+    assert np.array_equal(res.color, pipe.classes.colors[res.labels])
+    assert res.confidence.shape == (375, 500) and res.confidence.dtype == np.float32
+    assert (res.confidence > 1 / 8 - 1e-6).all() and (res.confidence <= 1 + 1e-6).all()
+    expected = np.round(0.5 * img.astype(float) + 0.5 * res.color.astype(float))
+    assert np.abs(res.overlay.astype(float) - expected).max() <= 1
+
+
+def test_only_requested_outputs_are_computed(pipe, road_image):
+    res = pipe(road_image, "rgb")
+    assert res.color is None and res.overlay is None and res.confidence is None
+
+
+def test_inference_resolution_output(weights_file, road_image):
+    p = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference")
+    res = p(road_image, "rgb", overlay=True)
+    assert res.labels.shape == p.inference_size_for(road_image.shape[:2])
+    assert res.overlay.shape[:2] == res.labels.shape
+
+
+def test_same_input_same_labels_and_bgr_equals_rgb(pipe, road_image):
+    a = pipe(road_image, "rgb").labels
+    b = pipe(road_image.copy(), "rgb").labels
+    c = pipe(np.ascontiguousarray(road_image[..., ::-1]), "bgr", overlay=True)
+    assert np.array_equal(a, b) and np.array_equal(a, c.labels)
+    assert np.abs(c.overlay.astype(int) - pipe(road_image, "rgb", overlay=True).overlay.astype(int)).max() == 0
+
+
+def test_labels_follow_the_network(pipe, road_image):
+    """Labels equal argmax of the network's logits upsampled to the frame (dense reference)."""
+    with torch.inference_mode():
+        logits = pipe.forward_logits(road_image, "rgb")
+        ref = torch.nn.functional.interpolate(logits.float(), size=road_image.shape[:2], mode="bilinear",
+                                              align_corners=False)[0].argmax(0).numpy()
+    assert (pipe(road_image, "rgb").labels != ref).mean() < 1e-4
+
+
+def test_padded_view_input(pipe, road_image):
+    """A strided view (e.g. a ROS buffer with row padding) is accepted without a copy."""
+    padded = np.zeros((road_image.shape[0], road_image.shape[1] + 16, 3), np.uint8)
+    padded[:, : road_image.shape[1]] = road_image
+    view = padded[:, : road_image.shape[1]]
+    assert np.array_equal(pipe(view, "rgb").labels, pipe(road_image, "rgb").labels)
+
+
+@pytest.mark.parametrize("image, kind", [
+    (np.zeros((32, 32, 3), np.float32), "bad_dtype"),
+    (np.zeros((32, 32), np.uint8), "bad_channels"),
+    (np.zeros((32, 32, 4), np.uint8), "bad_channels"),
+    (np.zeros((0, 32, 3), np.uint8), "empty"),
+    (np.zeros((200, 200, 3), np.uint8), "too_large"),
+    ([[1, 2, 3]], "bad_type"),
+])
+def test_bad_input_raises_clear_value_error(weights_file, image, kind):
+    p = SegmentationPipeline(weights=str(weights_file), device="cpu", max_input_pixels=100 * 100)
+    with pytest.raises(ValueError) as err:
+        p(image, "rgb")
+    assert isinstance(err.value, InputError) and err.value.kind == kind
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown model"):
+        SegmentationPipeline(model="nope", weights="none")
+    with pytest.raises(ConfigError, match="output_resolution"):
+        SegmentationPipeline(weights="none", output_resolution="half")
+    with pytest.raises(ConfigError, match="fp16"):
+        SegmentationPipeline(weights="none", device="cpu", precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            SegmentationPipeline(weights="none", device="cuda")
+
+
+def test_class_count_mismatch_with_weights(weights_file):
+    with pytest.raises(ConfigError, match="8"):
+        SegmentationPipeline(weights=str(weights_file), classes="camvid", device="cpu")
+    with pytest.raises(WeightsError, match="missing.pt does not exist"):
+        SegmentationPipeline(weights="/tmp/definitely/missing.pt", device="cpu")
+
+
+def test_random_init_is_announced():
+    p = SegmentationPipeline(weights="none", device="cpu")
+    assert not p.trained and any("random initialisation" in n for n in p.notes)
+    assert p.classes.name == "camvid"
+
+
+def test_inference_size_rounding():
+    assert inference_size((375, 500), None, True, 8) == (376, 504)
+    assert inference_size((720, 1280), (512, 1024), True, 8) == (512, 912)
+    assert inference_size((720, 1280), (512, 1024), False, 8) == (512, 1024)
+
+
+def test_folded_model_matches_eager(weights_file):
+    p = SegmentationPipeline(weights=str(weights_file), device="cpu")
+    eager = build_model("ddrnet23_slim", 8).eval()
+    from seg_ros.models import load_weights
+    load_weights(eager, weights_file)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        assert torch.allclose(p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3)
