@@ -1,0 +1,122 @@
+"""The node's parameters: one table used to declare them, to validate them (at start-up and at
+run time), to write config/segment.yaml's documentation and to test the config file against.
+
+ROS-free on purpose (rclpy is imported only by :func:`descriptor`), so the table can be checked
+on machines without ROS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..models import list_models
+from ..pipeline import DEFAULT_MAX_INPUT_PIXELS, OUTPUT_RESOLUTIONS
+
+BACKENDS = ("torch",)
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter. ``read_only``: a change needs a restart (model, device, QoS...)."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    choices: Sequence[str] | None = None
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    in_yaml: bool = True  # False: published by the node (class metadata), not configured
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model", "ddrnet23_slim", "segmentation network architecture", True, choices=tuple(list_models())),
+    ParamSpec("weights", "default", "weights file; 'default' = the model's shipped weights, "
+              "'none' = random initialisation (tests only)", True),
+    ParamSpec("classes", "", "classes YAML file or built-in name (camvid, cityscapes); "
+              "empty = from the weights file, else camvid", True),
+    ParamSpec("backend", "torch", "inference backend", True, choices=BACKENDS),
+    ParamSpec("device", "auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", True),
+    ParamSpec("precision", "fp32", "fp32, or fp16 (CUDA only)", True, choices=PRECISION_CHOICES),
+    ParamSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)),
+    ParamSpec("input_size", [0, 0], "inference size [height, width]; [0, 0] = the weights' training "
+              "size, else each frame's own size", True),
+    ParamSpec("keep_aspect", True, "scale frames into input_size keeping their aspect ratio"),
+    ParamSpec("output_resolution", "input", "labels at the 'input' frame size or the 'inference' size",
+              choices=OUTPUT_RESOLUTIONS),
+    ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, "frames with more pixels are skipped "
+              "and counted (too_large)", int_range=(1, 1 << 30)),
+    ParamSpec("input_transport", "raw", "'raw': sensor_msgs/Image on 'image'; 'compressed': "
+              "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'", True, choices=TRANSPORTS),
+    ParamSpec("qos_reliability", "best_effort", "input subscription reliability: best_effort "
+              "(sensor data) or reliable", True, choices=RELIABILITIES),
+    ParamSpec("qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)),
+    ParamSpec("publish_labels", True, "publish ~/labels (mono8 class ids, mono16 above 256 classes)"),
+    ParamSpec("publish_color_mask", True, "publish ~/color_mask (rgb8 class colours)"),
+    ParamSpec("publish_overlay", True, "publish ~/overlay (rgb8 colours blended over the frame)"),
+    ParamSpec("publish_confidence", False, "publish ~/confidence (32FC1 max class probability)"),
+    ParamSpec("overlay_alpha", 0.5, "weight of the class colours in ~/overlay",
+              float_range=(0.0, 1.0)),
+    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", True,
+              float_range=(0.1, 60.0)),
+    ParamSpec("stale_input_timeout", 2.0, "diagnostics WARN when no frame arrived for this many seconds",
+              float_range=(0.1, 3600.0)),
+    ParamSpec("error_threshold", 5, "diagnostics ERROR after this many consecutive failed frames",
+              int_range=(1, 100000)),
+    # Class metadata, filled in by the node from the loaded model (read by downstream nodes).
+    ParamSpec("class_names", [""], "class names by id (set by the node)", True, in_yaml=False),
+    ParamSpec("class_colors", [0], "class colours, flat [r0, g0, b0, r1, ...] (set by the node)", True,
+              in_yaml=False),
+    ParamSpec("ignore_id", -1, "label id of 'ignore'/void pixels in training data, -1 = none "
+              "(set by the node)", True, in_yaml=False),
+)
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+CONFIG_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml)
+METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Why ``value`` is invalid for parameter ``name`` (None when valid). Types and ranges are also
+    enforced by the descriptors; this adds choices and structure, with the same wording."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return None
+    if spec.choices is not None and value not in spec.choices:
+        return f"must be one of {', '.join(spec.choices)}, got {value!r}"
+    if spec.int_range is not None and not spec.int_range[0] <= value <= spec.int_range[1]:
+        return f"must be in {spec.int_range[0]}..{spec.int_range[1]}, got {value}"
+    if spec.float_range is not None and not spec.float_range[0] <= value <= spec.float_range[1]:
+        return f"must be in {spec.float_range[0]}..{spec.float_range[1]}, got {value}"
+    if name == "device":
+        base, _, index = str(value).partition(":")
+        if base not in DEVICE_CHOICES or (index and (base != "cuda" or not index.isdigit())):
+            return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+    if name == "input_size":
+        size = list(value)
+        if len(size) != 2 or not (size == [0, 0] or all(8 <= int(v) <= 16384 for v in size)):
+            return f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, got {size}"
+    return None
+
+
+def input_size(value: Sequence[int]) -> tuple[int, int] | None:
+    """The pipeline's input_size from the parameter ([0, 0] = automatic)."""
+    size = [int(v) for v in value]
+    return None if size == [0, 0] else (size[0], size[1])
+
+
+def descriptor(spec: ParamSpec):
+    """rcl_interfaces ParameterDescriptor for ``spec`` (description, range, read-only)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only)
+    if spec.choices is not None:
+        desc.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    if spec.int_range is not None:
+        desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+    if spec.float_range is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
+                                                        to_value=spec.float_range[1], step=0.0)]
+    return desc

@@ -1,0 +1,336 @@
+"""``segment_node``: the ROS 2 adapter over :class:`~seg_ros.pipeline.SegmentationPipeline`.
+
+Subscription callback -> :class:`FrameSlot` (latest frame wins) -> one worker thread that
+decodes (:mod:`seg_ros.image_codec`), segments and publishes. Everything that is not ROS glue
+lives in the ROS-free core, so the node, the tools and the tests share it.
+"""
+from __future__ import annotations
+
+import array
+import dataclasses
+import logging
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from .. import image_codec
+from ..errors import ConfigError, InputError, SegRosError
+from ..pipeline import PipelineConfig, SegmentationPipeline
+from . import params as P
+from .class_info import class_info_json
+from .diagnostics import NodeStats
+from .frame_slot import FrameSlot
+from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
+
+NODE_NAME = "segment_node"
+PROCESSING_ERROR = "processing_error"
+WARN_THROTTLE_S = 5.0
+EXIT_STARTUP_ERROR = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Run-time changeable parameters; replaced as a whole, so the worker reads a consistent set."""
+
+    keep_aspect: bool
+    output_resolution: str
+    max_input_pixels: int
+    publish_labels: bool
+    publish_color_mask: bool
+    publish_overlay: bool
+    publish_confidence: bool
+    overlay_alpha: float
+    stale_input_timeout: float
+    error_threshold: int
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> "Settings":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+
+class _RosLogHandler(logging.Handler):
+    """Routes the core's Python logging (e.g. 'no trained weights') into the node's ROS log."""
+
+    def __init__(self, logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self._logger.error(msg)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(msg)
+        elif record.levelno >= logging.INFO:
+            self._logger.info(msg)
+        else:
+            self._logger.debug(msg)
+
+
+class SegmentNode(Node):
+    """Raises ConfigError / WeightsError (one clear message) when it cannot start."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._log_handler = _RosLogHandler(self.get_logger())
+        core_log = logging.getLogger("seg_ros")
+        core_log.addHandler(self._log_handler)
+        core_log.setLevel(logging.INFO)
+        core_log.propagate = False
+
+        values = self._declare_parameters()
+        self.settings = Settings.from_values(values)
+        self.transport = values["input_transport"]
+        self.pipeline = SegmentationPipeline(PipelineConfig(
+            model=values["model"], weights=values["weights"], classes=values["classes"] or None,
+            device=values["device"], precision=values["precision"],
+            input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
+            output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
+            num_threads=values["num_threads"]))
+        self.info = self.pipeline.describe()
+        self.info["backend"] = values["backend"]
+        self._declare_class_metadata()
+
+        depth = values["qos_depth"]
+        self.pub_labels = self.create_publisher(Image, "~/labels", output_qos(depth))
+        self.pub_color = self.create_publisher(Image, "~/color_mask", output_qos(depth))
+        self.pub_overlay = self.create_publisher(Image, "~/overlay", output_qos(depth))
+        self.pub_confidence = self.create_publisher(Image, "~/confidence", output_qos(depth))
+        self.pub_class_info = self.create_publisher(String, "~/class_info", latched_qos())
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))
+
+        self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
+        self._last_warn: dict[str, tuple[float, int]] = {}
+        self.slot: FrameSlot[tuple[Any, float]] = FrameSlot()
+        self._stopping = threading.Event()
+
+        base_topic = self.resolve_topic_name("image")
+        qos = input_qos(values["qos_reliability"], depth)
+        if self.transport == "compressed":
+            self.input_topic = base_topic.rstrip("/") + "/compressed"
+            self.create_subscription(CompressedImage, self.input_topic, self._on_frame, qos)
+        else:
+            self.input_topic = base_topic
+            self.create_subscription(Image, self.input_topic, self._on_frame, qos)
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
+        self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
+        self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: model {self.info['model']} ({self.info['weights']}), {self.info['num_classes']} classes "
+            f"'{self.info['classes']}', device {self.info['device']} {self.info['precision']}; "
+            f"input {self.input_topic} ({self.transport}, {values['qos_reliability']})")
+
+    # -- parameters ---------------------------------------------------------------------
+    def _declare_parameters(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for spec in P.PARAMETERS:
+            if not spec.in_yaml:
+                continue
+            try:
+                value = self.declare_parameter(spec.name, spec.default, P.descriptor(spec)).value
+            except ParameterException as exc:
+                raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
+            reason = P.validate(spec.name, value)
+            if reason:
+                raise ConfigError(f"parameter {spec.name!r} {reason}")
+            values[spec.name] = value
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        for name in sorted(set(overrides) - set(P.SPECS)):
+            if name != "use_sim_time" and not name.startswith("qos_overrides."):
+                self.get_logger().warning(f"parameter {name!r} is not a segment_node parameter; ignored "
+                                          f"(known: {', '.join(P.CONFIG_NAMES)})")
+        return values
+
+    def _declare_class_metadata(self) -> None:
+        classes = self.pipeline.classes
+        metadata = {"class_names": list(classes.names),
+                    "class_colors": [int(c) for c in classes.colors.reshape(-1)],
+                    "ignore_id": -1 if classes.ignore_id is None else int(classes.ignore_id)}
+        for name in P.METADATA_NAMES:
+            self.declare_parameter(name, metadata[name], P.descriptor(P.SPECS[name]), ignore_override=True)
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        changes: dict[str, Any] = {}
+        for param in parameters:
+            spec = P.SPECS.get(param.name)
+            if spec is None:
+                continue
+            if spec.read_only:  # rclpy rejects these first; kept for clarity
+                return SetParametersResult(successful=False,
+                                           reason=f"parameter {param.name!r} is read-only (needs a restart)")
+            reason = P.validate(param.name, param.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=f"parameter {param.name!r} {reason}")
+            changes[param.name] = param.value
+        fields = {f.name for f in dataclasses.fields(Settings)}
+        updates = {k: v for k, v in changes.items() if k in fields}
+        if updates:
+            self.settings = dataclasses.replace(self.settings, **updates)
+            self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
+        return SetParametersResult(successful=True)
+
+    # -- frames -------------------------------------------------------------------------
+    def _on_frame(self, msg) -> None:
+        """Never blocks, never runs inference: the newest frame replaces a waiting one."""
+        self.stats.frame_received(self.slot.put((msg, time.monotonic())))
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            item = self.slot.take(timeout=0.5)
+            if item is None:
+                continue
+            msg, received = item
+            try:
+                self._process(msg, received)
+            except InputError as exc:
+                self.stats.frame_failed(exc.kind, str(exc))
+                self._warn_throttled(exc.kind, f"skipped frame (stamp {_stamp(msg)}): {exc}")
+            except Exception as exc:  # keep the node alive; one line per kind, throttled
+                if self._stopping.is_set() or not rclpy.ok(context=self.context):
+                    return
+                self.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+                self._warn_throttled(PROCESSING_ERROR, f"frame (stamp {_stamp(msg)}) failed: "
+                                                       f"{type(exc).__name__}: {exc}", error=True)
+
+    def _wanted(self, s: Settings) -> dict[str, bool]:
+        return {"labels": s.publish_labels and self.pub_labels.get_subscription_count() > 0,
+                "color": s.publish_color_mask and self.pub_color.get_subscription_count() > 0,
+                "overlay": s.publish_overlay and self.pub_overlay.get_subscription_count() > 0,
+                "confidence": s.publish_confidence and self.pub_confidence.get_subscription_count() > 0}
+
+    def _process(self, msg, received: float) -> None:
+        s = self.settings
+        want = self._wanted(s)
+        if not any(want.values()):
+            self.stats.frame_idle()
+            return
+        config = self.pipeline.config  # run-time parameters take effect between frames
+        config.keep_aspect, config.output_resolution = s.keep_aspect, s.output_resolution
+        config.max_input_pixels = s.max_input_pixels
+        if self.transport == "compressed":
+            image, order = image_codec.decode_compressed(msg.format, msg.data, max_pixels=s.max_input_pixels)
+        else:
+            image, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
+                                                    msg.is_bigendian, msg.data, max_pixels=s.max_input_pixels)
+        result = self.pipeline(image, order, color=want["color"], overlay=want["overlay"],
+                               confidence=want["confidence"], overlay_alpha=s.overlay_alpha)
+        header = msg.header
+        if want["labels"]:
+            self.pub_labels.publish(_image_msg(header, *image_codec.encode_labels(result.labels), result.labels))
+        if want["color"]:
+            self.pub_color.publish(_image_msg(header, *image_codec.encode_rgb(result.color), result.color))
+        if want["overlay"]:
+            self.pub_overlay.publish(_image_msg(header, *image_codec.encode_rgb(result.overlay), result.overlay))
+        if want["confidence"]:
+            self.pub_confidence.publish(
+                _image_msg(header, *image_codec.encode_float(result.confidence), result.confidence))
+        self.stats.frame_done(time.monotonic() - received)
+
+    def _warn_throttled(self, kind: str, text: str, error: bool = False) -> None:
+        """At most one line per error kind every WARN_THROTTLE_S, saying how many were not shown."""
+        now = time.monotonic()
+        last, suppressed = self._last_warn.get(kind, (-1e9, 0))
+        if now - last < WARN_THROTTLE_S:
+            self._last_warn[kind] = (last, suppressed + 1)
+            return
+        if suppressed:
+            text += f" ({suppressed} more '{kind}' frames since the last warning)"
+        self._last_warn[kind] = (now, 0)
+        (self.get_logger().error if error else self.get_logger().warning)(text)
+
+    # -- diagnostics --------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        s = self.settings
+        report = self.stats.report(s.stale_input_timeout, s.error_threshold, self.input_topic)
+        static = [("model", self.info["model"]), ("backend", self.info["backend"]),
+                  ("device", self.info["device"]), ("precision", self.info["precision"]),
+                  ("weights", str(self.info["weights"])), ("trained", str(self.pipeline.trained).lower()),
+                  ("classes", self.info["classes"]), ("input_topic", self.input_topic),
+                  ("input_transport", self.transport)]
+        status = DiagnosticStatus(level=bytes([report.level]), name=self._diag_status_name,
+                                  message=report.message, hardware_id=self._hardware_id,
+                                  values=[KeyValue(key=k, value=v) for k, v in report.values + static])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diagnostics.publish(msg)
+
+    # -- shutdown -----------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker (it finishes the frame in hand) and wait for it."""
+        self._stopping.set()
+        self.slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        logging.getLogger("seg_ros").removeHandler(self._log_handler)
+
+
+def _image_msg(header, encoding: str, step: int, data, array_2d) -> Image:
+    """An Image sharing ``header``; the pixels are copied once, into the array.array rclpy uses
+    (``check_fields=True`` makes the setter keep that array instead of copying it again)."""
+    msg = Image(check_fields=True)
+    msg.header = header
+    msg.height, msg.width = int(array_2d.shape[0]), int(array_2d.shape[1])
+    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, int(step)
+    buf = array.array("B")
+    buf.frombytes(data)
+    msg.data = buf
+    return msg
+
+
+def _stamp(msg) -> str:
+    try:
+        return f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
+    except AttributeError:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script. Start-up errors: one log line, exit code 2, no traceback."""
+    args = sys.argv if argv is None else argv
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # malformed --ros-args or params file
+        print(f"[{NODE_NAME}] error: cannot initialise ROS: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_STARTUP_ERROR
+    node = None
+    try:
+        node = SegmentNode()
+    except (SegRosError, ParameterException) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return EXIT_STARTUP_ERROR
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.try_shutdown()
+        return 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
