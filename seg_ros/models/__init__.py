@@ -1,11 +1,20 @@
 """Segmentation models: the registry, the architectures, and weights loading."""
 from . import ddrnet as _ddrnet
+from . import deeplab as _deeplab
+from . import pspnet as _pspnet
 from .registry import build_model, list_models, register_model
 from .weights import WeightsFile, load_weights, read_weights, save_weights
 
 register_model("ddrnet23_slim")(_ddrnet.ddrnet23_slim)
 register_model("ddrnet23")(_ddrnet.ddrnet23)
 register_model("ddrnet39")(_ddrnet.ddrnet39)
+register_model("deeplabv2_resnet101")(_deeplab.deeplabv2_resnet101)
+register_model("deeplabv3_resnet50")(_deeplab.deeplabv3_resnet50)
+register_model("deeplabv3_resnet101")(_deeplab.deeplabv3_resnet101)
+register_model("deeplabv3plus_resnet50")(_deeplab.deeplabv3plus_resnet50)
+register_model("deeplabv3plus_resnet101")(_deeplab.deeplabv3plus_resnet101)
+register_model("pspnet_resnet50")(_pspnet.pspnet_resnet50)
+register_model("pspnet_resnet101")(_pspnet.pspnet_resnet101)
 
 __all__ = ["build_model", "list_models", "register_model", "load_weights", "read_weights",
            "save_weights", "WeightsFile"]

@@ -19,7 +19,7 @@ from ..errors import WeightsError
 
 FORMAT_TAG = "seg_ros.weights/1"
 _NESTED_KEYS = ("state_dict", "model_state", "model")
-_PREFIXES = ("module.", "model.")
+_PREFIXES = ("module.", "model.", "base.")  # base.: the DeepLab v2 port's multi-scale wrapper
 # Buffers a training wrapper may store beside the network (e.g. class-weighted loss).
 _TRAINING_ONLY_PREFIXES = ("loss.", "criterion.")
 
