@@ -193,6 +193,23 @@ def decode_image_msg(msg: Any, msgtype: str, max_pixels: int | None = None) -> t
     raise InputError("not_an_image", f"message type {msgtype} is not an image")
 
 
+def labels_from_msg(msg: Any) -> np.ndarray:
+    """A ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
+    Class ids are not colours, so this is a plain reshape, never a colour conversion."""
+    enc = str(msg.encoding).lower()
+    dtypes = {"mono8": np.uint8, "8uc1": np.uint8, "mono16": np.uint16, "16uc1": np.uint16}
+    if enc not in dtypes:
+        raise InputError("bad_label_encoding", f"label image encoding {msg.encoding!r} is not a class-id "
+                                               f"encoding (mono8, mono16, 8UC1, 16UC1)")
+    dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = image_codec.as_uint8_buffer(msg.data)
+    if h <= 0 or w <= 0 or step < w * dt.itemsize or buf.size != step * h:
+        raise InputError("size_mismatch", f"label image {h}x{w} step {step} does not fit {buf.size} bytes")
+    rows = buf.reshape(h, step)[:, : w * dt.itemsize]
+    return np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dtypes[enc])
+
+
 @dataclass
 class BagFrame:
     """One image message of a bag, decoded. ``image`` is None and ``error`` says why when the
