@@ -363,3 +363,22 @@ def test_pipeline_loads_a_reference_checkpoint(tmp_path, road_image):
                                                  align_corners=False)
     agree = (logits[0].argmax(0).numpy() == res.labels).mean()
     assert agree > 0.99  # float rounding of the folded network may flip near-ties only
+
+
+def test_bench_models_reports_params_flops_and_times(tmp_path, capsys):
+    from seg_ros.cli.main import main
+    report_path, table_path = tmp_path / "bench.json", tmp_path / "bench.md"
+    rc = main(["bench-models", "--models", "deeplabv3_resnet50,ddrnet23_slim", "--size", "64x128",
+               "--output-stride", "16", "--runs", "1", "--warmup", "0", "--json", str(report_path),
+               "--markdown", str(table_path)])
+    assert rc == 0
+    rows = {r["model"]: r for r in __import__("json").loads(report_path.read_text())["results"]}
+    v3 = rows["deeplabv3_resnet50"]
+    assert v3["options"] == {"output_stride": 16} and rows["ddrnet23_slim"]["options"] == {}
+    assert (v3["params"], v3["params_with_aux"]) == (EXPECTED_PARAMS["deeplabv3_resnet50"][(19, False)],
+                                                     EXPECTED_PARAMS["deeplabv3_resnet50"][(19, True)])
+    assert v3["logits_size"] == [4, 8] and v3["gflops"] > rows["ddrnet23_slim"]["gflops"] > 0
+    assert all(r["forward_ms"]["median"] > 0 and r["pipeline_ms"]["median"] > 0 for r in rows.values())
+    assert "| deeplabv3_resnet50 | 16 | 39.64 | 42.00 |" in table_path.read_text()
+    assert main(["bench-models", "--models", "nonexistent_net", "--no-timing"]) == 2
+    assert "unknown model" in capsys.readouterr().err
