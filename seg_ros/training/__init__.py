@@ -1,0 +1,1 @@
+"""Training: paired image/label folders, augmentation, losses, the training loop and export."""
