@@ -1,0 +1,302 @@
+"""``seg-ros demo``: the whole product on the bundled bag, in one command (``make demo``).
+
+Starts ``segment_node`` and ``seg-ros play`` as separate processes talking over DDS, records the
+camera and the node's outputs into an output bag (in this process), and writes an overlay video,
+a PNG strip of overlay frames and a stats summary (frames in/out, latency, drops). Where the node
+cannot run (no rclpy), it says so and replays the bag offline through the same pipeline instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import bags, image_codec
+from ..errors import ConfigError
+from ..pipeline import SHIPPED_WEIGHTS
+from ..resources import share_path
+from .replay import VideoSink, format_latency, latency_summary
+
+DEMO_BAG = ("demo", "camvid_val_30.mcap")
+CAMERA = "/camera/image_raw"
+NODE = "segment_node"
+OUTPUTS = ("labels", "color_mask", "overlay")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the node on the bundled bag over DDS; write video, strip, stats",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bag", type=Path, default=None, help=f"input bag (default: the bundled {DEMO_BAG[1]})")
+    p.add_argument("--topic", default=CAMERA, help="camera topic in the bag")
+    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (replaced files)")
+    p.add_argument("--max-frames", type=int, default=None, help="play only the first N frames")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--weights", default="default", help="'default', 'none' or a weights file")
+    p.add_argument("--model", default="ddrnet23_slim")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--offline", action="store_true", help="skip DDS: replay through the pipeline in-process")
+    p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
+    p.set_defaults(func=run)
+
+
+def expect_trained(model: str, weights: str) -> bool:
+    """Whether the node will load real weights (it also says so in /diagnostics 'trained')."""
+    if weights == "none":
+        return False
+    if weights == "default":
+        shipped = SHIPPED_WEIGHTS.get(model)
+        return bool(shipped) and share_path(shipped).is_file()
+    return Path(weights).is_file()
+
+
+def header_stamp(raw: bytes) -> int:
+    """Header stamp (ns) of a CDR-serialised message that starts with std_msgs/Header."""
+    endian = "<" if raw[1] == 1 else ">"
+    sec, nsec = struct.unpack_from(endian + "iI", raw, 4)
+    return sec * 10**9 + nsec
+
+
+def node_command() -> list[str]:
+    script = Path(sys.executable).with_name(NODE)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "seg_ros.node.segment_node"]
+
+
+def node_available() -> str | None:
+    """None when the live demo can run, else why not."""
+    try:
+        import rclpy  # noqa: F401
+        import sensor_msgs.msg  # noqa: F401
+    except ImportError as exc:
+        return f"rclpy / sensor_msgs are not importable ({exc})"
+    try:
+        import seg_ros.node.segment_node  # noqa: F401
+    except ImportError as exc:
+        return f"seg_ros.node.segment_node cannot be imported ({exc})"
+    return None
+
+
+class LiveStats:
+    """Frames in/out and input-to-output latency, matched by header stamp, from the recorder hook."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, int] = {}
+        self.latencies_ms: list[float] = []
+        self.outputs: dict[str, int] = {k: 0 for k in OUTPUTS}
+        self.overlays: list[tuple[int, np.ndarray]] = []
+        self.diagnostics: dict[str, str] = {}
+        self.last_output = time.monotonic()
+
+    def on_message(self, topic: str, raw: bytes, now_ns: int) -> None:
+        if topic == CAMERA:
+            self.inputs[header_stamp(raw)] = now_ns
+            return
+        if topic == "/diagnostics":
+            msg = bags.typestore().deserialize_cdr(raw, "diagnostic_msgs/msg/DiagnosticArray")
+            for status in msg.status:
+                if NODE in status.name:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+            return
+        kind = topic.rsplit("/", 1)[-1]
+        self.outputs[kind] += 1
+        self.last_output = time.monotonic()
+        stamp = header_stamp(raw)
+        if kind == "labels" and stamp in self.inputs:
+            self.latencies_ms.append((now_ns - self.inputs[stamp]) / 1e6)
+        if kind == "overlay":
+            msg = bags.typestore().deserialize_cdr(raw, bags.IMAGE_TYPE)
+            img, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
+                                                  msg.is_bigendian, msg.data)
+            self.overlays.append((stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1])))
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: Path) -> dict[str, Any]:
+    """Node + player as processes over DDS; this process records and measures."""
+    from rclpy.executors import SingleThreadedExecutor
+    from .play import init_ros, shutdown_ros
+    from .record import Recorder
+
+    env = dict(os.environ)
+    if "ROS_DOMAIN_ID" not in env:  # keep the demo off a real robot's domain 0
+        env["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, starting {NODE} and the player over DDS")
+
+    node_log = (log_dir / "node.log").open("w")
+    node_cmd = [*node_command(), "--ros-args", "-r", f"image:={CAMERA}",
+                "--params-file", str(share_path("config", "segment.yaml")),
+                "-p", f"model:={args.model}", "-p", f"weights:={args.weights}", "-p", f"device:={args.device}"]
+    node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
+    player = None
+    stats = LiveStats()
+    ctx, ros_node = init_ros("seg_ros_demo_recorder")
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(ros_node)
+    deadline = time.monotonic() + args.timeout
+    topics = [CAMERA, *(f"/{NODE}/{k}" for k in OUTPUTS), "/diagnostics"]
+    try:
+        with bags.BagWriter(out_bag, overwrite=True) as writer:
+            rec = Recorder(ros_node, writer, topics, on_message=stats.on_message)
+
+            def spin(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    rec.poll_topics()
+                    executor.spin_once(timeout_sec=0.02)
+                    if node.poll() is not None:
+                        raise ConfigError(f"{NODE} exited with code {node.returncode}; see {log_dir / 'node.log'}")
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"demo timed out after {args.timeout:g} s; see {log_dir / 'node.log'}")
+
+            # 1. the node is up once its output publishers are matched with our subscriptions
+            while any(f"/{NODE}/{k}" in rec.pending for k in OUTPUTS) or \
+                    any(s.get_publisher_count() == 0 for t, s in rec.subscriptions.items() if NODE in t):
+                spin(0.1)
+            # 2. the player waits for two subscribers on the camera topic: the node and us
+            play_cmd = [sys.executable, "-m", "seg_ros.cli.main", "play", str(bag_path), "--topics", args.topic,
+                        "--remap", f"{args.topic}:={CAMERA}", "--rate", str(args.rate),
+                        "--wait-subscribers", "2", "--wait-timeout", "60", "--start-delay", "0.5"]
+            if args.max_frames:
+                play_cmd += ["--max-messages", str(args.max_frames)]
+            player = subprocess.Popen(play_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            t_play = time.monotonic()
+            while player.poll() is None:
+                spin(0.1)
+            play_out = player.stdout.read()
+            if player.returncode != 0:
+                raise ConfigError(f"player failed (exit {player.returncode}): {play_out.strip()[-500:]}")
+            # 3. drain: the node may still be working on its last frame
+            stats.last_output = max(stats.last_output, time.monotonic())
+            while stats.outputs["labels"] < len(stats.inputs) and time.monotonic() - stats.last_output < 5.0:
+                spin(0.1)
+            spin(1.2)  # one more /diagnostics period
+            wall = time.monotonic() - t_play
+    finally:
+        if player is not None and player.poll() is None:
+            player.kill()
+        stop_process(node)
+        node_log.close()
+        executor.shutdown()
+        shutdown_ros(ctx, ros_node)
+    published = int(play_out.split("published ", 1)[1].split()[0]) if "published " in play_out else None
+    frames_in, frames_out = len(stats.inputs), stats.outputs["labels"]
+    return {"mode": "live (segment_node + seg-ros play over DDS)", "frames_published": published,
+            "frames_in": frames_in, "frames_out": frames_out, "drops": frames_in - frames_out,
+            "outputs": stats.outputs, "wall_s": wall, "latency_ms": latency_summary(stats.latencies_ms),
+            "latency_note": "camera message received -> labels received, both in the recorder",
+            "node_diagnostics": stats.diagnostics, "overlays": stats.overlays,
+            "trained": stats.diagnostics.get("trained", str(expect_trained(args.model, args.weights)).lower()) == "true"}
+
+
+def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict[str, Any]:
+    """The same pipeline in-process, every frame (no DDS)."""
+    from ..pipeline import SegmentationPipeline
+    from .replay import replay
+    pipe = SegmentationPipeline(model=args.model, weights=args.weights, device=args.device)
+    s = replay(bag_path, out_bag, pipe, [args.topic], max_frames=args.max_frames, overwrite=True)
+    overlays = []
+    for f in bags.iter_bag_frames(out_bag, [f"{args.topic}/overlay"]):
+        overlays.append((f.stamp_ns, np.ascontiguousarray(f.image)))
+    return {"mode": "offline replay (no DDS)", "frames_published": None, "frames_in": s["frames"],
+            "frames_out": s["segmented"], "drops": s["frames"] - s["segmented"],
+            "outputs": {"labels": s["segmented"]}, "wall_s": s["elapsed_s"], "latency_ms": s["latency_ms"],
+            "latency_note": "decode + segment + encode per frame", "failures": s["failures"],
+            "node_diagnostics": {}, "overlays": overlays, "trained": s["trained"]}
+
+
+def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: int = 320,
+                label: str | None = None) -> None:
+    """Evenly spaced overlay frames side by side, ``width`` pixels each; ``label`` stamped on each."""
+    idx = np.linspace(0, len(overlays) - 1, min(count, len(overlays))).round().astype(int)
+    tiles = []
+    for i in idx:
+        img = overlays[i]
+        h = int(round(img.shape[0] * width / img.shape[1]))
+        tile = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
+        if label:
+            cv2.putText(tile, label, (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(tile, label, (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    h = min(t.shape[0] for t in tiles)
+    gap = np.full((h, 4, 3), 255, np.uint8)
+    row = [x for t in tiles for x in (t[:h], gap)][:-1]
+    cv2.imwrite(str(path), cv2.cvtColor(np.hstack(row), cv2.COLOR_RGB2BGR))
+
+
+def run(args: argparse.Namespace) -> int:
+    bag_path = args.bag or share_path(*DEMO_BAG)
+    if not bag_path.exists():
+        raise ConfigError(f"demo bag {bag_path} not found (is the package installed with its share/demo data?)")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.rate <= 0:
+        raise ConfigError(f"--rate must be > 0, got {args.rate}")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    out_bag = out / "demo_output.mcap"
+    if not expect_trained(args.model, args.weights):
+        print(f"demo: NOTE: the model {args.model} has NO trained weights yet (weights '{args.weights}'): it runs "
+              f"with random initialisation, so the colours are meaningless. The demo shows the tooling working.")
+    why_not = "--offline given" if args.offline else node_available()
+    if why_not is None:
+        summary = run_live(args, bag_path, out_bag, out)
+    else:
+        print(f"demo: the live node cannot run here ({why_not}); replaying the bag offline through the "
+              f"same pipeline instead")
+        summary = run_offline(args, bag_path, out_bag)
+    overlays = [img for _, img in sorted(summary.pop("overlays"), key=lambda x: x[0])]
+    files = {"bag": str(out_bag)}
+    if overlays:
+        write_strip(out / "overlay_strip.png", overlays,
+                    label=None if summary["trained"] else "UNTRAINED MODEL (random weights)")
+        cv2.imwrite(str(out / "overlay_frame.png"), cv2.cvtColor(overlays[len(overlays) // 2], cv2.COLOR_RGB2BGR))
+        files.update(strip=str(out / "overlay_strip.png"), frame=str(out / "overlay_frame.png"))
+        video = VideoSink(out / "overlay.mp4", fps=10.0 * args.rate)
+        for img in overlays:
+            video.add(img)
+        video.close()
+        if not video.error:
+            files["video"] = str(out / "overlay.mp4")
+    summary.update(input_bag=str(bag_path), files=files)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"demo summary ({summary['mode']})",
+             f"  input:     {bag_path}" + (f" (first {args.max_frames} frames)" if args.max_frames else ""),
+             f"  frames:    {summary['frames_in']} in, {summary['frames_out']} out, {summary['drops']} dropped"
+             + (f" ({summary['frames_published']} published)" if summary["frames_published"] is not None else ""),
+             f"  latency:   {format_latency(summary['latency_ms'])} ({summary['latency_note']})"]
+    diag = summary["node_diagnostics"]
+    if diag:
+        lines.append(f"  node:      {diag.get('model')} on {diag.get('device')}, weights {diag.get('weights')}; "
+                     f"received {diag.get('frames_received')}, processed {diag.get('frames_processed')}, "
+                     f"dropped {diag.get('frames_dropped')}, failed {diag.get('frames_failed')}")
+    lines += [f"  outputs:   {', '.join(f'{k}: {v}' for k, v in files.items())}",
+              f"  summary:   {out / 'summary.json'}"]
+    if not summary["trained"]:
+        lines.append("  NOTE: UNTRAINED model (random initialisation): the segmentation is meaningless; "
+                     "train or install weights to see real results")
+    print("\n".join(lines))
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    return 0 if summary["frames_out"] > 0 else 1
