@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import ops
+from .backends import create_backend, list_backends
 from .classes import ClassSet, load_classes
 from .device import resolve_device
 from .errors import ConfigError, InputError
@@ -47,6 +48,7 @@ class PipelineConfig:
 
     model: str = "ddrnet23_slim"
     weights: str = "default"
+    backend: str = "torch"
     classes: str | None = None
     device: str = "auto"
     precision: str = "fp32"
@@ -56,8 +58,11 @@ class PipelineConfig:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     num_threads: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.backend not in list_backends():
+            raise ConfigError(f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}")
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
         if self.output_resolution not in OUTPUT_RESOLUTIONS:
@@ -152,6 +157,8 @@ class SegmentationPipeline:
         self.size_divisor = int(getattr(model, "size_divisor", 8))
         self.model = prepare_for_inference(model, self.device, half=self.half)
         self.dtype = torch.float16 if self.half else torch.float32
+        self.backend = create_backend(config.backend, self.model, self.device, self.half,
+                                      **config.backend_options)
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -229,7 +236,7 @@ class SegmentationPipeline:
             ops.image_to_tensor(frame), self.inference_size_for(image.shape[:2]), self._scale,
             self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
         clock.mark("preprocess")
-        logits = self.model(x)
+        logits = self.backend(x)
         clock.mark("forward")
         return logits
 
@@ -282,7 +289,7 @@ class SegmentationPipeline:
 
     def describe(self) -> dict[str, Any]:
         """What is running, for logs, diagnostics and benchmark reports."""
-        return {"model": self.config.model, "backend": "torch", "device": str(self.device),
+        return {"model": self.config.model, "backend": self.config.backend, "device": str(self.device),
                 "precision": "fp16" if self.half else "fp32", "weights": self.weights_path or "random-init",
                 "classes": self.classes.name, "num_classes": self.classes.num_classes,
                 "input_size": list(self.input_size) if self.input_size else None}

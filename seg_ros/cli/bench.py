@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         x = torch.empty(1, 3, *pipe.inference_size_for(frame.shape[:2]), device=dev, dtype=pipe.dtype
                         ).normal_().contiguous(memory_format=torch.channels_last)
-        results["forward"] = percentiles(time_call(lambda: pipe.model(x), args.runs, args.warmup, dev))
+        results["forward"] = percentiles(time_call(lambda: pipe.backend(x), args.runs, args.warmup, dev))
         if args.baseline and not pipe.half:
             base = eager_baseline(pipe, x)
             x_nchw = x.float().contiguous()
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if samples:
             results[stage] = percentiles(samples)
     report = {
-        "model": pipe.config.model, "backend": "torch", "device": str(dev),
+        "model": pipe.config.model, "backend": pipe.config.backend, "device": str(dev),
         "precision": "fp16" if pipe.half else "fp32", "size": list(frame.shape[:2]),
         "inference_size": list(pipe.inference_size_for(frame.shape[:2])),
         "threads": torch.get_num_threads(), "weights": pipe.describe()["weights"],

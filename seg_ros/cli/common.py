@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..backends import list_backends
 from ..models import list_models
 from ..pipeline import PipelineConfig, SegmentationPipeline
 
@@ -25,6 +26,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
     g.add_argument("--weights", default="default",
                    help="weights file; 'default' = the model's shipped weights, 'none' = random init")
     g.add_argument("--classes", default=None, help="classes YAML file or built-in name (camvid, cityscapes)")
+    g.add_argument("--backend", default="torch", choices=list_backends(), help="inference backend")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     g.add_argument("--input-size", type=parse_size, default=None, required=size_required,
@@ -35,6 +37,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
 
 def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPipeline:
     config = PipelineConfig(model=args.model, weights=args.weights, classes=args.classes,
+                            backend=getattr(args, "backend", "torch"),
                             device=args.device, precision=args.precision,
                             input_size=getattr(args, "input_size", None),
                             keep_aspect=getattr(args, "keep_aspect", True),
