@@ -54,7 +54,7 @@ def test_play_delivers_every_message_in_order(small_bag, dds_env):
     node.create_subscription(Image, "/camera/image_raw", got.append, qos)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
-    player = subprocess.Popen([*CLI, "play", str(path), "--remap", "/cam:=/camera/image_raw",
+    player = subprocess.Popen([sys.executable, "-m", "seg_ros.cli.play", str(path), "--remap", "/cam:=/camera/image_raw",
                                "--wait-subscribers", "1", "--wait-timeout", "30", "--start-delay", "0.3"],
                               env=dds_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -83,7 +83,8 @@ def test_play_delivers_every_message_in_order(small_bag, dds_env):
 def test_record_captures_played_messages_and_closes_the_bag_on_sigint(small_bag, dds_env, tmp_path):
     path, frames = small_bag
     out = tmp_path / "rec.mcap"
-    recorder = subprocess.Popen([*CLI, "record", str(out), "--topics", "/cam", "/nobody", "--qos", "reliable"],
+    recorder = subprocess.Popen([sys.executable, "-m", "seg_ros.cli.record", str(out), "--topics", "/cam",
+                                 "/nobody", "--qos", "reliable"],
                                 env=dds_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "recording" in recorder.stdout.readline()

@@ -98,6 +98,17 @@ class LiveStats:
         self.diagnostics: dict[str, str] = {}
         self.last_output = time.monotonic()
 
+    def node_done(self) -> bool:
+        """The node's own counters account for every frame we saw go in (dropped ones included)."""
+        d = self.diagnostics
+        try:
+            settled = sum(int(d[k]) for k in ("frames_processed", "frames_dropped", "frames_failed",
+                                              "frames_skipped_no_subscribers"))
+            return int(d["frames_received"]) >= len(self.inputs) and settled >= int(d["frames_received"]) \
+                and self.outputs["labels"] >= int(d["frames_processed"])
+        except (KeyError, ValueError):
+            return False
+
     def on_message(self, topic: str, raw: bytes, now_ns: int) -> None:
         if topic == CAMERA:
             self.inputs[header_stamp(raw)] = now_ns
@@ -176,7 +187,7 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
                     any(s.get_publisher_count() == 0 for t, s in rec.subscriptions.items() if NODE in t):
                 spin(0.1)
             # 2. the player waits for two subscribers on the camera topic: the node and us
-            play_cmd = [sys.executable, "-m", "seg_ros.cli.main", "play", str(bag_path), "--topics", args.topic,
+            play_cmd = [sys.executable, "-m", "seg_ros.cli.play", str(bag_path), "--topics", args.topic,
                         "--remap", f"{args.topic}:={CAMERA}", "--rate", str(args.rate),
                         "--wait-subscribers", "2", "--wait-timeout", "60", "--start-delay", "0.5"]
             if args.max_frames:
@@ -190,9 +201,10 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
                 raise ConfigError(f"player failed (exit {player.returncode}): {play_out.strip()[-500:]}")
             # 3. drain: the node may still be working on its last frame
             stats.last_output = max(stats.last_output, time.monotonic())
-            while stats.outputs["labels"] < len(stats.inputs) and time.monotonic() - stats.last_output < 5.0:
+            while (stats.outputs["labels"] < len(stats.inputs) and not stats.node_done()
+                   and time.monotonic() - stats.last_output < 5.0):
                 spin(0.1)
-            spin(1.2)  # one more /diagnostics period
+            spin(1.1)  # one more /diagnostics period, for the node's final counters
             wall = time.monotonic() - t_play
     finally:
         if player is not None and player.poll() is None:

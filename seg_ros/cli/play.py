@@ -154,3 +154,20 @@ def run(args: argparse.Namespace) -> int:
     detail = ", ".join(f"{remaps.get(t, t)}: {n}" for t, n in counts.items())
     print(f"published {total} messages in {elapsed:.1f} s ({detail})" + (" [interrupted]" if stop.stop else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m seg_ros.cli.play``: this command alone, without importing torch (starts fast)."""
+    from ..errors import SegRosError
+    parser = argparse.ArgumentParser(prog="seg-ros")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["play", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except SegRosError as exc:
+        print(f"seg-ros play: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

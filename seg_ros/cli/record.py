@@ -127,3 +127,20 @@ def run(args: argparse.Namespace) -> int:
     if rec.pending:
         print(f"record: never saw a publisher on {', '.join(rec.pending)}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m seg_ros.cli.record``: this command alone, without importing torch (starts fast)."""
+    from ..errors import SegRosError
+    parser = argparse.ArgumentParser(prog="seg-ros")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["record", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except SegRosError as exc:
+        print(f"seg-ros record: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
