@@ -34,7 +34,7 @@ def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id, monkeypatch
                            "--device", "cpu", "--rate", "0.5"], capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "live (segment_node + seg-ros play over DDS)" in proc.stdout
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "stats.json").read_text())
     assert summary["frames_published"] == 3 and summary["frames_in"] == 3
     assert 1 <= summary["frames_out"] <= 3 and summary["frames_out"] + summary["drops"] == 3
     assert summary["latency_ms"]["p50"] > 0 and summary["trained"] is True
@@ -63,6 +63,6 @@ def test_demo_offline_fallback_says_untrained(tmp_path, capsys):
                 "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
     assert "replaying the bag offline" in stdout and "UNTRAINED" in stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "stats.json").read_text())
     assert summary["frames_in"] == 2 and summary["frames_out"] == 2 and summary["trained"] is False
     assert bags.summarize(tmp_path / "demo_output.mcap")["topics"]["/camera/image_raw/labels"]["count"] == 2

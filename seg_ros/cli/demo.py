@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default', 'none' or a weights file")
     p.add_argument("--model", default="ddrnet23_slim")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other work)")
     p.add_argument("--offline", action="store_true", help="skip DDS: replay through the pipeline in-process")
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
     p.set_defaults(func=run)
@@ -159,7 +161,7 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
     node_log = (log_dir / "node.log").open("w")
     node_cmd = [*node_command(), "--ros-args", "-r", f"image:={CAMERA}",
                 "--params-file", str(share_path("config", "segment.yaml")),
-                "-p", f"model:={args.model}", "-p", f"weights:={args.weights}", "-p", f"device:={args.device}"]
+                "-p", f"model:={args.model}", "-p", f"weights:={args.weights}", "-p", f"device:={args.device}", "-p", f"num_threads:={args.threads}"]
     node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
     player = None
     stats = LiveStats()
@@ -227,7 +229,8 @@ def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict
     """The same pipeline in-process, every frame (no DDS)."""
     from ..pipeline import SegmentationPipeline
     from .replay import replay
-    pipe = SegmentationPipeline(model=args.model, weights=args.weights, device=args.device)
+    pipe = SegmentationPipeline(model=args.model, weights=args.weights, device=args.device,
+                                num_threads=args.threads)
     s = replay(bag_path, out_bag, pipe, [args.topic], max_frames=args.max_frames, overwrite=True)
     overlays = []
     for f in bags.iter_bag_frames(out_bag, [f"{args.topic}/overlay"]):
@@ -293,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         if not video.error:
             files["video"] = str(out / "overlay.mp4")
     summary.update(input_bag=str(bag_path), files=files)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "stats.json").write_text(json.dumps(summary, indent=2))
     lines = [f"demo summary ({summary['mode']})",
              f"  input:     {bag_path}" + (f" (first {args.max_frames} frames)" if args.max_frames else ""),
              f"  frames:    {summary['frames_in']} in, {summary['frames_out']} out, {summary['drops']} dropped"
@@ -305,10 +308,10 @@ def run(args: argparse.Namespace) -> int:
                      f"received {diag.get('frames_received')}, processed {diag.get('frames_processed')}, "
                      f"dropped {diag.get('frames_dropped')}, failed {diag.get('frames_failed')}")
     lines += [f"  outputs:   {', '.join(f'{k}: {v}' for k, v in files.items())}",
-              f"  summary:   {out / 'summary.json'}"]
+              f"  stats:     {out / 'stats.json'}"]
     if not summary["trained"]:
         lines.append("  NOTE: UNTRAINED model (random initialisation): the segmentation is meaningless; "
                      "train or install weights to see real results")
     print("\n".join(lines))
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    (out / "stats.txt").write_text("\n".join(lines) + "\n")
     return 0 if summary["frames_out"] > 0 else 1
