@@ -107,11 +107,34 @@ def input_size(value: Sequence[int]) -> tuple[int, int] | None:
     return None if size == [0, 0] else (size[0], size[1])
 
 
+def _ros_type(default: Any) -> int:
+    """The rcl_interfaces ParameterType of ``default``, so a wrongly typed override is rejected."""
+    from rcl_interfaces.msg import ParameterType as T
+
+    if isinstance(default, bool):
+        return T.PARAMETER_BOOL
+    if isinstance(default, int):
+        return T.PARAMETER_INTEGER
+    if isinstance(default, float):
+        return T.PARAMETER_DOUBLE
+    if isinstance(default, str):
+        return T.PARAMETER_STRING
+    first = default[0]
+    if isinstance(first, bool):
+        return T.PARAMETER_BOOL_ARRAY
+    if isinstance(first, int):
+        return T.PARAMETER_INTEGER_ARRAY
+    if isinstance(first, float):
+        return T.PARAMETER_DOUBLE_ARRAY
+    return T.PARAMETER_STRING_ARRAY
+
+
 def descriptor(spec: ParamSpec):
     """rcl_interfaces ParameterDescriptor for ``spec`` (description, range, read-only)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only)
+    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
+                               type=_ros_type(spec.default))
     if spec.choices is not None:
         desc.additional_constraints = f"one of: {', '.join(spec.choices)}"
     if spec.int_range is not None:

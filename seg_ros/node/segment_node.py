@@ -300,9 +300,30 @@ def _stamp(msg) -> str:
         return "?"
 
 
+def _check_params_files(args: list[str]) -> str | None:
+    """Why a ``--params-file`` argument is unusable (None when all are fine)."""
+    import yaml
+
+    for flag, path in zip(args, args[1:]):
+        if flag != "--params-file":
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except OSError as exc:
+            return f"params file {path} cannot be read: {exc.strerror or exc}"
+        except yaml.YAMLError as exc:
+            return f"params file {path} is not valid YAML: {' '.join(str(exc).split())}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console script. Start-up errors: one log line, exit code 2, no traceback."""
     args = sys.argv if argv is None else argv
+    problem = _check_params_files(args)
+    if problem:  # rcl would print its own unhelpful line first
+        print(f"[{NODE_NAME}] error: {problem}", file=sys.stderr)
+        return EXIT_STARTUP_ERROR
     try:
         rclpy.init(args=args)
     except Exception as exc:  # malformed --ros-args or params file

@@ -1,0 +1,113 @@
+"""segment_node with ``input_transport: compressed`` over real DDS: JPEG and PNG frames on
+``image/compressed`` (resolved from the remapped ``image``), corrupt data skipped and counted,
+reliable input QoS, and a clean exit on SIGTERM."""
+from __future__ import annotations
+
+import signal
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from test_node import (INPUT, SMALL, NodeProcess, Peer, check_outputs, header_for, module_domain,  # noqa: F401
+                       node_command, node_env, rclpy, save_test_weights)
+
+from sensor_msgs.msg import CompressedImage  # noqa: E402
+
+from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
+
+
+@pytest.fixture(scope="module")
+def offline(weights_file) -> SegmentationPipeline:
+    return SegmentationPipeline(weights=str(weights_file), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_image(road_image) -> np.ndarray:
+    return cv2.resize(road_image, SMALL[::-1], interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def ros(weights_file):
+    domain = module_domain()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+        node = NodeProcess(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
+                                        "publish_overlay:=false", "diagnostics_period:=0.25"),
+                           node_env(domain))
+        peer = Peer(domain, transport="compressed")
+        try:
+            peer.wait_ready(node)
+            yield node, peer
+        finally:
+            peer.close()
+            node.stop()
+
+
+def compressed_msg(fmt: str, data: bytes, tag: str) -> CompressedImage:
+    msg = CompressedImage(format=fmt)
+    msg.data = data
+    header_for(msg, tag)
+    return msg
+
+
+def encode(rgb: np.ndarray, ext: str) -> bytes:
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("fmt,ext", [("jpeg", ".jpg"), ("bgr8; png compressed bgr8", ".png")])
+def test_compressed_frames(ros, offline, small_image, fmt, ext):
+    node, peer = ros
+    data = encode(small_image, ext)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the pixels the node sees
+    sent = compressed_msg(fmt, data, ext[1:])
+    out = peer.roundtrip(sent, ("labels", "color_mask"))
+    check_outputs(out, sent, offline(decoded, "bgr"), offline)
+    assert not peer.received["overlay"], "publish_overlay:=false must publish no overlay"
+
+
+@pytest.mark.parametrize("case", ["corrupt_jpeg", "truncated_png", "truncated_jpeg"])
+def test_corrupt_compressed_is_skipped_and_counted(ros, offline, small_image, case):
+    node, peer = ros
+    if case == "corrupt_jpeg":
+        data = bytearray(encode(small_image, ".jpg"))
+        data[2:200] = bytes(198)  # destroys the JPEG headers
+        fmt = "jpeg"
+    else:
+        ext = ".png" if case == "truncated_png" else ".jpg"
+        data = encode(small_image, ext)
+        data = data[: len(data) // 2]
+        fmt = ext[1:].replace("jpg", "jpeg")
+    before = int(peer.diag_values().get("errors.corrupt_compressed", "0"))
+    bad = compressed_msg(fmt, bytes(data), case)
+    peer.pub.publish(bad)
+    t0 = time.monotonic()
+    peer.wait(lambda: any(int({kv.key: kv.value for kv in s.values}["errors.corrupt_compressed"]) > before
+                          for t, s in peer.diagnostics if t > t0), 10, "errors.corrupt_compressed")
+    assert bad.header.frame_id not in peer.received["labels"]
+    data = encode(small_image, ".png")
+    good = compressed_msg("png", data, f"after_{case}")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    check_outputs(peer.roundtrip(good), good, offline(decoded, "bgr"), offline)
+
+
+def test_compressed_topic_name_follows_the_remap(ros):
+    node, peer = ros
+    assert f"input {INPUT}/compressed (compressed, reliable)" in node.log
+
+
+def test_zz_sigterm_shuts_down_cleanly(ros):
+    node, peer = ros
+    assert node.stop(signal.SIGTERM) == 0, node.log
+    assert "Traceback" not in node.log, node.log

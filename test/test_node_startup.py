@@ -1,0 +1,90 @@
+"""segment_node start-up errors: one clear log line naming the file or parameter and the
+problem, exit code 2, no traceback. All cases start in parallel to keep the suite short."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_node import PARAMS_FILE, module_domain, node_command, node_env, rclpy, save_test_weights  # noqa: F401
+
+from seg_ros.models import build_model, save_weights
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def with_params_file(cmd: list[str], path: Path) -> list[str]:
+    i = cmd.index("--params-file")
+    return [*cmd[:i + 1], str(path), *cmd[i + 2:]]
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (command, words the error line must contain)."""
+    good = save_test_weights(tmp / "good.pt")
+    missing = tmp / "no_such_weights.pt"
+    corrupt = tmp / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint" * 10)
+    wrong = tmp / "nineteen_classes.pt"
+    torch.manual_seed(0)
+    save_weights(wrong, build_model("ddrnet23_slim", 19), {"arch": "ddrnet23_slim", "num_classes": 19})
+    bad_classes = tmp / "bad_classes.yaml"
+    bad_classes.write_text("classes:\n  - {id: 0, name: road, color: [1, 2, 3]}\n"
+                           "  - {id: 0, name: sky, color: [4, 5, 6]}\n")
+    wrong_type = tmp / "wrong_type.yaml"  # a user's edited copy of config/segment.yaml
+    wrong_type.write_text(PARAMS_FILE.read_text().replace("qos_depth: 1", 'qos_depth: "deep"'))
+    cases = {
+        "missing_weights": (node_command(missing), [str(missing), "does not exist"]),
+        "corrupt_weights": (node_command(corrupt), [str(corrupt), "not a readable"]),
+        "incompatible_weights": (node_command(wrong), [str(wrong), "19"]),
+        "bad_classes_file": (node_command(good, f"classes:={bad_classes}"), [str(bad_classes), "duplicate"]),
+        "missing_classes_file": (node_command(good, f"classes:={tmp / 'nope.yaml'}"), ["nope.yaml", "does not exist"]),
+        "out_of_range": (node_command(good, "overlay_alpha:=2.0"), ["overlay_alpha"]),
+        "bad_choice": (node_command(good, "device:=tpu"), ["device", "tpu"]),
+        "bad_input_size": (node_command(good, "input_size:=[1,2,3]"), ["input_size"]),
+        "wrong_type": (with_params_file(node_command(good), wrong_type), ["qos_depth", "STRING"]),
+        "missing_params_file": (with_params_file(node_command(good), tmp / "none.yaml"), ["none.yaml"]),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda_without_cuda"] = (node_command(good, "device:=cuda"), ["cuda", "not available"])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
+    tmp = tmp_path_factory.mktemp("startup")
+    env = node_env(module_domain())
+    cases = _cases(tmp)
+    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, (cmd, _) in cases.items()}
+    results = {}
+    deadline = time.monotonic() + 120
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            out += "\n<still running after 120 s: killed>"
+        results[name] = (proc.returncode, out, cases[name][1])
+    return results
+
+
+CASES = ["missing_weights", "corrupt_weights", "incompatible_weights", "bad_classes_file",
+         "missing_classes_file", "out_of_range", "bad_choice", "bad_input_size", "wrong_type",
+         "missing_params_file", "cuda_without_cuda"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_startup_error(outcomes, case):
+    if case not in outcomes:
+        pytest.skip("CUDA is available here, so device cuda is not an error")
+    rc, out, words = outcomes[case]
+    assert rc == 2, f"exit code {rc}:\n{out}"
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if "[FATAL]" in line or "[ERROR]" in line or " error:" in line]
+    assert len(errors) == 1, f"expected one error line, got:\n{out}"
+    for word in words:
+        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
