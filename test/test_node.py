@@ -33,6 +33,7 @@ from std_msgs.msg import String  # noqa: E402
 from seg_ros.classes import load_classes  # noqa: E402
 from seg_ros.image_codec import decode_image  # noqa: E402
 from seg_ros.models import build_model, save_weights  # noqa: E402
+from seg_ros.node.params import SPECS  # noqa: E402
 from seg_ros.node.qos import diagnostics_qos, latched_qos, output_qos  # noqa: E402
 from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
@@ -301,6 +302,21 @@ def test_class_info_and_metadata_parameters(ros, offline):
     assert list(names.string_array_value) == list(offline.classes.names)
     assert list(colors.integer_array_value) == offline.classes.colors.reshape(-1).tolist()
     assert ignore.integer_value == offline.classes.ignore_id
+    # the PARAMETERS table (which config/segment.yaml is tested against) is what the node declares
+    future = peer.params.list_parameters()
+    deadline = time.monotonic() + 10
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    declared = set(future.result().result.names)
+    builtin = {"use_sim_time", "start_type_description_service"}  # declared by rclpy itself
+    assert declared - builtin == set(SPECS), declared ^ set(SPECS)
+    described = peer.params.describe_parameters(["overlay_alpha", "model"])
+    deadline = time.monotonic() + 10
+    while not described.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    alpha, model = described.result().descriptors
+    assert alpha.description and alpha.floating_point_range[0].to_value == 1.0 and not alpha.read_only
+    assert model.read_only
 
 
 def check_outputs(out: dict[str, Image], sent: Image, expected, offline) -> None:

@@ -1,0 +1,135 @@
+"""launch/segment.launch.py and config/segment.yaml against what the package really ships.
+
+The static checks always run (they parse the files); loading the launch file needs the
+launch/launch_ros packages of a ROS install and is skipped without them.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from glob import glob
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seg_ros.node.params import CONFIG_NAMES, PARAMETERS, SPECS
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
+PARAMS_FILE = REPO / "config" / "segment.yaml"
+LAUNCH_ARGS = {"model", "weights", "backend", "device", "input_topic", "namespace", "params_file", "use_sim_time"}
+
+
+def _launch_node_call() -> ast.Call:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
+    assert len(calls) == 1, "the launch file should start exactly one Node"
+    return calls[0]
+
+
+def _constants() -> dict[str, object]:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                if isinstance(node.value, ast.Call):  # os.path.join("config", "segment.yaml")
+                    out[node.targets[0].id] = "/".join(ast.literal_eval(a) for a in node.value.args)
+    return out
+
+
+def _resolve(expr: ast.expr, consts: dict[str, object]) -> object:
+    if isinstance(expr, ast.Name):
+        return consts[expr.id]
+    return ast.literal_eval(expr)
+
+
+def test_launch_file_names_the_real_package_executable_and_params_file():
+    consts = _constants()
+    call = _launch_node_call()
+    kw = {k.arg: k.value for k in call.keywords}
+    package = _resolve(kw["package"], consts)
+    executable = _resolve(kw["executable"], consts)
+    assert package == ET.parse(REPO / "package.xml").getroot().findtext("name")
+    setup_text = (REPO / "setup.py").read_text()
+    assert re.search(rf'PACKAGE = "{package}"', setup_text)
+    entry = re.search(rf'"{executable} = ([\w.]+):(\w+)"', setup_text)
+    assert entry, f"setup.py has no console script {executable!r}"
+    module = importlib.import_module(entry.group(1))
+    assert callable(getattr(module, entry.group(2)))
+    params_rel = consts["PARAMS_FILE"]
+    assert (REPO / params_rel).is_file()
+    assert str(params_rel) in sorted(glob("config/*.yaml", root_dir=REPO)), "setup.py installs config/*.yaml"
+    assert "launch/segment.launch.py" in sorted(glob("launch/*.launch.py", root_dir=REPO))
+
+
+def test_launch_arguments_and_parameters_are_declared_by_the_node():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    declared = {ast.literal_eval(n.args[0]) for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"}
+    assert declared == LAUNCH_ARGS
+    kw = {k.arg: k.value for k in _launch_node_call().keywords}
+    overrides = [d for d in kw["parameters"].elts if isinstance(d, ast.Dict)]
+    keys = {ast.literal_eval(k) for d in overrides for k in d.keys}
+    assert keys - {"use_sim_time"} <= set(SPECS), keys - set(SPECS)
+    remaps = [tuple(e.elts) for e in kw["remappings"].elts]
+    assert [ast.literal_eval(r[0]) for r in remaps] == ["image"]
+
+
+def test_params_file_lists_every_parameter_with_its_default_and_a_comment():
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    params = data["/**"]["ros__parameters"]
+    assert set(params) <= set(SPECS), f"not declared by the node: {set(params) - set(SPECS)}"
+    assert set(params) == set(CONFIG_NAMES), f"missing from the file: {set(CONFIG_NAMES) - set(params)}"
+    for spec in PARAMETERS:
+        if spec.in_yaml:
+            assert params[spec.name] == spec.default, spec.name
+    lines = PARAMS_FILE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^    \w+:", line):
+            assert lines[i - 1].strip().startswith("#"), f"no comment above {line.strip()!r}"
+
+
+def test_launch_file_loads_and_starts_the_node(tmp_path):
+    """With a ROS install: the launch file really starts segment_node, remapped and namespaced."""
+    pytest.importorskip("launch", reason="the 'launch' package (ROS 2 install) is not available here")
+    pytest.importorskip("launch_ros", reason="the 'launch_ros' package (ROS 2 install) is not available here")
+    from launch import LaunchDescription, LaunchService
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from test_node import INPUT, NODE, Peer, module_domain, save_test_weights
+
+    weights = save_test_weights(tmp_path / "w.pt")
+    domain = module_domain()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_DOMAIN_ID", str(domain))
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+        include = IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={"weights": str(weights), "input_topic": INPUT, "namespace": "/perception",
+                              "device": "cpu", "params_file": str(PARAMS_FILE)}.items())
+        service = LaunchService()
+        service.include_launch_description(LaunchDescription([include]))
+        runner = threading.Thread(target=service.run, daemon=True)
+        runner.start()
+        peer = Peer(domain)
+        try:
+            deadline = time.monotonic() + 90
+            while peer.class_info is None or peer.pub.get_subscription_count() < 1:
+                assert time.monotonic() < deadline, "launched node did not come up"
+                time.sleep(0.1)
+            assert peer.class_info["model"] == "ddrnet23_slim"
+            assert NODE.startswith("/perception/")
+        finally:
+            peer.close()
+            service.shutdown()
+            runner.join(30)
