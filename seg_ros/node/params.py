@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..backends import list_backends
 from ..device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..models import list_models
 from ..pipeline import DEFAULT_MAX_INPUT_PIXELS, OUTPUT_RESOLUTIONS
 
-BACKENDS = ("torch",)
+BACKENDS = tuple(list_backends())
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 

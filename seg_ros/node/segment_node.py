@@ -93,13 +93,13 @@ class SegmentNode(Node):
         self.settings = Settings.from_values(values)
         self.transport = values["input_transport"]
         self.pipeline = SegmentationPipeline(PipelineConfig(
-            model=values["model"], weights=values["weights"], classes=values["classes"] or None,
+            model=values["model"], backend=values["backend"], weights=values["weights"],
+            classes=values["classes"] or None,
             device=values["device"], precision=values["precision"],
             input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
             output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
             num_threads=values["num_threads"]))
         self.info = self.pipeline.describe()
-        self.info["backend"] = values["backend"]
         self._declare_class_metadata()
 
         depth = values["qos_depth"]
