@@ -458,6 +458,22 @@ def test_too_many_pixels_and_runtime_parameters(ros, offline, small_image):
     assert peer.set_params(max_input_pixels=1 << 24)[0].successful
 
 
+def test_output_resolution_inference(ros, weights_file, road_image):
+    """output_resolution changed at run time to 'inference': labels come at the network's size."""
+    node, peer = ros
+    frame = np.ascontiguousarray(cv2.resize(road_image, (150, 100), interpolation=cv2.INTER_AREA))
+    assert peer.set_params(output_resolution="inference")[0].successful
+    try:
+        sent = image_msg("rgb8", frame, 100, 150, tag="inference_res")
+        out = peer.roundtrip(sent, ("labels", "overlay"))
+    finally:
+        assert peer.set_params(output_resolution="input")[0].successful
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference")
+    expected = pipe(frame, "rgb", overlay=True)
+    assert expected.labels.shape == pipe.inference_size_for((100, 150)) != (100, 150)
+    check_outputs(out, sent, expected, pipe)
+
+
 def test_overload_latest_frame_wins(ros, road_image):
     """Frames ~3x faster than the node processes them: drops are counted, latency stays bounded
     (no queue builds up), the newest frame is always processed and memory stays flat."""

@@ -42,7 +42,9 @@ def ros(weights_file):
         mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
         node = NodeProcess(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
-                                        "publish_overlay:=false", "diagnostics_period:=0.25"),
+                                        "publish_overlay:=false", "publish_confidence:=true",
+                                        "diagnostics_period:=0.25", "stale_input_timeout:=1.0",
+                                        "error_threshold:=2"),
                            node_env(domain))
         peer = Peer(domain, transport="compressed")
         try:
@@ -66,14 +68,30 @@ def encode(rgb: np.ndarray, ext: str) -> bytes:
     return buf.tobytes()
 
 
+def level_of(peer, after: float, level: bytes, words: str):
+    return peer.wait(lambda: next((s for t, s in peer.diagnostics if t > after and s.level == level
+                                   and words in s.message), None), 10, f"diagnostics level {level!r}")
+
+
+def test_stale_input_warns(ros):
+    """Before any frame (stale_input_timeout 1 s): WARN naming the input topic."""
+    node, peer = ros
+    status = level_of(peer, 0.0, b"\x01", "no frame on")
+    assert f"{INPUT}/compressed" in status.message
+
+
 @pytest.mark.parametrize("fmt,ext", [("jpeg", ".jpg"), ("bgr8; png compressed bgr8", ".png")])
 def test_compressed_frames(ros, offline, small_image, fmt, ext):
     node, peer = ros
     data = encode(small_image, ext)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the pixels the node sees
     sent = compressed_msg(fmt, data, ext[1:])
-    out = peer.roundtrip(sent, ("labels", "color_mask"))
-    check_outputs(out, sent, offline(decoded, "bgr"), offline)
+    out = peer.roundtrip(sent, ("labels", "color_mask", "confidence"))
+    expected = offline(decoded, "bgr", confidence=True)
+    check_outputs(out, sent, expected, offline)
+    conf = out["confidence"]
+    assert (conf.encoding, conf.step, conf.is_bigendian) == ("32FC1", SMALL[1] * 4, 0)
+    np.testing.assert_allclose(np.frombuffer(conf.data, "<f4").reshape(SMALL), expected.confidence, rtol=1e-6)
     assert not peer.received["overlay"], "publish_overlay:=false must publish no overlay"
 
 
@@ -100,6 +118,22 @@ def test_corrupt_compressed_is_skipped_and_counted(ros, offline, small_image, ca
     good = compressed_msg("png", data, f"after_{case}")
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     check_outputs(peer.roundtrip(good), good, offline(decoded, "bgr"), offline)
+
+
+def test_repeated_failures_raise_error_then_recover(ros, offline, small_image):
+    """error_threshold 2: two corrupt frames in a row -> ERROR; the next good frame -> OK."""
+    node, peer = ros
+    for i in range(2):
+        before = int(peer.diag_values()["errors.corrupt_compressed"])
+        peer.pub.publish(compressed_msg("jpeg", b"\xff\xd8garbage" * 20, f"fail_{i}"))
+        t0 = time.monotonic()
+        peer.wait(lambda: any(int({kv.key: kv.value for kv in s.values}["errors.corrupt_compressed"]) > before
+                              for t, s in peer.diagnostics if t > t0), 10, "errors.corrupt_compressed")
+    status = level_of(peer, t0, b"\x02", "consecutive frames failed")
+    assert "corrupt_compressed" in status.message
+    good = compressed_msg("png", encode(small_image, ".png"), "recovered")
+    peer.roundtrip(good)
+    level_of(peer, time.monotonic(), b"\x00", "running")
 
 
 def test_compressed_topic_name_follows_the_remap(ros):
