@@ -280,7 +280,8 @@ def ros(weights_file):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        node = NodeProcess(node_command(weights_file, "diagnostics_period:=0.25", "stale_input_timeout:=30.0"),
+        node = NodeProcess(node_command(weights_file, "diagnostics_period:=0.25", "stale_input_timeout:=30.0",
+                                        "overlay_alfa:=0.3"),
                            node_env(domain))
         peer = Peer(domain)
         try:
@@ -317,6 +318,12 @@ def test_class_info_and_metadata_parameters(ros, offline):
     alpha, model = described.result().descriptors
     assert alpha.description and alpha.floating_point_range[0].to_value == 1.0 and not alpha.read_only
     assert model.read_only
+
+
+def test_unknown_parameter_is_reported(ros):
+    node, peer = ros
+    line = next(line for line in node.lines if "overlay_alfa" in line)
+    assert "WARN" in line and "not a segment_node parameter" in line
 
 
 def check_outputs(out: dict[str, Image], sent: Image, expected, offline) -> None:

@@ -133,3 +133,9 @@ def test_launch_file_loads_and_starts_the_node(tmp_path):
             peer.close()
             service.shutdown()
             runner.join(30)
+
+
+def test_docs_list_every_parameter():
+    text = (REPO / "docs" / "node.md").read_text()
+    missing = [p.name for p in PARAMETERS if f"| `{p.name}` |" not in text]
+    assert not missing, f"docs/node.md does not document {missing}"
