@@ -32,6 +32,12 @@ def resize_and_normalize(x: torch.Tensor, size: tuple[int, int], scale: torch.Te
     return x.to(dtype=dtype, memory_format=torch.channels_last)
 
 
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (H, W, 3) uint8 image tensor, rounded back to uint8."""
+    x = F.interpolate(image_to_tensor(image).float(), size=size, mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+
+
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of class scores to the output size (float32 for a stable argmax)."""
     logits = logits.float()

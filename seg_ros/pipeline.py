@@ -221,24 +221,29 @@ class SegmentationPipeline:
     def inference_size_for(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         return inference_size(frame_hw, self.input_size, self.config.keep_aspect, self.size_divisor)
 
-    @torch.inference_mode()
-    def forward_logits(self, image: np.ndarray, color_order: str = "rgb",
-                       clock: _StageClock | None = None) -> torch.Tensor:
-        """Class scores (1, C, h, w) on the device at the network's output stride."""
-        self.check_image(image)
-        if color_order not in COLOR_ORDERS:
-            raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
-        clock = clock or _StageClock(False, self.device)
+    def _upload(self, image: np.ndarray) -> torch.Tensor:
+        """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
         frame = torch.from_numpy(image)
         if self.device.type == "cuda":
             frame = frame.pin_memory().to(self.device, non_blocking=True)
+        return frame
+
+    def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
+        if color_order not in COLOR_ORDERS:
+            raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
         x = ops.resize_and_normalize(
-            ops.image_to_tensor(frame), self.inference_size_for(image.shape[:2]), self._scale,
+            ops.image_to_tensor(frame), self.inference_size_for(tuple(frame.shape[:2])), self._scale,
             self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
         clock.mark("preprocess")
         logits = self.backend(x)
         clock.mark("forward")
         return logits
+
+    @torch.inference_mode()
+    def forward_logits(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
+        """Class scores (1, C, h, w) on the device at the network's output stride."""
+        self.check_image(image)
+        return self._forward(self._upload(image), color_order, _StageClock(False, self.device))
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, color_order: str = "rgb", *, color: bool = False,
@@ -247,12 +252,12 @@ class SegmentationPipeline:
         """Segment one frame. Only the outputs asked for are computed."""
         if not 0.0 <= overlay_alpha <= 1.0:
             raise ConfigError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
+        self.check_image(image)
         clock = _StageClock(profile, self.device)
-        logits = self.forward_logits(image, color_order, clock)
+        frame = self._upload(image)
+        logits = self._forward(frame, color_order, clock)
         h, w = image.shape[:2]
-        out_hw = (h, w) if self.config.output_resolution == "input" else tuple(logits.shape[-2:])
-        if self.config.output_resolution == "inference":
-            out_hw = self.inference_size_for((h, w))
+        out_hw = (h, w) if self.config.output_resolution == "input" else self.inference_size_for((h, w))
         conf = None
         if confidence or self.device.type != "cpu":
             # GPUs upsample every score faster than they can sync on the sparse path's nonzero()
@@ -266,13 +271,9 @@ class SegmentationPipeline:
         clock.mark("color")
         overlay_t = None
         if overlay:
-            base = torch.from_numpy(image).to(self.device)
+            base = frame if color_order == "rgb" else frame.flip(-1)
             if out_hw != (h, w):
-                base = torch.nn.functional.interpolate(
-                    ops.image_to_tensor(base).float(), size=out_hw, mode="bilinear",
-                    align_corners=False).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
-            if color_order == "bgr":
-                base = base.flip(-1)
+                base = ops.resize_image(base, out_hw)
             overlay_t = ops.blend(base, color_t, overlay_alpha)
         clock.mark("overlay")
         labels_np = labels.cpu().numpy()
