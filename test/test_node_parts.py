@@ -1,0 +1,62 @@
+"""The node's ROS-free parts: the latest-frame slot and the diagnostics summary."""
+from __future__ import annotations
+
+import threading
+import time
+
+from seg_ros.node.diagnostics import ERROR, OK, WARN, NodeStats
+from seg_ros.node.frame_slot import FrameSlot
+
+
+def test_slot_keeps_only_the_newest_and_counts_drops():
+    slot: FrameSlot[int] = FrameSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert slot.dropped == 2
+    assert slot.take(0) == 3
+    assert slot.take(0.01) is None
+
+
+def test_slot_close_wakes_a_waiting_worker():
+    slot: FrameSlot[int] = FrameSlot()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take(10)))
+    worker.start()
+    time.sleep(0.05)
+    slot.close()
+    worker.join(2)
+    assert not worker.is_alive() and got == [None]
+    slot.put(5)
+    assert slot.take(0) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_stats_levels_and_values():
+    clock = FakeClock()
+    stats = NodeStats(("truncated",), clock=clock)
+    clock.t += 3
+    report = stats.report(stale_after_s=2.0, error_threshold=2, input_topic="/cam")
+    assert report.level == WARN and "/cam" in report.message
+    for latency in (0.010, 0.020, 0.030, 0.040):
+        stats.frame_received(dropped_older=False)
+        stats.frame_done(latency)
+    stats.frame_received(dropped_older=True)
+    values = dict(stats.report(2.0, 2).values)
+    assert stats.report(2.0, 2).level == OK
+    assert values["latency_median_ms"] == "25.0" and float(values["latency_p95_ms"]) > 38
+    assert values["frames_received"] == "5" and values["frames_dropped"] == "1"
+    assert values["errors.truncated"] == "0"
+    stats.frame_failed("truncated", "data is truncated")
+    stats.frame_failed("truncated", "data is truncated")
+    report = stats.report(2.0, 2)
+    assert report.level == ERROR and "truncated" in report.message
+    stats.frame_done(0.01)
+    assert stats.report(2.0, 2).level == OK
+    assert dict(stats.report(2.0, 2).values)["errors.truncated"] == "2"
