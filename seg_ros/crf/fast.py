@@ -1,0 +1,94 @@
+"""``fast`` CRF: mean-field inference in PyTorch with DeepLab's unary and pairwise terms, the
+pairwise kernels truncated to a k x k window (in the spirit of ConvCRF, Teichmann & Cipolla 2018).
+
+Gaussian (spatial) + bilateral (spatial and colour) kernels, Potts compatibility, each kernel
+normalised symmetrically (D^-1/2 K D^-1/2, as densecrf's default) over its window. It runs where
+the logits are (GPU or CPU) at ``fast_scale`` of the output size; widths are given in output
+pixels and scaled to that grid. The kernel weights depend only on the image, so they are
+computed once per frame; each iteration is k*k - 1 fused multiply-adds over shifted views of Q.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from . import CRFConfig
+from .unary import class_probabilities, image_at
+
+
+def _shift(x: torch.Tensor, r: int, dy: int, dx: int, h: int, w: int) -> torch.Tensor:
+    """View of a tensor padded by ``r`` at offset (dy, dx): element p holds x[p + d]."""
+    return x[..., r + dy: r + dy + h, r + dx: r + dx + w]
+
+
+def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
+                   ) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Neighbour offsets and their weights (n, h, w): w1 * bilateral + w2 * Gaussian, each
+    normalised symmetrically; neighbours outside the image weigh 0."""
+    _, _, h, w = image.shape
+    r = config.fast_window // 2
+    alpha, gamma = config.theta_alpha * scale, config.theta_gamma * scale
+    beta2 = 2.0 * config.theta_beta ** 2
+    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
+    img = F.pad(image, (r, r, r, r))
+    valid = F.pad(torch.ones(1, 1, h, w, device=image.device), (r, r, r, r))
+    bil = torch.empty(len(offsets), h, w, device=image.device)
+    gau = torch.empty(len(offsets), 1, 1, device=image.device)
+    for i, (dy, dx) in enumerate(offsets):
+        d2 = float(dy * dy + dx * dx)
+        colour = (image - _shift(img, r, dy, dx, h, w)).square_().sum(dim=1)[0]
+        bil[i] = torch.exp(-d2 / (2 * alpha ** 2) - colour / beta2) * _shift(valid, r, dy, dx, h, w)[0, 0]
+        gau[i] = math.exp(-d2 / (2 * gamma ** 2))
+    gau = gau * torch.stack([_shift(valid, r, dy, dx, h, w)[0, 0] for dy, dx in offsets])
+    kernels = torch.zeros_like(bil)
+    for k, weight in ((bil, config.bilateral_weight), (gau, config.gaussian_weight)):
+        if weight == 0:
+            continue
+        norm = F.pad((1.0 + k.sum(dim=0)).rsqrt(), (r, r, r, r))  # degree counts the pixel itself
+        for i, (dy, dx) in enumerate(offsets):
+            kernels[i] += weight * norm[r:r + h, r:r + w] * k[i] * _shift(norm, r, dy, dx, h, w)
+    return offsets, kernels
+
+
+def mean_field(log_unary: torch.Tensor, offsets: list[tuple[int, int]], kernels: torch.Tensor,
+               iterations: int, r: int) -> torch.Tensor:
+    """Q after ``iterations`` updates Q <- softmax(log P + sum_d K_d * Q(p + d)) (Potts), (1, C, h, w)."""
+    _, _, h, w = log_unary.shape
+    q = torch.softmax(log_unary, dim=1)
+    for _ in range(iterations):
+        padded = F.pad(q, (r, r, r, r))
+        message = log_unary.clone()
+        for i, (dy, dx) in enumerate(offsets):
+            message.addcmul_(kernels[i], _shift(padded, r, dy, dx, h, w))
+        q = torch.softmax(message, dim=1)
+    return q
+
+
+class FastCRF:
+    """Refiner (see :mod:`seg_ros.crf`) running on ``device`` (where the logits live)."""
+
+    mode = "fast"
+
+    def __init__(self, config: CRFConfig, device: object = "cpu") -> None:
+        self.config = config.validate()
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+
+    def work_size(self, out_hw: tuple[int, int]) -> tuple[int, int]:
+        s = self.config.fast_scale
+        return max(1, round(out_hw[0] * s)), max(1, round(out_hw[1] * s))
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor, logits: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        work = self.work_size(out_hw)
+        scale = work[0] / out_hw[0]
+        probs = class_probabilities(logits, work)
+        offsets, kernels = window_kernels(image_at(image.to(logits.device), work), self.config, scale)
+        q = mean_field(torch.log(probs.clamp_min(1e-8)), offsets, kernels, self.config.fast_iterations,
+                       self.config.fast_window // 2)
+        return ops.upsampled_argmax(q, out_hw, torch.int64)
+
+    def close(self) -> None:
+        pass
