@@ -4,6 +4,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from seg_ros.node import params as P
 from seg_ros.node.diagnostics import ERROR, OK, WARN, NodeStats
 from seg_ros.node.frame_slot import FrameSlot
 
@@ -60,3 +63,34 @@ def test_stats_levels_and_values():
     stats.frame_done(0.01)
     assert stats.report(2.0, 2).level == OK
     assert dict(stats.report(2.0, 2).values)["errors.truncated"] == "2"
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("input_size", [1, 2, 3], "[height, width]"),
+    ("input_size", [4, 4], "8..16384"),
+    ("device", "tpu", "cuda:N"),
+    ("device", "cpu:1", "cuda:N"),
+    ("output_resolution", "sideways", "input, inference"),
+    ("overlay_alpha", 1.5, "0.0..1.0"),
+    ("qos_depth", 0, "1..100"),
+    ("qos_reliability", "sometimes", "best_effort, reliable"),
+    ("backend", "tensorrt-ish", "torch"),
+])
+def test_parameter_validation_names_the_problem(name, value, words):
+    reason = P.validate(name, value)
+    assert reason and words in reason
+
+
+@pytest.mark.parametrize("name,value", [("input_size", [0, 0]), ("input_size", [512, 1024]),
+                                        ("device", "cuda:1"), ("device", "auto"), ("overlay_alpha", 0.0)])
+def test_valid_parameters_pass(name, value):
+    assert P.validate(name, value) is None
+    assert P.input_size([0, 0]) is None and P.input_size([512, 1024]) == (512, 1024)
+
+
+def test_every_parameter_has_a_description_and_a_typed_descriptor():
+    pytest.importorskip("rcl_interfaces", reason="rcl_interfaces (ROS 2) is not installed")
+    for spec in P.PARAMETERS:
+        desc = P.descriptor(spec)
+        assert desc.description and desc.type != 0, spec.name
+        assert desc.read_only == spec.read_only
