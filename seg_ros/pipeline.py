@@ -86,6 +86,8 @@ class SegmentationResult:
     overlay: np.ndarray | None = None
     confidence: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # (logits, frame, color_order, out_hw) kept by keep_scores=True for refine(); None otherwise
+    refine_input: tuple[Any, ...] | None = field(default=None, repr=False)
 
 
 def round_to_multiple(value: float, divisor: int) -> int:
@@ -248,8 +250,9 @@ class SegmentationPipeline:
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, color_order: str = "rgb", *, color: bool = False,
                  overlay: bool = False, confidence: bool = False, overlay_alpha: float = 0.5,
-                 profile: bool = False) -> SegmentationResult:
-        """Segment one frame. Only the outputs asked for are computed."""
+                 profile: bool = False, keep_scores: bool = False) -> SegmentationResult:
+        """Segment one frame. Only the outputs asked for are computed. ``keep_scores`` keeps the
+        logits on the result (no extra work) so :meth:`refine` can run a CRF on them later."""
         if not 0.0 <= overlay_alpha <= 1.0:
             raise ConfigError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
         self.check_image(image)
@@ -286,7 +289,34 @@ class SegmentationPipeline:
             confidence=conf.cpu().numpy() if conf is not None else None)
         clock.mark("download")
         result.timings_ms = clock.times
+        if keep_scores:
+            result.refine_input = (logits, frame, color_order, out_hw)
         return result
+
+    @torch.inference_mode()
+    def refine(self, result: SegmentationResult, refiner: Any, *, color: bool = False,
+               overlay: bool = False, overlay_alpha: float = 0.5) -> SegmentationResult:
+        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores=True``,
+        from its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
+        run on another thread while the next frame goes through ``__call__``."""
+        if result.refine_input is None:
+            raise ConfigError("this result kept no scores to refine: segment with keep_scores=True")
+        logits, frame, color_order, out_hw = result.refine_input
+        t0 = time.perf_counter()
+        rgb = frame if color_order == "rgb" else frame.flip(-1)
+        labels = refiner(rgb, logits, out_hw).to(self._label_dtype)
+        color_t = ops.colorize(labels, self._palette) if (color or overlay) else None
+        overlay_t = None
+        if overlay:
+            base = rgb if tuple(rgb.shape[:2]) == tuple(out_hw) else ops.resize_image(rgb, out_hw)
+            overlay_t = ops.blend(base, color_t, overlay_alpha)
+        labels_np = labels.cpu().numpy()
+        refined = SegmentationResult(
+            labels=labels_np.astype(np.uint16) if labels_np.dtype == np.int32 else labels_np,
+            color=color_t.cpu().numpy() if color else None,
+            overlay=overlay_t.cpu().numpy() if overlay_t is not None else None)
+        refined.timings_ms = {"crf": (time.perf_counter() - t0) * 1e3}
+        return refined
 
     def describe(self) -> dict[str, Any]:
         """What is running, for logs, diagnostics and benchmark reports."""
