@@ -109,7 +109,6 @@ class SegmentNode(Node):
         self.pub_confidence = self.create_publisher(Image, "~/confidence", output_qos(depth))
         self.pub_class_info = self.create_publisher(String, "~/class_info", latched_qos())
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))
 
         self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
         self._last_warn: dict[str, tuple[float, int]] = {}
@@ -131,6 +130,7 @@ class SegmentNode(Node):
         self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
         self._worker.start()
+        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))  # also says: ready
         self.get_logger().info(
             f"ready: model {self.info['model']} ({self.info['weights']}), {self.info['num_classes']} classes "
             f"'{self.info['classes']}', device {self.info['device']} {self.info['precision']}; "
