@@ -97,3 +97,65 @@ class ConfusionAccumulator:
 
     def scores(self) -> Scores:
         return scores_from_confusion(self.matrix)
+
+
+# -- boundary F-score ---------------------------------------------------------------------------
+def label_boundaries(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label (both pixels ``valid``), so a
+    change between two classes marks one pixel on each side's first row/column."""
+    lab = np.asarray(labels)
+    b = np.zeros(lab.shape, bool)
+    right = lab[:, 1:] != lab[:, :-1]
+    down = lab[1:] != lab[:-1]
+    if valid is not None:
+        right &= valid[:, 1:] & valid[:, :-1]
+        down &= valid[1:] & valid[:-1]
+    b[:, :-1] |= right
+    b[:, 1:] |= right
+    b[:-1] |= down
+    b[1:] |= down
+    return b
+
+
+def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` grown by a disk of ``radius`` pixels (OR of shifted copies; no SciPy needed)."""
+    out = mask.copy()
+    h, w = mask.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
+                out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
+                    mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+class BoundaryAccumulator:
+    """Boundary F-score over a dataset: a predicted boundary pixel is correct when a ground-truth
+    boundary lies within ``tolerance`` pixels (precision), and vice versa (recall); counts are
+    summed over images. Boundaries touching ignored ground truth are not scored."""
+
+    def __init__(self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None) -> None:
+        self.tolerance, self.ignore_id, self.num_classes = tolerance, ignore_id, num_classes
+        self.matched_pred = self.pred = self.matched_gt = self.gt = 0
+
+    def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        if gt.shape != pred.shape:
+            raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+        valid = np.ones(gt.shape, bool)
+        if self.num_classes is not None:
+            valid &= (gt >= 0) & (gt < self.num_classes)
+        if self.ignore_id is not None:
+            valid &= gt != self.ignore_id
+        gt_b = label_boundaries(gt, valid)
+        pred_b = label_boundaries(pred, valid)
+        self.matched_pred += int((pred_b & dilate_disk(gt_b, self.tolerance)).sum())
+        self.matched_gt += int((gt_b & dilate_disk(pred_b, self.tolerance)).sum())
+        self.pred += int(pred_b.sum())
+        self.gt += int(gt_b.sum())
+
+    def scores(self) -> dict[str, float]:
+        """precision, recall and F (NaN where undefined)."""
+        p = self.matched_pred / self.pred if self.pred else float("nan")
+        r = self.matched_gt / self.gt if self.gt else float("nan")
+        f = 2 * p * r / (p + r) if (p + r) > 0 else float("nan")
+        return {"boundary_precision": p, "boundary_recall": r, "boundary_f": f, "tolerance_px": self.tolerance}

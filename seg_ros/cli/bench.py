@@ -21,7 +21,7 @@ from ..benchmark import percentiles, time_call
 from ..models import build_model
 from ..pipeline import SegmentationPipeline
 from ..sample import sample_road_image
-from .common import add_pipeline_args, parse_size, pipeline_from_args
+from .common import add_pipeline_args, parse_size, pipeline_from_args, refiner_from_args
 from .segment import read_image_rgb
 
 PIPELINE_STAGES = ("preprocess", "forward", "postprocess", "color", "overlay", "download")
@@ -84,13 +84,18 @@ def run(args: argparse.Namespace) -> int:
         samples = stage_samples[stage][args.warmup:]
         if samples:
             results[stage] = percentiles(samples)
+    refiner = refiner_from_args(args, pipe)
+    if refiner is not None:  # the CRF stage alone, on the logits of one frame (--crf)
+        kept = pipe(frame, "rgb", keep_scores=True)
+        results[f"crf_{refiner.mode}"] = percentiles(
+            time_call(lambda: pipe.refine(kept, refiner), args.runs, args.warmup, dev))
     report = {
         "model": pipe.config.model, "backend": pipe.config.backend, "device": str(dev),
         "precision": "fp16" if pipe.half else "fp32", "size": list(frame.shape[:2]),
         "inference_size": list(pipe.inference_size_for(frame.shape[:2])),
         "threads": torch.get_num_threads(), "weights": pipe.describe()["weights"],
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__, "timings_ms": results,
+        "torch": torch.__version__, "timings_ms": results, "crf": args.crf,
     }
     ratios = {}
     if "forward_eager_fp32_nchw" in results:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
+from ..crf import CRF_MODES, Refiner, create_refiner, load_crf_config
 from ..errors import ConfigError
 from ..backends import list_backends
 from ..models import list_models
@@ -33,6 +36,12 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
                    help="inference size HxW (default: the weights' training size, else the frame size)")
     g.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
+    c = parser.add_argument_group("CRF refinement (docs/crf.md)")
+    c.add_argument("--crf", default="off", choices=list(CRF_MODES),
+                   help="refine the labels with a CRF: dense (pydensecrf, seconds per frame on a CPU) "
+                        "or fast (local-window mean-field on the model's device)")
+    c.add_argument("--crf-config", type=Path, default=None,
+                   help="YAML file of CRF parameters (default: the shipped config/crf.yaml)")
 
 
 def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPipeline:
@@ -47,3 +56,11 @@ def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPip
             raise ConfigError(f"unknown pipeline option {key!r}")
         setattr(config, key, value)
     return SegmentationPipeline(config)
+
+
+def refiner_from_args(args: argparse.Namespace, pipe: SegmentationPipeline) -> Refiner | None:
+    """The CRF refiner asked for with --crf / --crf-config (None for off), on the pipeline's device."""
+    mode = getattr(args, "crf", "off")
+    if mode == "off":
+        return None
+    return create_refiner(mode, load_crf_config(getattr(args, "crf_config", None)), pipe.device)

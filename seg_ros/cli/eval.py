@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from .. import bags
 from ..errors import ConfigError, InputError
-from ..metrics import ConfusionAccumulator, Scores
+from ..metrics import BoundaryAccumulator, ConfusionAccumulator, Scores
 from .bag_from_images import IMAGE_SUFFIXES, list_images, read_rgb
-from .common import add_pipeline_args, pipeline_from_args
+from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 from .replay import untrained_banner
 
 
@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     p.add_argument("--figure", type=Path, default=None,
                    help="PNG figure (default: beside --json, else eval_report.png)")
+    p.add_argument("--boundary-f", action="store_true",
+                   help="also report the boundary F-score (boundary pixels within --boundary-tolerance)")
+    p.add_argument("--boundary-tolerance", type=int, default=3, help="boundary match distance in pixels")
     add_pipeline_args(p)
     p.set_defaults(func=run)
 
@@ -172,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
     names = list(pipe.classes.names)
     ignore = args.ignore_id if args.ignore_id is not None else pipe.classes.ignore_id
     acc = ConfusionAccumulator(len(names), ignore)
+    if args.boundary_tolerance < 0:
+        raise ConfigError(f"--boundary-tolerance must be >= 0, got {args.boundary_tolerance}")
+    boundary = BoundaryAccumulator(args.boundary_tolerance, ignore, len(names)) if args.boundary_f else None
+    refiner = refiner_from_args(args, pipe)  # --crf: the refined labels are scored
     skipped: list[str] = []
 
     if use_bag:
@@ -194,14 +201,21 @@ def run(args: argparse.Namespace) -> int:
             if gt.shape != image.shape[:2]:
                 raise InputError("size_mismatch", f"label is {gt.shape[0]}x{gt.shape[1]}, image is "
                                                   f"{image.shape[0]}x{image.shape[1]}")
-            pred = pipe(image, order).labels
+            res = pipe(image, order, keep_scores=refiner is not None)
+            pred = (pipe.refine(res, refiner) if refiner is not None else res).labels
             acc.add(gt, pred)
+            if boundary is not None:
+                boundary.add(gt, pred)
         except (InputError, ConfigError, ValueError) as exc:
             skipped.append(f"{name}: {exc}")
     if acc.images == 0:
         raise ConfigError("no image could be scored: " + ("; ".join(skipped[:3]) or "no data"))
     scores = acc.scores()
     print_table(scores, names, acc.images)
+    if boundary is not None:
+        b = boundary.scores()
+        print(f"boundary F  {100 * b['boundary_f']:6.2f}%  (precision {100 * b['boundary_precision']:.2f}%, "
+              f"recall {100 * b['boundary_recall']:.2f}%, within {b['tolerance_px']} px)")
     for s in skipped[:10]:
         print(f"skipped {s}", file=sys.stderr)
     if len(skipped) > 10:
@@ -210,10 +224,11 @@ def run(args: argparse.Namespace) -> int:
     d = pipe.describe()
     report = scores.to_dict(names)
     report.update({"images": acc.images, "skipped": skipped, "ignore_id": ignore, "model": d,
-                   "trained": bool(pipe.trained),
+                   "trained": bool(pipe.trained), "crf": args.crf,
+                   **(boundary.scores() if boundary is not None else {}),
                    "source": str(args.bag) if use_bag else {"images": str(args.images), "labels": str(args.labels)}})
     figure = args.figure or (args.json.with_suffix(".png") if args.json else Path("eval_report.png"))
-    title = (f"{d['model']} ({d['weights']}) on {acc.images} images: mIoU {scores.miou:.3f}, "
+    title = (f"{d['model']} ({d['weights']}{', crf ' + args.crf if args.crf != 'off' else ''}) on {acc.images} images: mIoU {scores.miou:.3f}, "
              f"pixel acc {scores.pixel_accuracy:.3f}" + ("  [UNTRAINED MODEL]" if not pipe.trained else ""))
     write_figure(figure, scores, names, title)
     report["figure"] = str(figure)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import bags
 from ..errors import ConfigError, InputError
-from .common import add_pipeline_args, pipeline_from_args
+from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 
 OUTPUT_SUFFIXES = ("labels", "color_mask", "overlay")
 
@@ -95,14 +95,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, default=None, help="also write the overlays as an .mp4")
     p.add_argument("--video-fps", type=float, default=10.0)
     p.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
+    p.add_argument("--crf-replaces-labels", action="store_true",
+                   help="with --crf: write the refined labels as <topic>/labels, color_mask, overlay "
+                        "(default: raw labels there, refined ones on <topic>/labels_refined, ...)")
     add_pipeline_args(p)
     p.set_defaults(func=run)
 
 
 def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | None = None, *,
            max_frames: int | None = None, alpha: float = 0.5, video: VideoSink | None = None,
-           storage: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics; returns the summary."""
+           storage: str | None = None, overwrite: bool = False, refiner: Any = None,
+           crf_replaces_labels: bool = False) -> dict[str, Any]:
+    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics; returns the summary.
+    With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or replace the raw ones)."""
+    refined_suffix = "" if crf_replaces_labels else "_refined"
+    suffixes = OUTPUT_SUFFIXES + (tuple(s + "_refined" for s in OUTPUT_SUFFIXES)
+                                  if refiner is not None and refined_suffix else ())
     failures: Counter[str] = Counter()
     examples: dict[str, str] = {}
     latencies: list[float] = []
@@ -114,7 +122,7 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
             total = min(total, max_frames)
         with bags.BagWriter(out_path, storage=storage, overwrite=overwrite) as out:
             for t in chosen:
-                for suffix in OUTPUT_SUFFIXES:
+                for suffix in suffixes:
                     out.add_topic(f"{t}/{suffix}", bags.IMAGE_TYPE)
             bar = tqdm(total=total, desc="replay", unit="frame", disable=None)
             t_start = time.perf_counter()
@@ -130,10 +138,17 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
                 try:
                     msg = bag.deserialize(m)
                     image, order = bags.decode_image_msg(msg, m.msgtype, pipe.config.max_input_pixels)
-                    res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha)
+                    res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha,
+                               keep_scores=refiner is not None)
                     outs = {"labels": bags.image_msg_from_array(msg.header, res.labels, "labels"),
                             "color_mask": bags.image_msg_from_array(msg.header, res.color),
                             "overlay": bags.image_msg_from_array(msg.header, res.overlay)}
+                    if refiner is not None:
+                        res = pipe.refine(res, refiner, color=True, overlay=True, overlay_alpha=alpha)
+                        outs.update({
+                            f"labels{refined_suffix}": bags.image_msg_from_array(msg.header, res.labels, "labels"),
+                            f"color_mask{refined_suffix}": bags.image_msg_from_array(msg.header, res.color),
+                            f"overlay{refined_suffix}": bags.image_msg_from_array(msg.header, res.overlay)})
                 except InputError as exc:
                     failures[exc.kind] += 1
                     examples.setdefault(exc.kind, f"{m.topic} t={m.timestamp}: {exc}")
@@ -153,7 +168,7 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
             "failures": dict(failures), "failure_examples": examples,
             "elapsed_s": elapsed, "throughput_fps": ok / elapsed if elapsed > 0 else None,
             "latency_ms": latency_summary(latencies), "pipeline": pipe.describe(),
-            "trained": bool(pipe.trained)}
+            "trained": bool(pipe.trained), "crf": getattr(refiner, "mode", "off")}
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -179,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     video = VideoSink(args.video, args.video_fps) if args.video else None
     try:
         summary = replay(args.bag, args.out, pipe, args.topics, max_frames=args.max_frames, alpha=args.alpha,
-                         video=video, storage=args.storage, overwrite=args.overwrite)
+                         video=video, storage=args.storage, overwrite=args.overwrite,
+                         refiner=refiner_from_args(args, pipe), crf_replaces_labels=args.crf_replaces_labels)
     finally:
         if video is not None:
             video.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .common import add_pipeline_args, pipeline_from_args
+from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,12 +36,16 @@ def write_outputs(out_dir: Path, stem: str, labels: np.ndarray, color: np.ndarra
 
 def run(args: argparse.Namespace) -> int:
     pipe = pipeline_from_args(args)
+    refiner = refiner_from_args(args, pipe)  # --crf: the files hold the refined labels
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in args.images:
         try:
             image = read_image_rgb(path)
-            result = pipe(image, "rgb", color=True, overlay=True, overlay_alpha=args.alpha)
+            raw = refiner is None
+            result = pipe(image, "rgb", color=raw, overlay=raw, overlay_alpha=args.alpha, keep_scores=not raw)
+            if not raw:
+                result = pipe.refine(result, refiner, color=True, overlay=True, overlay_alpha=args.alpha)
         except ValueError as exc:
             print(f"skipped {path}: {exc}", file=sys.stderr)
             failed += 1
