@@ -225,3 +225,8 @@ def test_outputs_match_independent_reference_on_official_checkpoint(tmp_path):
     x = torch.randn(1, 3, 128, 256)
     with torch.inference_mode():
         assert torch.allclose(model(x), reference_ddrnet23_slim(plain, x), atol=1e-4)
+
+
+def test_unknown_model_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="'ddrnet23_slim' does not take option\\(s\\) output_stride; it takes: augment"):
+        build_model("ddrnet23_slim", 19, output_stride=16)

@@ -1,6 +1,7 @@
 """Model registry: one name -> one builder, shared by the pipeline, node, tools and tests."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
@@ -38,4 +39,10 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        known = [p for p in accepted if p != "num_classes"]
+        raise ConfigError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
+                          f"it takes: {', '.join(known) or 'none'}")
     return builder(num_classes, **options)
