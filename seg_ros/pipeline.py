@@ -17,6 +17,7 @@ import torch
 
 from . import ops
 from .backends import create_backend, list_backends
+from .backends.cuda_fast import PinnedUploader
 from .classes import ClassSet, load_classes
 from .device import resolve_device
 from .errors import ConfigError, InputError
@@ -159,8 +160,9 @@ class SegmentationPipeline:
         self.size_divisor = int(getattr(model, "size_divisor", 8))
         self.model = prepare_for_inference(model, self.device, half=self.half)
         self.dtype = torch.float16 if self.half else torch.float32
+        self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
-                                      **config.backend_options)
+                                      pipeline=self, **config.backend_options)
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -225,17 +227,21 @@ class SegmentationPipeline:
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
-        frame = torch.from_numpy(image)
         if self.device.type == "cuda":
-            frame = frame.pin_memory().to(self.device, non_blocking=True)
-        return frame
+            return self._uploader(image)  # reusable pinned buffer, non-blocking copy
+        return torch.from_numpy(image)
 
-    def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
+    def preprocess(self, frame: torch.Tensor, color_order: str = "rgb") -> torch.Tensor:
+        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w); also
+        feeds export checks and INT8 calibration, so every backend sees the same input."""
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
-        x = ops.resize_and_normalize(
+        return ops.resize_and_normalize(
             ops.image_to_tensor(frame), self.inference_size_for(tuple(frame.shape[:2])), self._scale,
             self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
+
+    def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
+        x = self.preprocess(frame, color_order)
         clock.mark("preprocess")
         logits = self.backend(x)
         clock.mark("forward")
@@ -320,7 +326,8 @@ class SegmentationPipeline:
 
     def describe(self) -> dict[str, Any]:
         """What is running, for logs, diagnostics and benchmark reports."""
-        return {"model": self.config.model, "backend": self.config.backend, "device": str(self.device),
+        return {"model": self.config.model, "backend": getattr(self.backend, "name", self.config.backend),
+                "device": str(self.device),
                 "precision": "fp16" if self.half else "fp32", "weights": self.weights_path or "random-init",
                 "classes": self.classes.name, "num_classes": self.classes.num_classes,
                 "input_size": list(self.input_size) if self.input_size else None}

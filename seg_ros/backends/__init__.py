@@ -47,3 +47,18 @@ def create_backend(name: str, model: nn.Module, device: torch.device, half: bool
 
 
 from . import torch_backend as _torch_backend  # noqa: E402,F401  (registers 'torch')
+from . import onnxruntime_backend as _onnxruntime_backend  # noqa: E402,F401  (registers 'onnxruntime')
+from . import tensorrt_backend as _tensorrt_backend  # noqa: E402,F401  (registers 'tensorrt')
+
+
+def auto_backend_name(device: torch.device) -> str:
+    """``auto``: torch on CUDA (fp16, CUDA graphs); onnxruntime on the CPU when installed, since it
+    ran DDRNet-23-slim about twice as fast as torch there (docs/backends.md), else torch."""
+    if device.type == "cpu" and _onnxruntime_backend.onnxruntime_available():
+        return "onnxruntime"
+    return "torch"
+
+
+@register_backend("auto")
+def _auto_backend(model: nn.Module, device: torch.device, half: bool, **options: Any) -> Backend:
+    return create_backend(auto_backend_name(device), model, device, half, **options)

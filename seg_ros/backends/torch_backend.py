@@ -1,4 +1,9 @@
-"""The PyTorch backend: the prepared (BN-folded, channels_last) module run eagerly."""
+"""The PyTorch backend: the prepared (BN-folded, channels_last, fp16 when asked) module.
+
+On the CPU it runs eagerly. On CUDA it also turns on cudnn.benchmark, runs on a dedicated stream
+and replays a CUDA graph per input shape (options ``cuda_graphs``, ``dedicated_stream``,
+``cudnn_benchmark``, ``max_graphs``; all on by default), see :mod:`.cuda_fast`.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -7,17 +12,38 @@ import torch
 from torch import nn
 
 from . import register_backend
+from .cuda_fast import GraphedForward, describe_cuda, on_stream
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
 
 
 @register_backend("torch")
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool, **_: Any) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, half: bool, cuda_graphs: Any = True,
+                 dedicated_stream: Any = True, cudnn_benchmark: Any = True, max_graphs: int = 4,
+                 **_: Any) -> None:
         self.model, self.device, self.half = model, device, half
+        cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if cuda and _flag(dedicated_stream) else None
+        if cuda and _flag(cudnn_benchmark):
+            torch.backends.cudnn.benchmark = True
+        self.graphed = GraphedForward(model, max_graphs=int(max_graphs)) if cuda and _flag(cuda_graphs) else None
+        self._run = self.graphed if self.graphed is not None else model
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.stream is not None:
+            return on_stream(self.stream, self._run, x)
+        return self._run(x)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
+        info: dict[str, Any] = {"backend": self.name, "cuda_graphs": self.graphed is not None,
+                                "dedicated_stream": self.stream is not None}
+        if self.device.type == "cuda":
+            info.update(describe_cuda(self.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
+        if self.graphed is not None:
+            info.update(graphs=len(self.graphed.graphs), eager_fallbacks=len(self.graphed.graphs.failed))
+        return info

@@ -1,0 +1,66 @@
+"""A small LRU of per-input-shape artefacts (CUDA graphs, onnxruntime sessions, TensorRT engines).
+
+The pipeline picks the inference size per frame, so an artefact built for one shape must never
+serve another. Keys whose build failed can be remembered, so a backend falls back (e.g. to eager
+execution) once and does not retry the failing build on every frame.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+log = logging.getLogger("seg_ros")
+V = TypeVar("V")
+
+
+class ShapeCache(Generic[V]):
+    """``get(key)`` returns the artefact for ``key``, building it with ``build(key)`` on a miss
+    and evicting the least recently used one beyond ``max_entries``. With ``fallback_on_error``
+    a failed build is logged once, remembered, and ``get`` returns None for that key."""
+
+    def __init__(self, build: Callable[[Hashable], V], max_entries: int = 4,
+                 fallback_on_error: bool = False, what: str = "artefact") -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._build = build
+        self.max_entries = max_entries
+        self.fallback_on_error = fallback_on_error
+        self.what = what
+        self._entries: OrderedDict[Hashable, V] = OrderedDict()
+        self.failed: dict[Hashable, str] = {}
+        self.builds = self.hits = self.evictions = 0
+
+    def get(self, key: Hashable) -> V | None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+        if key in self.failed:
+            return None
+        try:
+            value = self._build(key)
+        except Exception as exc:
+            if not self.fallback_on_error:
+                raise
+            self.failed[key] = f"{type(exc).__name__}: {exc}"
+            log.warning("could not build %s for %s (%s); falling back for this shape",
+                        self.what, key, self.failed[key])
+            return None
+        self.builds += 1
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            old, _ = self._entries.popitem(last=False)
+            self.evictions += 1
+            log.info("dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries)
+        return value
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.failed.clear()
