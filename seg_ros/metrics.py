@@ -157,5 +157,5 @@ class BoundaryAccumulator:
         """precision, recall and F (NaN where undefined)."""
         p = self.matched_pred / self.pred if self.pred else float("nan")
         r = self.matched_gt / self.gt if self.gt else float("nan")
-        f = 2 * p * r / (p + r) if (p + r) > 0 else float("nan")
+        f = 2 * p * r / (p + r) if (p + r) > 0 else (0.0 if p == 0 and r == 0 else float("nan"))
         return {"boundary_precision": p, "boundary_recall": r, "boundary_f": f, "tolerance_px": self.tolerance}

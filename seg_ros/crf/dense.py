@@ -33,6 +33,12 @@ def dense_labels(image: np.ndarray, probs: np.ndarray, config: dict[str, Any]) -
     return q.argmax(axis=0).astype(np.uint16 if c > 256 else np.uint8)
 
 
+def _ignore_sigint() -> None:
+    """Helper processes leave Ctrl-C to their parent, which shuts them down."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class DenseCRF:
     """Refiner (see :mod:`seg_ros.crf`); the image and unary go to the CPU whatever the device."""
 
@@ -43,7 +49,8 @@ class DenseCRF:
         self._pool: ProcessPoolExecutor | None = None
         if isolate:
             import multiprocessing
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_ignore_sigint)
 
     def __call__(self, image: Any, logits: Any, out_hw: tuple[int, int]) -> Any:
         import torch
