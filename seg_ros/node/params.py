@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..backends import list_backends
+from ..crf import CRF_MODES, parameter_table as crf_parameter_table
 from ..device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..models import list_models
 from ..pipeline import DEFAULT_MAX_INPUT_PIXELS, OUTPUT_RESOLUTIONS
@@ -67,6 +68,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               float_range=(0.1, 3600.0)),
     ParamSpec("error_threshold", 5, "diagnostics ERROR after this many consecutive failed frames",
               int_range=(1, 100000)),
+    # CRF refinement (docs/crf.md); defaults as config/crf.yaml (DeepLab v2's dense-CRF settings)
+    ParamSpec("crf", "off", "CRF refinement: off, fast (local-window mean-field on the model's device) "
+              "or dense (pydensecrf on the CPU, seconds per frame); refined labels on ~/labels_refined",
+              True, choices=CRF_MODES),
+    ParamSpec("crf_replaces_labels", False, "publish the CRF-refined labels on ~/labels, ~/color_mask "
+              "and ~/overlay instead of ~/labels_refined, ... (adds the CRF time to their latency)", True),
+    *(ParamSpec(f"crf_{name}", default, description, True,
+                int_range=rng if isinstance(default, int) else None,
+                float_range=None if isinstance(default, int) else rng)
+      for name, default, description, rng in crf_parameter_table()),
     # Class metadata, filled in by the node from the loaded model (read by downstream nodes).
     ParamSpec("class_names", [""], "class names by id (set by the node)", True, in_yaml=False),
     ParamSpec("class_colors", [0], "class colours, flat [r0, g0, b0, r1, ...] (set by the node)", True,

@@ -27,6 +27,8 @@ from std_msgs.msg import String
 from .. import image_codec
 from ..errors import ConfigError, InputError, SegRosError
 from ..pipeline import PipelineConfig, SegmentationPipeline
+from ..crf import CRFConfig, create_refiner
+from ..crf.worker import BackgroundRefiner
 from . import params as P
 from .class_info import class_info_json
 from .diagnostics import NodeStats
@@ -109,6 +111,7 @@ class SegmentNode(Node):
         self.pub_confidence = self.create_publisher(Image, "~/confidence", output_qos(depth))
         self.pub_class_info = self.create_publisher(String, "~/class_info", latched_qos())
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+        self._setup_crf(values, depth)
 
         self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
         self._last_warn: dict[str, tuple[float, int]] = {}
@@ -217,7 +220,8 @@ class SegmentNode(Node):
     def _process(self, msg, received: float) -> None:
         s = self.settings
         want = self._wanted(s)
-        if not any(want.values()):
+        refine_later = self.crf_worker is not None and any(self._refined_wanted(s).values())
+        if not any(want.values()) and not refine_later:
             self.stats.frame_idle()
             return
         config = self.pipeline.config  # run-time parameters take effect between frames
@@ -228,8 +232,14 @@ class SegmentNode(Node):
         else:
             image, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
                                                     msg.is_bigendian, msg.data, max_pixels=s.max_input_pixels)
-        result = self.pipeline(image, order, color=want["color"], overlay=want["overlay"],
-                               confidence=want["confidence"], overlay_alpha=s.overlay_alpha)
+        inline = self.refiner is not None and self.crf_worker is None  # crf_replaces_labels
+        result = self.pipeline(image, order, color=want["color"] and not inline,
+                               overlay=want["overlay"] and not inline, confidence=want["confidence"],
+                               overlay_alpha=s.overlay_alpha, keep_scores=self.refiner is not None)
+        if inline:
+            refined = self.pipeline.refine(result, self.refiner, color=want["color"], overlay=want["overlay"],
+                                           overlay_alpha=s.overlay_alpha)
+            result.labels, result.color, result.overlay = refined.labels, refined.color, refined.overlay
         header = msg.header
         if want["labels"]:
             self.pub_labels.publish(_image_msg(header, *image_codec.encode_labels(result.labels), result.labels))
@@ -241,6 +251,8 @@ class SegmentNode(Node):
             self.pub_confidence.publish(
                 _image_msg(header, *image_codec.encode_float(result.confidence), result.confidence))
         self.stats.frame_done(time.monotonic() - received)
+        if refine_later:  # after the raw outputs are out: refined ones follow on ~/*_refined
+            self.crf_worker.submit((result, header))
 
     def _warn_throttled(self, kind: str, text: str, error: bool = False) -> None:
         """At most one line per error kind every WARN_THROTTLE_S, saying how many were not shown."""
@@ -254,6 +266,62 @@ class SegmentNode(Node):
         self._last_warn[kind] = (now, 0)
         (self.get_logger().error if error else self.get_logger().warning)(text)
 
+    # -- CRF refinement (docs/crf.md) ----------------------------------------------------
+    def _setup_crf(self, values: dict[str, Any], depth: int) -> None:
+        """Refiner per the crf* parameters. Refined outputs go to ~/*_refined from a background
+        worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels."""
+        self.crf_mode = values["crf"]
+        config = CRFConfig.from_dict({name[4:]: values[name] for name in values
+                                      if name.startswith("crf_") and name != "crf_replaces_labels"},
+                                     source="segment_node parameters")
+        # dense holds the GIL for seconds: a helper process runs it, so callbacks keep flowing
+        replaces = values["crf_replaces_labels"]
+        self.refiner = create_refiner(self.crf_mode, config, self.pipeline.device, isolate=True)
+        self.crf_worker: BackgroundRefiner | None = None
+        if self.refiner is None:
+            return
+        if not replaces:
+            self.pub_labels_refined = self.create_publisher(Image, "~/labels_refined", output_qos(depth))
+            self.pub_color_refined = self.create_publisher(Image, "~/color_mask_refined", output_qos(depth))
+            self.pub_overlay_refined = self.create_publisher(Image, "~/overlay_refined", output_qos(depth))
+            self.crf_worker = BackgroundRefiner(self._publish_refined, self._on_refine_error)
+        self.get_logger().info(f"crf {self.crf_mode}: refined labels on "
+                               + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined"))
+
+    def _refined_wanted(self, s: Settings) -> dict[str, bool]:
+        return {"labels": s.publish_labels and self.pub_labels_refined.get_subscription_count() > 0,
+                "color": s.publish_color_mask and self.pub_color_refined.get_subscription_count() > 0,
+                "overlay": s.publish_overlay and self.pub_overlay_refined.get_subscription_count() > 0}
+
+    def _publish_refined(self, item: tuple[Any, Any]) -> None:
+        """On the CRF worker thread: refine a raw result from its kept logits and publish."""
+        result, header = item
+        s = self.settings
+        want = self._refined_wanted(s)
+        refined = self.pipeline.refine(result, self.refiner, color=want["color"], overlay=want["overlay"],
+                                       overlay_alpha=s.overlay_alpha)
+        if want["labels"]:
+            self.pub_labels_refined.publish(
+                _image_msg(header, *image_codec.encode_labels(refined.labels), refined.labels))
+        if want["color"]:
+            self.pub_color_refined.publish(_image_msg(header, *image_codec.encode_rgb(refined.color), refined.color))
+        if want["overlay"]:
+            self.pub_overlay_refined.publish(
+                _image_msg(header, *image_codec.encode_rgb(refined.overlay), refined.overlay))
+
+    def _on_refine_error(self, item: tuple[Any, Any], exc: Exception) -> None:
+        stamp = f"{item[1].stamp.sec}.{item[1].stamp.nanosec:09d}"
+        self._warn_throttled("crf_error", f"CRF refinement of frame (stamp {stamp}) failed: "
+                                          f"{type(exc).__name__}: {exc}", error=True)
+
+    def _crf_diagnostics(self) -> list[tuple[str, str]]:
+        values = [("crf", self.crf_mode)]
+        if self.crf_worker is not None:
+            values += [("crf_frames_refined", str(self.crf_worker.done)),
+                       ("crf_frames_dropped", str(self.crf_worker.dropped)),
+                       ("crf_frames_failed", str(self.crf_worker.failed))]
+        return values
+
     # -- diagnostics --------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         s = self.settings
@@ -265,7 +333,8 @@ class SegmentNode(Node):
                   ("input_transport", self.transport)]
         status = DiagnosticStatus(level=bytes([report.level]), name=self._diag_status_name,
                                   message=report.message, hardware_id=self._hardware_id,
-                                  values=[KeyValue(key=k, value=v) for k, v in report.values + static])
+                                  values=[KeyValue(key=k, value=v)
+                                          for k, v in report.values + static + self._crf_diagnostics()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(msg)
@@ -277,6 +346,10 @@ class SegmentNode(Node):
         self.slot.close()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if self.crf_worker is not None:
+            self.crf_worker.stop(timeout)
+        if self.refiner is not None:
+            self.refiner.close()
         logging.getLogger("seg_ros").removeHandler(self._log_handler)
 
 
