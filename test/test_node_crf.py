@@ -20,9 +20,9 @@ from test_node import (NODE, NodeProcess, Peer, image_msg, module_domain, node_c
 
 pytestmark = pytest.mark.timeout(240)
 REFINED = ("labels_refined", "color_mask_refined", "overlay_refined")
-# a slow CRF on purpose (full resolution, wide window, many iterations): if it ran on the raw
-# stream's path, the raw latency would grow by its whole cost
-SLOW_CRF = ("crf_fast_scale:=1.0", "crf_fast_window:=11", "crf_fast_iterations:=20")
+# a slow CRF on purpose (full resolution, many iterations; seconds on a small CPU): if it ran on
+# the raw stream's path, the raw latency would grow by its whole cost
+SLOW_CRF = ("crf_fast_scale:=1.0", "crf_fast_window:=7", "crf_fast_iterations:=10")
 
 
 class CrfPeer(Peer):
@@ -83,7 +83,7 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
         sent = image_msg("rgb8", frame, h, w, tag="crf")
         out = peer.roundtrip(sent, ("labels",) + REFINED, timeout=60)
         raw = offline(frame, "rgb", keep_scores=True)
-        refiner = create_refiner("fast", CRFConfig(fast_scale=1.0, fast_window=11, fast_iterations=20))
+        refiner = create_refiner("fast", CRFConfig(fast_scale=1.0, fast_window=7, fast_iterations=10))
         expected = offline.refine(raw, refiner, color=True, overlay=True)
         got = np.frombuffer(out["labels_refined"].data, np.uint8).reshape(h, w)
         np.testing.assert_array_equal(got, expected.labels)
@@ -93,9 +93,8 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
                                       expected.overlay)
         assert out["labels_refined"].header.stamp == sent.header.stamp
         t_crf0 = time.monotonic()
-        for _ in range(3):
-            offline.refine(raw, refiner)
-        crf_ms = (time.monotonic() - t_crf0) / 3 * 1e3
+        offline.refine(raw, refiner)
+        crf_ms = (time.monotonic() - t_crf0) * 1e3
         with_crf = raw_latencies(peer, frame, 8, "lat_crf")
         values = peer.diag_values(after=time.monotonic())
         assert values["crf"] == "fast" and int(values["crf_frames_refined"]) >= 1
