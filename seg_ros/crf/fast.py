@@ -9,7 +9,6 @@ computed once per frame; each iteration is k*k - 1 fused multiply-adds over shif
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -27,29 +26,31 @@ def _shift(x: torch.Tensor, r: int, dy: int, dx: int, h: int, w: int) -> torch.T
 def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
                    ) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """Neighbour offsets and their weights (n, h, w): w1 * bilateral + w2 * Gaussian, each
-    normalised symmetrically; neighbours outside the image weigh 0."""
+    normalised symmetrically; neighbours outside the image weigh 0. A handful of whole-window
+    operations (unfold), so the GPU path launches few kernels."""
     _, _, h, w = image.shape
-    r = config.fast_window // 2
+    k = config.fast_window
+    r = k // 2
+    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    keep = torch.tensor([i for i, d in enumerate(offsets) if d != (0, 0)], device=image.device)
+    offsets = [d for d in offsets if d != (0, 0)]
+
+    def window(x: torch.Tensor) -> torch.Tensor:  # (c, h, w) -> (c, n, h, w): x[p + d] per offset d
+        c = x.shape[0]
+        return F.unfold(x[None], k, padding=r).view(c, k * k, h, w).index_select(1, keep)
+
+    d2 = torch.tensor([float(dy * dy + dx * dx) for dy, dx in offsets], device=image.device).view(-1, 1, 1)
+    valid = window(torch.ones(1, h, w, device=image.device))[0]
+    colour = (window(image[0]) - image[0].unsqueeze(1)).square_().sum(dim=0)
     alpha, gamma = config.theta_alpha * scale, config.theta_gamma * scale
-    beta2 = 2.0 * config.theta_beta ** 2
-    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
-    img = F.pad(image, (r, r, r, r))
-    valid = F.pad(torch.ones(1, 1, h, w, device=image.device), (r, r, r, r))
-    bil = torch.empty(len(offsets), h, w, device=image.device)
-    gau = torch.empty(len(offsets), 1, 1, device=image.device)
-    for i, (dy, dx) in enumerate(offsets):
-        d2 = float(dy * dy + dx * dx)
-        colour = (image - _shift(img, r, dy, dx, h, w)).square_().sum(dim=1)[0]
-        bil[i] = torch.exp(-d2 / (2 * alpha ** 2) - colour / beta2) * _shift(valid, r, dy, dx, h, w)[0, 0]
-        gau[i] = math.exp(-d2 / (2 * gamma ** 2))
-    gau = gau * torch.stack([_shift(valid, r, dy, dx, h, w)[0, 0] for dy, dx in offsets])
-    kernels = torch.zeros_like(bil)
-    for k, weight in ((bil, config.bilateral_weight), (gau, config.gaussian_weight)):
+    bilateral = torch.exp(-d2 / (2 * alpha ** 2) - colour / (2.0 * config.theta_beta ** 2)) * valid
+    gaussian = torch.exp(-d2 / (2 * gamma ** 2)) * valid
+    kernels = torch.zeros_like(bilateral)
+    for kern, weight in ((bilateral, config.bilateral_weight), (gaussian, config.gaussian_weight)):
         if weight == 0:
             continue
-        norm = F.pad((1.0 + k.sum(dim=0)).rsqrt(), (r, r, r, r))  # degree counts the pixel itself
-        for i, (dy, dx) in enumerate(offsets):
-            kernels[i] += weight * norm[r:r + h, r:r + w] * k[i] * _shift(norm, r, dy, dx, h, w)
+        norm = (1.0 + kern.sum(dim=0, keepdim=True)).rsqrt_()  # the degree counts the pixel itself
+        kernels += weight * norm * kern * window(norm)[0]
     return offsets, kernels
 
 
