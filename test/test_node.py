@@ -485,10 +485,13 @@ def test_overload_latest_frame_wins(ros, road_image):
     """Frames ~3x faster than the node processes them: drops are counted, latency stays bounded
     (no queue builds up), the newest frame is always processed and memory stays flat."""
     node, peer = ros
-    h, w = road_image.shape[:2]
+    # 240x320 rgb8 (230 KB) stays below Fast DDS's default 512 KiB shared-memory segment, so the
+    # DDS transport itself does not lose best-effort frames here (see docs/node.md)
+    frame = np.ascontiguousarray(cv2.resize(road_image, (320, 240), interpolation=cv2.INTER_AREA))
+    h, w = frame.shape[:2]
     times = []
     for i in range(3):
-        sent = image_msg("rgb8", road_image, h, w, tag="warm")
+        sent = image_msg("rgb8", frame, h, w, tag="warm")
         t0 = time.monotonic()
         peer.roundtrip(sent)
         times.append(time.monotonic() - t0)
@@ -498,7 +501,7 @@ def test_overload_latest_frame_wins(ros, road_image):
     def burst(n: int) -> tuple[list[float], int]:
         sent_at = {}
         for _ in range(n):
-            msg = image_msg("rgb8", road_image, h, w, tag="load")
+            msg = image_msg("rgb8", frame, h, w, tag="load")
             sent_at[msg.header.frame_id] = time.monotonic()
             peer.pub.publish(msg)
             time.sleep(interval)
