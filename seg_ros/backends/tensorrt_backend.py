@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import register_backend
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxCache, default_cache_root, file_digest
+from .onnx_export import INPUT_NAME, OnnxCache, default_cache_root, file_digest
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")

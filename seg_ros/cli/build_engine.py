@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
                "calib_max_images": args.calib_max_images, "onnx_path": args.onnx, "cache_dir": args.cache_dir,
                "workspace_mb": args.workspace_mb}
     pipe = pipeline_from_args(args, backend="tensorrt", input_size=None,
-                              backend_options={k: v for k, v in options.items() if v is not None})
+                              backend_options={**dict(args.backend_options),
+                                               **{k: v for k, v in options.items() if v is not None}})
     shape = pipe.inference_size_for(args.size)
     start = time.perf_counter()
 

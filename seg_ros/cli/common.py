@@ -23,6 +23,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    """'cuda_graphs=false' -> ('cuda_graphs', False): values are read as YAML scalars."""
+    import yaml
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"backend option must be KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
 def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = False) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="ddrnet23_slim", choices=list_models())
@@ -30,6 +42,9 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
                    help="weights file; 'default' = the model's shipped weights, 'none' = random init")
     g.add_argument("--classes", default=None, help="classes YAML file or built-in name (camvid, cityscapes)")
     g.add_argument("--backend", default="torch", choices=list_backends(), help="inference backend")
+    g.add_argument("--backend-option", dest="backend_options", action="append", type=parse_option, default=[],
+                   metavar="KEY=VALUE", help="backend option, repeatable (e.g. cuda_graphs=false, "
+                   "onnx_path=m.onnx, precision=int8, calib_images=DIR); see docs/backends.md")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     g.add_argument("--input-size", type=parse_size, default=None, required=size_required,
@@ -50,7 +65,8 @@ def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPip
                             device=args.device, precision=args.precision,
                             input_size=getattr(args, "input_size", None),
                             keep_aspect=getattr(args, "keep_aspect", True),
-                            num_threads=getattr(args, "threads", 0))
+                            num_threads=getattr(args, "threads", 0),
+                            backend_options=dict(getattr(args, "backend_options", None) or []))
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise ConfigError(f"unknown pipeline option {key!r}")
