@@ -259,9 +259,11 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     shape = (1, 3, *key.input_shape)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shape, shape, shape)  # fixed shape; also fits dynamic ONNX files
-    config.add_optimization_profile(profile)
+    profile = None
+    if any(int(d) < 0 for d in network.get_input(0).shape):  # a --dynamic export: pin it to the shape
+        profile = builder.create_optimization_profile()
+        profile.set_shape(INPUT_NAME, shape, shape, shape)
+        config.add_optimization_profile(profile)
     if key.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if key.precision == "int8":
@@ -270,7 +272,7 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
                               "or --calib-images for seg-ros build-engine)")
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
-        if hasattr(config, "set_calibration_profile"):
+        if profile is not None and hasattr(config, "set_calibration_profile"):
             config.set_calibration_profile(profile)
     say(f"building a {key.precision} engine for {shape[2]}x{shape[3]} on {key.gpu} "
         f"(TensorRT {key.tensorrt}); this can take minutes")
