@@ -315,3 +315,42 @@ def test_background_refiner_latest_wins_and_reports_errors():
         assert errors == [("bad", "boom")] and worker.failed == 1
     finally:
         worker.stop()
+
+
+ISOLATE = True  # False shows the stall this test exists to catch
+
+
+@needs_dense
+def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(scene):
+    """The node's dense CRF runs in a helper process: same labels, and this process's threads
+    keep running meanwhile (pydensecrf in-process holds the GIL for the whole inference)."""
+    image, logits, _ = scene
+    image = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))  # 128 x 160
+    logits = logits.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    size = (2 * H, 2 * W)
+    config = CRFConfig(iterations=100)  # long enough (~0.4 s) for a stall to show
+    refiner = create_refiner("dense", config, isolate=ISOLATE)
+    try:
+        refiner(torch.from_numpy(image), logits, size)  # starts the helper process
+        ticks: list[float] = []
+        done = threading.Event()
+
+        def ticker() -> None:
+            while not done.is_set():
+                ticks.append(time.monotonic())
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=ticker)
+        thread.start()
+        t0 = time.monotonic()
+        labels = refiner(torch.from_numpy(image), logits, size).numpy()
+        elapsed = time.monotonic() - t0
+        done.set()
+        thread.join()
+    finally:
+        refiner.close()
+    in_process = create_refiner("dense", config)(torch.from_numpy(image), logits, size).numpy()
+    np.testing.assert_array_equal(labels, in_process)
+    gaps = np.diff([t for t in ticks if t >= t0])
+    print(f"dense {elapsed * 1e3:.0f} ms, longest stall of another thread {gaps.max() * 1e3:.0f} ms")
+    assert elapsed > 0.05 and gaps.max() < 0.5 * elapsed, (gaps.max(), elapsed)
