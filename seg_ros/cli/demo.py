@@ -242,6 +242,17 @@ def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict
             "node_diagnostics": {}, "overlays": overlays, "trained": s["trained"]}
 
 
+def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
+    """Write ``label`` in the bottom-left corner (so a picture of an untrained model says so)."""
+    if label:
+        img = img.copy()
+        scale = img.shape[1] / 640
+        org = (int(6 * scale) + 4, img.shape[0] - int(10 * scale) - 4)
+        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+    return img
+
+
 def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: int = 320,
                 label: str | None = None) -> None:
     """Evenly spaced overlay frames side by side, ``width`` pixels each; ``label`` stamped on each."""
@@ -250,11 +261,7 @@ def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: i
     for i in idx:
         img = overlays[i]
         h = int(round(img.shape[0] * width / img.shape[1]))
-        tile = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
-        if label:
-            cv2.putText(tile, label, (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(tile, label, (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
-        tiles.append(tile)
+        tiles.append(stamp_label(cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA), label))
     h = min(t.shape[0] for t in tiles)
     gap = np.full((h, 4, 3), 255, np.uint8)
     row = [x for t in tiles for x in (t[:h], gap)][:-1]
@@ -285,9 +292,10 @@ def run(args: argparse.Namespace) -> int:
     overlays = [img for _, img in sorted(summary.pop("overlays"), key=lambda x: x[0])]
     files = {"bag": str(out_bag)}
     if overlays:
-        write_strip(out / "overlay_strip.png", overlays,
-                    label=None if summary["trained"] else "UNTRAINED MODEL (random weights)")
-        cv2.imwrite(str(out / "overlay_frame.png"), cv2.cvtColor(overlays[len(overlays) // 2], cv2.COLOR_RGB2BGR))
+        label = None if summary["trained"] else "UNTRAINED MODEL (random weights)"
+        write_strip(out / "overlay_strip.png", overlays, label=label)
+        frame = stamp_label(overlays[len(overlays) // 2], label)
+        cv2.imwrite(str(out / "overlay_frame.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         files.update(strip=str(out / "overlay_strip.png"), frame=str(out / "overlay_frame.png"))
         video = VideoSink(out / "overlay.mp4", fps=10.0 * args.rate)
         for img in overlays:
