@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import struct
 import subprocess
