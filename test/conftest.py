@@ -51,3 +51,14 @@ def ros_domain_id(monkeypatch) -> int:
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_LOCALHOST_ONLY", "1")
     return domain
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A pipeline built with num_threads changes torch's process-wide thread count; restore it so a
+    later test's in-process reference computes with the same thread count as the node it is compared to
+    (float reductions, and so near-tie labels, depend on it)."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..benchmark import percentiles, time_call
 from ..classes import load_classes
 from ..errors import ConfigError
-from ..models import build_model, list_models
+from ..models import build_model, list_models, model_options
 from ..pipeline import SegmentationPipeline
 from ..sample import sample_road_image
 from .common import parse_size
@@ -49,12 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _options(name: str, output_stride: int | None) -> dict:
     """``{'output_stride': n}`` when asked for and the model takes it (DDRNet has a fixed stride)."""
-    if output_stride is None:
-        return {}
-    try:
-        with torch.device("meta"):
-            build_model(name, 2, output_stride=output_stride)
-    except TypeError:
+    if output_stride is None or "output_stride" not in model_options(name):
         return {}
     return {"output_stride": output_stride}
 

@@ -2,7 +2,7 @@
 from . import ddrnet as _ddrnet
 from . import deeplab as _deeplab
 from . import pspnet as _pspnet
-from .registry import build_model, list_models, register_model
+from .registry import build_model, list_models, model_options, register_model
 from .weights import WeightsFile, load_weights, read_weights, save_weights
 
 register_model("ddrnet23_slim")(_ddrnet.ddrnet23_slim)
@@ -16,5 +16,5 @@ register_model("deeplabv3plus_resnet101")(_deeplab.deeplabv3plus_resnet101)
 register_model("pspnet_resnet50")(_pspnet.pspnet_resnet50)
 register_model("pspnet_resnet101")(_pspnet.pspnet_resnet101)
 
-__all__ = ["build_model", "list_models", "register_model", "load_weights", "read_weights",
+__all__ = ["build_model", "list_models", "model_options", "register_model", "load_weights", "read_weights",
            "save_weights", "WeightsFile"]

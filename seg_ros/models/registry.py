@@ -28,21 +28,26 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_options(name: str) -> list[str]:
+    """Names of the build options a registered model takes (e.g. ``output_stride``), so callers offer only those."""
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    return [p for p in inspect.signature(builder).parameters if p != "num_classes"]
+
+
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """Build a registered model with random initialisation.
 
     Raises ConfigError listing the known names when ``name`` is unknown.
     """
-    try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    known = model_options(name)
+    builder = _REGISTRY[name]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    accepted = inspect.signature(builder).parameters
-    unknown = sorted(set(options) - set(accepted))
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        known = [p for p in accepted if p != "num_classes"]
         raise ConfigError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
                           f"it takes: {', '.join(known) or 'none'}")
     return builder(num_classes, **options)
