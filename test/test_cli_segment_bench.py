@@ -40,11 +40,36 @@ def test_bench_json_report(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["model"] == "ddrnet23_slim" and report["backend"] == "torch" and report["device"] == "cpu"
     assert report["size"] == [64, 128]
-    for stage in ("forward", "pipeline", "forward_eager_fp32_nchw", "preprocess", "postprocess", "overlay"):
+    for stage in ("forward", "pipeline", "forward_eager_fp32_nchw", "preprocess", "postprocess", "overlay",
+                  "decode", "serialise", "message_to_messages"):
         t = report["timings_ms"][stage]
         assert t["median"] > 0 and t["p95"] >= t["median"]
     assert "pipeline_vs_forward" in report["ratios"]
     assert "pipeline" in capsys.readouterr().out
+
+
+def test_bench_on_bag_frames(tmp_path, road_image):
+    """--bag times the bag's own frames (their size, their encodings) through decode ... serialise."""
+    from seg_ros import bags
+    bag = tmp_path / "cam.mcap"
+    small = cv2.resize(road_image, (96, 72))
+    with bags.BagWriter(bag) as w:
+        w.add_topic("/cam/image_raw", bags.IMAGE_TYPE)
+        w.add_topic("/cam/image_raw/compressed", bags.COMPRESSED_TYPE)
+        for i in range(3):
+            w.write("/cam/image_raw", i, bags.image_msg_from_array(bags.make_header(i), small))
+            ok, jpeg = cv2.imencode(".jpg", small)
+            w.write("/cam/image_raw/compressed", i, bags.make_compressed(bags.make_header(i), "jpeg", jpeg))
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--bag", str(bag), "--topic", "/cam/image_raw/compressed", "--size", "64x96",
+               "--runs", "3", "--warmup", "1", "--weights", "none", "--device", "cpu", "--no-baseline",
+               "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 3 and report["size"] == [72, 96] and report["source"] == str(bag)
+    t = report["timings_ms"]
+    assert t["message_to_messages"]["median"] >= t["pipeline"]["median"] > 0
+    assert t["decode"]["median"] > 0 and t["serialise"]["median"] > 0
 
 
 def test_unknown_model_is_a_clear_cli_error(capsys):
