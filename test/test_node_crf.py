@@ -102,7 +102,7 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
         peer.close()
         assert node.stop() == 0, node.log
 
-    node, peer = start(weights_file, *SLOW_CRF)  # crf "off" from config/segment.yaml (YAML reads a bare off as false)
+    node, peer = start(weights_file, *SLOW_CRF, "crf:=off")  # a bare off reaches the node as false: read as 'off'
     try:
         without = raw_latencies(peer, frame, 8, "lat_off")
         assert not peer.received["labels_refined"]

@@ -75,6 +75,7 @@ def test_stats_levels_and_values():
     ("qos_depth", 0, "1..100"),
     ("qos_reliability", "sometimes", "best_effort, reliable"),
     ("backend", "tensorrt-ish", "torch"),
+    ("output_stride", 4, "8 or 16"),
 ])
 def test_parameter_validation_names_the_problem(name, value, words):
     reason = P.validate(name, value)
@@ -84,6 +85,7 @@ def test_parameter_validation_names_the_problem(name, value, words):
 @pytest.mark.parametrize("name,value", [("input_size", [0, 0]), ("input_size", [512, 1024]),
                                         ("device", "cuda:1"), ("device", "auto"), ("overlay_alpha", 0.0)])
 def test_valid_parameters_pass(name, value):
+    assert P.validate("output_stride", 16) is None and P.validate("output_stride", 0) is None
     assert P.validate(name, value) is None
     assert P.input_size([0, 0]) is None and P.input_size([512, 1024]) == (512, 1024)
 
@@ -94,3 +96,11 @@ def test_every_parameter_has_a_description_and_a_typed_descriptor():
         desc = P.descriptor(spec)
         assert desc.description and desc.type != 0, spec.name
         assert desc.read_only == spec.read_only
+
+
+def test_bare_off_reads_as_off_and_output_stride_reaches_the_model_only_when_set():
+    assert P.unquoted_off("crf", False) == "off" and P.unquoted_off("crf", "fast") == "fast"
+    assert P.unquoted_off("keep_aspect", False) is False  # a real bool parameter is left alone
+    with pytest.raises(ValueError, match="boolean true"):
+        P.unquoted_off("crf", True)
+    assert P.model_options({"output_stride": 0}) == {} and P.model_options({"output_stride": 8}) == {"output_stride": 8}

@@ -45,6 +45,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "bad_choice": (node_command(good, "device:=tpu"), ["device", "tpu"]),
         "wrong_type": (with_params_file(node_command(good), wrong_type), ["qos_depth", "STRING"]),
         "missing_params_file": (with_params_file(node_command(good), tmp / "none.yaml"), ["none.yaml"]),
+        "stride_for_ddrnet": (node_command(good, "output_stride:=8"), ["ddrnet23_slim", "output_stride"]),
+        "crf_true": (node_command(good, "crf:=true"), ["crf", "boolean true"]),
     }
     if not torch.cuda.is_available():
         cases["cuda_without_cuda"] = (node_command(good, "device:=cuda"), ["cuda", "not available"])
@@ -72,7 +74,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
 
 
 CASES = ["missing_weights", "corrupt_weights", "incompatible_weights", "bad_classes_file", "out_of_range",
-         "bad_choice", "wrong_type", "missing_params_file", "cuda_without_cuda"]
+         "bad_choice", "wrong_type", "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda"]
 
 
 @pytest.mark.parametrize("case", CASES)

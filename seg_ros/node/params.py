@@ -43,6 +43,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "torch", "inference backend", True, choices=BACKENDS),
     ParamSpec("device", "auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", True),
     ParamSpec("precision", "fp32", "fp32, or fp16 (CUDA only)", True, choices=PRECISION_CHOICES),
+    ParamSpec("output_stride", 0, "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "
+              "model's own (DDRNet's is fixed)", True, int_range=(0, 16)),
     ParamSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)),
     ParamSpec("input_size", [0, 0], "inference size [height, width]; [0, 0] = the weights' training "
               "size, else each frame's own size", True),
@@ -106,11 +108,29 @@ def validate(name: str, value: Any) -> str | None:
         base, _, index = str(value).partition(":")
         if base not in DEVICE_CHOICES or (index and (base != "cuda" or not index.isdigit())):
             return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+    if name == "output_stride" and value not in (0, 8, 16):
+        return f"must be 0 (the model's own), 8 or 16, got {value}"
     if name == "input_size":
         size = list(value)
         if len(size) != 2 or not (size == [0, 0] or all(8 <= int(v) <= 16384 for v in size)):
             return f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, got {size}"
     return None
+
+
+def unquoted_off(name: str, value: Any) -> Any:
+    """``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML 1.1);
+    for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode."""
+    spec = SPECS.get(name)
+    if spec is None or not isinstance(value, bool) or spec.choices is None or "off" not in spec.choices:
+        return value
+    if value:
+        raise ValueError(f"parameter {name!r} got the boolean true; it must be one of {', '.join(spec.choices)}")
+    return "off"
+
+
+def model_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Build options for the model from the parameters (only those set, so every model accepts them)."""
+    return {"output_stride": values["output_stride"]} if values.get("output_stride") else {}
 
 
 def input_size(value: Sequence[int]) -> tuple[int, int] | None:

@@ -21,6 +21,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -100,7 +101,7 @@ class SegmentNode(Node):
             device=values["device"], precision=values["precision"],
             input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
             output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
-            num_threads=values["num_threads"]))
+            num_threads=values["num_threads"], model_options=P.model_options(values)))
         self.info = self.pipeline.describe()
         self._declare_class_metadata()
 
@@ -142,9 +143,17 @@ class SegmentNode(Node):
     # -- parameters ---------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
         for spec in P.PARAMETERS:
             if not spec.in_yaml:
                 continue
+            if spec.name in overrides:
+                try:
+                    fixed = P.unquoted_off(spec.name, overrides[spec.name].value)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+                if fixed is not overrides[spec.name].value:
+                    overrides[spec.name] = Parameter(spec.name, Parameter.Type.STRING, fixed)
             try:
                 value = self.declare_parameter(spec.name, spec.default, P.descriptor(spec)).value
             except ParameterException as exc:
@@ -153,7 +162,6 @@ class SegmentNode(Node):
             if reason:
                 raise ConfigError(f"parameter {spec.name!r} {reason}")
             values[spec.name] = value
-        overrides = getattr(self, "_parameter_overrides", {}) or {}
         for name in sorted(set(overrides) - set(P.SPECS)):
             if name != "use_sim_time" and not name.startswith("qos_overrides."):
                 self.get_logger().warning(f"parameter {name!r} is not a segment_node parameter; ignored "
