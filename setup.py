@@ -19,6 +19,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         share("launch", "*.launch.py"),
         share("config", "*.yaml"),
+        share("config", "*.xml"),
+        share("config/train", "*.yaml"),
         share("config/classes", "*.yaml"),
         share("weights", "*.pt"),
         share("demo", "*"),

@@ -87,6 +87,7 @@ def test_export_loads_in_pipeline_and_reproduces_checkpoint(tiny_dataset, tmp_pa
     out = tmp_path / "w.pt"
     meta = export_checkpoint(tmp_path / "best.pt", out, half=False)
     assert meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and "val_miou" in meta
+    assert meta["input_size"] == [96, 128]  # the size validation ran at, the pipeline's default size
     pipe = SegmentationPipeline(weights=str(out), device="cpu")
     assert pipe.trained and pipe.classes.name == "camvid"
     ckpt_model = trainer.model.eval()
@@ -96,7 +97,7 @@ def test_export_loads_in_pipeline_and_reproduces_checkpoint(tiny_dataset, tmp_pa
         got = pipe.model(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(ref, got, atol=2e-3)
     half = tmp_path / "w16.pt"
-    export_checkpoint(tmp_path / "best.pt", half)
+    assert export_checkpoint(tmp_path / "best.pt", half, input_size=(48, 64))["input_size"] == [48, 64]
     assert half.stat().st_size < 0.6 * out.stat().st_size
     assert SegmentationPipeline(weights=str(half), device="cpu")(road_image).labels.shape == road_image.shape[:2]
 

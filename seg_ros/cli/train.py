@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import parse_size
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on image/label folders (resumable)")
@@ -18,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
     e.add_argument("--fp32", action="store_true", help="keep fp32 tensors (default: fp16, half the size)")
+    e.add_argument("--input-size", type=parse_size, default=None,
+                   help="inference size HxW stored in the file (default: the size validation ran at)")
     e.set_defaults(func=run_export)
 
 
@@ -37,6 +41,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..training.trainer import export_checkpoint
-    meta = export_checkpoint(args.checkpoint, args.out, half=not args.fp32)
-    print(f"exported {args.checkpoint} -> {args.out} ({meta['arch']}, val mIoU {meta['val_miou']:.4f})")
+    meta = export_checkpoint(args.checkpoint, args.out, half=not args.fp32, input_size=args.input_size)
+    size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "each frame's own"
+    print(f"exported {args.checkpoint} -> {args.out} ({meta['arch']}, val mIoU {meta['val_miou']:.4f}, "
+          f"input size {size})")
     return 0

@@ -168,7 +168,8 @@ class Trainer:
         torch.save({"epoch": self.epoch, "iteration": self.iteration, "best_miou": self.best_miou,
                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict(), "config": asdict(self.cfg),
-                    "rng": torch.get_rng_state(), "aug_rng": self.train_set.transform.rng.bit_generator.state},
+                    "rng": torch.get_rng_state(), "aug_rng": self.train_set.transform.rng.bit_generator.state,
+                    "val_frame_size": list(self.val_set.samples[0][0].shape[:2]) if self.val_set else None},
                    tmp)
         os.replace(tmp, path)
         return path
@@ -254,8 +255,27 @@ class Trainer:
         self._stop = True
 
 
-def export_checkpoint(checkpoint: str | Path, out_path: str | Path, half: bool = True) -> dict[str, Any]:
-    """Turn a training checkpoint into the project's weights file (metadata + fp16 tensors)."""
+def _validated_size(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[int] | None:
+    """The frame size val mIoU was measured at: the configured ``val_size``, else the size of the
+    validation frames (recorded in the checkpoint, or read from the first val image)."""
+    if cfg.val_size:
+        return [int(v) for v in cfg.val_size]
+    if ckpt.get("val_frame_size"):
+        return [int(v) for v in ckpt["val_frame_size"]]
+    first = next(iter(sorted(Path(cfg.val_images).glob("*.png"))), None) if cfg.val_images else None
+    if first is None:
+        return None
+    from PIL import Image
+    with Image.open(first) as im:
+        return [im.height, im.width]
+
+
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, half: bool = True,
+                      input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Turn a training checkpoint into the project's weights file (metadata + fp16 tensors).
+
+    ``input_size`` (default: the size validation ran at) becomes the pipeline's inference size, so
+    frames from a camera of another resolution are scaled to the object sizes the model learned."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
     classes = load_classes(cfg.classes)
@@ -265,7 +285,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, half: bool =
             "classes_name": classes.name,
             "ignore_id": cfg.ignore_id if cfg.ignore_id is not None else classes.ignore_id,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "input_size": list(cfg.val_size) if cfg.val_size else None,
+            "input_size": list(input_size) if input_size else _validated_size(cfg, ckpt),
             "train_config": ckpt["config"], "epoch": ckpt["epoch"], "iteration": ckpt["iteration"],
             "val_miou": ckpt["best_miou"], "exported": time.strftime("%Y-%m-%d")}
     save_weights(out_path, model, meta, half=half)

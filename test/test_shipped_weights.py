@@ -1,0 +1,37 @@
+"""The default weights the package ships (weights/ddrnet23_slim_camvid.pt, docs/training.md):
+self-describing, picked by ``weights: default``, and accurate on real CamVid val frames."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from conftest import CAMVID, REPO, requires_camvid
+from seg_ros.metrics import ConfusionAccumulator
+from seg_ros.models import read_weights
+from seg_ros.pipeline import SHIPPED_WEIGHTS, SegmentationPipeline
+
+SHIPPED = REPO / SHIPPED_WEIGHTS["ddrnet23_slim"]
+
+
+def test_shipped_weights_describe_themselves():
+    weights = read_weights(SHIPPED)
+    meta = weights.meta
+    assert meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and meta["ignore_id"] == 11
+    assert [c["name"] for c in meta["classes"]][:3] == ["Sky", "Building", "Pole"]
+    assert 0.55 <= meta["val_miou"] <= 1.0
+    assert SHIPPED.stat().st_size < 15 * 2**20  # fp16: a few MB
+
+
+@requires_camvid
+def test_shipped_weights_reach_55_percent_miou_on_camvid_val():
+    """10 val frames spread over the sequence, 360x480 single scale, void ignored."""
+    pipe = SegmentationPipeline(weights="default", device="cpu")
+    assert pipe.describe()["weights"].endswith(SHIPPED.name)
+    files = sorted((CAMVID / "val").glob("*.png"))[::10][:10]
+    acc = ConfusionAccumulator(pipe.classes.num_classes, pipe.classes.ignore_id)
+    for path in files:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        acc.add(np.asarray(Image.open(CAMVID / "valannot" / path.name)), pipe(image, "rgb").labels)
+    miou = acc.scores().miou
+    print(f"shipped weights: mIoU {miou:.4f} on {len(files)} CamVid val frames")
+    assert miou >= 0.55
