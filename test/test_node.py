@@ -60,9 +60,12 @@ def node_env(domain: int) -> dict[str, str]:
     return env
 
 
-def node_command(weights: str | Path, *params: str) -> list[str]:
-    """The command line the launch file produces (params file, remap, namespace)."""
+def node_command(weights: str | Path, *params: str, backend: str | None = "torch") -> list[str]:
+    """The command line the launch file produces (params file, remap, namespace). ``backend`` is set
+    to torch, the offline reference's backend, unless None (the node's default, auto)."""
     cmd = [str(NODE_EXE), "--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"weights:={weights}"]
+    if backend:
+        cmd += ["-p", f"backend:={backend}"]
     for p in params:
         cmd += ["-p", p]
     return cmd + ["-r", f"image:={INPUT}", "-r", "__ns:=/perception"]

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..backends import list_backends
 from ..benchmark import percentiles, time_call
 from ..pipeline import PipelineConfig, SegmentationPipeline
 from ..resources import share_path
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="none", help="weights for both sides (random init by default: "
                                                        "the arithmetic, not the values, sets the time)")
     p.add_argument("--image", type=Path, default=None, help="image to time on (default: a synthetic road scene)")
+    p.add_argument("--backend", default="torch", choices=list_backends(), help="backend on both sides")
     p.add_argument("--threads", type=int, default=0, help="CPU threads on both sides (0 = library default)")
     p.add_argument("--fastdds-profile", default=str(share_path("config", "fastdds_large_images.xml")),
                    help="Fast DDS XML profile for both processes ('' = Fast DDS defaults, which lose most "
@@ -53,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def node_command(weights: str, model: str, threads: int = 0) -> list[str]:
+def node_command(weights: str, model: str, threads: int = 0, backend: str = "torch") -> list[str]:
     exe = Path(sys.executable).parent / "segment_node"
     if not exe.exists():
         found = shutil.which("segment_node")
@@ -61,7 +63,7 @@ def node_command(weights: str, model: str, threads: int = 0) -> list[str]:
     cmd = [str(exe)] if exe else [sys.executable, "-m", "seg_ros.node.segment_node"]
     return cmd + ["--ros-args", "--params-file", str(share_path("config", "segment.yaml")),
                   "-p", f"weights:={weights}", "-p", f"model:={model}", "-p", "device:=cpu",
-                  "-p", f"num_threads:={threads}",
+                  "-p", f"num_threads:={threads}", "-p", f"backend:={backend}",
                   "-r", "image:=/bench/image", "-r", "__ns:=/bench"]
 
 
@@ -166,7 +168,7 @@ def _in_thread(fn):
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     pipe = SegmentationPipeline(PipelineConfig(model=args.model, weights=args.weights, device="cpu",
-                                                   num_threads=args.threads))
+                                                   num_threads=args.threads, backend=args.backend))
     rows = []
     describe = pipe.describe()
     domain = random.randint(1, 101)
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fastdds_profile:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile
         os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile  # this process too
-    node = subprocess.Popen(node_command(args.weights, args.model, args.threads), env=env,
+    node = subprocess.Popen(node_command(args.weights, args.model, args.threads, args.backend), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = _Client(domain, OUTPUT_SETS[args.outputs[0]])
     try:
