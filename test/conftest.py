@@ -20,6 +20,25 @@ requires_camvid = pytest.mark.skipif(not camvid_available(),
                                      reason=f"CamVid not found at {CAMVID} (../shared absent)")
 
 
+def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Path:
+    """Random (seed 0) weights for ``model`` with CamVid class metadata: the same tensors every time."""
+    import torch
+    from seg_ros.classes import load_classes
+    from seg_ros.models import build_model, save_weights
+    classes = load_classes("camvid")
+    torch.manual_seed(0)
+    save_weights(path, build_model(model, classes.num_classes, **options),
+                 {"arch": model, "classes": classes.to_dicts(), "classes_name": classes.name,
+                  "num_classes": classes.num_classes, "ignore_id": classes.ignore_id})
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    """DDRNet-23-slim test weights saved once, so every pipeline and node loads identical tensors."""
+    return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
+
+
 @pytest.fixture(scope="session")
 def camvid_dir() -> Path:
     if not camvid_available():

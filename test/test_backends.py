@@ -39,14 +39,6 @@ except ImportError:
     HAS_TRT = False
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    """DDRNet-23-slim weights saved once, so every pipeline here loads identical weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "ddrnet.pt"
-    save_weights(path, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})
-    return path
-
 
 @pytest.fixture(scope="module")
 def small_image(road_image) -> np.ndarray:

@@ -19,7 +19,6 @@ from seg_ros.crf import (CRF_MODES, CRFConfig, create_refiner, dense_unavailable
 from seg_ros.crf.worker import BackgroundRefiner
 from seg_ros.errors import ConfigError
 from seg_ros.metrics import BoundaryAccumulator
-from seg_ros.models import build_model, save_weights
 from seg_ros.pipeline import SegmentationPipeline
 from seg_ros.resources import share_path
 
@@ -166,14 +165,6 @@ def test_dense_mode_refused_with_the_reason_when_pydensecrf_is_missing(monkeypat
 
 
 # -- pipeline and tools ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "seed0.pt"
-    save_weights(path, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})
-    return path
-
-
 @pytest.fixture(scope="module")
 def pipe(weights_file):
     return SegmentationPipeline(weights=str(weights_file), device="cpu")

@@ -5,24 +5,14 @@ import json
 
 import cv2
 import numpy as np
-import pytest
-import torch
 
 from seg_ros import bags
 from seg_ros.classes import load_classes
 from seg_ros.cli.main import main as cli
-from seg_ros.models import build_model, save_weights
 from seg_ros.pipeline import SegmentationPipeline
 
 H, W = 64, 96
 
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "seed0.pt"
-    save_weights(path, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})
-    return path
 
 
 def test_eval_cli_on_camvid_writes_json_and_figure(tmp_path, camvid_dir):

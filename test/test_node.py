@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -30,9 +31,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from seg_ros.classes import load_classes  # noqa: E402
 from seg_ros.image_codec import decode_image  # noqa: E402
-from seg_ros.models import build_model, save_weights  # noqa: E402
 from seg_ros.node.params import SPECS  # noqa: E402
 from seg_ros.node.qos import diagnostics_qos, latched_qos, output_qos  # noqa: E402
 from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
@@ -69,17 +68,6 @@ def node_command(weights: str | Path, *params: str, backend: str | None = "torch
     for p in params:
         cmd += ["-p", p]
     return cmd + ["-r", f"image:={INPUT}", "-r", "__ns:=/perception"]
-
-
-def save_test_weights(path: Path) -> Path:
-    import torch
-    torch.manual_seed(0)
-    classes = load_classes("camvid")
-    model = build_model("ddrnet23_slim", classes.num_classes)
-    save_weights(path, model, {"arch": "ddrnet23_slim", "classes": classes.to_dicts(),
-                               "classes_name": classes.name, "num_classes": classes.num_classes,
-                               "ignore_id": classes.ignore_id})
-    return path
 
 
 def rss_kib(pid: int) -> int:
@@ -260,12 +248,25 @@ def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendia
     return msg
 
 
+@contextmanager
+def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
+    """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
+    both are stopped on exit. Yields (node process, peer)."""
+    domain = module_domain()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+        node = NodeProcess(cmd, node_env(domain))
+        peer = (peer_type or Peer)(domain, **peer_kwargs)
+    try:
+        peer.wait_ready(node)
+        yield node, peer
+    finally:
+        peer.close()
+        node.stop()
+
+
 # -- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
-
-
 @pytest.fixture(scope="module")
 def offline(weights_file) -> SegmentationPipeline:
     return SegmentationPipeline(weights=str(weights_file), device="cpu")
@@ -279,20 +280,9 @@ def small_image(road_image) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ros(weights_file):
     """(node process, peer) for this module: raw transport, fast diagnostics."""
-    domain = module_domain()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        node = NodeProcess(node_command(weights_file, "diagnostics_period:=0.25", "stale_input_timeout:=30.0",
-                                        "overlay_alfa:=0.3"),
-                           node_env(domain))
-        peer = Peer(domain)
-        try:
-            peer.wait_ready(node)
-            yield node, peer
-        finally:
-            peer.close()
-            node.stop()
+    with running_node(node_command(weights_file, "diagnostics_period:=0.25", "stale_input_timeout:=30.0",
+                                   "overlay_alfa:=0.3")) as both:
+        yield both
 
 
 # -- tests -----------------------------------------------------------------------------------

@@ -10,49 +10,23 @@ import cv2
 import numpy as np
 import pytest
 
-from test_node import (INPUT, SMALL, NodeProcess, Peer, check_outputs, header_for, module_domain,  # noqa: F401
-                       node_command, node_env, rclpy, save_test_weights)
+from test_node import (INPUT, SMALL, check_outputs, header_for, node_command, offline, rclpy,  # noqa: F401
+                       running_node, small_image)
 
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
-from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
-
-
-@pytest.fixture(scope="module")
-def offline(weights_file) -> SegmentationPipeline:
-    return SegmentationPipeline(weights=str(weights_file), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def small_image(road_image) -> np.ndarray:
-    return cv2.resize(road_image, SMALL[::-1], interpolation=cv2.INTER_AREA)
-
 
 @pytest.fixture(scope="module")
 def ros(weights_file):
-    domain = module_domain()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        node = NodeProcess(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
-                                        "publish_overlay:=false", "publish_confidence:=true",
-                                        "diagnostics_period:=0.25", "stale_input_timeout:=1.0",
-                                        "error_threshold:=2"),
-                           node_env(domain))
-        peer = Peer(domain, transport="compressed")
-        try:
-            peer.wait_ready(node)
-            yield node, peer
-        finally:
-            peer.close()
-            node.stop()
+    with running_node(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
+                                   "publish_overlay:=false", "publish_confidence:=true",
+                                   "diagnostics_period:=0.25", "stale_input_timeout:=1.0", "error_threshold:=2"),
+                      transport="compressed") as both:
+        yield both
 
 
 def compressed_msg(fmt: str, data: bytes, tag: str) -> CompressedImage:

@@ -15,8 +15,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from seg_ros.crf import CRFConfig, create_refiner  # noqa: E402
 from seg_ros.node.qos import output_qos  # noqa: E402
-from test_node import (NODE, NodeProcess, Peer, image_msg, module_domain, node_command,  # noqa: E402
-                       node_env, save_test_weights)
+from test_node import NODE, Peer, image_msg, node_command, running_node  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 REFINED = ("labels_refined", "color_mask_refined", "overlay_refined")
@@ -36,25 +35,9 @@ class CrfPeer(Peer):
                                                            output_qos(10)))
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
-
 
 def start(weights_file, *params: str):
-    domain = module_domain()
-    node = NodeProcess(node_command(weights_file, "device:=cpu", *params), node_env(domain))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        peer = CrfPeer(domain)
-    try:
-        peer.wait_ready(node)
-    except BaseException:
-        peer.close()
-        node.stop()
-        raise
-    return node, peer
+    return running_node(node_command(weights_file, "device:=cpu", *params), CrfPeer)
 
 
 def raw_latencies(peer: Peer, frame: np.ndarray, n: int, tag: str) -> list[float]:
@@ -78,8 +61,7 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
     h, w = frame.shape[:2]
     offline = SegmentationPipeline(weights=str(weights_file), device="cpu")
 
-    node, peer = start(weights_file, *SLOW_CRF, "crf:=fast")
-    try:
+    with start(weights_file, *SLOW_CRF, "crf:=fast") as (node, peer):
         sent = image_msg("rgb8", frame, h, w, tag="crf")
         out = peer.roundtrip(sent, ("labels",) + REFINED, timeout=60)
         raw = offline(frame, "rgb", keep_scores=True)
@@ -98,17 +80,11 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
         with_crf = raw_latencies(peer, frame, 8, "lat_crf")
         values = peer.diag_values(after=time.monotonic())
         assert values["crf"] == "fast" and int(values["crf_frames_refined"]) >= 1
-    finally:
-        peer.close()
-        assert node.stop() == 0, node.log
+    assert node.proc.returncode == 0, node.log
 
-    node, peer = start(weights_file, *SLOW_CRF, "crf:=off")  # a bare off reaches the node as false: read as 'off'
-    try:
+    with start(weights_file, *SLOW_CRF, "crf:=off") as (node, peer):  # a bare off reaches the node as false
         without = raw_latencies(peer, frame, 8, "lat_off")
         assert not peer.received["labels_refined"]
-    finally:
-        peer.close()
-        node.stop()
     med_crf, med_off = float(np.median(with_crf)), float(np.median(without))
     # generous: the CPU is shared with the CRF thread (niced) and other jobs; inline refinement
     # would add the CRF's whole cost (measured above) to every raw frame

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_node import PARAMS_FILE, module_domain, node_command, node_env, rclpy, save_test_weights  # noqa: F401
+from conftest import save_test_weights
+from test_node import PARAMS_FILE, module_domain, node_command, node_env, rclpy  # noqa: F401
 
 from seg_ros.models import build_model, save_weights
 

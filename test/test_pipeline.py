@@ -7,7 +7,7 @@ import torch
 
 from seg_ros.errors import ConfigError, InputError, WeightsError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import PipelineConfig, SegmentationPipeline, inference_size
+from seg_ros.pipeline import SegmentationPipeline, inference_size
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -122,3 +121,19 @@ def test_bad_config_is_rejected(tmp_path):
     bad.write_text("model: ddrnet23_slim\nepochz: 3\n")
     with pytest.raises(ConfigError, match="unknown keys \\['epochz'\\]"):
         TrainConfig.from_yaml(bad)
+
+
+def test_init_weights_starts_from_a_weights_file(tiny_dataset, tmp_path, weights_file):
+    """Fine-tuning: matching tensors are copied; a classifier for another class count keeps its init."""
+    from seg_ros.models import read_weights
+    source = read_weights(weights_file).state_dict
+    same = Trainer(_config(tiny_dataset, tmp_path / "same", init_weights=str(weights_file)))
+    for key, value in same.model.state_dict().items():
+        assert torch.equal(value, source[key].to(value.dtype)), key
+    other = Trainer(_config(tiny_dataset, tmp_path / "other", classes="cityscapes",
+                            init_weights=str(weights_file)))
+    state = other.model.state_dict()
+    assert torch.equal(state["conv1.0.weight"], source["conv1.0.weight"])
+    assert state["final_layer.conv2.weight"].shape[0] == 19  # new head, not copied
+    with pytest.raises(Exception, match="does not exist"):
+        Trainer(_config(tiny_dataset, tmp_path / "missing", init_weights=str(tmp_path / "nope.pt")))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -19,11 +20,13 @@ from .. import ops
 from ..classes import load_classes
 from ..errors import ConfigError
 from ..metrics import ConfusionAccumulator
-from ..models import build_model, save_weights
+from ..models import build_model, read_weights, save_weights
 from ..pipeline import IMAGENET_MEAN, IMAGENET_STD, inference_size
 from .augment import AugmentConfig, TrainTransform, normalize
 from .dataset import SegmentationDataset
 from .loss import SegLoss, median_frequency_weights
+
+log = logging.getLogger("seg_ros")
 
 
 @dataclass
@@ -60,6 +63,9 @@ class TrainConfig:
     val_size: tuple[int, int] | None = None  # inference size for validation; None = native
     limit_train: int | None = None
     limit_val: int | None = None
+    # weights file to start from (fine-tuning), e.g. the shipped weights or a converted checkpoint;
+    # a classifier of another class count is left at its random initialisation
+    init_weights: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -71,7 +77,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"training config {path}: unknown keys {sorted(unknown)}")
         base = path.parent
-        for key in ("train_images", "train_labels", "val_images", "val_labels", "out_dir"):
+        for key in ("train_images", "train_labels", "val_images", "val_labels", "out_dir", "init_weights"):
             if data.get(key) and not os.path.isabs(str(data[key])):
                 data[key] = str((base / str(data[key])).resolve())
         for key in ("crop", "scale", "val_size"):
@@ -109,6 +115,20 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: 
     return {"scores": acc.scores(), "images": acc.images}
 
 
+def init_from_weights(model: torch.nn.Module, path: str) -> None:
+    """Start training from a weights file: every tensor whose name and shape match is copied;
+    the others (e.g. a classifier for another class set) keep their initialisation and are named."""
+    weights = read_weights(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in weights.state_dict.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    if not usable:
+        raise ConfigError(f"init_weights {path}: no tensor matches model {type(model).__name__}")
+    model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in usable.items()}})
+    log.info("initialised %d/%d tensors from %s%s", len(usable), len(own), path,
+             f"; kept initialisation for {skipped}" if skipped else "")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
         self.cfg = cfg
@@ -131,7 +151,10 @@ class Trainer:
                                              limit=cfg.limit_train)
         self.val_set = (SegmentationDataset(cfg.val_images, cfg.val_labels, limit=cfg.limit_val)
                         if cfg.val_images else None)
-        self.model = build_model(cfg.model, self.classes.num_classes).to(self.device)
+        self.model = build_model(cfg.model, self.classes.num_classes)
+        if cfg.init_weights and not resume:
+            init_from_weights(self.model, cfg.init_weights)
+        self.model.to(self.device)
         weights = None
         if cfg.class_weighting == "median_frequency":
             weights = median_frequency_weights([l for _, l in self.train_set.samples], self.classes.num_classes)
