@@ -110,6 +110,20 @@ def test_torch_backend_cuda_graphs_match_eager(small_image, weights_file):
     assert pipe.backend.describe()["graphs"] == 2
 
 
+def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
+    """The default CPU path (oneDNN-fused traced graph per shape) gives the eager module's labels."""
+    fused = _pipe(weights_file)
+    eager = _pipe(weights_file, backend_options={"cpu_fusion": False})
+    assert fused.backend.describe()["cpu_fusion"] and not eager.backend.describe()["cpu_fusion"]
+    for img in (small_image, small_image[:96, :128], small_image):
+        torch.testing.assert_close(fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3)
+        agree = (fused(img).labels == eager(img).labels).mean()
+        assert agree > 0.999, agree
+    info = fused.backend.describe()
+    assert info["graphs"] == 2 and info["eager_fallbacks"] == 0  # one graph per shape, reused
+    assert fused.backend.fused.graphs.hits >= 4
+
+
 # -- ONNX export ------------------------------------------------------------------------------
 def test_adaptive_pool_rewrite_matches_torch_and_exports_dynamic(tmp_path):
     for bins in (2, 3, 6, (2, 3)):

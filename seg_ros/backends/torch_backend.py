@@ -1,7 +1,8 @@
 """The PyTorch backend: the prepared (BN-folded, channels_last, fp16 when asked) module.
 
-On the CPU it runs eagerly. On CUDA it also turns on cudnn.benchmark, runs on a dedicated stream
-and replays a CUDA graph per input shape (options ``cuda_graphs``, ``dedicated_stream``,
+On the CPU it runs a oneDNN-fused graph traced per input shape (option ``cpu_fusion``, on by
+default; see :mod:`.cpu_fusion`). On CUDA it also turns on cudnn.benchmark, runs on a dedicated
+stream and replays a CUDA graph per input shape (options ``cuda_graphs``, ``dedicated_stream``,
 ``cudnn_benchmark``, ``max_graphs``; all on by default), see :mod:`.cuda_fast`.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from . import register_backend
+from .cpu_fusion import FusedCpuForward
 from .cuda_fast import GraphedForward, describe_cuda, on_stream
 
 
@@ -25,14 +27,16 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool, cuda_graphs: Any = True,
                  dedicated_stream: Any = True, cudnn_benchmark: Any = True, max_graphs: int = 4,
-                 **_: Any) -> None:
+                 cpu_fusion: Any = True, **_: Any) -> None:
         self.model, self.device, self.half = model, device, half
         cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if cuda and _flag(dedicated_stream) else None
         if cuda and _flag(cudnn_benchmark):
             torch.backends.cudnn.benchmark = True
         self.graphed = GraphedForward(model, max_graphs=int(max_graphs)) if cuda and _flag(cuda_graphs) else None
-        self._run = self.graphed if self.graphed is not None else model
+        self.fused = (FusedCpuForward(model, max_graphs=int(max_graphs))
+                      if device.type == "cpu" and not half and _flag(cpu_fusion) else None)
+        self._run = next((f for f in (self.graphed, self.fused) if f is not None), model)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.stream is not None:
@@ -41,9 +45,10 @@ class TorchBackend:
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.name, "cuda_graphs": self.graphed is not None,
-                                "dedicated_stream": self.stream is not None}
+                                "dedicated_stream": self.stream is not None, "cpu_fusion": self.fused is not None}
         if self.device.type == "cuda":
             info.update(describe_cuda(self.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
-        if self.graphed is not None:
-            info.update(graphs=len(self.graphed.graphs), eager_fallbacks=len(self.graphed.graphs.failed))
+        for shapes in (self.graphed, self.fused):
+            if shapes is not None:
+                info.update(graphs=len(shapes.graphs), eager_fallbacks=len(shapes.graphs.failed))
         return info
