@@ -34,7 +34,8 @@ setup(
     maintainer_email="seg-ros@example.com",
     description="Real-time semantic segmentation ROS 2 node and tools",
     license="Apache-2.0",
-    extras_require={"test": ["pytest"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    extras_require={"test": ["pytest"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+                    "crf": ["pydensecrf2"]},
     entry_points={
         "console_scripts": [
             "seg-ros = seg_ros.cli.main:main",

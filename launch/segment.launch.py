@@ -1,31 +1,54 @@
 """Launch segment_node: `ros2 launch seg_ros segment.launch.py input_topic:=/camera/image_raw`.
 
-Launch arguments override the params file (default: the installed config/segment.yaml) for the
-model and the device; everything else is set in the params file.
+Every parameter comes from the params file (default: the installed config/segment.yaml). The
+launch arguments model, weights, classes, backend and device override it only when given: left
+empty they keep the params file's values, so a user's own params file is never silently overridden.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "seg_ros"
 EXECUTABLE = "segment_node"
 PARAMS_FILE = os.path.join("config", "segment.yaml")
+# launch arguments that, when non-empty, override the parameter of the same name
+OVERRIDES = ("model", "weights", "classes", "backend", "device")
+
+
+def _node(context, *_):
+    overrides = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
+    parameters = {name: value for name, value in overrides.items() if value}
+    parameters["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
+    return [Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name="segment_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[LaunchConfiguration("params_file"), parameters],
+        # with input_transport: compressed the node subscribes to <input_topic>/compressed
+        remappings=[("image", LaunchConfiguration("input_topic"))],
+    )]
 
 
 def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(get_package_share_directory(PACKAGE), PARAMS_FILE)
+    keep = " (empty: the params file's value)"
     args = [
-        DeclareLaunchArgument("model", default_value="ddrnet23_slim", description="network architecture"),
-        DeclareLaunchArgument("weights", default_value="default",
-                              description="weights file, 'default' (shipped) or 'none' (random, tests)"),
-        DeclareLaunchArgument("backend", default_value="auto",
-                              description="inference backend: auto, torch, onnxruntime, tensorrt"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
+        DeclareLaunchArgument("model", default_value="", description="network architecture, e.g. ddrnet23_slim" + keep),
+        DeclareLaunchArgument("weights", default_value="",
+                              description="weights file, 'default' (shipped) or 'none' (random, tests)" + keep),
+        DeclareLaunchArgument("classes", default_value="",
+                              description="classes file or name (camvid, cityscapes); needed for weights "
+                                          "without metadata, e.g. the DDRNet authors' checkpoints" + keep),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="inference backend: auto, torch, onnxruntime, tensorrt" + keep),
+        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N" + keep),
         DeclareLaunchArgument("input_topic", default_value="/camera/image_raw",
                               description="camera topic remapped onto the node's 'image' input"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
@@ -33,24 +56,4 @@ def generate_launch_description() -> LaunchDescription:
                               description="parameters YAML (every parameter, with comments)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
     ]
-    node = Node(
-        package=PACKAGE,
-        executable=EXECUTABLE,
-        name="segment_node",
-        namespace=LaunchConfiguration("namespace"),
-        output="screen",
-        emulate_tty=True,
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "model": LaunchConfiguration("model"),
-                "weights": LaunchConfiguration("weights"),
-                "backend": LaunchConfiguration("backend"),
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-            },
-        ],
-        # with input_transport: compressed the node subscribes to <input_topic>/compressed
-        remappings=[("image", LaunchConfiguration("input_topic"))],
-    )
-    return LaunchDescription(args + [node])
+    return LaunchDescription(args + [OpaqueFunction(function=_node)])

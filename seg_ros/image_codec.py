@@ -10,7 +10,6 @@ stable key for counters and whose message names the problem.
 from __future__ import annotations
 
 import array
-import io
 from typing import Any
 
 import cv2
@@ -213,15 +212,35 @@ def _jpeg_complete(buf: np.ndarray) -> bool:
     return end >= 2 and tail[end - 2] == 0xFF and tail[end - 1] == 0xD9
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
 def _header_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(H, W) from a JPEG/PNG header without decoding the pixels; None when unreadable."""
-    try:
-        from PIL import Image
-        with Image.open(io.BytesIO(buf.tobytes())) as im:
-            w, h = im.size
+    """(H, W) read from a PNG IHDR or a JPEG start-of-frame header without decoding any pixels
+    (and without an image library's own size limits, which would hide a huge image); None when
+    unreadable, so the decoder reports corrupt data with its own reason."""
+    head = buf[:8].tobytes()
+    if head == _PNG_SIGNATURE and buf.size >= 24 and buf[12:16].tobytes() == b"IHDR":
+        w, h = (int.from_bytes(buf[i:i + 4].tobytes(), "big") for i in (16, 20))
         return h, w
-    except Exception:  # let cv2 report corrupt data with its own reason
+    if not _is_jpeg(buf):
         return None
+    i, n = 2, buf.size
+    while i + 9 < n:
+        if buf[i] != 0xFF:
+            return None
+        marker = int(buf[i + 1])
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            return (int(buf[i + 5]) << 8 | int(buf[i + 6]), int(buf[i + 7]) << 8 | int(buf[i + 8]))
+        i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
+    return None
 
 
 # -- encoding outputs ---------------------------------------------------------------------

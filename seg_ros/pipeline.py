@@ -227,6 +227,8 @@ class SegmentationPipeline:
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
+        if any(stride < 0 for stride in image.strides):  # e.g. image[:, ::-1]: torch cannot view it
+            image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
         return torch.from_numpy(image)

@@ -65,8 +65,8 @@ def road_image() -> np.ndarray:
 @pytest.fixture()
 def ros_domain_id(monkeypatch) -> int:
     """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk."""
-    domain = random.Random(os.getpid() * 7919 + os.getppid()).randint(1, 100) + random.randint(0, 100)
-    domain = domain % 200 + 1
+    # 1..101: the IDs whose DDS ports stay clear of Linux's ephemeral port range
+    domain = random.Random(os.getpid() * 7919 + os.getppid() + random.getrandbits(32)).randint(1, 101)
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_LOCALHOST_ONLY", "1")
     return domain

@@ -291,9 +291,22 @@ def test_empty_and_unknown_compressed():
 
 
 def test_compressed_too_large_from_header(rgb):
+    for ext in (".png", ".jpg"):
+        with pytest.raises(InputError) as info:
+            decode_compressed(ext[1:], encoded(rgb, ext), max_pixels=H * W - 1)
+        assert info.value.kind == "too_large" and f"{H}x{W}" in str(info.value)
+
+
+def test_huge_compressed_image_is_refused_from_its_header_before_decoding():
+    """A 20000x20000 PNG (a decompression bomb) is refused by its header, never decoded."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    png = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+           + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
     with pytest.raises(InputError) as info:
-        decode_compressed("png", encoded(rgb, ".png"), max_pixels=H * W - 1)
-    assert info.value.kind == "too_large"
+        decode_compressed("png", png, max_pixels=4096 * 4096)
+    assert info.value.kind == "too_large" and "20000x20000" in str(info.value)
 
 
 # -- encoders --------------------------------------------------------------------------------

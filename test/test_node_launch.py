@@ -21,7 +21,8 @@ from seg_ros.node.params import CONFIG_NAMES, PARAMETERS, SPECS
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
-LAUNCH_ARGS = {"model", "weights", "backend", "device", "input_topic", "namespace", "params_file", "use_sim_time"}
+LAUNCH_ARGS = {"model", "weights", "classes", "backend", "device", "input_topic", "namespace", "params_file",
+               "use_sim_time"}
 
 
 def _launch_node_call() -> ast.Call:
@@ -76,9 +77,13 @@ def test_launch_arguments_and_parameters_are_declared_by_the_node():
                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"}
     assert declared == LAUNCH_ARGS
     kw = {k.arg: k.value for k in _launch_node_call().keywords}
-    overrides = [d for d in kw["parameters"].elts if isinstance(d, ast.Dict)]
-    keys = {ast.literal_eval(k) for d in overrides for k in d.keys}
-    assert keys - {"use_sim_time"} <= set(SPECS), keys - set(SPECS)
+    overrides = set(_constants()["OVERRIDES"])
+    assert overrides <= declared and overrides <= set(SPECS), overrides - set(SPECS)
+    # the override arguments default to '' (keep the params file's value), never to a value
+    defaults = {ast.literal_eval(n.args[0]): ast.literal_eval(k.value) for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"
+                for k in n.keywords if k.arg == "default_value" and isinstance(k.value, ast.Constant)}
+    assert all(defaults[name] == "" for name in overrides), defaults
     remaps = [tuple(e.elts) for e in kw["remappings"].elts]
     assert [ast.literal_eval(r[0]) for r in remaps] == ["image"]
 
@@ -105,7 +110,8 @@ def test_launch_file_loads_and_starts_the_node(tmp_path):
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 
-    from test_node import INPUT, NODE, Peer, module_domain, save_test_weights
+    from conftest import save_test_weights
+    from test_node import INPUT, Peer, module_domain
 
     weights = save_test_weights(tmp_path / "w.pt")
     domain = module_domain()
@@ -128,7 +134,7 @@ def test_launch_file_loads_and_starts_the_node(tmp_path):
                 assert time.monotonic() < deadline, "launched node did not come up"
                 time.sleep(0.1)
             assert peer.class_info["model"] == "ddrnet23_slim"
-            assert NODE.startswith("/perception/")
+            assert ("segment_node", "/perception") in peer.node.get_node_names_and_namespaces()
         finally:
             peer.close()
             service.shutdown()

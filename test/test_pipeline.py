@@ -84,6 +84,13 @@ def test_padded_view_input(pipe, road_image):
     assert np.array_equal(pipe(view, "rgb").labels, pipe(road_image, "rgb").labels)
 
 
+def test_flipped_view_input(pipe, road_image):
+    """Negative-stride views (a mirrored camera, a BGR view by ``[..., ::-1]``) work like copies."""
+    mirrored = road_image[:, ::-1]
+    assert np.array_equal(pipe(mirrored, "rgb").labels, pipe(mirrored.copy(), "rgb").labels)
+    assert np.array_equal(pipe(road_image[..., ::-1], "bgr").labels, pipe(road_image, "rgb").labels)
+
+
 @pytest.mark.parametrize("image, kind", [
     (np.zeros((32, 32, 3), np.float32), "bad_dtype"),
     (np.zeros((32, 32), np.uint8), "bad_channels"),

@@ -151,8 +151,8 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
     from .record import Recorder
 
     env = dict(os.environ)
-    if "ROS_DOMAIN_ID" not in env:  # keep the demo off a real robot's domain 0
-        env["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
+    if "ROS_DOMAIN_ID" not in env:  # off a real robot's domain 0; <= 101 keeps DDS ports off ephemeral ones
+        env["ROS_DOMAIN_ID"] = str(random.randint(50, 101))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, starting {NODE} and the player over DDS")
