@@ -20,6 +20,7 @@ def test_shipped_weights_describe_themselves():
     assert meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and meta["ignore_id"] == 11
     assert meta["classes"] == load_classes("camvid").to_dicts()
     assert 0.55 <= meta["val_miou"] <= 1.0
+    assert meta["input_size"] == [360, 480]  # the size it was validated at: the pipeline's inference size
     assert SHIPPED.stat().st_size < 15 * 2**20  # fp16: a few MB
 
 

@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     dev = pipe.device
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        x = torch.empty(1, 3, *pipe.inference_size_for(frame.shape[:2]), device=dev, dtype=pipe.dtype
-                        ).normal_().contiguous(memory_format=torch.channels_last)
+        # the network input of the real frame, exactly as the pipeline prepares it
+        x = pipe.preprocess(torch.from_numpy(np.ascontiguousarray(frame)).to(dev), order)
         results["forward"] = percentiles(time_call(lambda: pipe.backend(x), args.runs, args.warmup, dev))
         if args.baseline and not pipe.half:
             base = eager_baseline(pipe, x)
