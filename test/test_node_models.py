@@ -1,6 +1,7 @@
 """Models and backends through the real node over DDS: DeepLab and PSPNet with the ``output_stride``
-parameter (the same registry, pipeline and node as DDRNet), and the default backend, ``auto``, which
-runs onnxruntime on the CPU. Labels equal the offline pipeline's with the same model and backend."""
+parameter (the same registry, pipeline and node as DDRNet), SegNet for the classic models (pooling
+indices, full-resolution logits), and the default backend, ``auto``, which runs onnxruntime on the
+CPU. Labels equal the offline pipeline's with the same model and backend."""
 from __future__ import annotations
 
 import time
@@ -23,7 +24,7 @@ def small_frame(road_image: np.ndarray) -> np.ndarray:
 
 
 # DeepLab v3+ at stride 8, not its default 16, so the parameter must reach the model
-@pytest.mark.parametrize("model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0)])
+@pytest.mark.parametrize("model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0), ("segnet_vgg16", 0)])
 def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
     options = {"output_stride": stride} if stride else {}
     weights = save_test_weights(tmp_path / f"{model}.pt", model, **options)

@@ -1,7 +1,11 @@
 """Segmentation models: the registry, the architectures, and weights loading."""
 from . import ddrnet as _ddrnet
 from . import deeplab as _deeplab
+from . import dilatednet as _dilatednet
+from . import fcn as _fcn
 from . import pspnet as _pspnet
+from . import segnet as _segnet
+from . import unet as _unet
 from .registry import build_model, list_models, model_options, register_model
 from .weights import WeightsFile, load_weights, read_weights, save_weights
 
@@ -15,6 +19,11 @@ register_model("deeplabv3plus_resnet50")(_deeplab.deeplabv3plus_resnet50)
 register_model("deeplabv3plus_resnet101")(_deeplab.deeplabv3plus_resnet101)
 register_model("pspnet_resnet50")(_pspnet.pspnet_resnet50)
 register_model("pspnet_resnet101")(_pspnet.pspnet_resnet101)
+register_model("fcn8s_vgg16")(_fcn.fcn8s_vgg16)
+register_model("segnet_vgg16")(_segnet.segnet_vgg16)
+register_model("deconvnet_vgg16")(_segnet.deconvnet_vgg16)
+register_model("unet")(_unet.unet)
+register_model("dilatednet_vgg16")(_dilatednet.dilatednet_vgg16)
 
 __all__ = ["build_model", "list_models", "model_options", "register_model", "load_weights", "read_weights",
            "save_weights", "WeightsFile"]

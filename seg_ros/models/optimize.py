@@ -1,8 +1,9 @@
 """Inference-time rewrites that keep outputs identical up to float rounding.
 
-Batch norms that directly follow a convolution are folded into it (declared by ``nn.Sequential``
-order or by a block's ``conv_bn_pairs``), and the network switches to channels_last, which the
-CPU (oneDNN) and GPU (cuDNN) convolution kernels prefer.
+Batch norms that directly follow a convolution or a transposed convolution (DeconvNet's decoder)
+are folded into it (declared by ``nn.Sequential`` order or by a block's ``conv_bn_pairs``), and
+the network switches to channels_last, which the CPU (oneDNN) and GPU (cuDNN) convolution
+kernels prefer.
 """
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)
+
+
+def _fuse(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    return fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+
+
 def _fold_sequential(seq: nn.Sequential) -> int:
     folded = 0
     names = list(seq._modules)
     for first, second in zip(names, names[1:]):
         conv, bn = seq._modules[first], seq._modules[second]
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            seq._modules[first] = fuse_conv_bn_eval(conv, bn)
+        if _foldable(conv, bn):
+            seq._modules[first] = _fuse(conv, bn)
             seq._modules[second] = nn.Identity()
             folded += 1
     return folded
@@ -33,8 +42,8 @@ def fold_batchnorm(model: nn.Module) -> int:
             folded += _fold_sequential(module)
         for conv_name, bn_name in getattr(module, "conv_bn_pairs", ()):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+            if _foldable(conv, bn):
+                setattr(module, conv_name, _fuse(conv, bn))
                 setattr(module, bn_name, nn.Identity())
                 folded += 1
     return folded
