@@ -120,8 +120,28 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
         agree = (fused(img).labels == eager(img).labels).mean()
         assert agree > 0.999, agree
     info = fused.backend.describe()
-    assert info["graphs"] == 2 and info["eager_fallbacks"] == 0  # one graph per shape, reused
+    assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
     assert fused.backend.fused.graphs.hits >= 4
+
+
+def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
+    """A model oneDNN cannot fuse (DeepLab v3+'s ASPP concatenation in torch 2.13) runs eagerly
+    after one warning naming the reason, with the eager module's outputs."""
+    from seg_ros.backends.cpu_fusion import FusedCpuForward
+    from seg_ros.models.optimize import prepare_for_inference
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model("deeplabv3plus_resnet50", 11, output_stride=16), torch.device("cpu"))
+    fused = FusedCpuForward(model)
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        outputs = [fused(x), fused(x[..., :64])]
+        expected = [model(x), model(x[..., :64])]
+    for got, ref in zip(outputs, expected):
+        torch.testing.assert_close(got, ref)
+    if fused.disabled is None:
+        pytest.skip("this torch build fuses DeepLab v3+: nothing falls back")
+    warnings = [r for r in caplog.records if "no oneDNN-fused CPU graph" in r.getMessage()]
+    assert len(warnings) == 1 and "Traceback" not in warnings[0].getMessage()
 
 
 # -- ONNX export ------------------------------------------------------------------------------

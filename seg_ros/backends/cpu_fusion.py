@@ -5,8 +5,8 @@ feature map. Tracing the (already BN-folded, channels_last) network once per inp
 its weights into the graph and letting oneDNN fuse conv + ReLU + add chains removes most of those
 passes over memory: about 15 % less forward time for DDRNet-23-slim at 512x1024 on a 2-core x86 CPU
 (docs/pipeline.md). Outputs match the eager module to float rounding. A traced graph is only valid
-for the shape it was traced with, so graphs live in a :class:`ShapeCache`; a shape whose trace fails
-runs eagerly from then on.
+for the shape it was traced with, so graphs live in a :class:`ShapeCache`; a model whose graph
+cannot be built or run, or differs from the eager module, runs eagerly from then on.
 """
 from __future__ import annotations
 
@@ -25,35 +25,56 @@ PROFILING_RUNS = 3  # the JIT profiles a few runs before it hands the graph to o
 
 
 def trace_fused(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model`` traced on ``example``, frozen, and warmed up until the fused graph is in place."""
+    """``model`` traced on ``example``, frozen, warmed up until the fused graph is in place, and
+    checked against the eager module on ``example`` (RuntimeError when they differ)."""
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about Python control flow on shapes
         traced = torch.jit.freeze(torch.jit.trace(model, example.clone(), check_trace=False))
         for _ in range(PROFILING_RUNS):
-            traced(example.clone())
+            fused = traced(example.clone())
+        reference = model(example.clone())
+    error = (fused.float() - reference.float()).abs().max().item()
+    bound = 1e-3 + 1e-2 * reference.abs().max().item()
+    if not error <= bound:
+        raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
     return traced
 
 
+def _reason(exc: Exception) -> str:
+    """The last line of an exception (TorchScript errors carry a whole trace before it)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
 class FusedCpuForward:
-    """``forward(x)`` through the fused graph traced for ``x``'s shape (eager when none can be)."""
+    """``forward(x)`` through the fused graph traced for ``x``'s shape. If a graph cannot be built
+    or run for this model (oneDNN does not take every op pattern, e.g. DeepLab's ASPP
+    concatenation), one warning says why and the model runs eagerly from then on."""
 
     def __init__(self, model: nn.Module, max_graphs: int = 4) -> None:
         self.model = model
         self.graphs: ShapeCache[torch.jit.ScriptModule] = ShapeCache(
-            self._build, max_entries=max_graphs, fallback_on_error=True, what="fused CPU graph")
-        self._examples: dict[Hashable, torch.Tensor] = {}
+            self._build, max_entries=max_graphs, what="fused CPU graph")
+        self._example: torch.Tensor | None = None
+        self.disabled: str | None = None  # why the model runs eagerly, once it does
 
     def _build(self, key: Hashable) -> torch.jit.ScriptModule:
         log.info("tracing a fused CPU graph for input %s (first frame of this size is slower)", key[0])
-        return trace_fused(self.model, self._examples.pop(key))
+        return trace_fused(self.model, self._example)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = graph_key(x)
-        self._examples[key] = x
-        graph = self.graphs.get(key)
-        self._examples.pop(key, None)
-        if graph is None:
-            return self.model(x)
-        with torch.inference_mode(False), torch.no_grad():
-            return graph(x.clone() if x.is_inference() else x)
+        if self.disabled is None:
+            try:
+                self._example = x
+                graph = self.graphs.get(graph_key(x))
+                with torch.inference_mode(False), torch.no_grad():
+                    return graph(x.clone() if x.is_inference() else x)
+            except Exception as exc:  # noqa: BLE001 - any failure means: run this model eagerly
+                self.disabled = _reason(exc)
+                self.graphs.clear()
+                log.warning("no oneDNN-fused CPU graph for %s (%s); running it eagerly",
+                            type(self.model).__name__, self.disabled)
+            finally:
+                self._example = None
+        return self.model(x)

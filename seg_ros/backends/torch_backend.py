@@ -48,7 +48,8 @@ class TorchBackend:
                                 "dedicated_stream": self.stream is not None, "cpu_fusion": self.fused is not None}
         if self.device.type == "cuda":
             info.update(describe_cuda(self.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
-        for shapes in (self.graphed, self.fused):
-            if shapes is not None:
-                info.update(graphs=len(shapes.graphs), eager_fallbacks=len(shapes.graphs.failed))
+        if self.graphed is not None:
+            info.update(graphs=len(self.graphed.graphs), eager_fallbacks=len(self.graphed.graphs.failed))
+        if self.fused is not None:
+            info.update(graphs=len(self.fused.graphs), cpu_fusion_disabled=self.fused.disabled)
         return info
