@@ -81,3 +81,21 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility tests
+Layout = dict[str, tuple[int, ...]]
+
+
+def conv_layout(name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False) -> Layout:
+    """Keys and shapes of a (transposed) convolution as nn.Conv2d / nn.ConvTranspose2d store them."""
+    out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
+    if bias:
+        out[f"{name}.bias"] = (cout,)
+    return out
+
+
+def bn_layout(name: str, c: int) -> Layout:
+    """Keys and shapes of an nn.BatchNorm2d."""
+    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import Layout, bn_layout, conv_layout
 from seg_ros.errors import ConfigError
 from seg_ros.models import build_model, list_models
 from seg_ros.models.fcn import bilinear_upsampling
@@ -36,7 +37,6 @@ from seg_ros.pipeline import SegmentationPipeline
 
 CLASSIC = ["fcn8s_vgg16", "segnet_vgg16", "deconvnet_vgg16", "unet", "dilatednet_vgg16"]
 FULL_RESOLUTION = {"fcn8s_vgg16", "segnet_vgg16", "deconvnet_vgg16", "unet"}
-Layout = dict[str, tuple[int, ...]]
 
 # -- reference layouts ----------------------------------------------------------------------------
 
@@ -45,15 +45,10 @@ VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 
 
 def _conv(name: str, cin: int, cout: int, k: int, bias: bool = True, transposed: bool = False) -> Layout:
-    out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
-    if bias:
-        out[f"{name}.bias"] = (cout,)
-    return out
+    return conv_layout(name, cin, cout, k, bias, transposed)  # these models mostly keep conv biases
 
 
-def _bn(name: str, c: int) -> Layout:
-    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+_bn = bn_layout
 
 
 def torchvision_vgg16_features(bn: bool) -> Layout:

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import Layout, bn_layout, conv_layout
 from seg_ros.errors import ConfigError, WeightsError
 from seg_ros.models import build_model, list_models, load_weights
 from seg_ros.models.optimize import fold_batchnorm
@@ -25,21 +26,11 @@ from seg_ros.pipeline import SegmentationPipeline
 NEW_MODELS = ["deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3plus_resnet50",
               "deeplabv3plus_resnet101", "pspnet_resnet50", "pspnet_resnet101"]
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-Layout = dict[str, tuple[int, ...]]
 
 
 # -- reference layouts, from the public code ----------------------------------------------------
 
-def _conv(name: str, cin: int, cout: int, k: int, bias: bool = False) -> Layout:
-    out = {f"{name}.weight": (cout, cin, k, k)}
-    if bias:
-        out[f"{name}.bias"] = (cout,)
-    return out
-
-
-def _bn(name: str, c: int) -> Layout:
-    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+_conv, _bn = conv_layout, bn_layout
 
 
 def _torchvision_resnet(prefix: str, depth: int, semseg_stem: bool = False) -> Layout:

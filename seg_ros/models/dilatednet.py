@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .vgg import fc_as_conv, init_vgg, vgg16_features
+from .init import init_weights
+from .vgg import fc_as_conv, vgg16_features
 
 CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 
@@ -51,7 +52,7 @@ class DilatedNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.relu = nn.ReLU(inplace=True)
         self.final = nn.Conv2d(4096, num_classes, 1)
-        init_vgg(nn.ModuleList([self.fc6, self.fc7, self.final]))
+        init_weights(nn.ModuleList([self.fc6, self.fc7, self.final]))
         self.context = basic_context_module(num_classes) if context_module else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

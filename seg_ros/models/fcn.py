@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .vgg import crop_to, fc_as_conv, init_vgg, pad_to_multiple, vgg16_features
+from .init import init_weights
+from .vgg import crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
 
 def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
@@ -50,7 +51,7 @@ class FCN8s(nn.Module):
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         self.score_pool4 = nn.Conv2d(512, num_classes, 1)
         self.score_pool3 = nn.Conv2d(256, num_classes, 1)
-        init_vgg(nn.ModuleList([self.fc6, self.fc7, self.score_fr, self.score_pool4, self.score_pool3]))
+        init_weights(nn.ModuleList([self.fc6, self.fc7, self.score_fr, self.score_pool4, self.score_pool3]))
         self.upscore2 = bilinear_upsampling(num_classes, 2)
         self.upscore_pool4 = bilinear_upsampling(num_classes, 2)
         self.upscore8 = bilinear_upsampling(num_classes, 8)

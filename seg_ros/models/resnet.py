@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .init import init_weights
 
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 OUTPUT_STRIDES = (8, 16)
@@ -49,18 +50,6 @@ def stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
     if output_stride == 8:
         return (1, 1), (2, 1), (1, 2), (1, 4)
     return (1, 1), (2, 1), (2, 1), (1, 2)
-
-
-def init_weights(module: nn.Module) -> None:
-    """He initialisation for convolutions, identity batch norms."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class Bottleneck(nn.Module):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, init_vgg, pad_to_multiple, vgg16_features
+from .init import init_weights
+from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
 
 def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class UnpoolingNet(nn.Module):
         self.fc = fc
         self.decoder = decoder
         self.classifier = classifier
-        init_vgg(nn.ModuleList([self.fc, self.decoder, self.classifier]))
+        init_weights(nn.ModuleList([self.fc, self.decoder, self.classifier]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw = x.shape[-2:]

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .vgg import crop_to, init_vgg, pad_to_multiple
+from .init import init_weights
+from .vgg import crop_to, pad_to_multiple
 
 
 def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -46,7 +47,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2) for i in levels)
         self.decode = nn.ModuleList(double_conv(2 * widths[i - 1], widths[i - 1]) for i in levels)
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
-        init_vgg(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw = x.shape[-2:]

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_weights
+
 # output channels of the convolutions of VGG-16's five stages
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
                                              (512, 512, 512))
@@ -76,7 +78,7 @@ def vgg16_features(batch_norm: bool = False, pool_indices: bool = False, ceil_mo
             in_ch = width
         layers.append(nn.MaxPool2d(2, 2, ceil_mode=ceil_mode, return_indices=pool_indices) if pool else nn.Identity())
     features = VGGFeatures(*layers)
-    init_vgg(features)
+    init_weights(features)
     return features
 
 
@@ -84,18 +86,6 @@ def fc_as_conv(in_ch: int, out_ch: int, kernel_size: int, dilation: int = 1) -> 
     """A fully connected layer as a convolution over the whole map (VGG's fc6/fc7); padded to
     keep the size, so it slides over inputs of any size instead of needing pool5 to be 7x7."""
     return nn.Conv2d(in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
-
-
-def init_vgg(module: nn.Module) -> None:
-    """He initialisation for (transposed) convolutions, zero biases, identity batch norms."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
