@@ -110,13 +110,15 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], label_dtype: t
     uniform_cell = (low == down) & (low == right) & (low == diag)
     r0, r1, wy = _source_index(h, out_h, scores.device)
     c0, c1, wx = _source_index(w, out_w, scores.device)
-    labels = low.to(label_dtype).index_select(0, r0).index_select(1, c0)
-    ys, xs = torch.nonzero(~uniform_cell.index_select(0, r0).index_select(1, c0), as_tuple=True)
+    # columns first, then rows: the second gather copies whole rows (several times faster)
+    labels = low.to(label_dtype).index_select(1, c0).index_select(0, r0)
+    ys, xs = torch.nonzero((~uniform_cell).index_select(1, c0).index_select(0, r0), as_tuple=True)
     if ys.numel():
-        hwc = scores.permute(1, 2, 0)
-        a0, a1, b0, b1 = r0[ys], r1[ys], c0[xs], c1[xs]
+        cells = scores.permute(1, 2, 0).reshape(h * w, -1)  # one row of class scores per source cell
+        a0, a1, b0, b1 = r0[ys] * w, r1[ys] * w, c0[xs], c1[xs]
         ly, lx = wy[ys].unsqueeze(1), wx[xs].unsqueeze(1)
-        top = hwc[a0, b0] * (1 - lx) + hwc[a0, b1] * lx
-        bottom = hwc[a1, b0] * (1 - lx) + hwc[a1, b1] * lx
-        labels[ys, xs] = (top * (1 - ly) + bottom * ly).argmax(dim=1).to(label_dtype)
+        corner = lambda rows, cols: cells.index_select(0, rows + cols)  # noqa: E731 - flat row gather
+        top = torch.lerp(corner(a0, b0), corner(a0, b1), lx)
+        bottom = torch.lerp(corner(a1, b0), corner(a1, b1), lx)
+        labels.view(-1)[ys * out_w + xs] = torch.lerp(top, bottom, ly).argmax(dim=1).to(label_dtype)
     return labels
