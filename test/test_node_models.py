@@ -1,7 +1,7 @@
 """Models and backends through the real node over DDS: DeepLab and PSPNet with the ``output_stride``
 parameter (the same registry, pipeline and node as DDRNet), SegNet for the classic models (pooling
-indices, full-resolution logits), and the default backend, ``auto``, which runs onnxruntime on the
-CPU. Labels equal the offline pipeline's with the same model and backend."""
+indices, full-resolution logits), the default backend, ``auto`` (torch on the CPU), and onnxruntime.
+Labels equal the offline pipeline's with the same model and backend."""
 from __future__ import annotations
 
 import time
@@ -41,18 +41,22 @@ def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
     assert node.proc.returncode == 0 and "Traceback" not in node.log, node.log
 
 
-def test_default_backend_on_cpu_is_onnxruntime(tmp_path, road_image):
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("backend,runs", [(None, "torch"), ("onnxruntime", "onnxruntime")])
+def test_node_backends_on_cpu(tmp_path, road_image, backend, runs):
+    """No ``backend`` parameter means ``auto``, which is torch on the CPU; onnxruntime on request."""
+    if runs == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     weights = save_test_weights(tmp_path / "ddrnet.pt", "ddrnet23_slim")
     frame = small_frame(road_image)
     h, w = frame.shape[:2]
-    offline = SegmentationPipeline(PipelineConfig(weights=str(weights), device="cpu", backend="onnxruntime"))
+    offline = SegmentationPipeline(PipelineConfig(weights=str(weights), device="cpu", backend=runs))
     expected = offline(frame, "rgb")
-    with running_node(node_command(weights, "device:=cpu", "diagnostics_period:=0.25", backend=None)) as (node, peer):
-        sent = image_msg("rgb8", frame, h, w, tag="auto")
+    cmd = node_command(weights, "device:=cpu", "diagnostics_period:=0.25", backend=backend)
+    with running_node(cmd) as (node, peer):
+        sent = image_msg("rgb8", frame, h, w, tag=runs)
         out = peer.roundtrip(sent, ("labels",), timeout=90)
         got = np.frombuffer(out["labels"].data, np.uint8).reshape(h, w)
         assert (got == expected.labels).mean() > 0.999
         values = peer.diag_values(after=time.monotonic())
-        assert values["backend"] == "onnxruntime" and values["device"] == "cpu"
+        assert values["backend"] == runs and values["device"] == "cpu"
     assert node.proc.returncode == 0 and "Traceback" not in node.log, node.log

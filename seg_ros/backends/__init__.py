@@ -52,10 +52,9 @@ from . import tensorrt_backend as _tensorrt_backend  # noqa: E402,F401  (registe
 
 
 def auto_backend_name(device: torch.device) -> str:
-    """``auto``: torch on CUDA (fp16, CUDA graphs); onnxruntime on the CPU when installed, since it
-    ran DDRNet-23-slim about twice as fast as torch there (docs/backends.md), else torch."""
-    if device.type == "cpu" and _onnxruntime_backend.onnxruntime_available():
-        return "onnxruntime"
+    """``auto``: the backend measured fastest for the whole pipeline on ``device``: torch, both on
+    CUDA (CUDA graphs, fp16) and on the CPU (oneDNN-fused graphs; onnxruntime's faster network
+    alone is outweighed by handing its output back, docs/backends.md)."""
     return "torch"
 
 

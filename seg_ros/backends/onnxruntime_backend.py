@@ -37,15 +37,6 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class _Session:
     """One onnxruntime session with its I/O binding to torch memory."""
 
