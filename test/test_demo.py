@@ -40,9 +40,10 @@ def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id, monkeypatch
     assert summary["latency_ms"]["p50"] > 0 and summary["trained"] is True
     diag = summary["node_diagnostics"]
     assert diag["frames_received"] == "3" and diag["frames_failed"] == "0"
-    # every frame the recorder did not get is one the node itself counted as dropped (latest wins)
-    assert int(diag["frames_processed"]) == summary["frames_out"]
-    assert int(diag["frames_dropped"]) == summary["drops"] == 3 - summary["frames_out"]
+    # the node accounts for every frame (processed or dropped, latest wins); the recorder got no
+    # labels the node did not produce (it may miss some: outputs are keep-last reliable)
+    assert int(diag["frames_processed"]) + int(diag["frames_dropped"]) == 3
+    assert 1 <= summary["frames_out"] <= int(diag["frames_processed"])
     for name in ("overlay_strip.png", "overlay_frame.png", "demo_output.mcap"):
         assert (out / name).is_file(), name
 
