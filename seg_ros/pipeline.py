@@ -326,6 +326,17 @@ class SegmentationPipeline:
         refined.timings_ms = {"crf": (time.perf_counter() - t0) * 1e3}
         return refined
 
+    def warm_up(self) -> tuple[int, int] | None:
+        """Segment one blank frame at the configured input size, so the per-shape work (fused CPU
+        graph, CUDA graph capture, onnxruntime session, cuDNN autotuning) happens now rather than
+        on the first camera frame. Frames of the same aspect ratio then reuse it. Returns the size
+        warmed, or None when the inference size depends on each frame (no input size set)."""
+        if self.input_size is None:
+            return None
+        h, w = self.input_size
+        self(np.zeros((h, w, 3), np.uint8), "rgb", color=True, overlay=True)
+        return h, w
+
     def describe(self) -> dict[str, Any]:
         """What is running, for logs, diagnostics and benchmark reports."""
         return {"model": self.config.model, "backend": getattr(self.backend, "name", self.config.backend),

@@ -145,3 +145,14 @@ def test_folded_model_matches_eager(weights_file):
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
         assert torch.allclose(p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3)
+
+
+def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file, road_image):
+    """With an input size (here from the weights file), start-up work happens in warm_up(); a frame
+    of the same aspect reuses it. Without one, there is nothing to warm."""
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
+    assert pipe.warm_up() == (96, 128)
+    assert pipe.backend.describe()["graphs"] == 1
+    pipe(road_image[:240, :320], "rgb")  # 4:3 like the warm-up: scaled to 96x128, same graph
+    assert pipe.backend.describe()["graphs"] == 1
+    assert SegmentationPipeline(weights="none", device="cpu").warm_up() is None

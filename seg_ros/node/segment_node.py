@@ -102,6 +102,10 @@ class SegmentNode(Node):
             input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
             output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
             num_threads=values["num_threads"], model_options=P.model_options(values)))
+        started = time.monotonic()
+        warmed = self.pipeline.warm_up()
+        if warmed:
+            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in {time.monotonic() - started:.1f} s")
         self.info = self.pipeline.describe()
         self._declare_class_metadata()
 
