@@ -31,9 +31,9 @@ def resize_and_normalize(x: torch.Tensor, size: tuple[int, int], scale: torch.Te
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
     if channel_order is not None:
         x = x.index_select(1, channel_order)
-    if x.data_ptr() == source.data_ptr():  # a float input passed straight through: never write to it
-        x = x.clone(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
+    # a float input passed straight through is the caller's: copy it rather than write to it
+    owned = x.data_ptr() != source.data_ptr()
+    x = x.contiguous(memory_format=torch.channels_last) if owned else x.clone(memory_format=torch.channels_last)
     x.mul_(scale).add_(shift)  # in place on our own float copy: no further full-size buffers
     return x.to(dtype=dtype)
 

@@ -234,13 +234,19 @@ class SegmentationPipeline:
         return torch.from_numpy(image)
 
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb") -> torch.Tensor:
-        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w); also
-        feeds export checks and INT8 calibration, so every backend sees the same input."""
+        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w)."""
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
         return ops.resize_and_normalize(
             ops.image_to_tensor(frame), self.inference_size_for(tuple(frame.shape[:2])), self._scale,
             self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
+
+    def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
+        """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
+        in ``__call__``: benchmarks, export checks and INT8 calibration use it, so every backend
+        sees the same input."""
+        self.check_image(image)
+        return self.preprocess(self._upload(image), color_order)
 
     def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
         x = self.preprocess(frame, color_order)

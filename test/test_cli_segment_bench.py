@@ -40,8 +40,8 @@ def test_bench_json_report(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["model"] == "ddrnet23_slim" and report["backend"] == "torch" and report["device"] == "cpu"
     assert report["size"] == [64, 128]
-    for stage in ("forward", "pipeline", "forward_eager_fp32_nchw", "preprocess", "postprocess", "color", "overlay", "download",
-                  "decode", "serialise", "message_to_messages"):
+    for stage in ("forward", "pipeline", "forward_eager_fp32_nchw", "preprocess", "postprocess", "color",
+                  "overlay", "download", "decode", "serialise", "message_to_messages"):
         t = report["timings_ms"][stage]
         assert t["median"] > 0 and t["p95"] >= t["median"]
     assert "pipeline_vs_forward" in report["ratios"]

@@ -56,18 +56,16 @@ class FusedCpuForward:
         self.model = model
         self.graphs: ShapeCache[torch.jit.ScriptModule] = ShapeCache(
             self._build, max_entries=max_graphs, what="fused CPU graph")
-        self._example: torch.Tensor | None = None
         self.disabled: str | None = None  # why the model runs eagerly, once it does
 
-    def _build(self, key: Hashable) -> torch.jit.ScriptModule:
+    def _build(self, key: Hashable, example: torch.Tensor) -> torch.jit.ScriptModule:
         log.info("tracing a fused CPU graph for input %s (first frame of this size is slower)", key[0])
-        return trace_fused(self.model, self._example)
+        return trace_fused(self.model, example)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled is None:
             try:
-                self._example = x
-                graph = self.graphs.get(graph_key(x))
+                graph = self.graphs.get(graph_key(x), x)
                 with torch.inference_mode(False), torch.no_grad():
                     return graph(x.clone() if x.is_inference() else x)
             except Exception as exc:  # noqa: BLE001 - any failure means: run this model eagerly
@@ -75,6 +73,4 @@ class FusedCpuForward:
                 self.graphs.clear()
                 log.warning("no oneDNN-fused CPU graph for %s (%s); running it eagerly",
                             type(self.model).__name__, self.disabled)
-            finally:
-                self._example = None
         return self.model(x)

@@ -73,22 +73,16 @@ class GraphedForward:
     def __init__(self, fn: Forward, capture: Capture = capture_cuda_graph, max_graphs: int = 4) -> None:
         self.fn = fn
         self._capture = capture
-        self._pending: torch.Tensor | None = None
         self.graphs: ShapeCache[Forward] = ShapeCache(self._build, max_entries=max_graphs,
                                                       fallback_on_error=True, what="CUDA graph")
         self.eager_calls = 0
 
-    def _build(self, key: Hashable) -> Forward:
-        assert self._pending is not None
+    def _build(self, key: Hashable, example: torch.Tensor) -> Forward:
         log.info("capturing a CUDA graph for input %s", key[0] if isinstance(key, tuple) else key)
-        return self._capture(self.fn, self._pending)
+        return self._capture(self.fn, example)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._pending = x
-        try:
-            replay = self.graphs.get(graph_key(x))
-        finally:
-            self._pending = None
+        replay = self.graphs.get(graph_key(x), x)
         if replay is None:
             self.eager_calls += 1
             return self.fn(x)

@@ -194,7 +194,7 @@ def verify_against_torch(pipe: Any, path: str | os.PathLike, image: np.ndarray,
     if size is not None and tuple(image.shape[:2]) != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     with torch.inference_mode():
-        x = pipe.preprocess(torch.from_numpy(np.ascontiguousarray(image)).to(pipe.device))
+        x = pipe.network_input(image)
         ref = pipe.model(x).float().cpu().numpy()
     got = onnxruntime_logits(path, x)
     if got.shape != ref.shape:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
 log = logging.getLogger("seg_ros")
 V = TypeVar("V")
 
 
 class ShapeCache(Generic[V]):
-    """``get(key)`` returns the artefact for ``key``, building it with ``build(key)`` on a miss
-    and evicting the least recently used one beyond ``max_entries``. With ``fallback_on_error``
-    a failed build is logged once, remembered, and ``get`` returns None for that key."""
+    """``get(key, *args)`` returns the artefact for ``key``, building it with ``build(key, *args)``
+    on a miss (``args``: e.g. the example input a graph is captured on) and evicting the least
+    recently used one beyond ``max_entries``. With ``fallback_on_error`` a failed build is logged
+    once, remembered, and ``get`` returns None for that key."""
 
-    def __init__(self, build: Callable[[Hashable], V], max_entries: int = 4,
+    def __init__(self, build: Callable[..., V], max_entries: int = 4,
                  fallback_on_error: bool = False, what: str = "artefact") -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
@@ -31,7 +32,7 @@ class ShapeCache(Generic[V]):
         self.failed: dict[Hashable, str] = {}
         self.builds = self.hits = self.evictions = 0
 
-    def get(self, key: Hashable) -> V | None:
+    def get(self, key: Hashable, *build_args: Any) -> V | None:
         if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
@@ -39,7 +40,7 @@ class ShapeCache(Generic[V]):
         if key in self.failed:
             return None
         try:
-            value = self._build(key)
+            value = self._build(key, *build_args)
         except Exception as exc:
             if not self.fallback_on_error:
                 raise

@@ -196,7 +196,7 @@ class CalibrationData:
         h, w = self.shape
         frame = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
         with torch.inference_mode():
-            x = self.pipeline.preprocess(torch.from_numpy(frame).to(self.pipeline.device), "bgr")
+            x = self.pipeline.network_input(frame, "bgr")
             if tuple(x.shape[-2:]) != self.shape:  # input_size/keep_aspect mapped it elsewhere
                 x = F.interpolate(x.float(), size=self.shape, mode="bilinear", align_corners=False)
             return x.float().contiguous()

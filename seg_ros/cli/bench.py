@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         # the network input of the real frame, exactly as the pipeline prepares it
-        x = pipe.preprocess(torch.from_numpy(np.ascontiguousarray(frame)).to(dev), order)
+        x = pipe.network_input(frame, order)
         results["forward"] = percentiles(time_call(lambda: pipe.backend(x), args.runs, args.warmup, dev))
         if args.baseline and not pipe.half:
             base = eager_baseline(pipe, x)

@@ -4,7 +4,8 @@ Per model: trainable parameters (as built for inference, auxiliary heads not cou
 them), GFLOPs of one forward pass (``torch.utils.flop_counter``: convolutions and matrix
 products, 2 FLOPs per multiply-add, counted on the meta device so nothing is computed), and the
 median wall time of the backend's forward (after ``--warmup`` untimed calls) and of the whole
-pipeline (labels + colour mask, after one more untimed call) on a synthetic road frame. Random weights: the arithmetic, not the values, sets the time.
+pipeline (labels + colour mask, after one more untimed call) on a synthetic road frame. Random
+weights: the arithmetic, not the values, sets the time.
 Writes a JSON report and a markdown table (for docs/models.md).
 """
 from __future__ import annotations
@@ -77,7 +78,7 @@ def time_model(name: str, args: argparse.Namespace, options: dict) -> dict:
     frame = sample_road_image(*args.size)
     with torch.inference_mode():
         # the backend (fused CPU graph, CUDA graph, ...) on the frame's own network input
-        x = pipe.preprocess(torch.from_numpy(frame).to(pipe.device), "rgb")
+        x = pipe.network_input(frame, "rgb")
         forward = time_call(lambda: pipe.backend(x), args.runs, args.warmup, pipe.device)
     # one untimed call more: per-shape artefacts are keyed by the input's layout as well
     whole = time_call(lambda: pipe(frame, "rgb", color=True), args.runs, 1, pipe.device)
