@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# the ROS 2 command line (ros2 launch/run/param, colcon) for machines without a ROS install
+ROS2_CLI ?= ../shared/ros2-cli
 
 .PHONY: setup test demo bench clean
 
@@ -12,9 +14,16 @@ $(VENV)/.installed: requirements-dev.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed
+# nothing to do where `ros2` exists (a ROS install) or ../shared/ros2-cli does not (users' machines)
+$(VENV)/.ros2-cli: $(VENV)/.installed
+	@if command -v ros2 >/dev/null 2>&1; then echo "ros2 found: $$(command -v ros2)"; \
+	elif [ -f $(ROS2_CLI)/install.sh ]; then bash $(ROS2_CLI)/install.sh $(PY); \
+	else echo "no ros2 and no $(ROS2_CLI): the ROS 2 CLI tests will skip"; fi
+	touch $@
 
-test: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.ros2-cli
+
+test: $(VENV)/.installed $(VENV)/.ros2-cli
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed

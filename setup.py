@@ -39,7 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "seg-ros = seg_ros.cli.main:main",
-            "segment_node = seg_ros.node.segment_node:main",
+            "segment_node = seg_ros.node.entry:main",
         ],
     },
 )

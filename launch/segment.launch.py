@@ -33,6 +33,8 @@ def _node(context, *_):
         parameters=[LaunchConfiguration("params_file"), parameters],
         # with input_transport: compressed the node subscribes to <input_topic>/compressed
         remappings=[("image", LaunchConfiguration("input_topic"))],
+        # stop cleanly, not orphaned, when launch itself is ended with SIGTERM (seg_ros.node.shutdown)
+        additional_env={"SEG_ROS_EXIT_WITH_PARENT": "1"},
     )]
 
 

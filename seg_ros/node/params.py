@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import yaml
+
 from ..backends import list_backends
 from ..crf import CRF_MODES, parameter_table as crf_parameter_table
 from ..device import DEVICE_CHOICES, PRECISION_CHOICES
@@ -176,3 +178,55 @@ def descriptor(spec: ParamSpec):
         desc.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
                                                         to_value=spec.float_range[1], step=0.0)]
     return desc
+
+
+def _type_name(value: Any) -> str:
+    """The ROS parameter type name of a Python value ('double', 'string_array', ...)."""
+    if isinstance(value, (list, tuple)):
+        return (_type_name(value[0]) if value else "string") + "_array"
+    for kind, name in ((bool, "bool"), (int, "integer"), (float, "double"), (str, "string")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
+    that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``)."""
+    found: list[tuple[str, str]] = []
+    in_ros_args = False
+    for flag, arg in zip(args, [*args[1:], ""]):
+        if flag in ("--ros-args", "--"):
+            in_ros_args = flag == "--ros-args"
+        elif in_ros_args and flag in ("-p", "--param") and ":=" in arg:
+            target, text = arg.split(":=", 1)
+            prefix, _, name = target.rpartition(":")
+            if not prefix or prefix.rstrip("/").split("/")[-1] in node_names:
+                found.append((name, text))
+    return found
+
+
+def override_problem(args: Sequence[str], node_name: str) -> str | None:
+    """Why a ``-p name:=value`` of ``args`` does not fit its parameter's type (None when all fit).
+
+    rcl parses the value as YAML and, when a params file sets the same parameter, silently keeps
+    the file's value for a differently typed override (``-p overlay_alpha:=abc``): the node would
+    start with a value the user did not ask for and no warning. So it is checked here first."""
+    renamed = [a.split(":=", 1)[1] for a in args if a.startswith("__node:=")]
+    for name, text in command_line_params(args, [node_name, *renamed]):
+        spec = SPECS.get(name)
+        if spec is None or not spec.in_yaml:
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        expected, got = _type_name(spec.default), _type_name(value)
+        if value is None or got == expected:
+            continue
+        if isinstance(value, bool) and spec.choices is not None and "off" in spec.choices:
+            continue  # crf:=off reads as the boolean false: see unquoted_off
+        hint = f" (write {value}.0)" if (expected, got) == ("double", "integer") else ""
+        return (f"parameter {name!r} (-p {name}:={text}) must be of type {expected}, "
+                f"got the {got} {value!r}{hint}")
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import logging
+import os
 import socket
 import sys
 import threading
@@ -22,6 +23,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -35,11 +37,14 @@ from .class_info import class_info_json
 from .diagnostics import NodeStats
 from .frame_slot import FrameSlot
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
+from .shutdown import SignalGuard
 
 NODE_NAME = "segment_node"
 PROCESSING_ERROR = "processing_error"
 WARN_THROTTLE_S = 5.0
 EXIT_STARTUP_ERROR = 2
+STOP_TIMEOUT_S = 2.0
+SPIN_PERIOD_S = 0.1  # how often the spin loop looks at the stop request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +107,6 @@ class SegmentNode(Node):
             input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
             output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
             num_threads=values["num_threads"], model_options=P.model_options(values)))
-        started = time.monotonic()
-        warmed = self.pipeline.warm_up()
-        if warmed:
-            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in {time.monotonic() - started:.1f} s")
         self.info = self.pipeline.describe()
         self._declare_class_metadata()
 
@@ -136,13 +137,11 @@ class SegmentNode(Node):
         self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
         self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
         self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
+        self.startup_error: str | None = None
+        self._qos_reliability = values["qos_reliability"]
+        # subscribed before the warm-up: frames that arrive meanwhile are counted (as dropped)
         self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
         self._worker.start()
-        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))  # also says: ready
-        self.get_logger().info(
-            f"ready: model {self.info['model']} ({self.info['weights']}), {self.info['num_classes']} classes "
-            f"'{self.info['classes']}', device {self.info['device']} {self.info['precision']}; "
-            f"input {self.input_topic} ({self.transport}, {values['qos_reliability']})")
 
     # -- parameters ---------------------------------------------------------------------
     def _declare_parameters(self) -> dict[str, Any]:
@@ -205,7 +204,31 @@ class SegmentNode(Node):
         """Never blocks, never runs inference: the newest frame replaces a waiting one."""
         self.stats.frame_received(self.slot.put((msg, time.monotonic())))
 
+    def _warm_up(self) -> bool:
+        """On the worker thread, while the subscription already counts frames: trace/capture the
+        per-shape graph at the configured size, then announce readiness on ~/class_info."""
+        started = time.monotonic()
+        try:
+            warmed = self.pipeline.warm_up()
+        except Exception as exc:  # the model cannot run at all: a start-up error (exit code 2)
+            self.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
+            return False
+        if self._stopping.is_set():
+            return False
+        if warmed:
+            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in "
+                                   f"{time.monotonic() - started:.1f} s")
+        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))  # says: ready
+        self.get_logger().info(
+            f"ready: model {self.info['model']} ({self.info['weights']}), "
+            f"{self.info['num_classes']} classes '{self.info['classes']}', device "
+            f"{self.info['device']} {self.info['precision']}; input {self.input_topic} "
+            f"({self.transport}, {self._qos_reliability})")
+        return True
+
     def _work(self) -> None:
+        if not self._warm_up():
+            return
         while not self._stopping.is_set():
             item = self.slot.take(timeout=0.5)
             if item is None:
@@ -352,8 +375,10 @@ class SegmentNode(Node):
         self.pub_diagnostics.publish(msg)
 
     # -- shutdown -----------------------------------------------------------------------
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker (it finishes the frame in hand) and wait for it."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the worker (it finishes the frame in hand) and wait for it, at most ``timeout``
+        seconds (launch escalates to SIGTERM after 5 s). False when it is still busy, e.g. in
+        the warm-up trace, which cannot be interrupted."""
         self._stopping.set()
         self.slot.close()
         if self._worker.is_alive():
@@ -363,6 +388,7 @@ class SegmentNode(Node):
         if self.refiner is not None:
             self.refiner.close()
         logging.getLogger("seg_ros").removeHandler(self._log_handler)
+        return not self._worker.is_alive()
 
 
 def _image_msg(header, encoding: str, step: int, data, array_2d) -> Image:
@@ -402,40 +428,61 @@ def _check_params_files(args: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console script. Start-up errors: one log line, exit code 2, no traceback."""
-    args = sys.argv if argv is None else argv
-    problem = _check_params_files(args)
-    if problem:  # rcl would print its own unhelpful line first
+def run(args: list[str], guard: SignalGuard) -> int:
+    """The node's life: check the command line, start, spin until a stop signal, clean up.
+    Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0."""
+    problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
+    if problem:  # rcl would print its own unhelpful line first, or drop the override silently
         print(f"[{NODE_NAME}] error: {problem}", file=sys.stderr)
         return EXIT_STARTUP_ERROR
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # malformed --ros-args or params file
         print(f"[{NODE_NAME}] error: cannot initialise ROS: {str(exc).strip()}", file=sys.stderr)
         return EXIT_STARTUP_ERROR
-    node = None
+    node: SegmentNode | None = None
+    executor: SingleThreadedExecutor | None = None
+    code = 0
+    finished = True
     try:
         node = SegmentNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        guard.running()
+        while not guard.requested.is_set() and node.startup_error is None:
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        if node.startup_error is not None:
+            node.get_logger().fatal(f"cannot start: {node.startup_error}")
+            code = EXIT_STARTUP_ERROR
+        else:
+            node.get_logger().info(f"{guard.signal_name}: shutting down")
     except (SegRosError, ParameterException) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return EXIT_STARTUP_ERROR
-    except (KeyboardInterrupt, ExternalShutdownException):
-        rclpy.try_shutdown()
-        return 0
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        code = EXIT_STARTUP_ERROR
+    except ExternalShutdownException:
         pass
     finally:
-        node.stop()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        guard.running()  # a signal during clean-up must not interrupt it
+        if node is not None:
+            finished = node.stop()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if not finished:  # the worker is inside a trace that cannot be interrupted: do not wait
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Kept for ``python -m seg_ros.node.segment_node``; the console script is
+    :func:`seg_ros.node.entry.main`, which guards the imports too."""
+    from .entry import main as entry_main
+
+    return entry_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""Console script ``segment_node``.
+
+Installs the stop-signal guard before importing the node (rclpy, PyTorch: seconds of imports), so
+that Ctrl-C or SIGTERM at any moment of start-up ends the process with one line and exit code 0
+instead of a ``KeyboardInterrupt`` traceback (see :mod:`seg_ros.node.shutdown`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .shutdown import EXIT_WITH_PARENT_ENV, ShutdownRequested, SignalGuard, exit_with_parent
+
+NODE_NAME = "segment_node"
+
+
+def main(argv: list[str] | None = None) -> int:
+    guard = SignalGuard().install()
+    try:
+        if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
+            exit_with_parent()
+        from .segment_node import run
+
+        return run(sys.argv if argv is None else argv, guard)
+    except ShutdownRequested as stop:
+        print(f"[{NODE_NAME}] stopped by {stop} during start-up", file=sys.stderr, flush=True)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Helpers to run seg_ros exactly as a ROS 2 user does: colcon build, `. install/setup.sh`,
+`ros2 launch` / `ros2 run` / `ros2 param` / `ros2 node`, and Ctrl-C the way a terminal sends it.
+
+Used by test_ros2_cli.py and scripts/shutdown_race.py. The `ros2` command comes from a ROS
+install or from ../shared/ros2-cli installed into the venv by `make setup`; without it the tests
+skip, except under CI (CI=true), where they must run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def ros2_executable(name: str) -> str | None:
+    """``ros2`` / ``colcon`` next to this Python (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def require_ros2_cli() -> None:
+    """Skip without the ROS 2 command line, with the reason; under CI that is a failure."""
+    missing = [name for name in ("ros2", "colcon") if ros2_executable(name) is None]
+    if not missing:
+        return
+    reason = (f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
+              "with ../shared/ros2-cli present")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the ROS 2 CLI tests: {reason}")
+    pytest.skip(reason)
+
+
+def repo_files() -> list[str]:
+    """The files of a clean checkout: tracked, plus untracked ones git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                         capture_output=True, check=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+
+
+def build_workspace(root: Path) -> Path:
+    """A colcon workspace with a clean copy of this repository in src/; returns its install/."""
+    src = root / "src" / "seg_ros"
+    for rel in repo_files():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, src / rel)
+    done = subprocess.run([ros2_executable("colcon"), "build", "--packages-select", "seg_ros"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"colcon build failed:\n{done.stdout}\n{done.stderr}"
+    return root / "install"
+
+
+def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
+    """The environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
+    dump = subprocess.run(["bash", "-c", f". '{install}/setup.sh' && env -0"], capture_output=True,
+                          check=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
+                                                              f"{os.environ.get('PATH', '')}"))
+    env = dict(line.split("=", 1) for line in dump.stdout.decode().split("\0") if "=" in line)
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
+def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
+         attempts: int = 3) -> subprocess.CompletedProcess:
+    """One `ros2 ...` command, as typed. The daemon is not used (tests run on many domains and
+    leave nothing behind), so a node or parameter query discovers the graph itself: on a loaded
+    CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
+    repeated, as a user would."""
+    cmd = [ros2_executable("ros2"), *args]
+    if args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump"):
+        cmd += ["--no-daemon", "--spin-time", "2"]
+    for _ in range(attempts):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if not re.search(r"Unable to find node|Node not found", done.stdout + done.stderr):
+            break
+    return done
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
+class Ros2Process:
+    """`ros2 launch ...` or `ros2 run ...` in its own process group, as in a terminal."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen([ros2_executable("ros2"), *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(ANSI.sub("", line.rstrip("\n")))
+                self._cond.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """The first log line matching ``pattern``; fails if the process exits or time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} after {timeout} s:\n"
+                                         + "\n".join(self.lines))
+                self._cond.wait(min(left, 0.2))
+
+    def node_pids(self) -> list[int]:
+        """PIDs of the processes launch started ('process started with pid [N]')."""
+        return [int(m) for m in re.findall(r"process started with pid \[(\d+)\]", self.log)]
+
+    def terminal_ctrl_c(self) -> None:
+        """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> tuple[int | None, float]:
+        """(exit code, seconds) once it exits; the code is None (and all is killed) after
+        ``timeout``."""
+        started = time.monotonic()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+            self.kill()
+        self._reader.join(5)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        for pid in [*self.node_pids(), self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+
+class FramePeer:
+    """A frame source and label sink in this process, for a node found by its topic names."""
+
+    def __init__(self, domain: int, input_topic: str, node: str) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from seg_ros.node.qos import latched_qos, output_qos
+
+        self._rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain)
+        self.node = rclpy.create_node("ros2_cli_test_peer", context=self.ctx)
+        self.pub = self.node.create_publisher(Image, input_topic, output_qos(1))
+        self.labels: dict[str, object] = {}
+        self.class_info: str | None = None
+        self._cond = threading.Condition()
+        self.node.create_subscription(Image, f"{node}/labels", self._on_labels, output_qos(10))
+        self.node.create_subscription(String, f"{node}/class_info", self._on_info, latched_qos())
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # the context is shut down at close()
+            pass
+
+    def _on_labels(self, msg) -> None:
+        with self._cond:
+            self.labels[msg.header.frame_id] = msg
+            self._cond.notify_all()
+
+    def _on_info(self, msg) -> None:
+        with self._cond:
+            self.class_info = msg.data
+            self._cond.notify_all()
+
+    def roundtrip(self, rgb, frame_id: str, timeout: float = 60.0):
+        """Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
+        covers discovery: this peer's subscription may not be matched yet); returns them."""
+        from sensor_msgs.msg import Image
+
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+        msg.data = rgb.tobytes()
+        msg.header.frame_id = frame_id
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while frame_id not in self.labels:
+                assert time.monotonic() < deadline, f"no labels for {frame_id} after {timeout} s"
+                self.pub.publish(msg)
+                self._cond.wait(1.0)
+            return self.labels[frame_id]
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown(context=self.ctx)

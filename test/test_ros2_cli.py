@@ -1,0 +1,266 @@
+"""seg_ros as a ROS 2 user runs it: colcon build of a clean copy of the repository, then the real
+`ros2 launch`, `ros2 run`, `ros2 param`, `ros2 node` commands, frames over DDS, and Ctrl-C the
+way a terminal sends it (SIGINT to the whole process group, launch forwarding another).
+
+Needs the `ros2` command line (a ROS install, or ../shared/ros2-cli via `make setup`): skipped
+without it, except under CI, where these tests must run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ros2_tools import (TRACEBACK, FramePeer, Ros2Process, build_workspace, process_gone, ros2,
+                        require_ros2_cli, sourced_env)
+from seg_ros.node.params import PARAMETERS
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parent.parent
+READY = r"segment_node\]: ready: "
+STOP_WITHIN_S = 5.0
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's 'Using it on a ROS 2 machine' block (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Using it on a ROS 2 machine"):]
+    block = section[section.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")]
+    return [line.split("  #")[0].strip() for line in block.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def domain_for(name: str) -> int:
+    return 1 + (hash((name, time.monotonic_ns())) % 101)
+
+
+def small_frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+
+
+def assert_stopped_cleanly(proc: Ros2Process, launched: bool) -> None:
+    """Exit code 0 within STOP_WITHIN_S, no traceback, no process left behind."""
+    code, seconds = proc.wait(STOP_WITHIN_S + 10)
+    log = proc.log
+    assert code == 0, f"exit code {code}:\n{log}"
+    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
+    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
+    if launched:
+        assert "process has finished cleanly" in log, log
+    assert all(process_gone(pid) for pid in proc.node_pids()), f"left running:\n{log}"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """install/ of a colcon workspace holding a clean copy of this repository."""
+    require_ros2_cli()
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
+
+
+@pytest.fixture()
+def env(workspace, tmp_path) -> dict[str, str]:
+    return sourced_env(workspace, domain_for(tmp_path.name), tmp_path / "log")
+
+
+def test_colcon_build_installs_the_package(workspace, env):
+    assert "colcon build --packages-select seg_ros" in readme_commands()
+    executables = ros2(env, "pkg", "executables", "seg_ros")
+    assert "seg_ros segment_node" in executables.stdout.splitlines(), executables
+    share = workspace / "seg_ros" / "share" / "seg_ros"
+    for rel in ("package.xml", "launch/segment.launch.py", "config/segment.yaml",
+                "config/classes/camvid.yaml", "weights/ddrnet23_slim_camvid.pt"):
+        assert (share / rel).is_file(), rel
+
+
+def test_readme_commands(env):
+    """Every `ros2` line of the README, as typed, against the node it starts."""
+    commands = readme_commands()
+    launch = next(c for c in commands if c.startswith("ros2 launch"))
+    run = next(c for c in commands if c.startswith("ros2 run"))
+    queries = [c for c in commands if c.startswith(("ros2 node", "ros2 param"))]
+    assert len(queries) == 3, queries
+    domain = int(env["ROS_DOMAIN_ID"])
+    input_topic = re.search(r"input_topic:=(\S+)", launch).group(1)
+
+    proc = Ros2Process(env, *shlex.split(launch)[1:])
+    try:
+        proc.wait_for(READY, 120)
+        peer = FramePeer(domain, input_topic, "/segment_node")
+        try:
+            labels = peer.roundtrip(small_frame(), "readme_launch")
+        finally:
+            peer.close()
+        assert (labels.height, labels.width, labels.encoding) == (96, 128, "mono8")
+        assert (labels.header.stamp.sec, labels.header.stamp.nanosec) == (1_700_000_123, 456_789)
+        for command in queries:
+            done = ros2(env, *shlex.split(command)[1:])
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            if command.startswith("ros2 node info"):
+                for topic in documented_topics("/segment_node", input_topic):
+                    assert topic in done.stdout, (topic, done.stdout)
+            elif " get " in command:
+                assert done.stdout.strip() == "String value is: ddrnet23_slim", done.stdout
+            else:
+                assert done.stdout.strip() == "Set parameter successful", done.stdout
+        proc.wait_for(r"parameters changed: overlay_alpha=0.3", 10)
+    finally:
+        proc.terminal_ctrl_c()
+    assert_stopped_cleanly(proc, launched=True)
+
+    proc = Ros2Process(env, *shlex.split(run)[1:])
+    try:
+        proc.wait_for(READY, 120)
+        peer = FramePeer(domain, "/camera/image_raw", "/segment_node")
+        try:
+            peer.roundtrip(small_frame(), "readme_run")
+        finally:
+            peer.close()
+        got = ros2(env, "param", "get", "/segment_node", "overlay_alpha")
+        assert got.stdout.strip() == "Double value is: 0.3", got
+    finally:
+        proc.terminal_ctrl_c()
+    assert_stopped_cleanly(proc, launched=False)
+
+
+def documented_topics(node: str, input_topic: str) -> list[str]:
+    """The README's topic table (CRF topics aside), resolved for ``node``."""
+    text = (REPO / "README.md").read_text()
+    names = re.findall(r"^\| `(~/\w+|/\w+)` ", text, flags=re.M)
+    assert {"~/labels", "~/color_mask", "~/overlay", "~/class_info", "/diagnostics"} <= set(names)
+    return [input_topic] + [n.replace("~", node) for n in names if "refined" not in n]
+
+
+# -- every launch argument, on one launched node ---------------------------------------------
+LAUNCH_ARGUMENTS = {"model": "ddrnet23_slim", "weights": "none", "classes": "cityscapes",
+                    "backend": "onnxruntime", "device": "cpu", "input_topic": "/test/cam",
+                    "namespace": "/perception", "use_sim_time": "true"}
+NODE = "/perception/segment_node"
+
+
+@pytest.fixture(scope="module")
+def launched(workspace, tmp_path_factory):
+    """`ros2 launch` with every argument; the params file sets model ddrnet23 (overridden by the
+    model argument) and overlay_alpha / publish_confidence (kept)."""
+    pytest.importorskip("onnxruntime")
+    tmp = tmp_path_factory.mktemp("launch_args")
+    installed = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "segment.yaml"
+    params = yaml.safe_load(installed.read_text())
+    params["/**"]["ros__parameters"].update(model="ddrnet23", overlay_alpha=0.25,
+                                            publish_confidence=True)
+    params_file = tmp / "my_params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    env = sourced_env(workspace, domain_for(tmp.name), tmp / "log")
+    args = [f"{k}:={v}" for k, v in LAUNCH_ARGUMENTS.items()] + [f"params_file:={params_file}"]
+    proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", *args)
+    try:
+        proc.wait_for(READY, 180)
+        yield proc, env
+    finally:
+        proc.terminal_ctrl_c()
+        proc.wait(STOP_WITHIN_S + 10)
+
+
+def param_value(env, name: str) -> str:
+    done = ros2(env, "param", "get", NODE, name)
+    assert done.returncode == 0, done
+    return done.stdout.strip().split(" value is: ", 1)[1]
+
+
+def test_every_launch_argument_takes_effect(launched):
+    proc, env = launched
+    for name in ("model", "weights", "classes", "backend", "device"):
+        assert param_value(env, name) == LAUNCH_ARGUMENTS[name], name
+    assert param_value(env, "use_sim_time") == "True"
+    assert param_value(env, "overlay_alpha") == "0.25"  # from params_file
+    assert param_value(env, "publish_confidence") == "True"
+    info = ros2(env, "node", "info", NODE).stdout
+    subscribers = info[info.index("Subscribers:"):info.index("Publishers:")]
+    assert "/test/cam: sensor_msgs/msg/Image" in subscribers, info
+    assert "/clock: rosgraph_msgs/msg/Clock" in subscribers, info  # use_sim_time
+    peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/test/cam", NODE)
+    try:
+        labels = peer.roundtrip(small_frame(), "launch_args")
+        assert len(yaml.safe_load(peer.class_info)["classes"]) == 19  # cityscapes
+    finally:
+        peer.close()
+    assert labels.header.frame_id == "launch_args"
+    assert (labels.header.stamp.sec, labels.header.stamp.nanosec) == (1_700_000_123, 456_789)
+    assert int(np.frombuffer(bytes(labels.data), np.uint8).max()) < 19
+
+
+def _valid_and_invalid(spec) -> tuple[str, str, str]:
+    """(a valid value other than the default, an invalid value, words of its refusal)."""
+    if isinstance(spec.default, bool):
+        return str(not spec.default).lower(), "maybe", "Wrong parameter type"
+    if spec.choices is not None:
+        other = next(c for c in spec.choices if c != spec.default)
+        return other, "nonsense", "must be one of"
+    if spec.float_range is not None:
+        low, high = spec.float_range
+        return str(round(low + (high - low) * 0.3, 3)), str(high + 1.0), "out of range"
+    low, high = spec.int_range
+    return str(min(high, spec.default + 1)), str(high + 1), "out of range"
+
+
+def test_param_set_every_runtime_parameter(launched):
+    proc, env = launched
+    runtime = [spec for spec in PARAMETERS if spec.in_yaml and not spec.read_only]
+    assert len(runtime) >= 10
+    expected = {}
+    for spec in runtime:
+        valid, invalid, refusal = _valid_and_invalid(spec)
+        done = ros2(env, "param", "set", NODE, spec.name, valid)
+        assert done.stdout.strip() == "Set parameter successful", (spec.name, valid, done)
+        proc.wait_for(rf"parameters changed: {spec.name}=", 10)  # the node applies it
+        done = ros2(env, "param", "set", NODE, spec.name, invalid)
+        said = done.stdout + done.stderr
+        assert "Setting parameter failed" in said, (spec.name, invalid, done)
+        assert refusal in said, (spec.name, said)
+        expected[spec.name] = yaml.safe_load(valid)
+    done = ros2(env, "param", "set", NODE, "model", "unet")
+    assert "read-only" in done.stdout + done.stderr, done
+    dumped = yaml.safe_load(ros2(env, "param", "dump", NODE).stdout)[NODE]["ros__parameters"]
+    assert {name: dumped[name] for name in expected} == expected
+    assert dumped["model"] == "ddrnet23_slim"
+
+
+# -- stopping ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["ctrl_c_during_start_up", "sigint_to_the_node_alone",
+                                 "sigterm_to_launch"])
+def test_stops_cleanly(env, how):
+    proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "input_topic:=/cam")
+    try:
+        if how == "ctrl_c_during_start_up":
+            proc.wait_for(r"process started with pid", 60)
+            time.sleep(1.0)  # imports or model loading
+            proc.terminal_ctrl_c()
+        elif how == "sigint_to_the_node_alone":
+            proc.wait_for(READY, 120)
+            os.kill(proc.node_pids()[0], signal.SIGINT)
+            # launch then ends by itself: nothing is left to run
+        else:
+            proc.wait_for(READY, 120)
+            proc.signal(signal.SIGTERM)
+    except BaseException:
+        proc.kill()
+        raise
+    if how == "sigterm_to_launch":  # launch dies at once (upstream); the node must follow it
+        proc.wait(STOP_WITHIN_S)
+        deadline = time.monotonic() + STOP_WITHIN_S
+        while not all(process_gone(pid) for pid in proc.node_pids()):
+            assert time.monotonic() < deadline, f"node orphaned:\n{proc.log}"
+            time.sleep(0.1)
+        assert TRACEBACK not in proc.log, proc.log
+    else:
+        assert_stopped_cleanly(proc, launched=True)
