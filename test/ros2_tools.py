@@ -8,6 +8,7 @@ skip, except under CI (CI=true), where they must run.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRACEBACK = "Traceback (most recent call last)"
+STOP_WITHIN_S = 5.0
 
 
 def ros2_executable(name: str) -> str | None:
@@ -232,3 +234,59 @@ class FramePeer:
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.ctx)
+
+
+# -- Ctrl-C at random moments (scripts/shutdown_race.py; a few runs in test_ros2_cli.py) ---------
+def stream_frames(peer: FramePeer, stop: threading.Event, rate_hz: float = 30.0) -> None:
+    from sensor_msgs.msg import Image
+
+    msg = Image(height=360, width=480, encoding="rgb8", step=480 * 3)
+    msg.data = bytes(360 * 480 * 3)
+    while not stop.wait(1.0 / rate_hz):
+        msg.header.frame_id = f"race_{time.monotonic_ns()}"
+        peer.pub.publish(msg)
+
+
+def one_run(env: dict[str, str], delay: float, after_ready: bool) -> dict:
+    """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid, or after the node
+    said it is ready."""
+    proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "input_topic:=/cam")
+    peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/cam", "/segment_node")
+    stop = threading.Event()
+    streamer = threading.Thread(target=stream_frames, args=(peer, stop), daemon=True)
+    streamer.start()
+    try:
+        proc.wait_for(r"segment_node\]: ready: " if after_ready else r"process started with pid",
+                      120)
+        time.sleep(delay)
+        phase = "running" if "ready: " in proc.log else "start-up"
+        proc.terminal_ctrl_c()
+        code, seconds = proc.wait(STOP_WITHIN_S + 10)
+    finally:
+        stop.set()
+        streamer.join(2)
+        peer.close()
+    log = proc.log
+    left = [pid for pid in proc.node_pids() if not process_gone(pid)]
+    clean = (code == 0 and seconds < STOP_WITHIN_S and TRACEBACK not in log
+             and "KeyboardInterrupt" not in log and "process has finished cleanly" in log
+             and not left)
+    return {"delay_s": round(delay, 2), "after": "ready" if after_ready else "start",
+            "phase": phase, "exit_code": code, "stop_s": round(seconds, 2), "clean": clean,
+            "left_running": left,
+            "log_tail": log.splitlines()[-4:] if not clean else []}
+
+
+def ctrl_c_race(env: dict[str, str], runs: int, seed: int, max_delay: float) -> list[dict]:
+    rng = random.Random(seed)
+    results = []
+    for i in range(runs):
+        after_ready = i % 2 == 1  # every other run: while frames are being segmented
+        result = one_run(env, rng.uniform(0.0, 3.0) if after_ready else rng.uniform(0.2, max_delay),
+                         after_ready)
+        results.append(result)
+        print(f"run {i + 1:2d}: Ctrl-C at {result['after']} +{result['delay_s']:.2f} s "
+              f"({result['phase']}): exit "
+              f"{result['exit_code']} in {result['stop_s']:.2f} s, "
+              f"{'clean' if result['clean'] else 'NOT CLEAN'}", flush=True)
+    return results

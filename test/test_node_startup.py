@@ -7,11 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
 from conftest import save_test_weights
-from test_node import PARAMS_FILE, module_domain, node_command, node_env, rclpy  # noqa: F401
+from test_node import (PARAMS_FILE, NodeProcess, Peer, image_msg, module_domain, node_command,  # noqa: F401
+                       node_env, rclpy)
 
 from seg_ros.models import build_model, save_weights
 
@@ -48,6 +50,9 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "missing_params_file": (with_params_file(node_command(good), tmp / "none.yaml"), ["none.yaml"]),
         "stride_for_ddrnet": (node_command(good, "output_stride:=8"), ["ddrnet23_slim", "output_stride"]),
         "crf_true": (node_command(good, "crf:=true"), ["crf", "boolean true"]),
+        # beside a params file, rcl would silently keep the file's value for these
+        "wrong_typed_override": (node_command(good, "overlay_alpha:=abc"), ["overlay_alpha", "abc"]),
+        "wrong_typed_bool": (node_command(good, "publish_overlay:=maybe"), ["publish_overlay", "bool"]),
     }
     if not torch.cuda.is_available():
         cases["cuda_without_cuda"] = (node_command(good, "device:=cuda"), ["cuda", "not available"])
@@ -75,7 +80,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
 
 
 CASES = ["missing_weights", "corrupt_weights", "incompatible_weights", "bad_classes_file", "out_of_range",
-         "bad_choice", "wrong_type", "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda"]
+         "bad_choice", "wrong_type", "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda",
+         "wrong_typed_override", "wrong_typed_bool"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -89,3 +95,36 @@ def test_startup_error(outcomes, case):
     assert len(errors) == 1, f"expected one error line, got:\n{out}"
     for word in words:
         assert word in errors[0], f"{word!r} not in {errors[0]!r}"
+
+
+@pytest.mark.slow
+def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):
+    """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
+    replaced ones count as dropped and the newest is segmented once the model is warm."""
+    domain = module_domain()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+        node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]", "diagnostics_period:=0.25"),
+                           node_env(domain))
+        peer = Peer(domain)
+    try:
+        frame = cv2.resize(road_image, (480, 360))
+        sent: list[str] = []
+        deadline = time.monotonic() + 120
+        while peer.class_info is None:  # not ready yet: warming up
+            assert node.proc.poll() is None and time.monotonic() < deadline, node.log
+            if peer.pub.get_subscription_count() > 0:
+                msg = image_msg("rgb8", frame, 360, 480, tag="warmup")
+                peer.pub.publish(msg)
+                sent.append(msg.header.frame_id)
+            time.sleep(0.05)
+        assert len(sent) >= 3, f"the node subscribed only {len(sent)} frames before it was ready"
+        got = peer.wait(lambda: [f for f in sent if f in peer.received["labels"]], 30, "a warm-up frame's labels")
+        values = peer.diag_values(after=time.monotonic())
+        assert int(values["frames_received"]) >= 2, values
+        assert int(values["frames_dropped"]) >= 1, values
+        assert got[-1] in sent[-3:], (got, sent[-3:])  # the newest waiting frame, not the oldest
+    finally:
+        peer.close()
+        assert node.stop() == 0, node.log

@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 import yaml
 
-from ros2_tools import (TRACEBACK, FramePeer, Ros2Process, build_workspace, process_gone, ros2,
-                        require_ros2_cli, sourced_env)
+from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process, build_workspace, ctrl_c_race,
+                        process_gone, require_ros2_cli, ros2, sourced_env)
 from seg_ros.node.params import PARAMETERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parent.parent
 READY = r"segment_node\]: ready: "
-STOP_WITHIN_S = 5.0
 
 
 def readme_commands() -> list[str]:
@@ -264,3 +263,36 @@ def test_stops_cleanly(env, how):
         assert TRACEBACK not in proc.log, proc.log
     else:
         assert_stopped_cleanly(proc, launched=True)
+
+
+@pytest.mark.parametrize("moment", ["imports", "warm-up"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_start_up_stops_with_one_line(workspace, env, signum, moment):
+    """The installed executable (what `ros2 run` starts), signalled while it imports or traces."""
+    import subprocess
+
+    exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_node"
+    proc = subprocess.Popen([str(exe), "--ros-args", "-r", "image:=/cam"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if moment == "imports":
+        time.sleep(0.3)
+    else:
+        for line in proc.stdout:
+            if "tracing" in line:
+                break
+    proc.send_signal(signum)
+    try:
+        out, _ = proc.communicate(timeout=STOP_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"still running {STOP_WITHIN_S} s after {signum!r}")
+    assert proc.returncode == 0, out
+    assert TRACEBACK not in out and "KeyboardInterrupt" not in out, out
+    stop_lines = [line for line in out.splitlines() if "stopped by" in line or "shutting down" in line]
+    assert len(stop_lines) == 1, out
+
+
+def test_ctrl_c_at_random_moments(env):
+    """A few runs of scripts/shutdown_race.py's race (20 runs there, results in docs/node.md)."""
+    results = ctrl_c_race(env, runs=4, seed=int(time.time()), max_delay=6.0)
+    assert all(r["clean"] for r in results), results

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     except ShutdownRequested as stop:
         print(f"[{NODE_NAME}] stopped by {stop} during start-up", file=sys.stderr, flush=True)
         return 0
+    finally:
+        guard.ignore_from_now()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ class SignalGuard:
         """Start-up is over: from now on a signal only sets :attr:`requested`."""
         self._raise_on_signal = False
 
+    def ignore_from_now(self) -> None:
+        """At the very end: ignore the stop signals. Python resets its handlers to the defaults
+        while it finalises, so launch's forwarded second SIGINT would otherwise kill the
+        exiting process (exit code -2, 'process has died')."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
     def _on_signal(self, signum: int, _frame) -> None:
         if self.signum is not None:
             return  # a repeat (terminal + launch): the stop is already under way
