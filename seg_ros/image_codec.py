@@ -33,8 +33,8 @@ KIND_EMPTY = "empty"
 KIND_TOO_LARGE = "too_large"
 KIND_CORRUPT_COMPRESSED = "corrupt_compressed"
 KIND_UNSUPPORTED_FORMAT = "unsupported_format"
-ERROR_KINDS = (KIND_UNKNOWN_ENCODING, KIND_SIZE_MISMATCH, KIND_TRUNCATED, KIND_EMPTY, KIND_TOO_LARGE,
-               KIND_CORRUPT_COMPRESSED, KIND_UNSUPPORTED_FORMAT)
+ERROR_KINDS = (KIND_UNKNOWN_ENCODING, KIND_SIZE_MISMATCH, KIND_TRUNCATED, KIND_EMPTY,
+               KIND_TOO_LARGE, KIND_CORRUPT_COMPRESSED, KIND_UNSUPPORTED_FORMAT)
 
 # encoding -> bytes per pixel
 BYTES_PER_PIXEL: dict[str, int] = {
@@ -193,7 +193,8 @@ _OTHER_IMAGE_MAGIC = (
 _PNM_TYPES = b"1234567"  # P1 .. P7: PBM/PGM/PPM/PAM
 
 
-def decode_compressed(format: str, data: Any, *, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+def decode_compressed(format: str, data: Any, *,
+                      max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """sensor_msgs/CompressedImage fields -> (H, W, 3) uint8 image and its colour order.
 
     image_transport's rules: the data is JPEG or PNG whatever ``format`` says (an empty format
@@ -212,15 +213,16 @@ def decode_compressed(format: str, data: Any, *, max_pixels: int | None = None) 
     buf = as_uint8_buffer(data)
     if buf.size == 0:
         raise InputError(KIND_EMPTY, f"compressed image ({fmt or 'no format'}) has no data")
-    codec = _codec_of(buf, fmt)
-    size = _checked_header_size(buf, codec, fmt, max_pixels)
+    what = f"compressed image ({fmt or 'no format'}, {buf.size} bytes)"
+    codec = _codec_of(buf, what)
+    size = _checked_header_size(buf, codec, what, max_pixels)
     if codec == "jpeg":
-        image, order = _decode_jpeg(buf, fmt), file_order
+        image, order = _decode_jpeg(buf, what), file_order
     else:
-        image, order = _decode_png(buf, fmt, encoding, file_order)
+        image, order = _decode_png(buf, what, encoding, file_order)
     if image.shape[:2] != size:
-        raise InputError(KIND_CORRUPT_COMPRESSED, f"compressed image ({fmt or 'no format'}) decoded to "
-                                                  f"{image.shape[0]}x{image.shape[1]}, its header says "
+        h, w = image.shape[:2]
+        raise InputError(KIND_CORRUPT_COMPRESSED, f"{what} decoded to {h}x{w}, its header says "
                                                   f"{size[0]}x{size[1]}")
     return image, order
 
@@ -244,7 +246,7 @@ def _parse_format(fmt: str) -> tuple[str, str]:
     return (encoding.strip() if sep else ""), ("rgb" if plain else "bgr")
 
 
-def _codec_of(buf: np.ndarray, fmt: str) -> str:
+def _codec_of(buf: np.ndarray, what: str) -> str:
     """'jpeg' or 'png' from the magic bytes; anything else is refused here, undecoded."""
     head = buf[:16].tobytes()
     if head.startswith(_JPEG_SOI):
@@ -253,10 +255,9 @@ def _codec_of(buf: np.ndarray, fmt: str) -> str:
         return "png"
     other = _other_image_type(head)
     if other is not None:
-        raise InputError(KIND_UNSUPPORTED_FORMAT, f"compressed data is a {other} image (format "
-                                                  f"{fmt!r}); only JPEG and PNG are supported")
-    raise InputError(KIND_CORRUPT_COMPRESSED, f"compressed data ({fmt or 'no format'}, {buf.size} bytes) "
-                                              f"is not a JPEG or PNG file: it starts with "
+        raise InputError(KIND_UNSUPPORTED_FORMAT, f"{what} is a {other} image; only JPEG and PNG "
+                                                  "are supported")
+    raise InputError(KIND_CORRUPT_COMPRESSED, f"{what} is not a JPEG or PNG file: it starts with "
                                               f"{head[:8].hex(' ')}")
 
 
@@ -271,17 +272,18 @@ def _other_image_type(head: bytes) -> str | None:
     return next((name for magic, name in _OTHER_IMAGE_MAGIC if head.startswith(magic)), None)
 
 
-def _checked_header_size(buf: np.ndarray, codec: str, fmt: str, max_pixels: int | None) -> tuple[int, int]:
+def _checked_header_size(buf: np.ndarray, codec: str, what: str,
+                         max_pixels: int | None) -> tuple[int, int]:
     """(H, W) from the file header, checked against ``max_pixels`` before any pixel is decoded."""
     size = _jpeg_size(buf) if codec == "jpeg" else _png_size(buf)
     if size is None or 0 in size:
-        raise InputError(KIND_CORRUPT_COMPRESSED, f"compressed image ({fmt or 'no format'}, {buf.size} "
-                                                  f"bytes) has no readable {codec.upper()} header with "
-                                                  f"its size" + ("" if size is None else f" ({size[0]}x{size[1]})"))
+        found = "" if size is None else f" (it says {size[0]}x{size[1]})"
+        raise InputError(KIND_CORRUPT_COMPRESSED, f"{what} has no readable {codec.upper()} header "
+                                                  f"with its size{found}")
     h, w = size
     if max_pixels is not None and h * w > max_pixels:
-        raise InputError(KIND_TOO_LARGE, f"compressed image is {h}x{w} = {h * w} pixels, more than "
-                                         f"max_input_pixels = {max_pixels}")
+        raise InputError(KIND_TOO_LARGE, f"compressed image is {h}x{w} = {h * w} pixels, more "
+                                         f"than max_input_pixels = {max_pixels}")
     return size
 
 
@@ -318,7 +320,7 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
-def _decode_jpeg(buf: np.ndarray, fmt: str) -> np.ndarray:
+def _decode_jpeg(buf: np.ndarray, what: str) -> np.ndarray:
     """(H, W, 3) uint8 in the file's channel order, decoded straight into a new array.
 
     Damaged data is refused (corrupt_compressed), not segmented: libjpeg carries on past corrupt
@@ -331,8 +333,7 @@ def _decode_jpeg(buf: np.ndarray, fmt: str) -> np.ndarray:
     try:
         return simplejpeg.decode_jpeg(buf, colorspace="RGB", strict=True)
     except ValueError as exc:
-        raise InputError(KIND_CORRUPT_COMPRESSED, f"cannot decode compressed image ({fmt or 'no format'}, "
-                                                  f"{buf.size} bytes): {exc}") from None
+        raise InputError(KIND_CORRUPT_COMPRESSED, f"cannot decode {what}: {exc}") from None
 
 
 # Pillow modes of 16-bit grey PNG ('I;16'; 'I' in older Pillow): the samples go through
@@ -343,7 +344,7 @@ _PIL_GREY16 = ("I;16", "I;16B", "I;16L", "I")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
-def _decode_png(buf: np.ndarray, fmt: str, encoding: str, order: str) -> tuple[np.ndarray, str]:
+def _decode_png(buf: np.ndarray, what: str, encoding: str, order: str) -> tuple[np.ndarray, str]:
     """(H, W, 3) uint8 and its order; PngImageFile, not Image.open: no other decoder is tried
     and max_pixels (checked before) is the only size limit."""
     try:
@@ -351,8 +352,7 @@ def _decode_png(buf: np.ndarray, fmt: str, encoding: str, order: str) -> tuple[n
             im.load()
             return _png_pixels(im, encoding, order)
     except _PIL_ERRORS as exc:
-        raise InputError(KIND_CORRUPT_COMPRESSED, f"cannot decode compressed image ({fmt or 'no format'}, "
-                                                  f"{buf.size} bytes): {exc}") from None
+        raise InputError(KIND_CORRUPT_COMPRESSED, f"cannot decode {what}: {exc}") from None
 
 
 def _png_pixels(im: Image.Image, encoding: str, order: str) -> tuple[np.ndarray, str]:
@@ -361,7 +361,8 @@ def _png_pixels(im: Image.Image, encoding: str, order: str) -> tuple[np.ndarray,
         if samples.dtype.itemsize != 2:  # 'I' holds the 16-bit values in int32
             samples = samples.astype(np.uint16)
         h, w = samples.shape
-        big = samples.dtype.byteorder == ">" or (samples.dtype.byteorder == "=" and sys.byteorder == "big")
+        order_mark = samples.dtype.byteorder
+        big = order_mark == ">" or (order_mark == "=" and sys.byteorder == "big")
         grey = _keep_high_byte(samples.reshape(-1).view(np.uint8), h, w, w * 2, 2, 1, big)[:, :, 0]
         return _grey_to_rgb(grey), "rgb"
     if im.mode in ("L", "1"):

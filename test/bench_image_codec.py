@@ -4,17 +4,23 @@ Not a test (pytest does not collect it): run ``python test/bench_image_codec.py 
 a CamVid validation image resized to 360x480 and 1024x2048 (a synthetic smooth image if the data
 set is absent), JPEG quality 95 (OpenCV's default, 4:2:0) and PNG level 1 (OpenCV's default).
 Prints the median and p90 of N decodes (after 5 warm-up decodes) and, for reference,
-cv2.imdecode of the same bytes.
+cv2.imdecode of the same bytes; then how long refusing decompression bombs takes (a 12000x12000
+TIFF and a 4000x4000 WebP sent as 'jpeg', a 12000x12000 PNG over max_input_pixels) against one
+full cv2.imdecode of each.
 """
 from __future__ import annotations
 
 import glob
+import io
 import sys
 import time
 
 import cv2
 import numpy as np
 
+from PIL import Image
+
+from seg_ros.errors import InputError
 from seg_ros.image_codec import decode_compressed
 
 SIZES = ((360, 480), (1024, 2048))
@@ -53,5 +59,38 @@ def main(n: int) -> None:
                   f"p90 {ref[1]:.2f} ms")
 
 
+
+def pil_file(img: np.ndarray, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(img).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def refused(fmt: str, data: bytes) -> str:
+    try:
+        decode_compressed(fmt, data, max_pixels=4096 * 4096)
+    except InputError as exc:
+        return exc.kind
+    return "decoded"
+
+
+def bombs(n: int) -> None:
+    files = {"12000x12000 TIFF as 'jpeg'": (pil_file(np.zeros((12000, 12000), bool), "TIFF",
+                                                     compression="packbits"), "jpeg"),
+             "4000x4000 WebP as 'jpeg'": (pil_file(np.zeros((4000, 4000, 3), np.uint8), "WEBP"),
+                                         "jpeg"),
+             "12000x12000 PNG": (pil_file(np.zeros((12000, 12000), bool), "PNG"), "png")}
+    for name, (data, fmt) in files.items():
+        kind = refused(fmt, data)
+        ours = times_ms(lambda: refused(fmt, data), n)
+        t0 = time.perf_counter()
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        full = (time.perf_counter() - t0) * 1e3
+        print(f"{name} ({len(data) / 1024:.0f} KiB): {kind} in median {ours[0]:.3f} ms; "
+              f"cv2.imdecode {full:.0f} ms")
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    main(count)
+    bombs(10)

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from seg_ros.errors import InputError
-from seg_ros.image_codec import (BYTES_PER_PIXEL, ERROR_KINDS, SUPPORTED_ENCODINGS, decode_compressed,
-                                 decode_image, encode_float, encode_labels, encode_rgb)
+from seg_ros.image_codec import (BYTES_PER_PIXEL, ERROR_KINDS, SUPPORTED_ENCODINGS,
+                                 decode_compressed, decode_image, encode_float, encode_labels,
+                                 encode_rgb)
 
 H, W = 24, 32
 
@@ -246,9 +247,9 @@ def test_bytes_per_pixel_table_matches_ros():
 
 # -- compressed: image_transport's format conventions -----------------------------------------
 def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ()) -> bytes:
-    """An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher sends:
-    today's convert colour to BGR for OpenCV's encoder, so the file is an ordinary image file;
-    ``legacy`` ones (before 2012) handed it the RGB pixels, so the file has red and blue swapped."""
+    """An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
+    sends: today's convert colour to BGR for OpenCV's encoder, so the file is an ordinary image
+    file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped."""
     src = img if img.ndim == 2 or legacy else img[..., ::-1]
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(src), list(params))
     assert ok
@@ -330,15 +331,17 @@ def test_16bit_png_is_scaled_as_raw_16bit(rgb, encoding, fmt):
     raw_layout = src16 if encoding != "bgr16" else src16[..., ::-1]
     expected, raw_order = decode_image(encoding, H, W, W * BYTES_PER_PIXEL[encoding], 0,
                                        np.ascontiguousarray(raw_layout).astype("<u2").tobytes())
-    image, order = decode_compressed(fmt, encoded(src16, ".png", legacy="rgb16; png compressed rgb16" == fmt))
+    legacy = fmt == "rgb16; png compressed rgb16"
+    image, order = decode_compressed(fmt, encoded(src16, ".png", legacy))
     np.testing.assert_array_equal(rgb_of(image, order), rgb_of(expected, raw_order))
 
 
 @pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
 def test_bayer_png_is_demosaiced_as_raw(pattern):
-    """image_transport sends a Bayer camera's mosaic as a grey PNG ('bayer_rggb8; png compressed ')."""
+    """image_transport sends a Bayer mosaic as grey PNG ('bayer_rggb8; png compressed ')."""
     mosaic_rows = mosaic(smooth_image(), pattern)
-    image, order = decode_compressed(f"bayer_{pattern}8; png compressed ", encoded(mosaic_rows, ".png"))
+    fmt = f"bayer_{pattern}8; png compressed "
+    image, order = decode_compressed(fmt, encoded(mosaic_rows, ".png"))
     expected, _ = decode_image(f"bayer_{pattern}8", H, W, W, 0, mosaic_rows.tobytes())
     assert order == "rgb"
     np.testing.assert_array_equal(image, expected)
@@ -387,14 +390,16 @@ def pil_encoded(img: np.ndarray, fmt: str, **options) -> bytes:
 def other_images() -> dict[str, bytes]:
     """Real files of the image types OpenCV would decode but seg_ros does not."""
     img = smooth_image(96, 128)
-    files = {name: encoded(img, ext) for name, ext in
-             (("WebP", ".webp"), ("BMP", ".bmp"), ("TIFF", ".tiff"), ("JPEG 2000", ".jp2"), ("PNM", ".ppm"))}
+    files = {name: encoded(img, ext) for name, ext in (("WebP", ".webp"), ("BMP", ".bmp"),
+                                                       ("TIFF", ".tiff"), ("JPEG 2000", ".jp2"),
+                                                       ("PNM", ".ppm"))}
     files["GIF"] = pil_encoded(img, "GIF")
     files["ISO media (AVIF/HEIF)"] = encoded(img, ".avif")
     return files
 
 
-@pytest.mark.parametrize("name", ["WebP", "BMP", "TIFF", "JPEG 2000", "PNM", "GIF", "ISO media (AVIF/HEIF)"])
+@pytest.mark.parametrize("name", ["WebP", "BMP", "TIFF", "JPEG 2000", "PNM", "GIF",
+                                  "ISO media (AVIF/HEIF)"])
 @pytest.mark.parametrize("fmt", ["jpeg", "", "png", "bgr8; jpeg compressed bgr8"])
 def test_other_image_types_are_refused_whatever_the_format_says(other_images, name, fmt):
     with pytest.raises(InputError) as info:
@@ -427,7 +432,8 @@ def test_big_files_are_refused_before_decoding(tmp_path, rgb):
     and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh process,
     none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB)."""
     files = {
-        "tiff": (pil_encoded(np.zeros((12000, 12000), bool), "TIFF", compression="packbits"), "jpeg"),
+        "tiff": (pil_encoded(np.zeros((12000, 12000), bool), "TIFF", compression="packbits"),
+                 "jpeg"),
         "webp": (pil_encoded(np.zeros((4000, 4000, 3), np.uint8), "WEBP", quality=50), "jpeg"),
         "bmp": (encoded(cv2.resize(rgb, (2000, 1500)), ".bmp"), "jpeg"),
         "bmp_no_format": (encoded(cv2.resize(rgb, (2000, 1500)), ".bmp"), ""),
@@ -438,13 +444,14 @@ def test_big_files_are_refused_before_decoding(tmp_path, rgb):
     for name, (data, fmt) in files.items():
         (tmp_path / name).write_bytes(data)
         jobs.append([str(tmp_path / name), fmt, 4096 * 4096])
-    run = subprocess.run([sys.executable, "-c", REFUSE_UNDECODED, json.dumps(jobs)], capture_output=True,
-                         text=True, timeout=120, check=True)
+    run = subprocess.run([sys.executable, "-c", REFUSE_UNDECODED, json.dumps(jobs)],
+                         capture_output=True, text=True, timeout=120, check=True)
     assert run.stderr == ""
     result = {Path(path).name: tuple(v) for path, v in json.loads(run.stdout).items()}
     kinds = {name: kind for name, (kind, _) in result.items()}
-    assert kinds == {"tiff": "unsupported_format", "webp": "unsupported_format", "bmp": "unsupported_format",
-                     "bmp_no_format": "unsupported_format", "png": "too_large", "jpeg": "too_large"}
+    assert kinds == {"tiff": "unsupported_format", "webp": "unsupported_format",
+                     "bmp": "unsupported_format", "bmp_no_format": "unsupported_format",
+                     "png": "too_large", "jpeg": "too_large"}
     assert all(grown_kib < 8 * 1024 for _, grown_kib in result.values()), result
 
 
@@ -532,7 +539,8 @@ def damaged_files(jpeg: bytes, png: bytes) -> dict[str, bytes]:
     filters[idat + 4: idat + 64] = bytes(60)
     return {"entropy": corrupt_entropy(jpeg, 7), "truncated_jpeg": jpeg[: len(jpeg) // 2],
             "truncated_jpeg_with_eoi": jpeg[: (start + end) // 2] + b"\xff\xd9",
-            "junk_before_eoi": jpeg[:-2] + bytes(range(1, 33)) + b"\xff\xd9", "jpeg_garbage_after_soi": jpeg[:3] + bytes(500),
+            "junk_before_eoi": jpeg[:-2] + bytes(range(1, 33)) + b"\xff\xd9",
+            "jpeg_garbage_after_soi": jpeg[:3] + bytes(500),
             "truncated_png": png[: len(png) // 2], "png_bit_flip": bytes(flipped),
             "png_bad_filters": bytes(filters)}
 
