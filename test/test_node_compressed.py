@@ -24,6 +24,7 @@ from seg_ros.node.segment_node import WARN_THROTTLE_S  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a node process over DDS
 
+
 @pytest.fixture(scope="module")
 def ros(weights_file):
     with running_node(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
