@@ -144,48 +144,55 @@ def delta(after: dict[str, str], before: dict[str, str], key: str) -> int:
 
 def test_flood_of_damaged_frames_gives_counters_and_throttled_warnings_only(ros, offline,
                                                                             small_image):
-    """100 damaged JPEG/PNG frames (each kind of damage that made OpenCV's libjpeg/libpng print
-    to stderr): every one is counted, the node's output has only its own throttled warnings,
-    and the next good frame is processed."""
+    """100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
+    print to stderr): every frame the node receives is counted, none segmented, the node's output
+    has only its own throttled warnings, and the next good frame is processed. (With its
+    keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)"""
     node, peer = ros
     files = damaged_files(encode(small_image, ".jpg"), encode(small_image, ".png"))
     frames = [(name, files[name]) for name in list(files) * (FLOOD // len(files) + 1)][:FLOOD]
     pub = peer.node.create_publisher(CompressedImage, INPUT + "/compressed", output_qos(FLOOD))
-    peer.wait(lambda: pub.get_subscription_count() > 0 or None, 10, "the node to subscribe")
-    time.sleep(0.5)  # let the node's discovery of the new publisher settle too
-    before = peer.diag_values()
+    default_pub, peer.pub = peer.pub, pub
+    try:  # a good frame through the new publisher: the node receives from it
+        peer.roundtrip(compressed_msg("png", encode(small_image, ".png"), "flood_handshake"))
+    finally:
+        peer.pub = default_pub
+    before = peer.diag_values(after=time.monotonic())
     first_line, t_start = len(node.lines), time.monotonic()
     for i, (name, data) in enumerate(frames):
         pub.publish(compressed_msg("png" if "png" in name else "jpeg", data, f"flood_{i}"))
-        time.sleep(0.01)
+        time.sleep(0.02)
+    t_sent = time.monotonic()
 
-    def accounted(values: dict[str, str]) -> bool:
-        failed_or_dropped = delta(values, before, "frames_failed") + delta(values, before,
-                                                                           "frames_dropped")
-        return delta(values, before, "frames_received") >= FLOOD and failed_or_dropped >= FLOOD
+    def settled(values: dict[str, str]) -> bool:
+        handled = sum(delta(values, before, f"frames_{what}")
+                      for what in ("failed", "dropped", "processed", "skipped_no_subscribers"))
+        return delta(values, before, "frames_received") == handled
 
     after = peer.wait(lambda: next((v for t, s in reversed(peer.diagnostics)
-                                    if accounted(v := values_of(s))), None),
-                      30, f"the node to account for {FLOOD} frames")
+                                    if t > t_sent + 1.0 and settled(v := values_of(s))), None),
+                      30, "the node to account for the frames it received")
+    t_accounted = time.monotonic()
+    received = delta(after, before, "frames_received")
     failed = delta(after, before, "frames_failed")
-    assert delta(after, before, "frames_received") == FLOOD
-    assert failed + delta(after, before, "frames_dropped") == FLOOD and failed > 0
-    assert delta(after, before, "errors.corrupt_compressed") == failed
+    assert received >= FLOOD // 2, f"DDS delivered only {received} of {FLOOD} frames"
     assert delta(after, before, "frames_processed") == 0
+    assert failed + delta(after, before, "frames_dropped") == received and failed > 0
+    assert delta(after, before, "errors.corrupt_compressed") == failed
     good = compressed_msg("png", encode(small_image, ".png"), "after_flood")
     check_outputs(peer.roundtrip(good), good, offline(small_image, "rgb"), offline)
-    flood_lines = node.lines[first_line:]
-    warned = [line for line in flood_lines if "skipped frame" in line]
-    assert len(warned) <= 1 + int((time.monotonic() - t_start) / 5), "\n".join(warned)
-    # once the 5-s throttle has passed, the next warning says how many were not shown
-    time.sleep(max(0.0, t_start + WARN_THROTTLE_S + 0.2 - time.monotonic()))
+    warned = [line for line in node.lines[first_line:] if "skipped frame" in line]
+    assert len(warned) <= 1 + int((t_accounted - t_start) / WARN_THROTTLE_S), "\n".join(warned)
+    # once the throttle has passed, the next warning says how many were not shown: every failed
+    # frame of the flood was either shown or counted in a later line
+    time.sleep(max(0.0, t_accounted + WARN_THROTTLE_S + 0.2 - time.monotonic()))
     mark = len(node.lines)
     peer.pub.publish(compressed_msg("jpeg", files["entropy"], "after_throttle"))
-    line = peer.wait(lambda: next((line for line in node.lines[mark:]
-                                   if "since the last warning" in line), None),
-                     10, "the throttled warning with its count")
-    shown = int(re.search(r"\((\d+) more 'corrupt_compressed' frames", line).group(1))
-    assert shown >= failed - len(warned)
+    peer.wait(lambda: any("since the last warning" in line for line in node.lines[mark:]), 10,
+              "the throttled warning with its count")
+    counts = [int(m.group(1)) for line in node.lines[first_line:]
+              if (m := re.search(r"\((\d+) more 'corrupt_compressed' frames", line))]
+    assert len(warned) + sum(counts) >= failed, (warned, counts)
     lines = node.lines[first_line:]
     assert all(NODE_LOG_LINE.match(line) for line in lines), "\n".join(lines)
     peer.node.destroy_publisher(pub)
@@ -199,7 +206,8 @@ def test_repeated_failures_raise_error_then_recover(ros, offline, small_image):
         peer.pub.publish(compressed_msg("jpeg", b"\xff\xd8garbage" * 20, f"fail_{i}"))
         t0 = time.monotonic()
         peer.wait(lambda: any(errors_of(s, "corrupt_compressed") > before
-                              for t, s in peer.diagnostics if t > t0), 10, "errors.corrupt_compressed")
+                              for t, s in peer.diagnostics if t > t0), 10,
+                  "errors.corrupt_compressed")
     status = level_of(peer, t0, b"\x02", "consecutive frames failed")
     assert "corrupt_compressed" in status.message
     good = compressed_msg("png", encode(small_image, ".png"), "recovered")
