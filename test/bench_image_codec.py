@@ -60,7 +60,8 @@ def alternating_ms(decoders: dict[str, Callable], n: int) -> dict[str, tuple[flo
             decoders[name]()
             if i >= 5:
                 samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: (float(np.median(s)), float(np.percentile(s, 90))) for name, s in samples.items()}
+    return {name: (float(np.median(ms)), float(np.percentile(ms, 90)))
+            for name, ms in samples.items()}
 
 
 def main(n: int, baseline: str | None) -> None:
