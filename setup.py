@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.10",
     # Loose on purpose: a vehicle's own CUDA / JetPack torch build must satisfy these as it is.
     install_requires=["numpy", "torch>=2.1", "pyyaml", "pillow", "opencv-python-headless",
-                      "rosbags>=0.10", "tqdm", "matplotlib"],
+                      "simplejpeg>=1.6", "rosbags>=0.10", "tqdm", "matplotlib"],
     zip_safe=True,
     maintainer="seg_ros developers",
     maintainer_email="seg-ros@example.com",
