@@ -9,8 +9,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +156,7 @@ class SegmentationPipeline:
             apply_state_dict(model, weights.state_dict, weights.path)
         self.weights_path = weights.path if weights else None
         self.trained = weights is not None
-        self.size_divisor = int(getattr(model, "size_divisor", 8))
+        self.size_divisor = model.size_divisor
         self.model = prepare_for_inference(model, self.device, half=self.half)
         self.dtype = torch.float16 if self.half else torch.float32
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None

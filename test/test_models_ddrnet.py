@@ -228,5 +228,5 @@ def test_outputs_match_independent_reference_on_official_checkpoint(tmp_path):
 
 
 def test_unknown_model_option_is_a_config_error():
-    with pytest.raises(ConfigError, match="'ddrnet23_slim' does not take option\\(s\\) output_stride; it takes: augment"):
+    with pytest.raises(ConfigError, match="'ddrnet23_slim' does not take option\\(s\\) output_stride; it takes: aux_loss"):
         build_model("ddrnet23_slim", 19, output_stride=16)

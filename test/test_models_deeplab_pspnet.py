@@ -155,7 +155,7 @@ def test_registry_lists_the_new_models():
 
 @pytest.mark.parametrize("name,nc,aux", CASES)
 def test_param_counts_and_layout_match_reference(name, nc, aux):
-    options = {"augment": aux} if name in HAS_AUX else {}
+    options = {"aux_loss": aux} if name in HAS_AUX else {}
     model = meta_model(name, nc, **options)
     layout = reference_layout(name, nc, aux)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -213,7 +213,7 @@ def test_reference_checkpoint_loads_strictly(tmp_path, name, style, file_aux):
     for key, value in state.items():
         assert torch.equal(own[key], value.to(own[key].dtype)), key
     if name in HAS_AUX and not file_aux:
-        assert model.augment is False
+        assert model.aux_loss is False
         model.train()
         out = model(torch.randn(2, 3, 33, 33))
         assert isinstance(out, torch.Tensor)

@@ -59,14 +59,14 @@ def count_static(name: str, num_classes: int, size: tuple[int, int], options: di
     with torch.device("meta"):
         model = build_model(name, num_classes, **options).eval()
         total = sum(p.numel() for p in model.parameters())
-        aux = tuple(getattr(model, "aux_head_prefixes", ()))
+        aux = model.aux_head_prefix
         aux_params = sum(p.numel() for k, p in model.named_parameters() if aux and k.startswith(aux))
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             out = model(torch.empty(1, 3, *size))
     return {"params": total - aux_params, "params_with_aux": total,
             "gflops": round(counter.get_total_flops() / 1e9, 1),
-            "output_stride": int(getattr(model, "output_stride", 0)) or None,
+            "output_stride": model.output_stride,
             "logits_size": list(out.shape[-2:])}
 
 

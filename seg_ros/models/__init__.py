@@ -6,6 +6,7 @@ from . import fcn as _fcn
 from . import pspnet as _pspnet
 from . import segnet as _segnet
 from . import unet as _unet
+from .base import SegmentationModel
 from .registry import build_model, list_models, model_options, register_model
 from .weights import WeightsFile, load_weights, read_weights, save_weights
 
@@ -25,5 +26,5 @@ register_model("deconvnet_vgg16")(_segnet.deconvnet_vgg16)
 register_model("unet")(_unet.unet)
 register_model("dilatednet_vgg16")(_dilatednet.dilatednet_vgg16)
 
-__all__ = ["build_model", "list_models", "model_options", "register_model", "load_weights", "read_weights",
+__all__ = ["SegmentationModel", "build_model", "list_models", "model_options", "register_model", "load_weights", "read_weights",
            "save_weights", "WeightsFile"]

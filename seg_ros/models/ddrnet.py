@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import SegmentationModel
+
 BN_MOMENTUM = 0.1
 
 
@@ -163,23 +165,23 @@ def _down(in_ch: int, out_ch: int, steps: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-class DualResNet(nn.Module):
+class DualResNet(SegmentationModel):
     """DDRNet-23 / DDRNet-23-slim: one fusion stage each after stages 3 and 4.
 
-    ``forward`` returns logits at 1/8 input resolution; in training mode with ``augment=True`` it
+    ``forward`` returns logits at 1/8 input resolution; in training mode with ``aux_loss=True`` it
     returns ``(logits, aux_logits)``, the auxiliary head reading the high-resolution branch after
     stage 3 (loss weight 0.4 in training).
     """
 
     output_stride = 8
     size_divisor = 8
-    aux_head_prefixes = ("seghead_extra.",)
+    aux_head_name = "seghead_extra"
 
     def __init__(self, layers: Sequence[int], num_classes: int, planes: int = 64,
-                 spp_planes: int = 128, head_planes: int = 128, augment: bool = False) -> None:
+                 spp_planes: int = 128, head_planes: int = 128, aux_loss: bool = False) -> None:
         super().__init__()
         highres = planes * 2
-        self.augment = augment
+        self.aux_loss = aux_loss
         self.num_classes = num_classes
         self.conv1 = nn.Sequential(
             nn.Conv2d(3, planes, kernel_size=3, stride=2, padding=1), _bn(planes), nn.ReLU(inplace=True),
@@ -189,7 +191,7 @@ class DualResNet(nn.Module):
         self.layer5_ = _make_layer(Bottleneck, highres, highres, 1)
         self.layer5 = _make_layer(Bottleneck, planes * 8, planes * 8, 1, stride=2)
         self.spp = DAPPM(planes * 16, spp_planes, planes * 4)
-        if augment:
+        if aux_loss:
             self.seghead_extra = SegmentHead(highres, head_planes, num_classes)
         self.final_layer = SegmentHead(planes * 4, head_planes, num_classes)
         self._init_weights()
@@ -239,7 +241,7 @@ class DualResNet(nn.Module):
         high = self.layer5_(self.relu(high))
         low = _upsample_to(self.spp(self.layer5(self.relu(low))), high)
         out = self.final_layer(low + high)
-        if self.augment and self.training:
+        if self.aux_loss and self.training:
             return out, self.seghead_extra(aux_in)
         return out
 
@@ -278,13 +280,13 @@ class DualResNet39(DualResNet):
         return low, high, aux_in
 
 
-def ddrnet23_slim(num_classes: int, augment: bool = True) -> DualResNet:
-    return DualResNet([2, 2, 2, 2], num_classes, planes=32, spp_planes=128, head_planes=64, augment=augment)
+def ddrnet23_slim(num_classes: int, aux_loss: bool = True) -> DualResNet:
+    return DualResNet([2, 2, 2, 2], num_classes, planes=32, spp_planes=128, head_planes=64, aux_loss=aux_loss)
 
 
-def ddrnet23(num_classes: int, augment: bool = True) -> DualResNet:
-    return DualResNet([2, 2, 2, 2], num_classes, planes=64, spp_planes=128, head_planes=128, augment=augment)
+def ddrnet23(num_classes: int, aux_loss: bool = True) -> DualResNet:
+    return DualResNet([2, 2, 2, 2], num_classes, planes=64, spp_planes=128, head_planes=128, aux_loss=aux_loss)
 
 
-def ddrnet39(num_classes: int, augment: bool = True) -> DualResNet39:
-    return DualResNet39([3, 4, 6, 3], num_classes, planes=64, spp_planes=128, head_planes=256, augment=augment)
+def ddrnet39(num_classes: int, aux_loss: bool = True) -> DualResNet39:
+    return DualResNet39([3, 4, 6, 3], num_classes, planes=64, spp_planes=128, head_planes=256, aux_loss=aux_loss)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import SegmentationModel
 from .resnet import DilatedResNet, check_output_stride, init_weights, msra_layer, msra_stem
 
 ASPP_CHANNELS = 256
@@ -68,23 +69,23 @@ def fcn_head(in_ch: int, num_classes: int, mid_ch: int, dropout: float = 0.1) ->
     return nn.Sequential(*_conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout(dropout), nn.Conv2d(mid_ch, num_classes, 1))
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentationModel):
     """DeepLab v3 (torchvision layout); optional FCN auxiliary head on stage 3 (loss weight 0.5
     in torchvision's training recipe)."""
 
-    aux_head_prefixes = ("aux_classifier.",)
+    aux_head_name = "aux_classifier"
     aux_loss_weight = 0.5
 
-    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, augment: bool = True) -> None:
+    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True) -> None:
         super().__init__()
         self.output_stride = self.size_divisor = check_output_stride(output_stride, model="DeepLab v3")
         self.num_classes = num_classes
-        self.augment = augment
+        self.aux_loss = aux_loss
         self.backbone = DilatedResNet(depth, output_stride)
         self.classifier = nn.Sequential(ASPP(2048, aspp_rates(output_stride)),
                                         *_conv_bn_relu(ASPP_CHANNELS, ASPP_CHANNELS, 3),
                                         nn.Conv2d(ASPP_CHANNELS, num_classes, 1))
-        self.aux_classifier = fcn_head(1024, num_classes, 256) if augment else None
+        self.aux_classifier = fcn_head(1024, num_classes, 256) if aux_loss else None
         init_weights(self.classifier)
         if self.aux_classifier is not None:
             init_weights(self.aux_classifier)
@@ -92,7 +93,7 @@ class DeepLabV3(nn.Module):
     def forward(self, x: torch.Tensor):
         feats = self.backbone.features(x)
         out = self.classifier(feats.out)
-        if self.training and self.augment and self.aux_classifier is not None:
+        if self.training and self.aux_loss and self.aux_classifier is not None:
             return out, self.aux_classifier(feats.mid)
         return out
 
@@ -114,17 +115,15 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(torch.cat([low, out], dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationModel):
     """DeepLab v3+ (DeepLabV3Plus-Pytorch layout); logits at stride 4. No auxiliary head."""
 
-    aux_head_prefixes: tuple[str, ...] = ()
 
     def __init__(self, depth: int, num_classes: int, output_stride: int = 16) -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride, model="DeepLab v3+")
         self.size_divisor = self.output_stride
         self.num_classes = num_classes
-        self.augment = False
         self.backbone = DilatedResNet(depth, output_stride)
         self.classifier = DeepLabV3PlusHead(2048, 256, num_classes, aspp_rates(output_stride))
         init_weights(self.classifier)
@@ -153,10 +152,9 @@ class AtrousSum(nn.Module):
         return out
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(SegmentationModel):
     """DeepLab v2: Caffe ResNet-101 dilated to output stride 8, ASPP rates 6/12/18/24 (v2 port layout)."""
 
-    aux_head_prefixes: tuple[str, ...] = ()
     output_stride = 8
     size_divisor = 8
 
@@ -164,7 +162,6 @@ class DeepLabV2(nn.Module):
                  rates: Sequence[int] = (6, 12, 18, 24)) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.augment = False
         self.layer1 = msra_stem()
         self.layer2 = msra_layer(blocks[0], 64, 256, 1, 1)
         self.layer3 = msra_layer(blocks[1], 256, 512, 2, 1)
@@ -183,12 +180,12 @@ def deeplabv2_resnet101(num_classes: int, output_stride: int | None = None) -> D
     return DeepLabV2(num_classes)
 
 
-def deeplabv3_resnet50(num_classes: int, output_stride: int | None = None, augment: bool = True) -> DeepLabV3:
-    return DeepLabV3(50, num_classes, output_stride or 8, augment)
+def deeplabv3_resnet50(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+    return DeepLabV3(50, num_classes, output_stride or 8, aux_loss)
 
 
-def deeplabv3_resnet101(num_classes: int, output_stride: int | None = None, augment: bool = True) -> DeepLabV3:
-    return DeepLabV3(101, num_classes, output_stride or 8, augment)
+def deeplabv3_resnet101(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+    return DeepLabV3(101, num_classes, output_stride or 8, aux_loss)
 
 
 def deeplabv3plus_resnet50(num_classes: int, output_stride: int | None = None) -> DeepLabV3Plus:

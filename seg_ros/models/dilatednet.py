@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import SegmentationModel
 from ..errors import ConfigError
 from .init import init_weights
 from .vgg import fc_as_conv, vgg16_features
@@ -36,7 +37,7 @@ def basic_context_module(channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DilatedNet(nn.Module):
+class DilatedNet(SegmentationModel):
     """Front end (+ optional context module); logits at output stride 8."""
 
     output_stride = 8

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import SegmentationModel
 from .init import init_weights
 from .vgg import crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
@@ -34,7 +35,7 @@ def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
     return up
 
 
-class FCN8s(nn.Module):
+class FCN8s(SegmentationModel):
     """FCN-8s: scores of fc7 (stride 32), pool4 (16) and pool3 (8) fused by summation."""
 
     output_stride = 1

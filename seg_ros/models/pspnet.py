@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import SegmentationModel
 from .resnet import DilatedResNet, check_output_stride, init_weights
 
 PSP_BINS = (1, 2, 3, 6)
@@ -41,36 +42,36 @@ class PyramidPooling(nn.Module):
         return torch.cat([x, *pooled], dim=1)
 
 
-class PSPNet(DilatedResNet):
+class PSPNet(DilatedResNet, SegmentationModel):
     """Deep-stem dilated ResNet + pyramid pooling + 3x3 head; auxiliary FCN head on stage 3
     (loss weight 0.4). The trunk's stages are this module's own children, as in semseg."""
 
-    aux_head_prefixes = ("aux.",)
+    aux_head_name = "aux"
     aux_loss_weight = 0.4
 
-    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, augment: bool = True,
+    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True,
                  bins: Sequence[int] = PSP_BINS, dropout: float = 0.1) -> None:
         output_stride = check_output_stride(output_stride, model="PSPNet")
         super().__init__(depth, output_stride, deep_stem=True, dilation_scheme="uniform")
         self.size_divisor = output_stride
         self.num_classes = num_classes
-        self.augment = augment
+        self.aux_loss = aux_loss
         self.ppm = PyramidPooling(2048, 2048 // len(bins), bins)
         self.cls = _head(4096, 512, num_classes, dropout)
-        self.aux = _head(1024, 256, num_classes, dropout) if augment else None
+        self.aux = _head(1024, 256, num_classes, dropout) if aux_loss else None
         init_weights(self)
 
     def forward(self, x: torch.Tensor):
         feats = self.features(x)
         out = self.cls(self.ppm(feats.out))
-        if self.training and self.augment and self.aux is not None:
+        if self.training and self.aux_loss and self.aux is not None:
             return out, self.aux(feats.mid)
         return out
 
 
-def pspnet_resnet50(num_classes: int, output_stride: int | None = None, augment: bool = True) -> PSPNet:
-    return PSPNet(50, num_classes, output_stride or 8, augment)
+def pspnet_resnet50(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> PSPNet:
+    return PSPNet(50, num_classes, output_stride or 8, aux_loss)
 
 
-def pspnet_resnet101(num_classes: int, output_stride: int | None = None, augment: bool = True) -> PSPNet:
-    return PSPNet(101, num_classes, output_stride or 8, augment)
+def pspnet_resnet101(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> PSPNet:
+    return PSPNet(101, num_classes, output_stride or 8, aux_loss)

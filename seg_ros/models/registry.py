@@ -4,11 +4,11 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from torch import nn
 
 from ..errors import ConfigError
+from .base import SegmentationModel
 
-ModelBuilder = Callable[..., nn.Module]
+ModelBuilder = Callable[..., SegmentationModel]
 _REGISTRY: dict[str, ModelBuilder] = {}
 
 
@@ -37,7 +37,7 @@ def model_options(name: str) -> list[str]:
     return [p for p in inspect.signature(builder).parameters if p != "num_classes"]
 
 
-def build_model(name: str, num_classes: int, **options) -> nn.Module:
+def build_model(name: str, num_classes: int, **options) -> SegmentationModel:
     """Build a registered model with random initialisation.
 
     Raises ConfigError listing the known names when ``name`` is unknown.
@@ -50,4 +50,7 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     if unknown:
         raise ConfigError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
                           f"it takes: {', '.join(known) or 'none'}")
-    return builder(num_classes, **options)
+    model = builder(num_classes, **options)
+    if not isinstance(model, SegmentationModel):  # the contract the pipeline and trainer rely on
+        raise TypeError(f"builder of {name!r} returned {type(model).__name__}, not a SegmentationModel")
+    return model

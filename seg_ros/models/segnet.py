@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import SegmentationModel
 from .init import init_weights
 from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
@@ -51,7 +52,7 @@ def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
     return nn.ModuleList(stages)
 
 
-class UnpoolingNet(nn.Module):
+class UnpoolingNet(SegmentationModel):
     """VGG-16-BN encoder with pooling indices, ``fc`` (identity for SegNet), mirrored
     unpooling decoder, classifier; logits at the input size."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import SegmentationModel
 from ..errors import ConfigError
 from .init import init_weights
 from .vgg import crop_to, pad_to_multiple
@@ -27,7 +28,7 @@ def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """``down.0`` runs at full resolution, ``down.i`` after the i-th pooling (``down.depth`` is
     the bottleneck); ``up.i`` / ``decode.i`` go back from ``down.depth - i``."""
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .base import SegmentationModel
 
 FORMAT_TAG = "seg_ros.weights/1"
 _NESTED_KEYS = ("state_dict", "model_state", "model")
@@ -78,18 +79,16 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
     return WeightsFile(path=path, state_dict=_strip_prefixes(state), meta=meta)
 
 
-def _optional_missing(model: nn.Module, missing: list[str]) -> bool:
-    """True when only training-only parts are missing (aux heads, BN step counters)."""
-    aux_prefixes = tuple(getattr(model, "aux_head_prefixes", ()))
-    return all(k.endswith("num_batches_tracked") or (aux_prefixes and k.startswith(aux_prefixes))
-               for k in missing)
+def _optional_missing(model: SegmentationModel, missing: list[str]) -> bool:
+    """True when only training-only parts are missing (the aux head, BN step counters)."""
+    aux = model.aux_head_prefix
+    return all(k.endswith("num_batches_tracked") or (aux and k.startswith(aux)) for k in missing)
 
 
-def _drop_aux_heads(model: nn.Module, missing: list[str]) -> None:
-    for prefix in getattr(model, "aux_head_prefixes", ()):
-        if any(k.startswith(prefix) for k in missing):
-            setattr(model, prefix.rstrip("."), None)
-            model.augment = False
+def _drop_aux_heads(model: SegmentationModel, missing: list[str]) -> None:
+    aux = model.aux_head_prefix
+    if aux and any(k.startswith(aux) for k in missing):
+        model.drop_aux_head()
 
 
 def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,

@@ -7,7 +7,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..metrics import ConfusionAccumulator
 from ..models import build_model, read_weights, save_weights
 from ..pipeline import IMAGENET_MEAN, IMAGENET_STD, inference_size
-from .augment import AugmentConfig, TrainTransform, normalize
+from .augment import AugmentConfig, TrainTransform
 from .dataset import SegmentationDataset
 from .loss import SegLoss, median_frequency_weights
 
@@ -107,7 +107,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: 
     shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(device)
     for image, label in dataset.samples:
         frame = ops.image_to_tensor(torch.from_numpy(image).to(device))
-        net_hw = inference_size(image.shape[:2], size, True, int(getattr(model, "size_divisor", 8)))
+        net_hw = inference_size(image.shape[:2], size, True, model.size_divisor)
         x = ops.resize_and_normalize(frame, net_hw, scale, shift, None, torch.float32)
         logits = model(x)
         pred = ops.labels_from_logits(ops.upsample_logits(logits, image.shape[:2]), torch.int64)
