@@ -32,6 +32,7 @@ from ..crf import CRFConfig, create_refiner
 from ..crf.worker import BackgroundRefiner
 from . import params as P
 from .class_info import class_info_json
+from .dds_transport import apply_transport_defaults
 from .diagnostics import NodeStats
 from .frame_slot import FrameSlot
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
@@ -405,6 +406,7 @@ def _check_params_files(args: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Console script. Start-up errors: one log line, exit code 2, no traceback."""
     args = sys.argv if argv is None else argv
+    apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args)
     if problem:  # rcl would print its own unhelpful line first
         print(f"[{NODE_NAME}] error: {problem}", file=sys.stderr)
