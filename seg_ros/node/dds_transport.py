@@ -20,8 +20,6 @@ import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-import rclpy.logging
-
 from ..resources import share_path
 
 PROFILE = ("config", "fastdds_large_images.xml")
@@ -75,6 +73,8 @@ def apply_transport_defaults(logger_name: str = "segment_node",
                              env: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set the defaults in this process's environment (call before ``rclpy.init``), log one line,
     and return the variables set."""
+    import rclpy.logging  # works before rclpy.init; imported here so the rest is ROS-free
+
     env = os.environ if env is None else env
     chosen = transport_defaults(env, Path.cwd(), share_path(*PROFILE))
     env.update(chosen.env)
