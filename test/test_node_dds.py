@@ -63,7 +63,7 @@ def test_shipped_profile_has_the_large_segment_and_fast_heartbeat():
     assert int(hb.find("p:sec", NS).text) + int(hb.find("p:nanosec", NS).text) * 1e-9 <= 0.2
 
 
-# -- the real thing: node process, default environment, one publish per frame -----------------------
+# -- the real thing: node process, default environment, one publish per frame ----------------
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_image):
@@ -74,7 +74,7 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,
                                        image_message, isolated_env, node_command, random_domain,
-                                       settle, stream, use_env_here)
+                                       settle, stream, use_env_here, warm_up)
 
     domain = random_domain()
     env = isolated_env(domain)  # no FASTRTPS_DEFAULT_PROFILES_FILE, no FASTDDS_BUILTIN_TRANSPORTS
@@ -84,11 +84,10 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
     client = LiveClient(domain, ("labels", "color_mask", "overlay"))
     try:
         client.wait_ready(node)
-        frame = np.ascontiguousarray(cv2.resize(road_image, (480, 360), interpolation=cv2.INTER_AREA))
+        frame = np.ascontiguousarray(cv2.resize(road_image, (480, 360),
+                                                interpolation=cv2.INTER_AREA))
         msg = image_message(frame)
-        for i in range(2):  # the first frame of a size traces the graph: not timed
-            client.publish(msg, f"warmup-{i}")
-            assert client.wait(lambda: client.delivered(f"warmup-{i}") is not None, 60), node.log[-2000:]
+        warm_up(client, msg, "dds", 2)  # the first frame of a size traces the graph: not timed
         before = idle_counters(client)
         ids = [f"dds-{i}" for i in range(20)]
         stream(client, [(msg, fid) for fid in ids], rate_hz=2.0)

@@ -36,14 +36,16 @@ from ..pipeline import PipelineConfig, SegmentationPipeline
 from ..sample import sample_road_image
 from .common import parse_size
 from .live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters, image_message,
-                        isolated_env, node_command, random_domain, settle, stream, use_env_here)
+                        isolated_env, node_command, random_domain, roundtrip, settle, stream,
+                        use_env_here, warm_up)
 from .segment import read_image_rgb
 
 OUTPUT_SETS = {"labels": ("labels",), "all": ("labels", "color_mask", "overlay")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-node", help="segment_node latency as a subscriber sees it (end-to-end, delivery)",
+    p = sub.add_parser("bench-node", help="segment_node latency as a subscriber sees it "
+                                          "(end-to-end, delivery)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[(512, 1024), (1024, 2048)])
     p.add_argument("--frames", type=int, default=15,
@@ -51,22 +53,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--stream-frames", type=int, default=30,
                    help="frames per delivery measurement, sent at --rate (0 = skip it)")
-    p.add_argument("--rate", type=float, default=5.0, help="frames per second of the delivery stream")
-    p.add_argument("--late", type=float, default=1.0, help="a frame delivered later than this (s) is late")
+    p.add_argument("--rate", type=float, default=5.0,
+                   help="frames per second of the delivery stream")
+    p.add_argument("--late", type=float, default=1.0,
+                   help="a frame delivered later than this (s) is late")
     p.add_argument("--outputs", choices=sorted(OUTPUT_SETS), nargs="+", default=["labels", "all"],
-                   help="'labels': only ~/labels subscribed; 'all': labels, color_mask and overlay")
+                   help="'labels': only ~/labels subscribed; 'all': labels, color_mask, overlay")
     p.add_argument("--model", default="ddrnet23_slim")
-    p.add_argument("--weights", default="none", help="weights for both sides (random init by default: "
-                                                       "the arithmetic, not the values, sets the time)")
-    p.add_argument("--image", type=Path, default=None, help="image to time on (default: a synthetic road scene)")
-    p.add_argument("--backend", default="torch", choices=list_backends(), help="backend on both sides")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads on both sides (0 = library default)")
+    p.add_argument("--weights", default="none",
+                   help="weights for both sides (random init by default: the arithmetic, not the "
+                        "values, sets the time)")
+    p.add_argument("--image", type=Path, default=None,
+                   help="image to time on (default: a synthetic road scene)")
+    p.add_argument("--backend", default="torch", choices=list_backends(),
+                   help="backend on both sides")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads on both sides (0 = library default)")
     p.add_argument("--fastdds-profile", default="",
-                   help="Fast DDS XML profile for both processes ('' = none: this process runs as a "
-                        "default-configured subscriber and the node applies its own defaults)")
+                   help="Fast DDS XML profile for both processes ('' = none: this process runs as "
+                        "a default-configured camera and subscriber; the node applies its own)")
     p.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for the node only, repeatable; e.g. FASTDDS_BUILTIN_TRANSPORTS=DEFAULT "
-                        "runs it on Fast DDS's own defaults (as before issue 18)")
+                   help="environment for the node only, repeatable ('KEY=' removes KEY); e.g. "
+                        "FASTDDS_BUILTIN_TRANSPORTS=DEFAULT runs it on Fast DDS's own defaults "
+                        "(as before issue 18)")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=run)
 
@@ -87,20 +96,16 @@ def _in_thread(fn):
     return result[0]
 
 
-def roundtrip(client: LiveClient, msg, frame_id: str, timeout: float) -> float | None:
-    """Seconds from publishing ``frame_id`` (once) to its last subscribed output; None if lost."""
-    client.publish(msg, frame_id)
-    client.wait(lambda: client.delivered(frame_id) is not None, timeout)
-    return client.delivered(frame_id)
-
-
-def end_to_end(args: argparse.Namespace, client: LiveClient, pipe: SegmentationPipeline, frame: np.ndarray,
-               key: str, full: bool) -> dict[str, Any]:
+def end_to_end(args: argparse.Namespace, client: LiveClient, pipe: SegmentationPipeline,
+               frame: np.ndarray, key: str, full: bool) -> dict[str, Any]:
     """Paired end-to-end vs pipeline-alone row (frames one at a time)."""
     msg = image_message(frame)
     lost, e2e, alone = 0, [], []
+    def alone_ms() -> float:
+        return time_call(lambda: pipe(frame, "rgb", color=full, overlay=full), 1, 0)[0]
+
     for i in range(args.warmup + args.frames):  # alternate, so both see the same machine load
-        p_ms = _in_thread(lambda: time_call(lambda: pipe(frame, "rgb", color=full, overlay=full), 1, 0))[0]
+        p_ms = _in_thread(alone_ms)
         t = roundtrip(client, msg, f"{key}-e2e-{i}", timeout=15)
         if t is None:
             lost += 1
@@ -112,36 +117,41 @@ def end_to_end(args: argparse.Namespace, client: LiveClient, pipe: SegmentationP
     pm = percentiles(alone) if alone else nan
     em = percentiles(e2e) if e2e else nan
     target = 1.25 * pm["median"] + 5.0
+    paired = round(float(np.median(np.subtract(e2e, alone))), 2) if e2e else float("nan")
     return {"pipeline_ms": pm, "e2e_ms": em, "overhead_ms": round(em["median"] - pm["median"], 2),
-            "paired_overhead_median_ms": round(float(np.median(np.subtract(e2e, alone))), 2)
-            if e2e else float("nan"),
-            "target_ms": round(target, 2), "meets_target": bool(em["median"] <= target), "lost": lost}
+            "paired_overhead_median_ms": paired, "target_ms": round(target, 2),
+            "meets_target": bool(em["median"] <= target), "lost": lost}
 
 
-def delivery(args: argparse.Namespace, client: LiveClient, frame: np.ndarray, key: str) -> dict[str, Any]:
+def delivery(args: argparse.Namespace, client: LiveClient, frame: np.ndarray,
+             key: str) -> dict[str, Any]:
     """A stream at ``--rate``: each frame published once, its outputs timed as they arrive."""
     msg = image_message(frame)
-    for i in range(args.warmup):  # the first frame of a size traces the model's graph
-        roundtrip(client, msg, f"{key}-stream-warmup-{i}", timeout=30)
+    warm_up(client, msg, key, args.warmup)
     before = idle_counters(client)
     ids = [f"{key}-stream-{i}" for i in range(args.stream_frames)]
     stream(client, [(msg, fid) for fid in ids], args.rate)
     done = settle(client, ids, before)
     summary = delivery_summary(client, ids, done, late_s=args.late)
-    summary["ok"] = summary["lost_after_node"] == 0 and summary["partial"] == 0 and summary["late"] == 0
+    summary["ok"] = (summary["complete"] > 0 and summary["lost_after_node"] == 0
+                     and summary["partial"] == 0 and summary["late"] == 0)
     return summary
 
 
-def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient, dict[str, str]]:
+def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient]:
+    """The node (its own environment per --node-env) and this process's client, ready."""
     domain = random_domain()
     env = isolated_env(domain)
     if args.fastdds_profile:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile
     use_env_here(env)
-    node_env = dict(env, **dict(kv.split("=", 1) for kv in args.node_env))
-    node = NodeProcess(node_command(f"weights:={args.weights}", f"model:={args.model}", "device:=cpu",
-                                    f"num_threads:={args.threads}", f"backend:={args.backend}",
-                                    "diagnostics_period:=0.25"), node_env)
+    node_env = dict(env)
+    for key, _, value in (kv.partition("=") for kv in args.node_env):
+        node_env.pop(key, None) if not value else node_env.update({key: value})
+    node = NodeProcess(node_command(f"weights:={args.weights}", f"model:={args.model}",
+                                    "device:=cpu", f"num_threads:={args.threads}",
+                                    f"backend:={args.backend}", "diagnostics_period:=0.25"),
+                       node_env)
     client = LiveClient(domain, OUTPUT_SETS[args.outputs[0]])
     try:
         client.wait_ready(node)
@@ -149,16 +159,17 @@ def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient, dict[str,
         client.close()
         node.stop()
         raise
-    return node, client, node_env
+    return node, client
 
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
-    pipe = SegmentationPipeline(PipelineConfig(model=args.model, weights=args.weights, device="cpu",
-                                               num_threads=args.threads, backend=args.backend))
+    pipe = SegmentationPipeline(PipelineConfig(model=args.model, weights=args.weights,
+                                               device="cpu", num_threads=args.threads,
+                                               backend=args.backend))
     describe = pipe.describe()
     rows = []
-    node, client, node_env = _start(args)
+    node, client = _start(args)
     try:
         for size in args.sizes:
             frame = _frame(args, *size)
@@ -176,10 +187,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
         node.stop()
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    report = {"date": time.strftime("%Y-%m-%d"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "torch_threads": torch.get_num_threads(), "model": describe["model"],
-              "backend": describe["backend"], "device": describe["device"], "weights": describe["weights"],
-              "fastdds_profile": args.fastdds_profile or "default", "node_env": args.node_env,
+              "backend": describe["backend"], "device": describe["device"],
+              "weights": describe["weights"], "fastdds_profile": args.fastdds_profile or "default",
+              "node_env": args.node_env,
               "node_dds": next((line for line in node.lines if "DDS:" in line), ""),
               "rate_hz": args.rate, "rows": rows}
     print_tables(rows)
@@ -187,32 +200,34 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    ok = [r["meets_target"] for r in rows if "meets_target" in r] + [r["delivery"]["ok"] for r in rows
-                                                                    if "delivery" in r]
+    ok = [r["meets_target"] for r in rows if "meets_target" in r]
+    ok += [r["delivery"]["ok"] for r in rows if "delivery" in r]
     return 0 if all(ok) else 1
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:
     e2e = [r for r in rows if "e2e_ms" in r]
     if e2e:
-        print(f"\n{'size':>10s} {'outputs':>7s} {'pipeline med/p95 ms':>20s} {'e2e med/p95 ms':>17s} "
-              f"{'overhead':>9s} {'paired':>7s} {'target':>8s}  ok")
+        print(f"\n{'size':>10s} {'outputs':>7s} {'pipeline med/p95 ms':>20s} "
+              f"{'e2e med/p95 ms':>17s} {'overhead':>9s} {'paired':>7s} {'target':>8s}  ok")
     for r in e2e:
-        print(f"{r['size']:>10s} {r['outputs']:>7s} {r['pipeline_ms']['median']:9.1f}/{r['pipeline_ms']['p95']:<9.1f}"
-              f" {r['e2e_ms']['median']:8.1f}/{r['e2e_ms']['p95']:<8.1f} {r['overhead_ms']:9.1f} "
-              f"{r['paired_overhead_median_ms']:7.1f} "
-              f"{r['target_ms']:8.1f}  {'yes' if r['meets_target'] else 'NO'}")
+        pm, em = r["pipeline_ms"], r["e2e_ms"]
+        print(f"{r['size']:>10s} {r['outputs']:>7s} {pm['median']:9.1f}/{pm['p95']:<9.1f} "
+              f"{em['median']:8.1f}/{em['p95']:<8.1f} {r['overhead_ms']:9.1f} "
+              f"{r['paired_overhead_median_ms']:7.1f} {r['target_ms']:8.1f}  "
+              f"{'yes' if r['meets_target'] else 'NO'}")
     streams = [r for r in rows if "delivery" in r]
     if streams:
         print(f"\ndelivery (stamp -> last output received, each frame published once)\n"
-              f"{'size':>10s} {'outputs':>7s} {'sent':>5s} {'done':>5s} {'p50 ms':>8s} {'p95 ms':>8s} "
-              f"{'max ms':>8s} {'late':>5s} {'lost in':>8s} {'lost out':>9s} {'partial':>8s} "
-              f"{'node drop':>9s}  ok")
+              f"{'size':>10s} {'outputs':>7s} {'sent':>5s} {'done':>5s} {'p50 ms':>8s} "
+              f"{'p95 ms':>8s} {'max ms':>8s} {'late':>5s} {'lost in':>8s} {'lost out':>9s} "
+              f"{'partial':>8s} {'node drop':>9s} {'node p95':>9s}  ok")
     fmt = lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8s}"  # noqa: E731
     for r in streams:
         d = r["delivery"]
         lat = d["latency_ms"]
-        print(f"{r['size']:>10s} {r['outputs']:>7s} {d['sent']:5d} {d['complete']:5d} {fmt(lat['p50'])} "
-              f"{fmt(lat['p95'])} {fmt(lat['max'])} {d['late']:5d} {d['lost_before_node']:8d} "
-              f"{d['lost_after_node']:9d} {d['partial']:8d} {d['node']['frames_dropped']:9d}  "
+        print(f"{r['size']:>10s} {r['outputs']:>7s} {d['sent']:5d} {d['complete']:5d} "
+              f"{fmt(lat['p50'])} {fmt(lat['p95'])} {fmt(lat['max'])} {d['late']:5d} "
+              f"{d['lost_before_node']:8d} {d['lost_after_node']:9d} {d['partial']:8d} "
+              f"{d['node']['frames_dropped']:9d} {d['node_latency_ms']['p95']:9.1f}  "
               f"{'yes' if d['ok'] else 'NO'}")

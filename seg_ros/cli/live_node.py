@@ -30,12 +30,15 @@ OUTPUTS = ("labels", "color_mask", "overlay", "confidence")
 def node_executable() -> list[str]:
     """The installed ``segment_node`` script beside this Python, else ``python -m``."""
     script = Path(sys.executable).with_name(NODE)
-    return [str(script)] if script.exists() else [sys.executable, "-m", "seg_ros.node.segment_node"]
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "seg_ros.node.segment_node"]
 
 
 def node_command(*params: str, namespace: str = "/bench", input_topic: str = "/bench/image",
                  params_file: Path | None = None) -> list[str]:
-    """The command line the launch file produces: params file, ``-p`` overrides, remap, namespace."""
+    """The command line the launch file produces: params file, ``-p`` overrides, remap and
+    namespace."""
     cmd = [*node_executable(), "--ros-args", "--params-file",
            str(params_file or share_path("config", "segment.yaml"))]
     for p in params:
@@ -62,7 +65,8 @@ def isolated_env(domain: int, keep_fastdds: bool = False) -> dict[str, str]:
 
 def use_env_here(env: dict[str, str]) -> None:
     """Make this process's DDS settings those of ``env`` (before its client is created)."""
-    for name in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", *FASTDDS_USER_VARS):
+    names = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
+    for name in (*names, *FASTDDS_USER_VARS):
         if name in env:
             os.environ[name] = env[name]
         else:
@@ -82,8 +86,8 @@ class NodeProcess:
 
     def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path | None = None,
                  cwd: Path | None = None) -> None:
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=cwd)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, cwd=cwd)
         self.lines: list[str] = []
         self._log_file = log_path.open("w") if log_path else None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -116,7 +120,8 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise RuntimeError(f"{NODE} did not exit within {timeout} s of signal {sig}") from None
+                raise RuntimeError(f"{NODE} did not exit within {timeout} s of signal {sig}:\n"
+                                   f"{self.log[-3000:]}") from None
         self._reader.join(5)
         if self._log_file:
             self._log_file.close()
@@ -133,6 +138,24 @@ def image_message(frame: np.ndarray, encoding: str = "rgb8"):
     return msg
 
 
+def spin_in_background(node, context):
+    """A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
+    down (call ``executor.shutdown()`` first)."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except Exception:  # the context was shut down
+            pass
+
+    threading.Thread(target=spin, daemon=True).start()
+    return executor
+
+
 class LiveClient:
     """Publishes frames to the node and records, per output, each frame's delivery latency."""
 
@@ -140,7 +163,6 @@ class LiveClient:
                  input_topic: str = "/bench/image", output_depth: int = 10) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
@@ -159,19 +181,12 @@ class LiveClient:
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_at = 0.0
         self.subs: dict[str, Any] = {}
-        self.node.create_subscription(String, f"{self.node_name}/class_info", self._on_info, latched_qos())
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, diagnostics_qos())
+        self.node.create_subscription(String, f"{self.node_name}/class_info", self._on_info,
+                                      latched_qos())
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics,
+                                      diagnostics_qos())
         self.set_outputs(outputs)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # the context is shut down at close()
-            pass
+        self.executor = spin_in_background(self.node, self.ctx)
 
     def set_outputs(self, outputs: tuple[str, ...]) -> None:
         """Subscribe to exactly ``outputs`` (the node computes only what is subscribed)."""
@@ -225,7 +240,8 @@ class LiveClient:
         while not (self.ready and self.pub.get_subscription_count() > 0
                    and all(s.get_publisher_count() > 0 for s in self.subs.values())):
             if node.proc.poll() is not None:
-                raise RuntimeError(f"{NODE} exited with code {node.proc.returncode}:\n{node.log[-3000:]}")
+                raise RuntimeError(f"{NODE} exited with code {node.proc.returncode}:\n"
+                                   f"{node.log[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{NODE} not ready after {timeout:g} s:\n{node.log[-3000:]}")
             time.sleep(0.1)
@@ -249,7 +265,8 @@ class LiveClient:
 
     def diagnostics_after(self, t_wall: float, timeout: float = 5.0) -> dict[str, str]:
         """The node's /diagnostics values from a message received after ``t_wall`` ({} if none)."""
-        return dict(self.diagnostics) if self.wait(lambda: self.diagnostics_at > t_wall, timeout) else {}
+        fresh = self.wait(lambda: self.diagnostics_at > t_wall, timeout)
+        return dict(self.diagnostics) if fresh else {}
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
@@ -267,8 +284,8 @@ def latency_percentiles(values_ms: list[float]) -> dict[str, float | None]:
     if not values_ms:
         return {"p50": None, "p95": None, "max": None}
     a = np.asarray(values_ms, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1),
-            "max": round(float(a.max()), 1)}
+    return {"p50": round(float(np.percentile(a, 50)), 1),
+            "p95": round(float(np.percentile(a, 95)), 1), "max": round(float(a.max()), 1)}
 
 
 def counters(diagnostics: dict[str, str]) -> dict[str, int]:
@@ -319,13 +336,35 @@ def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], tim
 def delivery_summary(client: LiveClient, frame_ids: list[str], node_counts: dict[str, int],
                      late_s: float = 1.0) -> dict[str, Any]:
     """Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
-    each frame, in ms), with the node's own counts: frames that never reached the node were lost
-    by DDS on the way in, processed frames without all outputs were lost on the way out."""
+    each frame, in ms), with the node's own counts and latency (receipt -> published, its last
+    200 frames): frames that never reached the node were lost by DDS on the way in, processed
+    frames without all outputs were lost on the way out."""
     latencies = [client.delivered(f) for f in frame_ids]
     got_ms = [x * 1e3 for x in latencies if x is not None]
-    partial = sum(x is None and client.arrived_outputs(f) > 0 for f, x in zip(frame_ids, latencies))
+    partial = sum(x is None and client.arrived_outputs(f) > 0
+                  for f, x in zip(frame_ids, latencies))
     return {"sent": len(frame_ids), "outputs": list(client.outputs), "complete": len(got_ms),
-            "partial": int(partial), "late": sum(x > late_s * 1e3 for x in got_ms), "late_s": late_s,
+            "partial": int(partial), "late": sum(x > late_s * 1e3 for x in got_ms),
+            "late_s": late_s,
             "latency_ms": latency_percentiles(got_ms), "node": node_counts,
+            "node_latency_ms": {k: float(client.diagnostics.get(f"latency_{k}_ms", "nan"))
+                                for k in ("median", "p95")},
             "lost_before_node": len(frame_ids) - node_counts["frames_received"],
             "lost_after_node": max(0, node_counts["frames_processed"] - len(got_ms))}
+
+
+def roundtrip(client: LiveClient, msg, frame_id: str, timeout: float) -> float | None:
+    """Seconds from publishing ``frame_id`` (once) to its last subscribed output; None if lost."""
+    client.publish(msg, frame_id)
+    client.wait(lambda: client.delivered(frame_id) is not None, timeout)
+    return client.delivered(frame_id)
+
+
+def warm_up(client: LiveClient, msg, key: str, frames: int, timeout: float = 120.0) -> None:
+    """``frames`` frames through the node before timing: the first of a size traces the model's
+    graph. Not timed, so a frame lost on the way in is simply sent again."""
+    for i in range(frames):
+        deadline = time.monotonic() + timeout
+        while roundtrip(client, msg, f"{key}-warmup-{i}", timeout=2.0) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no output for {key} within {timeout:g} s of warm-up frames")

@@ -57,16 +57,19 @@ def user_configuration(env: Mapping[str, str], cwd: Path) -> str | None:
 def transport_defaults(env: Mapping[str, str], cwd: Path, profile: Path) -> TransportDefaults:
     """The shipped profile for Fast DDS when the user configured none; else nothing."""
     if not fastdds_in_use(env):
-        return TransportDefaults({}, f"DDS: {env['RMW_IMPLEMENTATION']} in use; no Fast DDS profile applied")
+        return TransportDefaults({}, f"DDS: {env['RMW_IMPLEMENTATION']} in use; no Fast DDS "
+                                     f"profile applied")
     own = user_configuration(env, cwd)
     if own:
         return TransportDefaults({}, f"DDS: keeping your Fast DDS configuration ({own})")
     if not profile.is_file():
-        return TransportDefaults({}, f"DDS: Fast DDS defaults (512 KiB shared memory): the profile {profile} "
-                                     f"is missing, so large outputs may arrive seconds late", warn=True)
+        return TransportDefaults({}, f"DDS: Fast DDS defaults (512 KiB shared memory): the "
+                                     f"profile {profile} is missing, so large outputs may arrive "
+                                     f"seconds late", warn=True)
     return TransportDefaults({name: str(profile) for name in PROFILE_VARS},
-                             f"DDS: Fast DDS profile {profile} (32 MiB shared memory, 100 ms heartbeat); "
-                             f"set FASTRTPS_DEFAULT_PROFILES_FILE or FASTDDS_BUILTIN_TRANSPORTS to use your own")
+                             f"DDS: Fast DDS profile {profile} (32 MiB shared memory, 100 ms "
+                             f"heartbeat); set FASTRTPS_DEFAULT_PROFILES_FILE or "
+                             f"FASTDDS_BUILTIN_TRANSPORTS to use your own")
 
 
 def apply_transport_defaults(logger_name: str = "segment_node",
