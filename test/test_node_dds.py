@@ -67,9 +67,9 @@ def test_shipped_profile_has_the_large_segment_and_fast_heartbeat():
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_image):
-    """360x480 rgb8, labels + colour mask + overlay subscribed, 20 frames at 2 Hz: every frame the
-    node processed arrives on every output within 1 s. Failed before issue 18 (7 of 20 frames
-    missing an output at 5 Hz, the last one 3 s late)."""
+    """360x480 rgb8, labels + colour mask + overlay subscribed, 20 frames at 2 Hz, each published
+    once: every frame the node processed arrives on every output within 1 s (plus the node's own
+    processing time). Failed on Fast DDS's defaults: 5 and 7 of 20 frames missed an output."""
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,
@@ -92,7 +92,10 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
         ids = [f"dds-{i}" for i in range(20)]
         stream(client, [(msg, fid) for fid in ids], rate_hz=2.0)
         done = settle(client, ids, before, timeout=6.0)
-        summary = delivery_summary(client, ids, done, late_s=1.0)
+        # 1 s on top of the node's own p95 (receipt -> published), which CPU contention on a
+        # shared machine can stretch; a DDS stall waits for a 3 s heartbeat
+        bound = 1.0 + float(client.diagnostics["latency_p95_ms"]) / 1e3
+        summary = delivery_summary(client, ids, done, late_s=bound)
     finally:
         client.close()
         node.stop()

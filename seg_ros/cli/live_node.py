@@ -51,20 +51,20 @@ def random_domain() -> int:
     return random.Random(os.getpid() * 1000003 + time.monotonic_ns()).randint(1, 101)
 
 
-def isolated_env(domain: int, keep_fastdds: bool = False) -> dict[str, str]:
-    """This environment on ``domain`` with localhost-only discovery. Unless ``keep_fastdds``, the
-    user's Fast DDS settings are removed, so node and client run as with a default environment."""
+def isolated_env(domain: int) -> dict[str, str]:
+    """This environment on ``domain`` with localhost-only discovery and without the user's Fast
+    DDS settings, so node and client run as with a default environment."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy, conflicts with the range above
-    if not keep_fastdds:
-        for name in FASTDDS_USER_VARS:
-            env.pop(name, None)
+    for name in FASTDDS_USER_VARS:
+        env.pop(name, None)
     return env
 
 
 def use_env_here(env: dict[str, str]) -> None:
-    """Make this process's DDS settings those of ``env`` (before its client is created)."""
+    """Make this process's DDS settings those of ``env``. Fast DDS reads its profile variables
+    once per process, at its first participant: call this before the first ROS context."""
     names = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
     for name in (*names, *FASTDDS_USER_VARS):
         if name in env:
