@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,13 +23,14 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from seg_ros.cli.live_node import NodeProcess as LiveNodeProcess  # noqa: E402
+from seg_ros.cli.live_node import rss_kib, spin_in_background  # noqa: E402, F401
 from seg_ros.image_codec import decode_image  # noqa: E402
 from seg_ros.node.params import SPECS  # noqa: E402
 from seg_ros.node.qos import diagnostics_qos, latched_qos, output_qos  # noqa: E402
@@ -70,42 +70,12 @@ def node_command(weights: str | Path, *params: str, backend: str | None = "torch
     return cmd + ["-r", f"image:={INPUT}", "-r", "__ns:=/perception"]
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-class NodeProcess:
-    """The node under test; its stderr is collected for the log assertions."""
+class NodeProcess(LiveNodeProcess):
+    """The node under test (seg_ros/cli/live_node.py), run from the repository root; its output
+    is collected for the log assertions."""
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"node did not exit within {timeout} s of signal {sig}:\n{self.log}")
-        self._reader.join(5)
-        return self.proc.returncode
+        super().__init__(cmd, env, cwd=REPO)
 
 
 class Peer:
@@ -130,16 +100,7 @@ class Peer:
         self.node.create_subscription(String, f"{NODE}/class_info", self._on_class_info, latched_qos())
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos())
         self.params = AsyncParameterClient(self.node, NODE)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # context shut down at teardown
-            pass
+        self.executor = spin_in_background(self.node, self.ctx)
 
     def _collector(self, topic: str):
         def store(msg: Image) -> None:

@@ -26,6 +26,7 @@ from .. import bags, image_codec
 from ..errors import ConfigError
 from ..pipeline import SHIPPED_WEIGHTS
 from ..resources import share_path
+from .live_node import node_executable
 from .replay import VideoSink, format_latency, latency_summary
 
 DEMO_BAG = ("demo", "camvid_val_30.mcap")
@@ -67,11 +68,6 @@ def header_stamp(raw: bytes) -> int:
     endian = "<" if raw[1] == 1 else ">"
     sec, nsec = struct.unpack_from(endian + "iI", raw, 4)
     return sec * 10**9 + nsec
-
-
-def node_command() -> list[str]:
-    script = Path(sys.executable).with_name(NODE)
-    return [str(script)] if script.exists() else [sys.executable, "-m", "seg_ros.node.segment_node"]
 
 
 def node_available() -> str | None:
@@ -158,7 +154,7 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, starting {NODE} and the player over DDS")
 
     node_log = (log_dir / "node.log").open("w")
-    node_cmd = [*node_command(), "--ros-args", "-r", f"image:={CAMERA}",
+    node_cmd = [*node_executable(), "--ros-args", "-r", f"image:={CAMERA}",
                 "--params-file", str(share_path("config", "segment.yaml")),
                 "-p", f"model:={args.model}", "-p", f"weights:={args.weights}", "-p", f"device:={args.device}", "-p", f"num_threads:={args.threads}"]
     node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)

@@ -34,6 +34,7 @@ from ..crf import CRFConfig, create_refiner
 from ..crf.worker import BackgroundRefiner
 from . import params as P
 from .class_info import class_info_json
+from .dds_transport import apply_transport_defaults
 from .diagnostics import NodeStats
 from .frame_slot import FrameSlot
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
@@ -431,6 +432,7 @@ def _check_params_files(args: list[str]) -> str | None:
 def run(args: list[str], guard: SignalGuard) -> int:
     """The node's life: check the command line, start, spin until a stop signal, clean up.
     Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0."""
+    apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
     if problem:  # rcl would print its own unhelpful line first, or drop the override silently
         print(f"[{NODE_NAME}] error: {problem}", file=sys.stderr)
