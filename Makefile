@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # the ROS 2 command line (ros2 launch/run/param, colcon) for machines without a ROS install
 ROS2_CLI ?= ../shared/ros2-cli
 
-.PHONY: setup test demo bench clean
+.PHONY: setup lint test demo bench clean
 
 $(VENV)/.installed: requirements-dev.txt setup.py
 	python3 -m venv $(VENV)
@@ -23,7 +23,10 @@ $(VENV)/.ros2-cli: $(VENV)/.installed
 
 setup: $(VENV)/.installed $(VENV)/.ros2-cli
 
-test: $(VENV)/.installed $(VENV)/.ros2-cli
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: $(VENV)/.installed $(VENV)/.ros2-cli lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed

@@ -62,6 +62,22 @@ def road_image() -> np.ndarray:
     return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
 
 
+SMALL = (120, 160)  # (height, width) of the small frames the node tests send
+
+
+@pytest.fixture(scope="module")
+def offline(weights_file):
+    """The offline reference: the pipeline on the test weights, as the node under test loads them."""
+    from seg_ros.pipeline import SegmentationPipeline
+    return SegmentationPipeline(weights=str(weights_file), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_image(road_image) -> np.ndarray:
+    import cv2
+    return cv2.resize(road_image, SMALL[::-1], interpolation=cv2.INTER_AREA)
+
+
 @pytest.fixture()
 def ros_domain_id(monkeypatch) -> int:
     """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk."""

@@ -43,7 +43,7 @@ NODE_EXE = Path(sys.executable).parent / "segment_node"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 INPUT = "/cam/image_raw"
 NODE = "/perception/segment_node"
-SMALL = (120, 160)
+from conftest import SMALL  # noqa: E402  (the small frame size of the shared fixtures)
 
 
 # -- helpers shared by the node test modules -------------------------------------------------
@@ -228,16 +228,6 @@ def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
 
 
 # -- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def offline(weights_file) -> SegmentationPipeline:
-    return SegmentationPipeline(weights=str(weights_file), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def small_image(road_image) -> np.ndarray:
-    return cv2.resize(road_image, SMALL[::-1], interpolation=cv2.INTER_AREA)
-
-
 @pytest.fixture(scope="module")
 def ros(weights_file):
     """(node process, peer) for this module: raw transport, fast diagnostics."""

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from test_image_codec import corrupt_entropy, damaged_files
-from test_node import (INPUT, SMALL, check_outputs, header_for, node_command, offline, rclpy,  # noqa: F401
-                       running_node, small_image)
+from test_node import (INPUT, SMALL, check_outputs, header_for, node_command, rclpy,  # noqa: F401
+                       running_node)
 
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 

@@ -7,7 +7,6 @@ shipped profile to itself (seg_ros/node/dds_transport.py) unless the user config
 """
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
 
 import numpy as np

@@ -75,7 +75,7 @@ def test_resume_continues_from_saved_epoch_and_optimizer(tiny_dataset, tmp_path)
     assert resumed.epoch == 2
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
-    log = [json.loads(l) for l in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log)
     assert (tmp_path / "split" / "curves.png").is_file()
 

@@ -10,7 +10,6 @@ so the per-stage table covers decode ... serialise. Prints a table; ``--json`` w
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import time

@@ -47,7 +47,7 @@ class SegmentationDataset:
                  limit: int | None = None) -> None:
         pairs = paired_files(images_dir, labels_dir)[:limit]
         self.names = [p.stem for p, _ in pairs]
-        self.samples = [read_pair(p, l) for p, l in pairs]
+        self.samples = [read_pair(image, label) for image, label in pairs]
         self.transform = transform
 
     def __len__(self) -> int:

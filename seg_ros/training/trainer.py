@@ -157,7 +157,7 @@ class Trainer:
         self.model.to(self.device)
         weights = None
         if cfg.class_weighting == "median_frequency":
-            weights = median_frequency_weights([l for _, l in self.train_set.samples], self.classes.num_classes)
+            weights = median_frequency_weights([label for _, label in self.train_set.samples], self.classes.num_classes)
         elif cfg.class_weighting != "none":
             raise ConfigError(f"class_weighting must be 'none' or 'median_frequency', got {cfg.class_weighting!r}")
         self.criterion = SegLoss(self.ignore_id, ohem=cfg.ohem, aux_weight=cfg.aux_weight,
@@ -327,8 +327,10 @@ def plot_history(log_path: Path, out_png: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     ep = [r["epoch"] for r in records]
-    axes[0].plot(ep, [r["loss"] for r in records]); axes[0].set_title("train loss")
-    axes[1].plot(ep, [r["lr"] for r in records]); axes[1].set_title("learning rate")
+    axes[0].plot(ep, [r["loss"] for r in records])
+    axes[0].set_title("train loss")
+    axes[1].plot(ep, [r["lr"] for r in records])
+    axes[1].set_title("learning rate")
     val = [(r["epoch"], r["val_miou"]) for r in records if "val_miou" in r]
     if val:
         axes[2].plot(*zip(*val), marker="o")
