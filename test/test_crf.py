@@ -345,3 +345,12 @@ def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(s
     gaps = np.diff([t for t in ticks if t >= t0])
     print(f"dense {elapsed * 1e3:.0f} ms, longest stall of another thread {gaps.max() * 1e3:.0f} ms")
     assert elapsed > 0.05 and gaps.max() < 0.5 * elapsed, (gaps.max(), elapsed)
+
+
+def test_shipped_profiles_load_by_name():
+    from seg_ros.crf import PROFILES, CRFConfig, load_crf_config
+
+    assert load_crf_config() == load_crf_config("deeplab_v2") == CRFConfig()  # DeepLab v2's values
+    camvid = load_crf_config("camvid")
+    assert set(PROFILES) == {"deeplab_v2", "camvid"}
+    assert (camvid.bilateral_weight, camvid.theta_alpha) == (3.0, 30.0)  # scripts/tune_crf.py

@@ -56,7 +56,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
                    help="refine the labels with a CRF: dense (pydensecrf, seconds per frame on a CPU) "
                         "or fast (local-window mean-field on the model's device)")
     c.add_argument("--crf-config", type=Path, default=None,
-                   help="YAML file of CRF parameters (default: the shipped config/crf.yaml)")
+                   help="YAML file of CRF parameters, or a shipped profile: deeplab_v2 (default, "
+                        "config/crf.yaml) or camvid (tuned for the CamVid weights)")
 
 
 def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPipeline:

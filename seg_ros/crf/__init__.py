@@ -21,7 +21,9 @@ from typing import Any, Callable
 from ..errors import ConfigError
 
 CRF_MODES = ("off", "dense", "fast")
-DEFAULT_CONFIG_FILE = "config/crf.yaml"  # relative to the share directory
+DEFAULT_CONFIG_FILE = "config/crf.yaml"  # relative to the share directory: DeepLab v2's settings
+# named profiles shipped beside it: name -> file (relative to the share directory)
+PROFILES = {"deeplab_v2": DEFAULT_CONFIG_FILE, "camvid": "config/crf_camvid.yaml"}
 
 # field -> (description, range). Ranges keep every value meaningful (a zero width divides by
 # zero, a huge window or iteration count only burns time); the node's parameter table is built
@@ -104,12 +106,16 @@ def check_value(name: str, value: Any) -> str | None:
 
 
 def load_crf_config(path: str | Path | None = None) -> CRFConfig:
-    """The CRF parameters of a YAML file (default: the shipped config/crf.yaml)."""
+    """The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
+    or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md)."""
     import yaml
 
     from ..resources import share_path
 
-    file = Path(path) if path else share_path(DEFAULT_CONFIG_FILE)
+    if path is None or str(path) in PROFILES:
+        file = share_path(PROFILES[str(path or "deeplab_v2")])
+    else:
+        file = Path(path)
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
