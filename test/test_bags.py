@@ -11,6 +11,8 @@ import pytest
 from seg_ros import bags
 from seg_ros.cli.main import main as cli
 
+from bag_helpers import write_legacy_bag
+
 
 def _frames(n: int = 4, h: int = 24, w: int = 32) -> list[np.ndarray]:
     rng = np.random.default_rng(1)
@@ -110,3 +112,41 @@ def test_bag_from_images_cli(tmp_path, encoding):
         rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
         np.testing.assert_array_equal(rgb, img)  # lossless encodings round-trip exactly
     assert cli(["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]) == 2
+
+
+def test_normalize_type_accepts_the_older_spelling():
+    assert bags.normalize_type("sensor_msgs/Image") == bags.IMAGE_TYPE
+    assert bags.normalize_type("sensor_msgs/CompressedImage") == bags.COMPRESSED_TYPE
+    assert bags.normalize_type(bags.IMAGE_TYPE) == bags.IMAGE_TYPE
+    assert bags.normalize_type("my_pkg/srv/Thing") == "my_pkg/srv/Thing"
+    assert bags.normalize_type("Image") == "Image"
+
+
+@pytest.mark.parametrize("name,storage", [("old.db3", "sqlite3"), ("old.mcap", "mcap"),
+                                          ("old_dir_db3", "sqlite3"), ("old_dir_mcap", "mcap")])
+def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage):
+    """Bags written by earlier ROS 2 releases / other tools say 'sensor_msgs/Image'."""
+    frames = _frames(3)
+    ok, png = cv2.imencode(".png", frames[0][:, :, ::-1])
+    String = bags.typestore().types["std_msgs/msg/String"]
+    records = [("/cam", bags.IMAGE_TYPE, 100 + i,
+                bags.image_msg_from_array(bags.make_header(i, f"f{i}"), img)) for i, img in enumerate(frames)]
+    records += [("/cam_c", bags.COMPRESSED_TYPE, 200, bags.make_compressed(bags.make_header(9), "png", png)),
+                ("/note", "std_msgs/msg/String", 300, String(data="hi"))]
+    path = write_legacy_bag(tmp_path / name, records, storage)
+    with bags.BagReader(path) as bag:  # the recorded spelling really is the old one
+        assert {c.msgtype for c in bag.reader.connections} == {
+            "sensor_msgs/Image", "sensor_msgs/CompressedImage", "std_msgs/String"}
+    info = bags.summarize(path)["topics"]
+    assert info["/cam"]["type"] == bags.IMAGE_TYPE and info["/cam_c"]["type"] == bags.COMPRESSED_TYPE
+    got = list(bags.iter_bag_frames(path))
+    assert [(f.topic, f.msgtype) for f in got] == [("/cam", bags.IMAGE_TYPE)] * 3 + [("/cam_c", bags.COMPRESSED_TYPE)]
+    for f, img in zip(got, frames + frames[:1]):
+        assert f.error is None
+        np.testing.assert_array_equal(f.image if f.color_order == "rgb" else f.image[:, :, ::-1], img)
+    with bags.BagReader(path) as bag:
+        assert [bag.deserialize(m).data for m in bag.messages(["/note"])] == ["hi"]
+        copy = tmp_path / "copy.mcap"  # passing messages through writes the current spelling
+        with bags.BagWriter(copy) as w:
+            bags.copy_messages(bag, w, bag.messages())
+    assert bags.summarize(copy)["topics"]["/cam"] == {"type": bags.IMAGE_TYPE, "count": 3}
