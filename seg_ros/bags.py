@@ -174,15 +174,22 @@ class BagReader:
                 raise BagError(f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type")
         return list(topics)
 
-    def messages(self, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
-        """Messages of ``topics`` (all when None) in timestamp order. Damage found while reading
-        (a truncated file) raises BagError naming the file."""
+    @property
+    def time_range(self) -> tuple[int, int]:
+        """(first message's timestamp, just after the last one) in ns, from the bag's metadata."""
+        return int(self.reader.start_time), int(self.reader.end_time)
+
+    def messages(self, topics: Sequence[str] | None = None, start: int | None = None,
+                 stop: int | None = None) -> Iterator[BagMessage]:
+        """Messages of ``topics`` (all when None) in timestamp order, only those with
+        ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage found while
+        reading (a truncated file) raises BagError naming the file."""
         conns = {c.id: c for c in self.connections if not topics or c.topic in topics}
         if topics and not conns:
             return
         wanted = [c for c in self.reader.connections if c.id in conns]
         try:
-            for raw_conn, timestamp, rawdata in self.reader.messages(connections=wanted):
+            for raw_conn, timestamp, rawdata in self.reader.messages(wanted, start, stop):
                 conn = conns[raw_conn.id]
                 yield BagMessage(conn.topic, conn.msgtype, int(timestamp), bytes(rawdata), conn)
         except BagError:
