@@ -101,6 +101,7 @@ class InProcessEngine:
 def _process_main(conn: Any, spec: PipelineSpec, stop: Any) -> None:
     """A local worker process: load the pipeline once, then run the tasks sent over ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and tells us via ``stop``
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _spawn until ignored
     try:
         worker = Worker(spec)
     except Exception as exc:
@@ -153,7 +154,13 @@ class LocalProcessEngine:
         parent, child = self.ctx.Pipe()
         process = self.ctx.Process(target=_process_main, args=(child, self.spec, self.stop_event),
                                    name="seg-ros-worker", daemon=True)
-        process.start()
+        # A terminal's Ctrl-C reaches the whole process group: the new process inherits SIGINT
+        # blocked, so one arriving while it starts up cannot kill it with a traceback.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         return _Slot(process, parent)
 

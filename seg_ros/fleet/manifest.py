@@ -56,7 +56,7 @@ class Manifest:
     def append(self, entry: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(entry) + "\n").encode()
-        with open(self.path, "ab") as f:
+        with open(self.path, "a+b") as f:
             end = f.tell()
             if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
                 line = b"\n" + line  # after a torn line: start a fresh one

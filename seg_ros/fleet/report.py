@@ -83,7 +83,10 @@ def write_figure(path: Path, report: dict[str, Any]) -> None:
     height = 2.5 + 0.3 * max(len(rows), len(names))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height))
     y = np.arange(len(rows))
-    ax1.barh(y, [b["miou"] or 0.0 for b in rows], color="#3070b0")
+    values = [b["miou"] or 0.0 for b in rows]
+    ax1.barh(y, values, color="#3070b0")
+    for yi, v in zip(y, values):
+        ax1.text(min(v + 0.01, 0.9), yi, f"{v:.3f}", va="center", fontsize=7)
     ax1.set_yticks(y, [b["bag"] for b in rows], fontsize=7)
     ax1.invert_yaxis()
     shown = "" if len(rows) == len(report["bags"]) else f" ({len(rows)} worst of {len(report['bags'])})"

@@ -118,9 +118,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
     def handle(signum: int, _frame: Any) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.set()
-        tqdm.write("stopping: running bags are abandoned, finished ones stay in the manifest "
-                   "(continue with --resume; Ctrl-C again to abort at once)", file=sys.stderr)
+        stop.set()  # only that: the runner says so from its loop (no I/O in a signal handler)
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -149,6 +147,7 @@ class FleetRunner:
         self.works: dict[str, BagWork] = {}
         self.task_frames: Counter[str] = Counter()  # frames reported per task (undone on a retry)
         self.losses: Counter[str] = Counter()  # worker deaths per task
+        self.closed = 0  # bags finished (ok or failed) in this run
         self.bar: Any = None
         self.engine_startup_s = 0.0
 
@@ -232,10 +231,10 @@ class FleetRunner:
 
     def _settle_bar(self, work: BagWork) -> None:
         """A finished bag counts for its planned frames, whatever was reported."""
+        self.closed += 1
         if self.bar is not None:
             self.bar.update(work.plan.frames - work.frames_reported)
-            done = sum(1 for w in self.works.values() if w.closed)
-            self.bar.set_postfix_str(f"bags {done}/{len(self.works)}")
+            self.bar.set_postfix_str(f"bags {self.closed}/{len(self.works)}")
         work.frames_reported = work.plan.frames
 
     # -- results ----------------------------------------------------------------------------------
@@ -350,6 +349,8 @@ class FleetRunner:
         deadline: float | None = None
         while pending or running:
             if self.stop.is_set() and deadline is None:
+                tqdm.write("stopping: running bags are abandoned, finished ones stay in the manifest "
+                           "(continue with --resume; Ctrl-C again to abort at once)", file=sys.stderr)
                 engine.stop()
                 pending.clear()
                 deadline = time.monotonic() + STOP_GRACE_S

@@ -90,6 +90,8 @@ def _expand(text: str, exclude: Path | None) -> tuple[Path, list[Path]] | Missin
         found: list[Path] = []
         for match in sorted(glob.glob(text, recursive=True)):
             p = Path(match)
+            if is_bag_dir(p.parent):
+                continue  # a storage file of a bag directory: the directory is the bag
             if is_bag_dir(p) or is_bag_file(p):
                 found.append(p)
             elif p.is_dir():
@@ -128,7 +130,7 @@ def find_bags(inputs: Sequence[str], list_file: Path | None = None,
     for p in found:
         resolved = p.resolve()
         if resolved not in sources:
-            sources[resolved] = BagSource(p, resolved.relative_to(common))
+            sources[resolved] = BagSource(p.absolute(), resolved.relative_to(common))
     return list(sources.values()), missing
 
 
