@@ -319,9 +319,9 @@ def test_a_killed_worker_is_retried_then_recorded(tmp_path, weights_file, pipe, 
     if engine_cls is RayEngine:
         pytest.importorskip("ray", reason="ray not installed")
     src = tmp_path / "in"
-    write_bag(src / "long.mcap", records(6, 60))
+    write_bag(src / "long.mcap", records(6, 150))  # long enough to be killed while it runs
     write_bag(src / "short.mcap", records(7, 2))
-    expected = [bytes(bags.typestore().serialize_cdr(m, bags.IMAGE_TYPE)) for m in labels_msgs(pipe, 6, 60)]
+    expected = [bytes(bags.typestore().serialize_cdr(m, bags.IMAGE_TYPE)) for m in labels_msgs(pipe, 6, 150)]
     for kills, status in ((1, "ok"), (2, "failed")):
         out = tmp_path / f"out{kills}"
         outcome = FleetRunner(_job(src, out, weights_file, attempts=2), _killer(engine_cls, kills, "long")).run()

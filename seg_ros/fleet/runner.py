@@ -149,7 +149,7 @@ class FleetRunner:
         self.losses: Counter[str] = Counter()  # worker deaths per task
         self.closed = 0  # bags finished (ok or failed) in this run
         self.bar: Any = None
-        self.engine_startup_s = 0.0
+        self.timings: dict[str, float] = {}  # engine start-up, running the tasks, closing (benchmarks)
 
     # -- set-up ------------------------------------------------------------------------------
     def _prepare_out(self) -> dict[str, dict[str, Any]]:
@@ -402,10 +402,13 @@ class FleetRunner:
         try:
             t0 = time.perf_counter()
             engine.start()
-            self.engine_startup_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
             self._drive(engine, works)
+            self.timings.update(startup_s=t1 - t0, drive_s=time.perf_counter() - t1)
         finally:
+            t2 = time.perf_counter()
             engine.close()
+            self.timings["close_s"] = time.perf_counter() - t2
             self.bar.close()
 
     def _outcome(self, sources: list[BagSource], missing: list[Missing], skipped: int, interrupted: bool,

@@ -91,6 +91,7 @@ class Worker:
         self.pipe = SegmentationPipeline(copy.deepcopy(spec.config))
         self.refiner = (None if spec.crf == "off"
                         else create_refiner(spec.crf, load_crf_config(spec.crf_config), self.pipe.device))
+        self.pipe.warm_up()  # per-shape tracing / graph capture now, not inside the first bag
         self.name = worker_name()
 
     def run(self, task: Task, control: Control) -> TaskResult:
