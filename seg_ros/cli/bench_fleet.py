@@ -4,9 +4,10 @@ Ray, the engines' start-up and per-bag overhead, and the host-side cost of a fra
 Makes ``--bags`` small bags (CamVid val frames when ../shared is present, else a synthetic road
 scene, at ``--size``, rgb8 at 10 Hz), replays them with each engine through the fleet runner (the
 code ``seg-ros replay`` runs), and checks the labels are byte-identical across engines. Per engine:
-start-up (workers loading the model), steady frames/s (after start-up), task time per frame, and
-overhead per bag = (workers x steady wall time - time inside tasks) / bags, i.e. what dispatching,
-result transfer, manifest and bookkeeping cost a worker slot per bag. Host-side cost: decoding a
+start-up (workers loading the model), steady frames/s (after start-up), task time per frame,
+idle per bag = (workers x steady wall time - time inside tasks) / bags (what dispatching, result
+transfer, manifest, bookkeeping and the last bags' tail cost a worker slot per bag) and dispatch
+per bag (median of: task submitted -> its result seen by the driver, minus the time inside it). Host-side cost: decoding a
 frame message and encoding + serialising the three outputs at ``--host-size``, which a GPU worker
 still pays on its CPU. Prints a Markdown table; ``--json`` writes the numbers.
 """
@@ -105,7 +106,9 @@ def run_engine(name: str, factory: EngineFactory, workers: int, src: Path, out: 
             "wall_s": wall, "startup_s": runner.timings["startup_s"], "steady_s": steady,
             "close_s": runner.timings["close_s"], "fps_overall": frames / wall, "fps_steady": frames / steady,
             "task_s": task_s, "task_ms_per_frame": 1e3 * task_s / frames,
-            "overhead_s_per_bag": (workers * steady - task_s) / bags_n}
+            "overhead_s_per_bag": (workers * steady - task_s) / bags_n,
+            "dispatch_ms_per_bag": 1e3 * float(np.median(runner.task_overheads_s)),
+            "load_avg_1min": os.getloadavg()[0]}
 
 
 def labels_of(out: Path) -> list[bytes]:
@@ -144,11 +147,11 @@ def machine() -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| engine | workers | start-up s | close s | wall s | frames/s overall | frames/s steady "
-             "| task ms/frame | overhead s/bag |", "|---|---|---|---|---|---|---|---|---|"]
+             "| task ms/frame | idle s/bag | dispatch ms/bag | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['engine']} | {r['workers']} | {r['startup_s']:.1f} | {r['close_s']:.1f} | {r['wall_s']:.1f} | "
                      f"{r['fps_overall']:.2f} | {r['fps_steady']:.2f} | {r['task_ms_per_frame']:.0f} | "
-                     f"{r['overhead_s_per_bag']:.2f} |")
+                     f"{r['overhead_s_per_bag']:.2f} | {r['dispatch_ms_per_bag']:.0f} | {r['load_avg_1min']:.1f} |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..fleet.engines import InProcessEngine, LocalProcessEngine, RayEngine
+from ..fleet.engines import InProcessEngine, LocalProcessEngine, RayEngine, import_ray
 from ..fleet.runner import EngineFactory, FleetJob, FleetOutcome, FleetRunner, stop_on_signals
 from ..fleet.tasks import PipelineSpec
 from .common import pipeline_config_from_args
@@ -69,6 +69,7 @@ def engine_factory(args: argparse.Namespace) -> EngineFactory:
     worker gets an equal share of the CPU threads unless --threads says otherwise."""
     cpus = os.cpu_count() or 1
     if args.ray or args.ray_address:
+        import_ray()  # a missing extra is a usage error before anything runs
         threads = max(1, int(args.cpus_per_worker))
         return lambda spec, progress: RayEngine(spec.with_threads(threads), args.workers, progress,
                                                 address=args.ray_address, cpus_per_worker=args.cpus_per_worker,

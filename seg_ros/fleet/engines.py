@@ -12,6 +12,7 @@ then handle the events of ``poll(timeout)``; ``stop()`` on Ctrl-C; ``close()`` a
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -301,15 +302,14 @@ class RayEngine:
     name = "Ray"
 
     def __init__(self, spec: PipelineSpec, workers: int | None, on_progress: ProgressFn, *,
-                 address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                 local_cpus: int | None = None) -> None:
+                 address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
         self.ray = import_ray()
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise ConfigError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
         self.spec, self.workers, self.on_progress = spec, workers, on_progress
-        self.address, self.local_cpus = address, local_cpus
+        self.address = address
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.actors: list[_Actor] = []
         self.started_ray = False
@@ -336,9 +336,9 @@ class RayEngine:
             return
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.WARNING}
-        if self.address is None:
-            need = (self.workers or 1) * self.cpus
-            kwargs["num_cpus"] = max(self.local_cpus or os.cpu_count() or 1, int(need + 0.999))
+        if self.address is None:  # a local Ray: just the CPUs the workers reserve, else all of them
+            need = self.workers * self.cpus if self.workers else os.cpu_count() or 1
+            kwargs["num_cpus"] = max(1, math.ceil(need))
         try:
             ray.init(address=self.address or "local", **kwargs)
         except Exception as exc:

@@ -150,6 +150,7 @@ class FleetRunner:
         self.closed = 0  # bags finished (ok or failed) in this run
         self.bar: Any = None
         self.timings: dict[str, float] = {}  # engine start-up, running the tasks, closing (benchmarks)
+        self.task_overheads_s: list[float] = []  # per task: submit -> result seen, minus time inside it
 
     # -- set-up ------------------------------------------------------------------------------
     def _prepare_out(self) -> dict[str, dict[str, Any]]:
@@ -346,6 +347,7 @@ class FleetRunner:
     def _drive(self, engine: Engine, works: list[BagWork]) -> None:
         pending = deque(t for w in works for t in w.tasks)
         running: dict[str, Task] = {}
+        submitted: dict[str, float] = {}
         deadline: float | None = None
         while pending or running:
             if self.stop.is_set() and deadline is None:
@@ -359,11 +361,14 @@ class FleetRunner:
             while pending and engine.free():
                 task = pending.popleft()
                 if not self.works[task.bag].closed:
+                    submitted[task.key] = time.perf_counter()
                     engine.submit(task)
                     running[task.key] = task
             for event in engine.poll(0.2):
                 if isinstance(event, Done):
                     running.pop(event.result.key, None)
+                    self.task_overheads_s.append(time.perf_counter() - submitted.pop(event.result.key)
+                                                 - event.result.seconds)
                     self._on_result(event.result)
                 elif isinstance(event, Lost):
                     task = running.pop(event.key)
