@@ -326,7 +326,8 @@ def storage_of(path: str | Path, storage: str | None = None) -> str:
 
 class BagWriter:
     """Writes a new rosbag2 (context manager). A path ending in ``.mcap`` / ``.db3`` becomes that
-    single storage file; any other path a standard bag directory. Never overwrites unless asked."""
+    single storage file; any other path a standard bag directory. The bag appears at its path
+    when it is closed (see :func:`staging_dir`). Never overwrites unless asked."""
 
     def __init__(self, path: str | Path, storage: str | None = None, overwrite: bool = False,
                  compress: bool = False) -> None:
@@ -338,10 +339,11 @@ class BagWriter:
             if not overwrite:
                 raise BagError(f"output bag {self.path} exists already (pass --overwrite to replace it)")
             remove_bag(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._dir = self.path.with_name(self.path.name + ".partial") if self.single_file else self.path
-        if self._dir.exists():
-            shutil.rmtree(self._dir)
+        self._staging = staging_dir(self.path)
+        if self._staging.exists():  # left by a writer that was killed
+            shutil.rmtree(self._staging)
+        self._staging.mkdir(parents=True)
+        self._dir = self._staging / (self.path.stem if self.single_file else self.path.name)
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
         if compress and self.storage == "mcap":
@@ -399,15 +401,22 @@ class BagWriter:
             return
         self._open = False
         self._writer.close()
-        if self.single_file:
-            produced = self._dir / f"{self._dir.name}{STORAGE_SUFFIX[self.storage]}"
-            produced.replace(self.path)
-            shutil.rmtree(self._dir)
+        produced = self._dir / f"{self._dir.name}{STORAGE_SUFFIX[self.storage]}" if self.single_file else self._dir
+        produced.replace(self.path)
+        shutil.rmtree(self._staging)
+
+
+def staging_dir(path: Path) -> Path:
+    """Where BagWriter writes ``path`` until the bag is complete: a hidden folder beside it, so a
+    write that is interrupted or killed never leaves a half-written bag at ``path``."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def remove_bag(path: str | Path) -> None:
-    """Delete a bag file or bag directory (only things that look like bags)."""
+    """Delete a bag file or bag directory (only things that look like bags), and what a killed
+    writer left of it."""
     p = Path(path)
+    shutil.rmtree(staging_dir(p), ignore_errors=True)
     if p.is_dir():
         if not (p / "metadata.yaml").exists() and any(p.iterdir()):
             raise BagError(f"refusing to delete {p}: it is a non-empty directory but not a rosbag2")

@@ -150,3 +150,24 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
         with bags.BagWriter(copy) as w:
             bags.copy_messages(bag, w, bag.messages())
     assert bags.summarize(copy)["topics"]["/cam"] == {"type": bags.IMAGE_TYPE, "count": 3}
+
+
+@pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
+def test_a_bag_appears_only_when_complete(tmp_path, name):
+    """A writer killed half-way (never closed) leaves no half bag at the path; the next writer of
+    that path, or remove_bag, clears what it left."""
+    path = tmp_path / name
+
+    def killed_writer() -> None:
+        w = bags.BagWriter(path)
+        w.open()
+        w.add_topic("/cam", bags.IMAGE_TYPE)
+        w.write("/cam", 1, bags.image_msg_from_array(bags.make_header(1), _frames(1)[0]))
+
+    killed_writer()
+    assert not path.exists() and bags.staging_dir(path).is_dir()
+    bags.remove_bag(path)
+    assert not bags.staging_dir(path).exists()
+    killed_writer()
+    _write(path, _frames(2))
+    assert bags.summarize(path)["messages"] == 4 and not bags.staging_dir(path).exists()

@@ -33,7 +33,7 @@ from .engines import Done, Engine, Lost, ProgressFn
 from .manifest import Manifest, fingerprint, is_done, utc_now
 from .score import EvalOptions, EvalPart, pair_leftovers
 from .segment import ReplayOptions, ReplayPart, merge_parts, summarize
-from .sources import BagPlan, BagSource, Missing, find_bags, plan_bag
+from .sources import BAG_SUFFIXES, BagPlan, BagSource, Missing, find_bags, plan_bag
 from .tasks import EVAL, REPLAY, PipelineSpec, Task, TaskResult
 
 EngineFactory = Callable[[PipelineSpec, ProgressFn], Engine]
@@ -132,6 +132,11 @@ def _rel_path(out_dir: Path, path: Path) -> str:
     return str(path.relative_to(out_dir))
 
 
+def label_folder_of(label_dir: Path, rel: Path) -> Path:
+    """The label PNGs of the bag ``rel``: ``label_dir/<rel without .mcap / .db3>/``."""
+    return label_dir / (rel.with_suffix("") if rel.suffix in BAG_SUFFIXES else rel)
+
+
 class FleetRunner:
     """Plans and runs one FleetJob on the engine ``make_engine`` builds."""
 
@@ -193,9 +198,7 @@ class FleetRunner:
             raise bags.BagError(f"bag {source.path} has several image topics ({', '.join(plan.topics)}): "
                                 f"choose one with --image-topic")
         options = dataclasses.replace(job.eval, image_topic=plan.topics[0])
-        label_folder = (str(Path(job.eval.label_dir) / source.rel.with_suffix("")
-                            if source.rel.suffix in (".mcap", ".db3") else Path(job.eval.label_dir) / source.rel)
-                        if job.eval.label_dir else None)
+        label_folder = str(label_folder_of(Path(job.eval.label_dir), source.rel)) if job.eval.label_dir else None
         tasks = [Task(f"{source.rel}#{s.index}", str(source.rel), str(source.path), EVAL, s,
                       eval=options, label_folder=label_folder) for s in plan.spans]
         return BagWork(source, plan, tasks)
@@ -285,10 +288,13 @@ class FleetRunner:
         for kind, path in self._outputs(work.source.rel).items():
             if kind == "parts":
                 shutil.rmtree(path, ignore_errors=True)
-            elif kind == "bag":
-                bags.remove_bag(path)
-            else:
+            elif kind != "bag":
                 path.unlink(missing_ok=True)
+            else:
+                try:
+                    bags.remove_bag(path)
+                except bags.BagError as exc:  # something not ours is in the way: leave it, say so
+                    tqdm.write(f"warning: {exc}", file=sys.stderr)
 
     def _finish(self, work: BagWork) -> None:
         results = [work.results[t.key] for t in work.tasks]
