@@ -401,7 +401,9 @@ class BagWriter:
             return
         self._open = False
         self._writer.close()
-        produced = self._dir / f"{self._dir.name}{STORAGE_SUFFIX[self.storage]}" if self.single_file else self._dir
+        produced = self._dir
+        if self.single_file:
+            produced = self._dir / f"{self._dir.name}{STORAGE_SUFFIX[self.storage]}"
         produced.replace(self.path)
         shutil.rmtree(self._staging)
 

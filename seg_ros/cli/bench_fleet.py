@@ -7,9 +7,10 @@ code ``seg-ros replay`` runs), and checks the labels are byte-identical across e
 start-up (workers loading the model), steady frames/s (after start-up), task time per frame,
 idle per bag = (workers x steady wall time - time inside tasks) / bags (what dispatching, result
 transfer, manifest, bookkeeping and the last bags' tail cost a worker slot per bag) and dispatch
-per bag (median of: task submitted -> its result seen by the driver, minus the time inside it). Host-side cost: decoding a
-frame message and encoding + serialising the three outputs at ``--host-size``, which a GPU worker
-still pays on its CPU. Prints a Markdown table; ``--json`` writes the numbers.
+per bag (median of: task submitted -> its result seen by the driver, minus the time inside it).
+Host-side cost: decoding a frame message and encoding + serialising the three outputs at
+``--host-size``, which a GPU worker still pays on its CPU. Prints a Markdown table; ``--json``
+writes the numbers.
 """
 from __future__ import annotations
 
@@ -43,17 +44,20 @@ ENGINES = ("in-process", "in-process-1-thread", "workers", "ray")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-fleet", help="fleet replay frames/s: in-process vs local workers vs Ray")
+    p = sub.add_parser("bench-fleet",
+                       help="fleet replay frames/s: in-process vs local workers vs Ray")
     p.add_argument("--bags", type=int, default=8)
     p.add_argument("--frames", type=int, default=20, help="frames per bag")
-    p.add_argument("--size", type=parse_size, default=(360, 480), help="frame size HxW of the bags")
+    p.add_argument("--size", type=parse_size, default=(360, 480),
+                   help="frame size HxW of the bags")
     p.add_argument("--workers", type=int, default=2, help="local worker processes / Ray actors")
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     p.add_argument("--model", default="ddrnet23_slim")
     p.add_argument("--weights", default="default")
     p.add_argument("--host-size", type=parse_size, default=(1024, 2048),
                    help="frame size of the host-side (decode + encode) cost")
-    p.add_argument("--keep", type=Path, default=None, help="keep the bags and outputs in this folder")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the bags and outputs in this folder")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=run)
 
@@ -63,7 +67,8 @@ def source_frames(n: int, size: tuple[int, int]) -> list[np.ndarray]:
     h, w = size
     files = sorted(CAMVID_VAL.glob("*.png"))[:n] if CAMVID_VAL.is_dir() else []
     if len(files) == n:
-        return [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (w, h), interpolation=cv2.INTER_AREA) for f in files]
+        rgb = [cv2.imread(str(f))[:, :, ::-1] for f in files]
+        return [cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in rgb]
     base = sample_road_image(h, w)
     return [np.roll(base, 13 * i, axis=1) for i in range(n)]
 
@@ -77,7 +82,8 @@ def make_bags(folder: Path, count: int, frames: int, size: tuple[int, int]) -> l
             w.add_topic("/camera/image_raw", bags.IMAGE_TYPE)
             for i in range(frames):
                 stamp = 1_700_000_000 * 10**9 + (b * frames + i) * 10**8
-                msg = bags.image_msg_from_array(bags.make_header(stamp, "camera"), images[b * frames + i])
+                header = bags.make_header(stamp, "camera")
+                msg = bags.image_msg_from_array(header, images[b * frames + i])
                 w.write("/camera/image_raw", stamp, msg)
         paths.append(path)
     return paths
@@ -87,15 +93,20 @@ def factories(workers: int) -> dict[str, tuple[EngineFactory, int]]:
     """Engine factory and worker count per engine; workers get one thread each (2 cores here)."""
     return {
         "in-process": (lambda spec, progress: InProcessEngine(spec, progress), 1),
-        "in-process-1-thread": (lambda spec, progress: InProcessEngine(spec.with_threads(1), progress), 1),
-        "workers": (lambda spec, progress: LocalProcessEngine(spec.with_threads(1), workers, progress), workers),
-        "ray": (lambda spec, progress: RayEngine(spec.with_threads(1), workers, progress), workers),
+        "in-process-1-thread": (
+            lambda spec, progress: InProcessEngine(spec.with_threads(1), progress), 1),
+        "workers": (
+            lambda spec, progress: LocalProcessEngine(spec.with_threads(1), workers, progress),
+            workers),
+        "ray": (
+            lambda spec, progress: RayEngine(spec.with_threads(1), workers, progress), workers),
     }
 
 
 def run_engine(name: str, factory: EngineFactory, workers: int, src: Path, out: Path,
                spec: PipelineSpec, frames: int, bags_n: int) -> dict[str, Any]:
-    job = FleetJob(REPLAY, [str(src)], out, spec, replay=ReplayOptions(("/camera/image_raw",)), overwrite=True)
+    job = FleetJob(REPLAY, [str(src)], out, spec, replay=ReplayOptions(("/camera/image_raw",)),
+                   overwrite=True)
     runner = FleetRunner(job, factory, threading.Event())
     t0 = time.perf_counter()
     outcome = runner.run()
@@ -104,7 +115,8 @@ def run_engine(name: str, factory: EngineFactory, workers: int, src: Path, out: 
     steady = runner.timings["drive_s"]
     return {"engine": name, "workers": workers, "bags_ok": outcome.ok, "frames": outcome.frames,
             "wall_s": wall, "startup_s": runner.timings["startup_s"], "steady_s": steady,
-            "close_s": runner.timings["close_s"], "fps_overall": frames / wall, "fps_steady": frames / steady,
+            "close_s": runner.timings["close_s"], "fps_overall": frames / wall,
+            "fps_steady": frames / steady,
             "task_s": task_s, "task_ms_per_frame": 1e3 * task_s / frames,
             "overhead_s_per_bag": (workers * steady - task_s) / bags_n,
             "dispatch_ms_per_bag": 1e3 * float(np.median(runner.task_overheads_s)),
@@ -141,17 +153,20 @@ def host_cost(size: tuple[int, int], model: str) -> dict[str, Any]:
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()}-core {platform.machine()} CPU, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (f"{os.cpu_count()}-core {platform.machine()} CPU, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| engine | workers | start-up s | close s | wall s | frames/s overall | frames/s steady "
-             "| task ms/frame | idle s/bag | dispatch ms/bag | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | workers | start-up s | close s | wall s | frames/s overall | frames/s "
+             "steady | task ms/frame | idle s/bag | dispatch ms/bag | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['engine']} | {r['workers']} | {r['startup_s']:.1f} | {r['close_s']:.1f} | {r['wall_s']:.1f} | "
-                     f"{r['fps_overall']:.2f} | {r['fps_steady']:.2f} | {r['task_ms_per_frame']:.0f} | "
-                     f"{r['overhead_s_per_bag']:.2f} | {r['dispatch_ms_per_bag']:.0f} | {r['load_avg_1min']:.1f} |")
+        lines.append(f"| {r['engine']} | {r['workers']} | {r['startup_s']:.1f} | "
+                     f"{r['close_s']:.1f} | {r['wall_s']:.1f} | {r['fps_overall']:.2f} | "
+                     f"{r['fps_steady']:.2f} | {r['task_ms_per_frame']:.0f} | "
+                     f"{r['overhead_s_per_bag']:.2f} | {r['dispatch_ms_per_bag']:.0f} | "
+                     f"{r['load_avg_1min']:.1f} |")
     return "\n".join(lines)
 
 
@@ -172,15 +187,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {rows[-1]['fps_steady']:.2f} frames/s steady", flush=True)
     first = next(iter(labels.values()))
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "load_avg": os.getloadavg(),
-              "bags": args.bags, "frames_per_bag": args.frames, "size": list(args.size), "model": args.model,
-              "weights": args.weights, "engines": rows,
+              "bags": args.bags, "frames_per_bag": args.frames, "size": list(args.size),
+              "model": args.model, "weights": args.weights, "engines": rows,
               "labels_identical": all(v == first for v in labels.values()),
               "host_side": host_cost(args.host_size, args.model)}
     print(table(rows))
     print(f"labels byte-identical across engines: {report['labels_identical']}")
     hs = report["host_side"]
-    print(f"host side at {hs['size']}: {hs['ms']['median']:.1f} ms per frame (decode + 3 outputs encoded and "
-          f"serialised; {hs['input_mb']:.1f} MB in, {hs['output_mb']:.1f} MB out)")
+    print(f"host side at {hs['size']}: {hs['ms']['median']:.1f} ms per frame (decode + 3 outputs "
+          f"encoded and serialised; {hs['input_mb']:.1f} MB in, {hs['output_mb']:.1f} MB out)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0 if report["labels_identical"] else 1

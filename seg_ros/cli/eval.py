@@ -27,8 +27,8 @@ from ..fleet.tasks import EVAL
 from ..metrics import BoundaryAccumulator, ConfusionAccumulator, Scores, scores_from_confusion
 from .bag_from_images import IMAGE_SUFFIXES, list_images, read_rgb
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
-from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome, run_fleet,
-                         spec_from_args)
+from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
+                         run_fleet, spec_from_args)
 from .replay import untrained_banner
 
 
@@ -41,16 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--label-suffix", default="", help="label file = image stem + this suffix (e.g. _L)")
     src.add_argument("--bag", type=Path, help="bag with an image topic and a ground-truth label topic")
     src.add_argument("--image-topic", default=None,
-                     help="image topic (many bags: default the bag's only image topic besides the labels)")
+                     help="image topic (many bags: default the bag's only image topic besides the "
+                          "labels)")
     src.add_argument("--label-topic", default=None, help="ground-truth label topic in the bag(s)")
-    many = p.add_argument_group("many bags: BAG ... --out FOLDER with --label-topic or --label-dir")
+    many = p.add_argument_group("many bags: BAG ... --out FOLDER, --label-topic or --label-dir")
     many.add_argument("inputs", nargs="*", metavar="BAG",
                       help="bags, folders (searched recursively) or globs to score")
-    many.add_argument("--out", type=Path, default=None, help="output folder of a run over many bags")
+    many.add_argument("--out", type=Path, default=None,
+                      help="output folder of a run over many bags")
     many.add_argument("--label-dir", type=Path, default=None,
-                      help="label folders: OUT-style mirror of the bags, <label-dir>/<bag without suffix>/"
+                      help="label folders mirroring the bags: <label-dir>/<bag without suffix>/"
                            "<header stamp ns>.png")
-    many.add_argument("--overwrite", action="store_true", help="start again in an --out that has a manifest")
+    many.add_argument("--overwrite", action="store_true",
+                      help="start again in an --out that has a manifest")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     p.add_argument("--ignore-id", type=int, default=None, help="override the classes file's ignore id")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
@@ -76,7 +79,8 @@ def folder_pairs(images: Path, labels: Path, suffix: str, skipped: list[str]) ->
         if lab is None:
             skipped.append(f"{img.name}: no label file {img.stem + suffix}.* in {labels}")
             continue
-        pairs.append((img.name, lambda img=img, lab=lab: (read_rgb(img), "rgb", read_label_png(lab))))
+        pairs.append((img.name, lambda img=img, lab=lab: (read_rgb(img), "rgb",
+                                                          read_label_png(lab))))
     return pairs
 
 
@@ -155,14 +159,15 @@ def run_many(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("a run over many bags needs --out FOLDER")
     if bool(args.label_topic) == bool(args.label_dir):
-        raise ConfigError("give the ground truth of the bags: --label-topic TOPIC or --label-dir DIR")
+        raise ConfigError("give the ground truth of the bags: --label-topic TOPIC or "
+                          "--label-dir DIR")
     if args.boundary_f or args.json or args.figure:
-        raise ConfigError("--boundary-f, --json and --figure are for one bag or folder; a run over many "
-                          "bags writes OUT/eval_report.json, .md and .png")
+        raise ConfigError("--boundary-f, --json and --figure are for one bag or folder; a run over "
+                          "many bags writes OUT/eval_report.json, .md and .png")
     if args.chunk_frames and args.max_images:
         raise ConfigError("--max-images and --chunk-frames cannot be combined")
-    options = EvalOptions(args.image_topic, args.label_topic,
-                          str(args.label_dir.absolute()) if args.label_dir else None, args.ignore_id,
+    label_dir = str(args.label_dir.absolute()) if args.label_dir else None
+    options = EvalOptions(args.image_topic, args.label_topic, label_dir, args.ignore_id,
                           args.max_images)
     job = FleetJob(EVAL, args.inputs, args.out.absolute(), spec_from_args(args), eval=options,
                    list_file=args.bag_list, chunk_frames=args.chunk_frames, resume=args.resume,
@@ -170,7 +175,8 @@ def run_many(args: argparse.Namespace) -> int:
     outcome = run_fleet(job, args)
     if "json" in outcome.reports:
         rep = json.loads(outcome.reports["json"].read_text())
-        print_table(scores_from_confusion(np.asarray(rep["confusion"])), rep["class_names"], rep["images"])
+        scores = scores_from_confusion(np.asarray(rep["confusion"]))
+        print_table(scores, rep["class_names"], rep["images"])
     print_outcome(outcome, "eval")
     return outcome.exit_code
 
@@ -201,14 +207,16 @@ def run_single(args: argparse.Namespace) -> int:
     boundary = BoundaryAccumulator(args.boundary_tolerance, ignore, len(names)) if args.boundary_f else None
     refiner = refiner_from_args(args, pipe)  # --crf: the refined labels are scored
     if use_bag:
-        options = EvalOptions(args.image_topic, args.label_topic, ignore_id=ignore, max_frames=args.max_images)
+        options = EvalOptions(args.image_topic, args.label_topic, ignore_id=ignore,
+                              max_frames=args.max_images)
         with tqdm(desc="eval", unit="img", disable=None) as bar:
             part = eval_bag(args.bag, pipe, options, refiner=refiner, boundary=boundary,
                             control=Control(bar.update))
         acc, skipped = part.acc, part.skipped
     else:
         skipped = []
-        pairs = folder_pairs(args.images, args.labels, args.label_suffix, skipped)[: args.max_images]
+        pairs = folder_pairs(args.images, args.labels, args.label_suffix, skipped)
+        pairs = pairs[: args.max_images]
         acc = ConfusionAccumulator(len(names), ignore)
         score_pairs(tqdm(pairs, desc="eval", unit="img", disable=None), pipe, refiner, acc, boundary,
                     skipped, args.max_images)

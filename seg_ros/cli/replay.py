@@ -27,9 +27,11 @@ from ..fleet.segment import OUTPUT_SUFFIXES, ReplayOptions, latency_summary, rep
 from ..fleet.sources import is_single_bag, plan_bag
 from ..fleet.tasks import REPLAY
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
-from .fleet_args import add_fleet_args, check_fleet_args, fleet_requested, print_outcome, run_fleet, spec_from_args
+from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
+                         run_fleet, spec_from_args)
 
-__all__ = ["OUTPUT_SUFFIXES", "VideoSink", "format_latency", "latency_summary", "replay", "untrained_banner"]
+__all__ = ["OUTPUT_SUFFIXES", "VideoSink", "format_latency", "latency_summary", "replay",
+           "untrained_banner"]
 
 
 def format_latency(lat: dict[str, float | None]) -> str:
@@ -82,11 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="segment every image of a rosbag2 into a new bag",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="BAG",
-                   help="input rosbag2: directory, .mcap or .db3; several, folders (searched recursively) "
-                        "or globs make a fleet run")
+                   help="input rosbag2: directory, .mcap or .db3; several, folders (searched "
+                        "recursively) or globs make a fleet run")
     p.add_argument("--out", type=Path, required=True,
-                   help="output bag: NAME.mcap / NAME.db3 (one file) or a directory name; for a fleet "
-                        "run the output folder")
+                   help="output bag: NAME.mcap / NAME.db3 (one file) or a directory name; for a "
+                        "fleet run the output folder")
     p.add_argument("--topic", dest="topics", action="append", default=None,
                    help="image topic to segment (repeatable; default: every Image/CompressedImage topic)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default=None, help="storage of a directory output")
@@ -111,13 +113,14 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
     """Copy ``bag_path`` to ``out_path`` adding the segmentation topics (seg_ros.fleet.segment),
     with a progress bar; returns the summary. With a CRF ``refiner`` the refined outputs go to
     ``<topic>/<suffix>_refined`` (or replace the raw ones)."""
-    options = ReplayOptions(tuple(topics) if topics else None, max_frames, alpha, storage, overwrite,
-                            crf_replaces_labels)
+    options = ReplayOptions(tuple(topics) if topics else None, max_frames, alpha, storage,
+                            overwrite, crf_replaces_labels)
     total = plan_bag(bag_path, options.topics, None, max_frames).frames
     with tqdm(total=total, desc="replay", unit="frame", disable=None) as bar:
         part = replay_bag(bag_path, out_path, pipe, options, refiner=refiner, video=video,
                           control=Control(bar.update))
-    return summarize([part], str(out_path), pipe.describe(), pipe.trained, getattr(refiner, "mode", "off"))
+    crf = getattr(refiner, "mode", "off")
+    return summarize([part], str(out_path), pipe.describe(), pipe.trained, crf)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -177,8 +180,9 @@ def run_many(args: argparse.Namespace) -> int:
                           "OUT/<bag>.summary.json per bag and OUT/replay_summary.json")
     if args.chunk_frames and args.max_frames:
         raise ConfigError("--max-frames and --chunk-frames cannot be combined")
-    options = ReplayOptions(tuple(args.topics) if args.topics else None, args.max_frames, args.alpha,
-                            args.storage, args.overwrite, args.crf_replaces_labels)
+    topics = tuple(args.topics) if args.topics else None
+    options = ReplayOptions(topics, args.max_frames, args.alpha, args.storage, args.overwrite,
+                            args.crf_replaces_labels)
     job = FleetJob(REPLAY, args.inputs, args.out.absolute(), spec_from_args(args), replay=options,
                    list_file=args.bag_list, chunk_frames=args.chunk_frames, resume=args.resume,
                    overwrite=args.overwrite, attempts=1 + args.retries)

@@ -101,12 +101,13 @@ class InProcessEngine:
 # -- local processes ---------------------------------------------------------------------------
 def _process_main(conn: Any, spec: PipelineSpec, stop: Any) -> None:
     """A local worker process: load the pipeline once, then run the tasks sent over ``conn``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and tells us via ``stop``
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, tells us by ``stop``
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _spawn until ignored
     try:
         worker = Worker(spec)
     except Exception as exc:
-        conn.send(("error", f"{exc}" if isinstance(exc, SegRosError) else f"{type(exc).__name__}: {exc}"))
+        reason = str(exc) if isinstance(exc, SegRosError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("error", reason))
         return
     conn.send(("ready", worker.name))
     while True:
@@ -216,8 +217,8 @@ class LocalProcessEngine:
         if not slot.ready:
             raise EngineError(f"a worker process died while loading the pipeline "
                               f"({exit_reason(slot.process.exitcode)})")
-        lost = [Lost(slot.task.key, f"worker process {slot.name} died "
-                                    f"({exit_reason(slot.process.exitcode)})")] if slot.task else []
+        reason = f"worker process {slot.name} died ({exit_reason(slot.process.exitcode)})"
+        lost = [Lost(slot.task.key, reason)] if slot.task else []
         slot.conn.close()
         self.slots[i] = self._spawn()
         return lost
@@ -241,7 +242,7 @@ class LocalProcessEngine:
         self.slots = []
 
 
-# -- Ray -------------------------------------------------------------------------------------------
+# -- Ray ---------------------------------------------------------------------------------------
 class RayWorker:
     """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag. Threaded
     (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works."""
@@ -276,14 +277,16 @@ class RayWorker:
 
     def run(self, task: Task) -> TaskResult:
         assert self.worker is not None
-        return self.worker.run(task, Control(self._add, self.stop_flag.is_set, PROGRESS_INTERVAL_S))
+        control = Control(self._add, self.stop_flag.is_set, PROGRESS_INTERVAL_S)
+        return self.worker.run(task, control)
 
 
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("--ray / --ray-address need the 'ray' package: pip install 'seg_ros[ray]'") from None
+        raise ConfigError("--ray / --ray-address need the 'ray' package: "
+                          "pip install 'seg_ros[ray]'") from None
     return ray
 
 
@@ -302,7 +305,8 @@ class RayEngine:
     name = "Ray"
 
     def __init__(self, spec: PipelineSpec, workers: int | None, on_progress: ProgressFn, *,
-                 address: str | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
+                 address: str | None = None, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0) -> None:
         self.ray = import_ray()
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -314,10 +318,15 @@ class RayEngine:
         self.actors: list[_Actor] = []
         self.started_ray = False
         self.last_progress = 0.0
-        self.startup_s = 0.0
+        self._cls: Any = None
 
-    def _actor_class(self) -> Any:
-        return self.ray.remote(RayWorker).options(num_cpus=self.cpus, num_gpus=self.gpus, max_concurrency=4)
+    def _new_actor(self) -> Any:
+        """A RayWorker actor: it reserves the worker's CPUs / GPUs; threaded, so progress and
+        stop calls are answered while a task runs."""
+        if self._cls is None:
+            self._cls = self.ray.remote(RayWorker).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                           max_concurrency=4)
+        return self._cls.remote(self.spec)
 
     def _worker_count(self) -> int:
         if self.workers is not None:
@@ -327,7 +336,8 @@ class RayEngine:
         if self.gpus > 0:
             n = min(n, int(res.get("GPU", 0) // self.gpus))
         if n < 1:
-            raise EngineError(f"the Ray cluster has no room for one worker ({self.cpus} CPU, {self.gpus} GPU): {res}")
+            raise EngineError(f"the Ray cluster has no room for one worker ({self.cpus} CPU, "
+                              f"{self.gpus} GPU): {res}")
         return n
 
     def _connect(self) -> None:
@@ -336,23 +346,21 @@ class RayEngine:
             return
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.WARNING}
-        if self.address is None:  # a local Ray: just the CPUs the workers reserve, else all of them
+        if self.address is None:  # a local Ray: the CPUs the workers reserve, else all of them
             need = self.workers * self.cpus if self.workers else os.cpu_count() or 1
             kwargs["num_cpus"] = max(1, math.ceil(need))
         try:
             ray.init(address=self.address or "local", **kwargs)
         except Exception as exc:
-            raise EngineError(f"cannot start or reach Ray ({self.address or 'local'}): {exc}") from None
+            where = self.address or "local"
+            raise EngineError(f"cannot start or reach Ray ({where}): {exc}") from None
         self.started_ray = True
 
     def start(self) -> None:
-        t0 = time.perf_counter()
         self._connect()
-        cls = self._actor_class()
-        self.actors = [_Actor(cls.remote(self.spec)) for _ in range(self._worker_count())]
+        self.actors = [_Actor(self._new_actor()) for _ in range(self._worker_count())]
         for actor in self.actors:
             self._await_ready(actor)
-        self.startup_s = time.perf_counter() - t0
 
     def _await_ready(self, actor: _Actor) -> None:
         try:
@@ -397,11 +405,11 @@ class RayEngine:
             self.ray.kill(actor.handle)
         except Exception:
             pass
-        actor.handle = self._actor_class().remote(self.spec)
+        actor.handle = self._new_actor()
         self._await_ready(actor)
 
     def _collect_progress(self, busy: list[_Actor]) -> None:
-        """Frame counts of the busy actors since the last call (a dead actor's are lost with it)."""
+        """Frame counts of the busy actors since the last call (a dead actor's die with it)."""
         self.last_progress = time.monotonic()
         asks = {actor.handle.frames.remote(): actor for actor in busy}
         answered, _ = self.ray.wait(list(asks), num_returns=len(asks), timeout=2.0)

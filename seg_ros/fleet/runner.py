@@ -61,7 +61,8 @@ class FleetJob:
         that tells --resume whether a finished bag still counts."""
         spec = self.spec.settings()
         spec["pipeline"] = {k: v for k, v in spec["pipeline"].items() if k != "num_threads"}
-        options = dataclasses.asdict(self.replay if self.kind == REPLAY else self.eval)  # type: ignore[arg-type]
+        chosen = self.replay if self.kind == REPLAY else self.eval
+        options = dataclasses.asdict(chosen) if chosen is not None else {}
         options.pop("overwrite", None)
         return {"kind": self.kind, "spec": spec, "options": options}
 
@@ -140,7 +141,8 @@ def label_folder_of(label_dir: Path, rel: Path) -> Path:
 class FleetRunner:
     """Plans and runs one FleetJob on the engine ``make_engine`` builds."""
 
-    def __init__(self, job: FleetJob, make_engine: EngineFactory, stop: threading.Event | None = None) -> None:
+    def __init__(self, job: FleetJob, make_engine: EngineFactory,
+                 stop: threading.Event | None = None) -> None:
         if job.kind not in (REPLAY, EVAL):
             raise ConfigError(f"unknown fleet job kind {job.kind!r}")
         self.job = job
@@ -154,15 +156,17 @@ class FleetRunner:
         self.losses: Counter[str] = Counter()  # worker deaths per task
         self.closed = 0  # bags finished (ok or failed) in this run
         self.bar: Any = None
-        self.timings: dict[str, float] = {}  # engine start-up, running the tasks, closing (benchmarks)
-        self.task_overheads_s: list[float] = []  # per task: submit -> result seen, minus time inside it
+        # for benchmarks: engine start-up / running the tasks / closing, and per task the time from
+        # submitting it to seeing its result minus the time inside it (dispatch overhead)
+        self.timings: dict[str, float] = {}
+        self.task_overheads_s: list[float] = []
 
     # -- set-up ------------------------------------------------------------------------------
     def _prepare_out(self) -> dict[str, dict[str, Any]]:
         """Check the output folder against --resume / --overwrite; the entries to resume from."""
         if self.manifest.exists() and not (self.job.resume or self.job.overwrite):
-            raise ConfigError(f"{self.manifest.path} exists: pass --resume to continue that run or "
-                              f"--overwrite to start again")
+            raise ConfigError(f"{self.manifest.path} exists: pass --resume to continue that run "
+                              f"or --overwrite to start again")
         if self.job.overwrite and not self.job.resume:
             self.manifest.reset()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -176,31 +180,43 @@ class FleetRunner:
 
     def _plan(self, source: BagSource) -> BagWork:
         """Open the bag's metadata, choose topics, cut chunks, make its tasks (BagError if bad)."""
+        return self._plan_replay(source) if self.job.kind == REPLAY else self._plan_eval(source)
+
+    def _plan_replay(self, source: BagSource) -> BagWork:
+        job, out = self.job, self._outputs(source.rel)
+        assert job.replay is not None
+        if out["bag"].exists() and not (job.resume or job.overwrite):
+            raise bags.BagError(f"output bag {out['bag']} exists already (pass --overwrite or "
+                                f"--resume)")
+        plan = plan_bag(source.path, job.replay.topics, job.chunk_frames, job.replay.max_frames)
+        options = dataclasses.replace(job.replay, topics=plan.topics, overwrite=True)
+        if len(plan.spans) == 1:
+            task = Task(f"{source.rel}#0", str(source.rel), str(source.path), REPLAY,
+                        plan.spans[0], output=str(out["bag"]), replay=options)
+            return BagWork(source, plan, [task])
+        part = dataclasses.replace(options, storage=None)  # chunks: .mcap parts, merged later
+        tasks = [Task(f"{source.rel}#{s.index}", str(source.rel), str(source.path), REPLAY, s,
+                      output=str(out["parts"] / f"part-{s.index:05d}.mcap"), replay=part)
+                 for s in plan.spans]
+        return BagWork(source, plan, tasks)
+
+    def _plan_eval(self, source: BagSource) -> BagWork:
         job = self.job
-        if job.kind == REPLAY:
-            assert job.replay is not None
-            out = self._outputs(source.rel)
-            if out["bag"].exists() and not (job.resume or job.overwrite):
-                raise bags.BagError(f"output bag {out['bag']} exists already (pass --overwrite or --resume)")
-            plan = plan_bag(source.path, job.replay.topics, job.chunk_frames, job.replay.max_frames)
-            options = dataclasses.replace(job.replay, topics=plan.topics, overwrite=True)
-            chunked = len(plan.spans) > 1
-            tasks = [Task(f"{source.rel}#{s.index}", str(source.rel), str(source.path), REPLAY, s,
-                          output=str(out["parts"] / f"part-{s.index:05d}.mcap" if chunked else out["bag"]),
-                          replay=dataclasses.replace(options, storage=None) if chunked else options)
-                     for s in plan.spans]
-            return BagWork(source, plan, tasks)
         assert job.eval is not None
         given = [job.eval.image_topic] if job.eval.image_topic else None
+        labels = [job.eval.label_topic] if job.eval.label_topic else []
         plan = plan_bag(source.path, given, job.chunk_frames, job.eval.max_frames,
-                        not_images=[job.eval.label_topic] if job.eval.label_topic else [])
+                        not_images=labels)
         if len(plan.topics) > 1:
-            raise bags.BagError(f"bag {source.path} has several image topics ({', '.join(plan.topics)}): "
-                                f"choose one with --image-topic")
+            raise bags.BagError(f"bag {source.path} has several image topics "
+                                f"({', '.join(plan.topics)}): choose one with --image-topic")
         options = dataclasses.replace(job.eval, image_topic=plan.topics[0])
-        label_folder = str(label_folder_of(Path(job.eval.label_dir), source.rel)) if job.eval.label_dir else None
+        folder = None
+        if job.eval.label_dir:
+            folder = label_folder_of(Path(job.eval.label_dir), source.rel)
         tasks = [Task(f"{source.rel}#{s.index}", str(source.rel), str(source.path), EVAL, s,
-                      eval=options, label_folder=label_folder) for s in plan.spans]
+                      eval=options, label_folder=str(folder) if folder else None)
+                 for s in plan.spans]
         return BagWork(source, plan, tasks)
 
     # -- manifest entries ------------------------------------------------------------------------
@@ -208,7 +224,8 @@ class FleetRunner:
                outputs: Sequence[Path] = (), error: str | None = None, work: BagWork | None = None,
                **extra: Any) -> dict[str, Any]:
         entry = {"bag": rel, "input": input_, "status": status, "frames": int(frames),
-                 "seconds": round(float(seconds), 3), "outputs": [_rel_path(self.out, p) for p in outputs],
+                 "seconds": round(float(seconds), 3),
+                 "outputs": [_rel_path(self.out, p) for p in outputs],
                  "error": error, "retries": work.lost if work else 0,
                  "chunks": len(work.tasks) if work else 0,
                  "workers": sorted({r.worker for r in work.results.values()}) if work else [],
@@ -219,9 +236,10 @@ class FleetRunner:
     def _record(self, entry: dict[str, Any]) -> None:
         self.manifest.append(entry)
         if entry["status"] != "ok":
-            tqdm.write(f"failed: {entry['bag']}: {entry['error']}", file=sys.stderr)
+            line = f"failed: {entry['bag']}: {entry['error']}"
         else:
-            tqdm.write(f"ok: {entry['bag']} ({entry['frames']} frames, {entry['seconds']:.1f} s)", file=sys.stderr)
+            line = f"ok: {entry['bag']} ({entry['frames']} frames, {entry['seconds']:.1f} s)"
+        tqdm.write(line, file=sys.stderr)
 
     # -- progress -------------------------------------------------------------------------------
     def _progress(self, key: str, n: int) -> None:
@@ -279,8 +297,8 @@ class FleetRunner:
         work.closed = True
         self._remove_outputs(work)
         seconds = sum(r.seconds for r in work.results.values())
-        self._record(self._entry(work.rel, str(work.source.path), "failed", frames=work.plan.frames,
-                                 seconds=seconds, error=error, work=work))
+        self._record(self._entry(work.rel, str(work.source.path), "failed",
+                                 frames=work.plan.frames, seconds=seconds, error=error, work=work))
         self._settle_bar(work)
 
     def _remove_outputs(self, work: BagWork) -> None:
@@ -298,7 +316,10 @@ class FleetRunner:
 
     def _finish(self, work: BagWork) -> None:
         results = [work.results[t.key] for t in work.tasks]
-        entry = self._finish_replay(work, results) if self.job.kind == REPLAY else self._finish_eval(work, results)
+        if self.job.kind == REPLAY:
+            entry = self._finish_replay(work, results)
+        else:
+            entry = self._finish_eval(work, results)
         work.closed = True
         self._record(entry)
         self._settle_bar(work)
@@ -308,10 +329,11 @@ class FleetRunner:
         out = self._outputs(work.source.rel)
         parts: list[ReplayPart] = [r.part for r in results]  # type: ignore[misc]
         if work.chunked:
-            merge_parts([Path(str(t.output)) for t in work.tasks], out["bag"], self.job.replay.storage,
-                        overwrite=True)
+            merge_parts([Path(str(t.output)) for t in work.tasks], out["bag"],
+                        self.job.replay.storage, overwrite=True)
             shutil.rmtree(out["parts"], ignore_errors=True)
-        summary = summarize(parts, str(out["bag"]), results[0].pipeline, results[0].trained, self.job.spec.crf)
+        summary = summarize(parts, str(out["bag"]), results[0].pipeline, results[0].trained,
+                            self.job.spec.crf)
         summary.update(bag=work.rel, elapsed_s=sum(r.seconds for r in results))
         out["summary"].write_text(json.dumps(summary, indent=2))
         ok = bool(summary["segmented"]) or not summary["frames"]
@@ -330,18 +352,20 @@ class FleetRunner:
         acc.images = sum(p.acc.images for p in parts)
         skipped = [s for p in parts for s in p.skipped]
         if work.chunked:
-            pair_leftovers(parts, acc, skipped, work.tasks[0].eval.image_topic, self.job.eval.label_topic)
+            image_topic = str(work.plan.topics[0])
+            pair_leftovers(parts, acc, skipped, image_topic, self.job.eval.label_topic)
         frames = sum(p.frames for p in parts)
         seconds = sum(r.seconds for r in results)
         if acc.images == 0:
-            return self._entry(work.rel, str(work.source.path), "failed", frames=frames, seconds=seconds,
-                               error="no image could be scored: " + ("; ".join(skipped[:3]) or "no data"),
+            why = "; ".join(skipped[:3]) or "no data"
+            return self._entry(work.rel, str(work.source.path), "failed", frames=frames,
+                               seconds=seconds, error=f"no image could be scored: {why}",
                                work=work)
         rep = acc.scores().to_dict(results[0].class_names)
-        rep.update({"bag": work.rel, "input": str(work.source.path), "images": acc.images, "frames": frames,
-                    "skipped": skipped, "ignore_id": first.ignore_id, "model": results[0].pipeline,
-                    "trained": results[0].trained, "crf": self.job.spec.crf,
-                    "image_topic": work.tasks[0].eval.image_topic})
+        rep.update({"bag": work.rel, "input": str(work.source.path), "images": acc.images,
+                    "frames": frames, "skipped": skipped, "ignore_id": first.ignore_id,
+                    "model": results[0].pipeline, "trained": results[0].trained,
+                    "crf": self.job.spec.crf, "image_topic": work.plan.topics[0]})
         path = self._outputs(work.source.rel)["report"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rep, indent=2))
@@ -349,7 +373,7 @@ class FleetRunner:
                            outputs=[path], work=work, images=acc.images, miou=rep["miou"],
                            pixel_accuracy=rep["pixel_accuracy"])
 
-    # -- the loop ------------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------
     def _drive(self, engine: Engine, works: list[BagWork]) -> None:
         pending = deque(t for w in works for t in w.tasks)
         running: dict[str, Task] = {}
@@ -357,8 +381,9 @@ class FleetRunner:
         deadline: float | None = None
         while pending or running:
             if self.stop.is_set() and deadline is None:
-                tqdm.write("stopping: running bags are abandoned, finished ones stay in the manifest "
-                           "(continue with --resume; Ctrl-C again to abort at once)", file=sys.stderr)
+                tqdm.write("stopping: running bags are abandoned, finished ones stay in the "
+                           "manifest (continue with --resume; Ctrl-C again to abort at once)",
+                           file=sys.stderr)
                 engine.stop()
                 pending.clear()
                 deadline = time.monotonic() + STOP_GRACE_S
@@ -373,12 +398,14 @@ class FleetRunner:
             for event in engine.poll(0.2):
                 if isinstance(event, Done):
                     running.pop(event.result.key, None)
-                    self.task_overheads_s.append(time.perf_counter() - submitted.pop(event.result.key)
-                                                 - event.result.seconds)
+                    waited = time.perf_counter() - submitted.pop(event.result.key)
+                    self.task_overheads_s.append(waited - event.result.seconds)
                     self._on_result(event.result)
                 elif isinstance(event, Lost):
                     task = running.pop(event.key)
-                    if not self.stop.is_set() and (again := self._on_lost(task, event.error)) is not None:
+                    if self.stop.is_set():
+                        continue  # stopping: the task is simply not done
+                    if (again := self._on_lost(task, event.error)) is not None:
                         pending.appendleft(again)
 
     def run(self) -> FleetOutcome:
@@ -395,7 +422,8 @@ class FleetRunner:
             try:
                 works.append(self._plan(source))
             except bags.BagError as exc:
-                self._record(self._entry(str(source.rel), str(source.path), "failed", error=str(exc)))
+                self._record(self._entry(str(source.rel), str(source.path), "failed",
+                                         error=str(exc)))
         self.works = {w.rel: w for w in works}
         if works:
             self._run_engine(works)
@@ -403,11 +431,13 @@ class FleetRunner:
         for work in works:
             if not work.closed:
                 self._remove_outputs(work)
-        return self._outcome(sources, missing, len(sources) - len(todo), interrupted, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        return self._outcome(sources, missing, len(sources) - len(todo), interrupted, wall)
 
     def _run_engine(self, works: list[BagWork]) -> None:
         total = sum(w.plan.frames for w in works)
-        self.bar = tqdm(total=total, desc=self.job.kind, unit="frame", disable=None, file=sys.stderr)
+        self.bar = tqdm(total=total, desc=self.job.kind, unit="frame", disable=None,
+                        file=sys.stderr)
         self.bar.set_postfix_str(f"bags 0/{len(works)}")
         engine = self.make_engine(self.job.spec, self._progress)
         try:
@@ -422,8 +452,8 @@ class FleetRunner:
             self.timings["close_s"] = time.perf_counter() - t2
             self.bar.close()
 
-    def _outcome(self, sources: list[BagSource], missing: list[Missing], skipped: int, interrupted: bool,
-                 wall_s: float) -> FleetOutcome:
+    def _outcome(self, sources: list[BagSource], missing: list[Missing], skipped: int,
+                 interrupted: bool, wall_s: float) -> FleetOutcome:
         entries = self.manifest.entries()
         names = [str(s.rel) for s in sources] + [m.text for m in missing]
         final = [entries[n] for n in names if n in entries]
@@ -435,7 +465,8 @@ class FleetRunner:
             outcome.reports = self._write_summary(ok, failed)
         return outcome
 
-    def _write_summary(self, ok: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Path]:
+    def _write_summary(self, ok: list[dict[str, Any]],
+                       failed: list[dict[str, Any]]) -> dict[str, Path]:
         """The run's overall files: replay_summary.json, or eval_report.json / .md / .png."""
         if self.job.kind == EVAL:
             if not ok:
@@ -445,7 +476,8 @@ class FleetRunner:
         seconds = sum(e["seconds"] for e in ok)
         frames = sum(e.get("segmented", 0) for e in ok)
         summary = {"bags": len(ok) + len(failed), "ok": len(ok), "failed": len(failed),
-                   "frames": sum(e["frames"] for e in ok), "segmented": frames, "task_seconds": seconds,
+                   "frames": sum(e["frames"] for e in ok), "segmented": frames,
+                   "task_seconds": seconds,
                    "frames_per_task_second": frames / seconds if seconds > 0 else None,
                    "failed_bags": [{"bag": e["bag"], "error": e["error"]} for e in failed]}
         path = self.out / "replay_summary.json"

@@ -22,7 +22,8 @@ from .control import NO_CONTROL, Control
 from .sources import WHOLE, Span
 
 # (name, load) where load() -> (image, color order, ground truth); it may raise InputError
-Pair = tuple[str, Callable[[], tuple[np.ndarray, str, np.ndarray]]]
+Loader = Callable[[], tuple[np.ndarray, str, np.ndarray]]
+Pair = tuple[str, Loader]
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ def read_label_png(path: Path) -> np.ndarray:
     if lab is None:
         raise InputError("unreadable_label", f"label file {path} cannot be read")
     if lab.ndim != 2:
-        raise InputError("bad_label", f"label file {path} has {lab.shape[2]} channels; expected one channel "
-                                      f"of class ids (colour-coded labels must be converted first)")
+        raise InputError("bad_label", f"label file {path} has {lab.shape[2]} channels; expected "
+                                      f"one channel of class ids (colour-coded labels must be "
+                                      f"converted first)")
     return lab
 
 
@@ -73,7 +75,8 @@ def check_sizes(gt: np.ndarray, image_hw: tuple[int, ...]) -> None:
 
 
 def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAccumulator,
-                boundary: BoundaryAccumulator | None, skipped: list[str], limit: int | None = None) -> None:
+                boundary: BoundaryAccumulator | None, skipped: list[str],
+                limit: int | None = None) -> None:
     """Segment and score each (image, ground truth) pair; a bad pair is skipped with its reason."""
     for name, load in pairs:
         if limit and acc.images >= limit:
@@ -97,10 +100,11 @@ class BagGroundTruth:
     """The image messages of one bag (span) with their ground truth, as scoring pairs. Counts
     the image messages read (``frames``) and reports them to ``control``."""
 
-    def __init__(self, bag: bags.BagReader, image_topic: str, skipped: list[str], span: Span = WHOLE,
-                 control: Control = NO_CONTROL) -> None:
+    def __init__(self, bag: bags.BagReader, image_topic: str, skipped: list[str],
+                 span: Span = WHOLE, control: Control = NO_CONTROL) -> None:
         bag.select_topics([image_topic], image_only=True)
-        self.bag, self.image_topic, self.skipped, self.span, self.control = bag, image_topic, skipped, span, control
+        self.bag, self.image_topic, self.skipped = bag, image_topic, skipped
+        self.span, self.control = span, control
         self.frames = 0
         self.unpaired_images: dict[int, tuple[np.ndarray, str]] = {}
         self.unpaired_gt: dict[int, np.ndarray] = {}
@@ -130,7 +134,8 @@ class BagGroundTruth:
         ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks."""
         self.bag.select_topics([label_topic])
         pending_img, pending_lab = self.unpaired_images, self.unpaired_gt
-        for m in self.bag.messages([self.image_topic, label_topic], self.span.start, self.span.stop):
+        topics = [self.image_topic, label_topic]
+        for m in self.bag.messages(topics, self.span.start, self.span.stop):
             got = self._decode(m)
             if got is None:
                 continue
@@ -151,8 +156,8 @@ class BagGroundTruth:
                 yield f"stamp {stamp}", _loaded(image, order, pending_lab.pop(stamp))
         if not keep_unpaired:
             for stamp in sorted(pending_img):
-                self.skipped.append(f"{self.image_topic} stamp {stamp}: no label message with that "
-                                    f"stamp on {label_topic}")
+                self.skipped.append(f"{self.image_topic} stamp {stamp}: no label message with "
+                                    f"that stamp on {label_topic}")
             pending_img.clear()
 
     def from_folder(self, label_folder: Path) -> Iterator[Pair]:
@@ -171,17 +176,18 @@ class BagGroundTruth:
             yield f"stamp {got[0]}", _from_file(*image, label)
 
 
-def _loaded(image: np.ndarray, order: str, gt: np.ndarray) -> Callable[[], tuple[np.ndarray, str, np.ndarray]]:
+def _loaded(image: np.ndarray, order: str, gt: np.ndarray) -> Loader:
     return lambda: (image, order, gt)
 
 
-def _from_file(image: np.ndarray, order: str, label: Path) -> Callable[[], tuple[np.ndarray, str, np.ndarray]]:
+def _from_file(image: np.ndarray, order: str, label: Path) -> Loader:
     return lambda: (image, order, read_label_png(label))
 
 
 def eval_bag(bag_path: Path, pipe: Any, options: EvalOptions, *, refiner: Any = None,
              boundary: BoundaryAccumulator | None = None, label_folder: Path | None = None,
-             span: Span = WHOLE, keep_unpaired: bool = False, control: Control = NO_CONTROL) -> EvalPart:
+             span: Span = WHOLE, keep_unpaired: bool = False,
+             control: Control = NO_CONTROL) -> EvalPart:
     """Score the model on one bag (or the ``span`` of it). Ground truth: ``options.label_topic``,
     else the PNGs in ``label_folder``. With ``keep_unpaired`` (chunks), images whose label message
     is not in the span are predicted and returned with the labels left without image."""
@@ -218,7 +224,8 @@ def pair_leftovers(parts: Iterable[EvalPart], acc: ConfusionAccumulator, skipped
         gts.update(p.unpaired_gt)
     for stamp in sorted(preds):
         if stamp not in gts:
-            skipped.append(f"{image_topic} stamp {stamp}: no label message with that stamp on {label_topic}")
+            skipped.append(f"{image_topic} stamp {stamp}: no label message with that stamp on "
+                           f"{label_topic}")
             continue
         try:
             acc.add(gts[stamp], preds[stamp])

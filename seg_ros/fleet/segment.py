@@ -62,8 +62,9 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
     if not len(values_ms):
         return {k: None for k in ("mean", "p50", "p90", "p99", "max")}
     a = np.asarray(values_ms, dtype=np.float64)
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "max": float(a.max())}
 
 
 def output_suffixes(refiner: Any, crf_replaces_labels: bool) -> tuple[str, ...]:
@@ -86,7 +87,8 @@ def segment_message(bag: bags.BagReader, m: bags.BagMessage, pipe: Any, refiner:
     """The output messages of one image message and the overlay shown (InputError when bad)."""
     msg = bag.deserialize(m)
     image, order = bags.decode_image_msg(msg, m.msgtype, pipe.config.max_input_pixels)
-    res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha, keep_scores=refiner is not None)
+    res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha,
+               keep_scores=refiner is not None)
     outs = output_messages(msg.header, res)
     if refiner is not None:
         res = pipe.refine(res, refiner, color=True, overlay=True, overlay_alpha=alpha)
@@ -94,8 +96,9 @@ def segment_message(bag: bags.BagReader, m: bags.BagMessage, pipe: Any, refiner:
     return outs, res.overlay
 
 
-def replay_bag(bag_path: Path, out_path: Path, pipe: Any, options: ReplayOptions = ReplayOptions(), *,
-               refiner: Any = None, video: OverlaySink | None = None, span: Span = WHOLE,
+def replay_bag(bag_path: Path, out_path: Path, pipe: Any,
+               options: ReplayOptions = ReplayOptions(), *, refiner: Any = None,
+               video: OverlaySink | None = None, span: Span = WHOLE,
                control: Control = NO_CONTROL) -> ReplayPart:
     """Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
     topics. With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or
@@ -161,14 +164,16 @@ def summarize(parts: Sequence[ReplayPart], output: str, describe: dict[str, Any]
     ok = sum(p.segmented for p in parts)
     elapsed = sum(p.elapsed_s for p in parts)
     return {"input": parts[0].input, "output": output, "topics": parts[0].topics,
-            "frames": sum(p.frames for p in parts), "segmented": ok, "failed": sum(failures.values()),
+            "frames": sum(p.frames for p in parts), "segmented": ok,
+            "failed": sum(failures.values()),
             "failures": dict(failures), "failure_examples": examples,
             "elapsed_s": elapsed, "throughput_fps": ok / elapsed if elapsed > 0 else None,
             "latency_ms": latency_summary([v for p in parts for v in p.latencies_ms]),
             "pipeline": describe, "trained": bool(trained), "crf": crf}
 
 
-def merge_parts(part_paths: Sequence[Path], out_path: Path, storage: str | None, overwrite: bool) -> None:
+def merge_parts(part_paths: Sequence[Path], out_path: Path, storage: str | None,
+                overwrite: bool) -> None:
     """Concatenate the output bags of a bag's chunks (consecutive time spans) into one bag."""
     out = bags.BagWriter(out_path, storage=storage, overwrite=overwrite)
     try:

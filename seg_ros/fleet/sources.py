@@ -46,7 +46,8 @@ def is_bag_file(path: Path) -> bool:
 
 
 def is_single_bag(text: str) -> bool:
-    """Whether an input names one bag (or nothing: a typo is then the bag's error), not a search."""
+    """Whether an input names one bag (or nothing: a typo is then that bag's error), not a
+    search."""
     path = Path(text)
     return not any(c in text for c in GLOB_CHARS) and not (path.is_dir() and not is_bag_dir(path))
 
@@ -102,8 +103,9 @@ def _expand(text: str, exclude: Path | None) -> tuple[Path, list[Path]] | Missin
         return path.parent, [path]
     if path.is_dir():
         found = list(walk_bags(path, exclude))
-        return (path, found) if found else Missing(text, f"folder {text} holds no bag (.mcap, .db3 or "
-                                                         f"rosbag2 directory)")
+        if not found:
+            return Missing(text, f"folder {text} holds no bag (.mcap, .db3 or rosbag2 directory)")
+        return path, found
     return Missing(text, f"bag {text} does not exist")
 
 
@@ -180,9 +182,10 @@ def plan_bag(path: Path, topics: Iterable[str] | None, chunk_frames: int | None,
         if topics:
             chosen = bag.select_topics(list(topics), image_only=True)
         else:
-            chosen = [t for t in bag.select_topics(None, image_only=True) if t not in set(not_images)]
+            skip = set(not_images)
+            chosen = [t for t in bag.select_topics(None, image_only=True) if t not in skip]
             if not chosen:
-                raise bags.BagError(f"bag {path} has no image topic besides {', '.join(not_images)}")
+                raise bags.BagError(f"bag {path} has no image topic besides {', '.join(skip)}")
         frames = sum(bag.topics[t].count for t in chosen)
         if max_frames is not None:
             frames = min(frames, max_frames)

@@ -39,11 +39,13 @@ class PipelineSpec:
         """The spec with ``threads`` CPU threads unless a thread count was chosen explicitly."""
         if self.config.num_threads or threads <= 0:
             return self
-        return dataclasses.replace(self, config=dataclasses.replace(self.config, num_threads=threads))
+        config = dataclasses.replace(self.config, num_threads=threads)
+        return dataclasses.replace(self, config=config)
 
     def settings(self) -> dict[str, Any]:
         """What decides the outputs, for the manifest's config fingerprint."""
-        return {"pipeline": dataclasses.asdict(self.config), "crf": self.crf, "crf_config": self.crf_config}
+        return {"pipeline": dataclasses.asdict(self.config), "crf": self.crf,
+                "crf_config": self.crf_config}
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,17 @@ def worker_name() -> str:
 
 
 class Worker:
-    """The pipeline and refiner of one worker (process, actor or the driver itself), loaded once."""
+    """The pipeline and refiner of one worker (process, actor or the driver), loaded once."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         from ..crf import create_refiner, load_crf_config
         from ..pipeline import SegmentationPipeline
         self.spec = spec
         self.pipe = SegmentationPipeline(copy.deepcopy(spec.config))
-        self.refiner = (None if spec.crf == "off"
-                        else create_refiner(spec.crf, load_crf_config(spec.crf_config), self.pipe.device))
+        self.refiner = None
+        if spec.crf != "off":
+            crf_config = load_crf_config(spec.crf_config)
+            self.refiner = create_refiner(spec.crf, crf_config, self.pipe.device)
         self.pipe.warm_up()  # per-shape tracing / graph capture now, not inside the first bag
         self.name = worker_name()
 
@@ -98,7 +102,8 @@ class Worker:
         """Run ``task``; every failure becomes a failed result (a bad bag never stops a run)."""
         t0 = time.perf_counter()
         result = TaskResult(task.key, "ok", worker=self.name, pipeline=self.pipe.describe(),
-                            trained=bool(self.pipe.trained), class_names=list(self.pipe.classes.names))
+                            trained=bool(self.pipe.trained),
+                            class_names=list(self.pipe.classes.names))
         try:
             result.part = self._execute(task, control)
         except Interrupted:
@@ -117,6 +122,7 @@ class Worker:
             return replay_bag(Path(task.input), Path(task.output), self.pipe, task.replay,
                               refiner=self.refiner, span=task.span, control=control)
         assert task.eval is not None
-        return eval_bag(Path(task.input), self.pipe, task.eval, refiner=self.refiner, span=task.span,
-                        label_folder=Path(task.label_folder) if task.label_folder else None,
+        label_folder = Path(task.label_folder) if task.label_folder else None
+        return eval_bag(Path(task.input), self.pipe, task.eval, refiner=self.refiner,
+                        span=task.span, label_folder=label_folder,
                         keep_unpaired=task.span.count > 1, control=control)
