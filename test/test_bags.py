@@ -130,20 +130,25 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
     ok, png = cv2.imencode(".png", frames[0][:, :, ::-1])
     String = bags.typestore().types["std_msgs/msg/String"]
     records = [("/cam", bags.IMAGE_TYPE, 100 + i,
-                bags.image_msg_from_array(bags.make_header(i, f"f{i}"), img)) for i, img in enumerate(frames)]
-    records += [("/cam_c", bags.COMPRESSED_TYPE, 200, bags.make_compressed(bags.make_header(9), "png", png)),
+                bags.image_msg_from_array(bags.make_header(i, f"f{i}"), img))
+               for i, img in enumerate(frames)]
+    compressed = bags.make_compressed(bags.make_header(9), "png", png)
+    records += [("/cam_c", bags.COMPRESSED_TYPE, 200, compressed),
                 ("/note", "std_msgs/msg/String", 300, String(data="hi"))]
     path = write_legacy_bag(tmp_path / name, records, storage)
     with bags.BagReader(path) as bag:  # the recorded spelling really is the old one
         assert {c.msgtype for c in bag.reader.connections} == {
             "sensor_msgs/Image", "sensor_msgs/CompressedImage", "std_msgs/String"}
     info = bags.summarize(path)["topics"]
-    assert info["/cam"]["type"] == bags.IMAGE_TYPE and info["/cam_c"]["type"] == bags.COMPRESSED_TYPE
+    assert info["/cam"]["type"] == bags.IMAGE_TYPE
+    assert info["/cam_c"]["type"] == bags.COMPRESSED_TYPE
     got = list(bags.iter_bag_frames(path))
-    assert [(f.topic, f.msgtype) for f in got] == [("/cam", bags.IMAGE_TYPE)] * 3 + [("/cam_c", bags.COMPRESSED_TYPE)]
+    expected = [("/cam", bags.IMAGE_TYPE)] * 3 + [("/cam_c", bags.COMPRESSED_TYPE)]
+    assert [(f.topic, f.msgtype) for f in got] == expected
     for f, img in zip(got, frames + frames[:1]):
         assert f.error is None
-        np.testing.assert_array_equal(f.image if f.color_order == "rgb" else f.image[:, :, ::-1], img)
+        rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
+        np.testing.assert_array_equal(rgb, img)
     with bags.BagReader(path) as bag:
         assert [bag.deserialize(m).data for m in bag.messages(["/note"])] == ["hi"]
         copy = tmp_path / "copy.mcap"  # passing messages through writes the current spelling

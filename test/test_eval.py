@@ -95,7 +95,7 @@ def test_bad_inputs_are_reported(tmp_path, road_image, weights_file, capsys):
 
 
 def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file):
-    """A labelled bag spelling 'sensor_msgs/Image' (image and label topics) scores like any other."""
+    """A labelled bag spelling 'sensor_msgs/Image' (image and label topics) scores as any other."""
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     records = []
     for i in range(2):
@@ -103,7 +103,8 @@ def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file
         hdr = bags.make_header(10**9 * i + 5)
         records.append(("/cam", bags.IMAGE_TYPE, 2 * i, bags.image_msg_from_array(hdr, img)))
         gt = pipe(img, "rgb").labels
-        records.append(("/gt", bags.IMAGE_TYPE, 2 * i + 1, bags.image_msg_from_array(hdr, gt, "labels")))
+        label = bags.image_msg_from_array(hdr, gt, "labels")
+        records.append(("/gt", bags.IMAGE_TYPE, 2 * i + 1, label))
     bag = write_legacy_bag(tmp_path / "old.db3", records)
     out = tmp_path / "r.json"
     assert cli(["eval", "--bag", str(bag), "--image-topic", "/cam", "--label-topic", "/gt",

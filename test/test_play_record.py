@@ -33,7 +33,8 @@ def _small_bag(path, legacy: bool = False):
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (8, 12, 3), dtype=np.uint8) for _ in range(N)]
     records = [("/cam", bags.IMAGE_TYPE, 10**9 + i * 10**7,
-                bags.image_msg_from_array(bags.make_header(i, f"seq{i}"), img)) for i, img in enumerate(frames)]
+                bags.image_msg_from_array(bags.make_header(i, f"seq{i}"), img))
+               for i, img in enumerate(frames)]
     if legacy:
         write_legacy_bag(path, records)
         return path, frames

@@ -105,11 +105,13 @@ def test_replay_accepts_the_older_type_spelling(tmp_path, input_bag, weights_fil
                     bags.make_compressed(bags.make_header(77, "c"), "png", png.tobytes())))
     legacy = write_legacy_bag(tmp_path / name, records, storage)
     out = tmp_path / "out.mcap"
-    rc = cli(["replay", str(legacy), "--out", str(out), "--weights", str(weights_file), "--device", "cpu"])
+    rc = cli(["replay", str(legacy), "--out", str(out), "--weights", str(weights_file),
+              "--device", "cpu"])
     assert rc == 0
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     with bags.BagReader(out) as bag:
-        assert bag.topics["/cam"].msgtype == bags.IMAGE_TYPE and bag.topics["/cam/labels"].count == 3
+        assert bag.topics["/cam"].msgtype == bags.IMAGE_TYPE
+        assert bag.topics["/cam/labels"].count == 3
         labels = [bag.deserialize(m) for m in bag.messages(["/cam/labels", "/cam_c/labels"])]
     assert [m.header.frame_id for m in labels] == ["cam0", "cam1", "cam2", "c"]
     for msg, img in zip(labels, frames + [frames[1]]):
