@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ from ..fleet.manifest import Manifest
 from ..fleet.runner import EngineFactory, FleetJob, FleetRunner
 from ..fleet.segment import ReplayOptions, output_messages
 from ..fleet.tasks import REPLAY, PipelineSpec
+from ..metrics import confusion_matrix
 from ..pipeline import PipelineConfig, SegmentationPipeline
 from ..sample import sample_road_image
 from .common import parse_size
@@ -132,24 +133,36 @@ def labels_of(out: Path) -> list[bytes]:
 
 
 def host_cost(size: tuple[int, int], model: str) -> dict[str, Any]:
-    """Decode one rgb8 frame message and build + serialise its three outputs (no inference)."""
+    """What a worker's CPU does per frame besides inference, at ``size``: read a frame message
+    (raw rgb8, or JPEG), build and serialise the three replay outputs, or score the labels (eval).
+    MB: the bytes a frame takes in a bag."""
     h, w = size
     pipe = SegmentationPipeline(model=model, weights="none", device="cpu", input_size=(64, 128))
     rgb = sample_road_image(h, w)
-    msg = bags.image_msg_from_array(bags.make_header(1), rgb)
-    raw = bytes(bags.typestore().serialize_cdr(msg, bags.IMAGE_TYPE))
-    result = pipe(rgb, "rgb", color=True, overlay=True)
+    header = bags.make_header(1)
     store = bags.typestore()
+    raw = bytes(store.serialize_cdr(bags.image_msg_from_array(header, rgb), bags.IMAGE_TYPE))
+    jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+    compressed = bags.make_compressed(header, "jpeg", jpeg)
+    jpeg_raw = bytes(store.serialize_cdr(compressed, bags.COMPRESSED_TYPE))
+    result = pipe(rgb, "rgb", color=True, overlay=True)
+    gt = np.roll(result.labels, 9, axis=1)
 
-    def frame() -> None:
-        m = store.deserialize_cdr(raw, bags.IMAGE_TYPE)
-        bags.decode_image_msg(m, bags.IMAGE_TYPE, None)
-        for out in output_messages(m.header, result).values():
-            store.serialize_cdr(out, bags.IMAGE_TYPE)
-    return {"size": f"{h}x{w}", "input_mb": len(raw) / 2**20,
-            "output_mb": sum(len(store.serialize_cdr(o, bags.IMAGE_TYPE)) for o in
-                             output_messages(msg.header, result).values()) / 2**20,
-            "ms": percentiles(time_call(frame, runs=20, warmup=2))}
+    def read(data: bytes, msgtype: str) -> Callable[[], object]:
+        return lambda: bags.decode_image_msg(store.deserialize_cdr(data, msgtype), msgtype, None)
+
+    def outputs() -> list[bytes]:
+        messages = output_messages(header, result).values()
+        return [store.serialize_cdr(m, bags.IMAGE_TYPE) for m in messages]
+
+    k = pipe.classes.num_classes
+    steps = {"read_raw_rgb8": read(raw, bags.IMAGE_TYPE),
+             "read_jpeg": read(jpeg_raw, bags.COMPRESSED_TYPE), "replay_outputs": outputs,
+             "eval_confusion": lambda: confusion_matrix(gt, result.labels, k)}
+    return {"size": f"{h}x{w}", "raw_mb": len(raw) / 2**20, "jpeg_mb": len(jpeg_raw) / 2**20,
+            "outputs_mb": sum(len(b) for b in outputs()) / 2**20,
+            "ms": {name: percentiles(time_call(fn, runs=15, warmup=2))["median"]
+                   for name, fn in steps.items()}}
 
 
 def machine() -> str:
@@ -194,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows))
     print(f"labels byte-identical across engines: {report['labels_identical']}")
     hs = report["host_side"]
-    print(f"host side at {hs['size']}: {hs['ms']['median']:.1f} ms per frame (decode + 3 outputs "
-          f"encoded and serialised; {hs['input_mb']:.1f} MB in, {hs['output_mb']:.1f} MB out)")
+    steps = ", ".join(f"{k} {v:.1f} ms" for k, v in hs["ms"].items())
+    print(f"host side per frame at {hs['size']} (one core): {steps}; a frame is "
+          f"{hs['raw_mb']:.1f} MB raw, {hs['jpeg_mb']:.2f} MB JPEG, outputs "
+          f"{hs['outputs_mb']:.1f} MB")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0 if report["labels_identical"] else 1
