@@ -184,6 +184,8 @@ def test_fleet_replay_mirrors_records_and_resumes(tmp_path, tree, pipe, weights_
     assert "3 already done (--resume)" in capsys.readouterr().out
     new = [json.loads(x)["bag"] for x in Manifest(out).path.read_text().splitlines()[lines:]]
     assert sorted(new) == ["a.mcap", "day2/broken.mcap"]
+    assert cli([*args, "--resume", "--alpha", "0.3"]) == 1  # other options: nothing counts as done
+    assert "already done" not in capsys.readouterr().out
     assert cam_labels(out / "a.mcap") == [bytes(bags.typestore().serialize_cdr(m, bags.IMAGE_TYPE))
                                           for m in labels_msgs(pipe, 1, 4)]
 
@@ -355,8 +357,11 @@ def test_a_killed_worker_is_retried_then_recorded(tmp_path, weights_file, pipe, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("engine", [[], ["--workers", "2"]], ids=["in-process", "processes"])
+@pytest.mark.parametrize("engine", [[], ["--workers", "2"], ["--ray", "--workers", "2"]],
+                         ids=["in-process", "processes", "ray"])
 def test_ctrl_c_leaves_a_manifest_to_resume_from(tmp_path, weights_file, engine):
+    if "--ray" in engine:
+        pytest.importorskip("ray", reason="ray not installed")
     src = tmp_path / "in"
     for k in range(6):
         write_bag(src / f"bag{k}.mcap", records(20 + k, 40))

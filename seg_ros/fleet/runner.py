@@ -425,12 +425,14 @@ class FleetRunner:
                 self._record(self._entry(str(source.rel), str(source.path), "failed",
                                          error=str(exc)))
         self.works = {w.rel: w for w in works}
-        if works:
-            self._run_engine(works)
+        try:
+            if works:
+                self._run_engine(works)
+        finally:
+            for work in works:
+                if not work.closed:  # interrupted, or the engine failed: nothing half-done stays
+                    self._remove_outputs(work)
         interrupted = self.stop.is_set()
-        for work in works:
-            if not work.closed:
-                self._remove_outputs(work)
         wall = time.perf_counter() - t0
         return self._outcome(sources, missing, len(sources) - len(todo), interrupted, wall)
 
