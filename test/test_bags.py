@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -164,10 +166,12 @@ def test_a_bag_appears_only_when_complete(tmp_path, name):
     path = tmp_path / name
 
     def killed_writer() -> None:
-        w = bags.BagWriter(path)
-        w.open()
-        w.add_topic("/cam", bags.IMAGE_TYPE)
-        w.write("/cam", 1, bags.image_msg_from_array(bags.make_header(1), _frames(1)[0]))
+        """A process that dies (os._exit: nothing closed, as under SIGKILL) while writing."""
+        code = ("import os, sys, numpy as np; from seg_ros import bags; "
+                "w = bags.BagWriter(sys.argv[1]); w.open(); w.add_topic('/cam', bags.IMAGE_TYPE); "
+                "w.write('/cam', 1, bags.image_msg_from_array(bags.make_header(1), "
+                "np.zeros((4, 4, 3), np.uint8))); os._exit(0)")
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
 
     killed_writer()
     assert not path.exists() and bags.staging_dir(path).is_dir()
