@@ -35,7 +35,7 @@ setup(
     description="Real-time semantic segmentation ROS 2 node and tools",
     license="Apache-2.0",
     extras_require={"test": ["pytest"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
-                    "crf": ["pydensecrf2"]},
+                    "crf": ["pydensecrf2"], "ray": ["ray>=2.9"]},
     entry_points={
         "console_scripts": [
             "seg-ros = seg_ros.cli.main:main",

@@ -26,6 +26,16 @@ STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
 DISTROS = ("jazzy", "humble")
 
 
+def normalize_type(msgtype: str) -> str:
+    """The ROS 2 spelling of a message type: 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image'.
+
+    Bags recorded by earlier ROS 2 releases and by other tools write 'pkg/Name'; ROS 2 accepts it
+    as the same type. BagReader applies this to every connection once, so every tool (replay, eval,
+    play, bench, the demo) sees one spelling. Other names are returned unchanged."""
+    parts = msgtype.split("/")
+    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 and all(parts) else msgtype
+
+
 class BagError(SegRosError):
     """A bag is missing, not a rosbag2, corrupt or truncated; or cannot be written."""
 
@@ -70,6 +80,7 @@ class BagReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._reader: Any = None
+        self._conns: list[Any] = []  # the reader's connections with normalised type names
         self.store = typestore()
 
     def __enter__(self) -> "BagReader":
@@ -94,6 +105,7 @@ class BagReader:
         except Exception as exc:  # rosbags raises ReaderError, sqlite3, struct, yaml, KeyError ...
             raise BagError(f"bag {p} cannot be opened (corrupt or truncated?): {_reason(exc)}") from None
         self._reader = reader
+        self._conns = [c._replace(msgtype=normalize_type(c.msgtype)) for c in reader.connections]
         self._register_unknown_types()
 
     def close(self) -> None:
@@ -101,12 +113,12 @@ class BagReader:
             try:
                 self._reader.close()
             finally:
-                self._reader = None
+                self._reader, self._conns = None, []
 
     def _register_unknown_types(self) -> None:
         """Types the distro does not know (custom messages) come from the bag's own definitions."""
         from rosbags.typesys import get_types_from_msg
-        unknown = {c.msgtype: c for c in self._reader.connections if c.msgtype not in self.store.fielddefs}
+        unknown = {c.msgtype: c for c in self._conns if c.msgtype not in self.store.fielddefs}
         if not unknown:
             return
         from rosbags.typesys import Stores, get_typestore
@@ -119,6 +131,8 @@ class BagReader:
 
     @property
     def reader(self) -> Any:
+        """The open ``rosbags`` reader (BagError when closed); its connections keep the recorded
+        type spelling: use :attr:`connections`."""
         if self._reader is None:
             raise BagError(f"bag {self.path} is not open")
         return self._reader
@@ -126,7 +140,7 @@ class BagReader:
     @property
     def topics(self) -> dict[str, TopicInfo]:
         out: dict[str, TopicInfo] = {}
-        for c in self.reader.connections:
+        for c in self.connections:
             info = out.setdefault(c.topic, TopicInfo(c.topic, c.msgtype, 0))
             info.count += c.msgcount
         return out
@@ -137,7 +151,8 @@ class BagReader:
 
     @property
     def connections(self) -> list[Any]:
-        return list(self.reader.connections)
+        """The bag's connections, type names in the ROS 2 spelling (see :func:`normalize_type`)."""
+        return list(self._conns) if self.reader is not None else []
 
     def image_topics(self) -> list[str]:
         return sorted(t for t, info in self.topics.items() if info.msgtype in IMAGE_TYPES)
@@ -159,14 +174,23 @@ class BagReader:
                 raise BagError(f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type")
         return list(topics)
 
-    def messages(self, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
-        """Messages of ``topics`` (all when None) in timestamp order. Damage found while reading
-        (a truncated file) raises BagError naming the file."""
-        conns = [c for c in self.reader.connections if not topics or c.topic in topics]
+    @property
+    def time_range(self) -> tuple[int, int]:
+        """(first message's timestamp, just after the last one) in ns, from the bag's metadata."""
+        return int(self.reader.start_time), int(self.reader.end_time)
+
+    def messages(self, topics: Sequence[str] | None = None, start: int | None = None,
+                 stop: int | None = None) -> Iterator[BagMessage]:
+        """Messages of ``topics`` (all when None) in timestamp order, only those with
+        ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage found while
+        reading (a truncated file) raises BagError naming the file."""
+        conns = {c.id: c for c in self.connections if not topics or c.topic in topics}
         if topics and not conns:
             return
+        wanted = [c for c in self.reader.connections if c.id in conns]
         try:
-            for conn, timestamp, rawdata in self.reader.messages(connections=conns):
+            for raw_conn, timestamp, rawdata in self.reader.messages(wanted, start, stop):
+                conn = conns[raw_conn.id]
                 yield BagMessage(conn.topic, conn.msgtype, int(timestamp), bytes(rawdata), conn)
         except BagError:
             raise
@@ -302,7 +326,8 @@ def storage_of(path: str | Path, storage: str | None = None) -> str:
 
 class BagWriter:
     """Writes a new rosbag2 (context manager). A path ending in ``.mcap`` / ``.db3`` becomes that
-    single storage file; any other path a standard bag directory. Never overwrites unless asked."""
+    single storage file; any other path a standard bag directory. The bag appears at its path
+    when it is closed (see :func:`staging_dir`). Never overwrites unless asked."""
 
     def __init__(self, path: str | Path, storage: str | None = None, overwrite: bool = False,
                  compress: bool = False) -> None:
@@ -314,10 +339,11 @@ class BagWriter:
             if not overwrite:
                 raise BagError(f"output bag {self.path} exists already (pass --overwrite to replace it)")
             remove_bag(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._dir = self.path.with_name(self.path.name + ".partial") if self.single_file else self.path
-        if self._dir.exists():
-            shutil.rmtree(self._dir)
+        self._staging = staging_dir(self.path)
+        if self._staging.exists():  # left by a writer that was killed
+            shutil.rmtree(self._staging)
+        self._staging.mkdir(parents=True)
+        self._dir = self._staging / (self.path.stem if self.single_file else self.path.name)
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
         if compress and self.storage == "mcap":
@@ -375,15 +401,24 @@ class BagWriter:
             return
         self._open = False
         self._writer.close()
+        produced = self._dir
         if self.single_file:
             produced = self._dir / f"{self._dir.name}{STORAGE_SUFFIX[self.storage]}"
-            produced.replace(self.path)
-            shutil.rmtree(self._dir)
+        produced.replace(self.path)
+        shutil.rmtree(self._staging)
+
+
+def staging_dir(path: Path) -> Path:
+    """Where BagWriter writes ``path`` until the bag is complete: a hidden folder beside it, so a
+    write that is interrupted or killed never leaves a half-written bag at ``path``."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def remove_bag(path: str | Path) -> None:
-    """Delete a bag file or bag directory (only things that look like bags)."""
+    """Delete a bag file or bag directory (only things that look like bags), and what a killed
+    writer left of it."""
     p = Path(path)
+    shutil.rmtree(staging_dir(p), ignore_errors=True)
     if p.is_dir():
         if not (p / "metadata.yaml").exists() and any(p.iterdir()):
             raise BagError(f"refusing to delete {p}: it is a non-empty directory but not a rosbag2")

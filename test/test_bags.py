@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,8 @@ import pytest
 
 from seg_ros import bags
 from seg_ros.cli.main import main as cli
+
+from bag_helpers import write_legacy_bag
 
 
 def _frames(n: int = 4, h: int = 24, w: int = 32) -> list[np.ndarray]:
@@ -110,3 +114,69 @@ def test_bag_from_images_cli(tmp_path, encoding):
         rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
         np.testing.assert_array_equal(rgb, img)  # lossless encodings round-trip exactly
     assert cli(["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]) == 2
+
+
+def test_normalize_type_accepts_the_older_spelling():
+    assert bags.normalize_type("sensor_msgs/Image") == bags.IMAGE_TYPE
+    assert bags.normalize_type("sensor_msgs/CompressedImage") == bags.COMPRESSED_TYPE
+    assert bags.normalize_type(bags.IMAGE_TYPE) == bags.IMAGE_TYPE
+    assert bags.normalize_type("my_pkg/srv/Thing") == "my_pkg/srv/Thing"
+    assert bags.normalize_type("Image") == "Image"
+
+
+@pytest.mark.parametrize("name,storage", [("old.db3", "sqlite3"), ("old.mcap", "mcap"),
+                                          ("old_dir_db3", "sqlite3"), ("old_dir_mcap", "mcap")])
+def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage):
+    """Bags written by earlier ROS 2 releases / other tools say 'sensor_msgs/Image'."""
+    frames = _frames(3)
+    ok, png = cv2.imencode(".png", frames[0][:, :, ::-1])
+    String = bags.typestore().types["std_msgs/msg/String"]
+    records = [("/cam", bags.IMAGE_TYPE, 100 + i,
+                bags.image_msg_from_array(bags.make_header(i, f"f{i}"), img))
+               for i, img in enumerate(frames)]
+    compressed = bags.make_compressed(bags.make_header(9), "png", png)
+    records += [("/cam_c", bags.COMPRESSED_TYPE, 200, compressed),
+                ("/note", "std_msgs/msg/String", 300, String(data="hi"))]
+    path = write_legacy_bag(tmp_path / name, records, storage)
+    with bags.BagReader(path) as bag:  # the recorded spelling really is the old one
+        assert {c.msgtype for c in bag.reader.connections} == {
+            "sensor_msgs/Image", "sensor_msgs/CompressedImage", "std_msgs/String"}
+    info = bags.summarize(path)["topics"]
+    assert info["/cam"]["type"] == bags.IMAGE_TYPE
+    assert info["/cam_c"]["type"] == bags.COMPRESSED_TYPE
+    got = list(bags.iter_bag_frames(path))
+    expected = [("/cam", bags.IMAGE_TYPE)] * 3 + [("/cam_c", bags.COMPRESSED_TYPE)]
+    assert [(f.topic, f.msgtype) for f in got] == expected
+    for f, img in zip(got, frames + frames[:1]):
+        assert f.error is None
+        rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
+        np.testing.assert_array_equal(rgb, img)
+    with bags.BagReader(path) as bag:
+        assert [bag.deserialize(m).data for m in bag.messages(["/note"])] == ["hi"]
+        copy = tmp_path / "copy.mcap"  # passing messages through writes the current spelling
+        with bags.BagWriter(copy) as w:
+            bags.copy_messages(bag, w, bag.messages())
+    assert bags.summarize(copy)["topics"]["/cam"] == {"type": bags.IMAGE_TYPE, "count": 3}
+
+
+@pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
+def test_a_bag_appears_only_when_complete(tmp_path, name):
+    """A writer killed half-way (never closed) leaves no half bag at the path; the next writer of
+    that path, or remove_bag, clears what it left."""
+    path = tmp_path / name
+
+    def killed_writer() -> None:
+        """A process that dies (os._exit: nothing closed, as under SIGKILL) while writing."""
+        code = ("import os, sys, numpy as np; from seg_ros import bags; "
+                "w = bags.BagWriter(sys.argv[1]); w.open(); w.add_topic('/cam', bags.IMAGE_TYPE); "
+                "w.write('/cam', 1, bags.image_msg_from_array(bags.make_header(1), "
+                "np.zeros((4, 4, 3), np.uint8))); os._exit(0)")
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+
+    killed_writer()
+    assert not path.exists() and bags.staging_dir(path).is_dir()
+    bags.remove_bag(path)
+    assert not bags.staging_dir(path).exists()
+    killed_writer()
+    _write(path, _frames(2))
+    assert bags.summarize(path)["messages"] == 4 and not bags.staging_dir(path).exists()

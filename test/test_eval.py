@@ -11,6 +11,8 @@ from seg_ros.classes import load_classes
 from seg_ros.cli.main import main as cli
 from seg_ros.pipeline import SegmentationPipeline
 
+from bag_helpers import write_legacy_bag
+
 H, W = 64, 96
 
 
@@ -90,3 +92,22 @@ def test_bad_inputs_are_reported(tmp_path, road_image, weights_file, capsys):
     assert "3 channels" in err and "no label file c" in err
     assert cli(["eval", "--images", str(imgs), "--labels", str(tmp_path / "missing"), *common]) == 2
     assert "label folder" in capsys.readouterr().err
+
+
+def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file):
+    """A labelled bag spelling 'sensor_msgs/Image' (image and label topics) scores as any other."""
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
+    records = []
+    for i in range(2):
+        img = _scene(road_image, i)
+        hdr = bags.make_header(10**9 * i + 5)
+        records.append(("/cam", bags.IMAGE_TYPE, 2 * i, bags.image_msg_from_array(hdr, img)))
+        gt = pipe(img, "rgb").labels
+        label = bags.image_msg_from_array(hdr, gt, "labels")
+        records.append(("/gt", bags.IMAGE_TYPE, 2 * i + 1, label))
+    bag = write_legacy_bag(tmp_path / "old.db3", records)
+    out = tmp_path / "r.json"
+    assert cli(["eval", "--bag", str(bag), "--image-topic", "/cam", "--label-topic", "/gt",
+                "--weights", str(weights_file), "--device", "cpu", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["images"] == 2 and rep["miou"] == 1.0 and rep["counted_pixels"] == 2 * H * W

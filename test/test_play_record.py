@@ -12,6 +12,8 @@ import pytest
 
 from seg_ros import bags
 
+from bag_helpers import write_legacy_bag
+
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: live DDS tests need it")
 
 N = 20
@@ -25,27 +27,39 @@ def dds_env(ros_domain_id, monkeypatch):
     return dict(os.environ)
 
 
-@pytest.fixture()
-def small_bag(tmp_path):
-    path = tmp_path / "in.db3"
+def _small_bag(path, legacy: bool = False):
+    """N frames on /cam at 100 Hz recorded timing; frame_id carries the sequence number. ``legacy``:
+    the type spelled 'sensor_msgs/Image' (earlier ROS 2 releases, other tools)."""
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (8, 12, 3), dtype=np.uint8) for _ in range(N)]
+    records = [("/cam", bags.IMAGE_TYPE, 10**9 + i * 10**7,
+                bags.image_msg_from_array(bags.make_header(i, f"seq{i}"), img))
+               for i, img in enumerate(frames)]
+    if legacy:
+        write_legacy_bag(path, records)
+        return path, frames
     with bags.BagWriter(path) as w:
         w.add_topic("/cam", bags.IMAGE_TYPE)
-        for i, img in enumerate(frames):
-            # 100 Hz recorded timing; frame_id carries the sequence number
-            w.write("/cam", 10**9 + i * 10**7, bags.image_msg_from_array(bags.make_header(i, f"seq{i}"), img))
+        for topic, _, stamp, msg in records:
+            w.write(topic, stamp, msg)
     return path, frames
 
 
-def test_play_delivers_every_message_in_order(small_bag, dds_env):
+@pytest.fixture()
+def small_bag(tmp_path):
+    return _small_bag(tmp_path / "in.db3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spelling", ["current", "legacy"])
+def test_play_delivers_every_message_in_order(tmp_path, dds_env, spelling):
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    path, frames = small_bag
+    path, frames = _small_bag(tmp_path / "in.db3", legacy=spelling == "legacy")
     ctx = Context()
     rclpy.init(context=ctx)
     node = Node("play_test_listener", context=ctx)

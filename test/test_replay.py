@@ -11,6 +11,8 @@ from seg_ros import bags
 from seg_ros.cli.main import main as cli
 from seg_ros.pipeline import SegmentationPipeline
 
+from bag_helpers import write_legacy_bag
+
 H, W = 64, 96
 
 
@@ -89,3 +91,28 @@ def test_replay_topic_choice_max_frames_and_video(tmp_path, input_bag, weights_f
         assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
     # an existing output is never silently replaced
     assert cli(["replay", str(path), "--out", str(out), "--weights", str(weights_file)]) == 2
+
+
+@pytest.mark.parametrize("name,storage", [("old.db3", "sqlite3"), ("old_mcap", "mcap")])
+def test_replay_accepts_the_older_type_spelling(tmp_path, input_bag, weights_file, name, storage):
+    """Same frames, spelled 'sensor_msgs/Image' / 'sensor_msgs/CompressedImage': same output."""
+    _, frames = input_bag
+    ok, png = cv2.imencode(".png", frames[1][:, :, ::-1])
+    records = [("/cam", bags.IMAGE_TYPE, 1000 + 10 * i,
+                bags.image_msg_from_array(bags.make_header(10**9 * (50 + i) + 7, f"cam{i}"), img))
+               for i, img in enumerate(frames)]
+    records.append(("/cam_c", bags.COMPRESSED_TYPE, 1040,
+                    bags.make_compressed(bags.make_header(77, "c"), "png", png.tobytes())))
+    legacy = write_legacy_bag(tmp_path / name, records, storage)
+    out = tmp_path / "out.mcap"
+    rc = cli(["replay", str(legacy), "--out", str(out), "--weights", str(weights_file),
+              "--device", "cpu"])
+    assert rc == 0
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
+    with bags.BagReader(out) as bag:
+        assert bag.topics["/cam"].msgtype == bags.IMAGE_TYPE
+        assert bag.topics["/cam/labels"].count == 3
+        labels = [bag.deserialize(m) for m in bag.messages(["/cam/labels", "/cam_c/labels"])]
+    assert [m.header.frame_id for m in labels] == ["cam0", "cam1", "cam2", "c"]
+    for msg, img in zip(labels, frames + [frames[1]]):
+        np.testing.assert_array_equal(msg.data.reshape(H, W), pipe(img, "rgb").labels)

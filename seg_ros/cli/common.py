@@ -61,6 +61,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = Fal
 
 
 def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPipeline:
+    return SegmentationPipeline(pipeline_config_from_args(args, **overrides))
+
+
+def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
+    """The pipeline configuration the options describe (fleet workers build their pipeline from it)."""
     config = PipelineConfig(model=args.model, weights=args.weights, classes=args.classes,
                             backend=getattr(args, "backend", "torch"),
                             device=args.device, precision=args.precision,
@@ -72,7 +77,7 @@ def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPip
         if not hasattr(config, key):
             raise ConfigError(f"unknown pipeline option {key!r}")
         setattr(config, key, value)
-    return SegmentationPipeline(config)
+    return config
 
 
 def refiner_from_args(args: argparse.Namespace, pipe: SegmentationPipeline) -> Refiner | None:

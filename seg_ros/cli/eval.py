@@ -4,6 +4,10 @@ Ground truth comes from a folder of label PNGs (class ids, matched to images by 
 a bag's label topic (matched to image messages by header stamp). Pixels labelled with the classes'
 ignore id are not scored; classes absent from both prediction and ground truth are left out of
 the mean (see seg_ros.metrics). Writes a table, an optional JSON report and a PNG figure.
+
+Many bags (``seg-ros eval BAG_OR_FOLDER_OR_GLOB ... --out FOLDER --label-topic T`` or
+``--label-dir DIR``): per-bag reports mirrored under --out, a JSON-lines manifest, and the overall
+report from the summed confusion matrices (eval_report.json / .md / .png).
 """
 from __future__ import annotations
 
@@ -11,17 +15,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .. import bags
-from ..errors import ConfigError, InputError
-from ..metrics import BoundaryAccumulator, ConfusionAccumulator, Scores
+from ..errors import ConfigError
+from ..fleet.control import Control
+from ..fleet.runner import FleetJob
+from ..fleet.score import EvalOptions, Pair, eval_bag, read_label_png, score_pairs
+from ..fleet.tasks import EVAL
+from ..metrics import BoundaryAccumulator, ConfusionAccumulator, Scores, scores_from_confusion
 from .bag_from_images import IMAGE_SUFFIXES, list_images, read_rgb
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
+from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
+                         run_fleet, spec_from_args)
 from .replay import untrained_banner
 
 
@@ -33,8 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--labels", type=Path, help="folder of label PNGs (class ids), same file names")
     src.add_argument("--label-suffix", default="", help="label file = image stem + this suffix (e.g. _L)")
     src.add_argument("--bag", type=Path, help="bag with an image topic and a ground-truth label topic")
-    src.add_argument("--image-topic", default=None)
-    src.add_argument("--label-topic", default=None)
+    src.add_argument("--image-topic", default=None,
+                     help="image topic (many bags: default the bag's only image topic besides the "
+                          "labels)")
+    src.add_argument("--label-topic", default=None, help="ground-truth label topic in the bag(s)")
+    many = p.add_argument_group("many bags: BAG ... --out FOLDER, --label-topic or --label-dir")
+    many.add_argument("inputs", nargs="*", metavar="BAG",
+                      help="bags, folders (searched recursively) or globs to score")
+    many.add_argument("--out", type=Path, default=None,
+                      help="output folder of a run over many bags")
+    many.add_argument("--label-dir", type=Path, default=None,
+                      help="label folders mirroring the bags: <label-dir>/<bag without suffix>/"
+                           "<header stamp ns>.png")
+    many.add_argument("--overwrite", action="store_true",
+                      help="start again in an --out that has a manifest")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     p.add_argument("--ignore-id", type=int, default=None, help="override the classes file's ignore id")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
@@ -44,55 +63,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also report the boundary F-score (boundary pixels within --boundary-tolerance)")
     p.add_argument("--boundary-tolerance", type=int, default=3, help="boundary match distance in pixels")
     add_pipeline_args(p)
+    add_fleet_args(p)
     p.set_defaults(func=run)
 
 
-# -- data sources: (name, image, color_order, ground truth) --------------------------------
-def folder_pairs(images: Path, labels: Path, suffix: str, skipped: list[str]) -> Iterator[tuple[str, Path, Path]]:
+# -- data sources ------------------------------------------------------------------------------
+def folder_pairs(images: Path, labels: Path, suffix: str, skipped: list[str]) -> list[Pair]:
+    """Images and the label file of the same stem (+ suffix); read when scored."""
     if not labels.is_dir():
         raise ConfigError(f"label folder {labels} does not exist or is not a directory")
     by_stem = {p.stem: p for p in labels.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs: list[Pair] = []
     for img in list_images(images):
         lab = by_stem.get(img.stem + suffix)
         if lab is None:
             skipped.append(f"{img.name}: no label file {img.stem + suffix}.* in {labels}")
             continue
-        yield img.name, img, lab
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None:
-        raise InputError("unreadable_label", f"label file {path} cannot be read")
-    if lab.ndim != 2:
-        raise InputError("bad_label", f"label file {path} has {lab.shape[2]} channels; expected one channel "
-                                      f"of class ids (colour-coded labels must be converted first)")
-    return lab
-
-
-def bag_pairs(path: Path, image_topic: str, label_topic: str, skipped: list[str]) -> Iterator[tuple[str, Any, str, np.ndarray]]:
-    """Image and label messages paired by header stamp (labels may come before or after images)."""
-    pending_img: dict[int, tuple[np.ndarray, str]] = {}
-    pending_lab: dict[int, np.ndarray] = {}
-    with bags.BagReader(path) as bag:
-        bag.select_topics([image_topic], image_only=True)
-        bag.select_topics([label_topic])
-        for m in bag.messages([image_topic, label_topic]):
-            try:
-                msg = bag.deserialize(m)
-                stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
-                if m.topic == image_topic:
-                    pending_img[stamp] = bags.decode_image_msg(msg, m.msgtype)
-                else:
-                    pending_lab[stamp] = bags.labels_from_msg(msg)
-            except InputError as exc:
-                skipped.append(f"{m.topic} t={m.timestamp}: {exc}")
-                continue
-            if stamp in pending_img and stamp in pending_lab:
-                image, order = pending_img.pop(stamp)
-                yield f"stamp {stamp}", image, order, pending_lab.pop(stamp)
-    for stamp in sorted(pending_img):
-        skipped.append(f"{image_topic} stamp {stamp}: no label message with that stamp on {label_topic}")
+        pairs.append((img.name, lambda img=img, lab=lab: (read_rgb(img), "rgb",
+                                                          read_label_png(lab))))
+    return pairs
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -153,6 +142,47 @@ def write_figure(path: Path, scores: Scores, names: list[str], title: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.inputs or args.bag_list:
+        return run_many(args)
+    if fleet_requested(args) or args.out or args.label_dir:
+        raise ConfigError("the many-bags options need bags: seg-ros eval BAG ... --out FOLDER ...")
+    return run_single(args)
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """Score every bag the inputs name; per-bag reports and the overall report under --out."""
+    check_fleet_args(args)
+    if args.bag is not None or args.images is not None or args.labels is not None:
+        raise ConfigError("bags given as BAG ... (many bags) exclude --bag, --images and --labels")
+    if args.out is None:
+        raise ConfigError("a run over many bags needs --out FOLDER")
+    if bool(args.label_topic) == bool(args.label_dir):
+        raise ConfigError("give the ground truth of the bags: --label-topic TOPIC or "
+                          "--label-dir DIR")
+    if args.boundary_f or args.json or args.figure:
+        raise ConfigError("--boundary-f, --json and --figure are for one bag or folder; a run over "
+                          "many bags writes OUT/eval_report.json, .md and .png")
+    if args.chunk_frames and args.max_images:
+        raise ConfigError("--max-images and --chunk-frames cannot be combined")
+    label_dir = str(args.label_dir.absolute()) if args.label_dir else None
+    options = EvalOptions(args.image_topic, args.label_topic, label_dir, args.ignore_id,
+                          args.max_images)
+    job = FleetJob(EVAL, args.inputs, args.out.absolute(), spec_from_args(args), eval=options,
+                   list_file=args.bag_list, chunk_frames=args.chunk_frames, resume=args.resume,
+                   overwrite=args.overwrite, attempts=1 + args.retries)
+    outcome = run_fleet(job, args)
+    if "json" in outcome.reports:
+        rep = json.loads(outcome.reports["json"].read_text())
+        scores = scores_from_confusion(np.asarray(rep["confusion"]))
+        print_table(scores, rep["class_names"], rep["images"])
+    print_outcome(outcome, "eval")
+    return outcome.exit_code
+
+
+def run_single(args: argparse.Namespace) -> int:
+    """One labelled bag (--bag) or an image folder with its label folder."""
     use_bag = args.bag is not None
     if use_bag == (args.images is not None or args.labels is not None):
         raise ConfigError("give either --images and --labels, or --bag with --image-topic and --label-topic")
@@ -160,54 +190,36 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--bag needs --image-topic and --label-topic")
     if not use_bag and not (args.images and args.labels):
         raise ConfigError("--images and --labels are both needed")
-    if args.max_images is not None and args.max_images < 1:
-        raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
     for folder in (args.images, args.labels):
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{'image' if folder is args.images else 'label'} folder {folder} does not "
                               f"exist or is not a directory")
     if use_bag and not args.bag.exists():
         raise ConfigError(f"bag {args.bag} does not exist")
+    if args.boundary_tolerance < 0:
+        raise ConfigError(f"--boundary-tolerance must be >= 0, got {args.boundary_tolerance}")
     pipe = pipeline_from_args(args)
     banner = untrained_banner(pipe)
     if banner:
         print(banner, file=sys.stderr)
     names = list(pipe.classes.names)
     ignore = args.ignore_id if args.ignore_id is not None else pipe.classes.ignore_id
-    acc = ConfusionAccumulator(len(names), ignore)
-    if args.boundary_tolerance < 0:
-        raise ConfigError(f"--boundary-tolerance must be >= 0, got {args.boundary_tolerance}")
     boundary = BoundaryAccumulator(args.boundary_tolerance, ignore, len(names)) if args.boundary_f else None
     refiner = refiner_from_args(args, pipe)  # --crf: the refined labels are scored
-    skipped: list[str] = []
-
     if use_bag:
-        source: Iterator[Any] = bag_pairs(args.bag, args.image_topic, args.label_topic, skipped)
-        total = None
+        options = EvalOptions(args.image_topic, args.label_topic, ignore_id=ignore,
+                              max_frames=args.max_images)
+        with tqdm(desc="eval", unit="img", disable=None) as bar:
+            part = eval_bag(args.bag, pipe, options, refiner=refiner, boundary=boundary,
+                            control=Control(bar.update))
+        acc, skipped = part.acc, part.skipped
     else:
-        pairs = list(folder_pairs(args.images, args.labels, args.label_suffix, skipped))
-        if args.max_images:
-            pairs = pairs[: args.max_images]
-        total = len(pairs)
-        source = ((n, img, "rgb", lab) for n, img, lab in pairs)
-    for name, image, order, gt in tqdm(source, total=total, desc="eval", unit="img", disable=None):
-        if args.max_images and acc.images >= args.max_images:
-            break
-        try:
-            if isinstance(image, Path):
-                image = read_rgb(image)
-            if isinstance(gt, Path):
-                gt = read_label_png(gt)
-            if gt.shape != image.shape[:2]:
-                raise InputError("size_mismatch", f"label is {gt.shape[0]}x{gt.shape[1]}, image is "
-                                                  f"{image.shape[0]}x{image.shape[1]}")
-            res = pipe(image, order, keep_scores=refiner is not None)
-            pred = (pipe.refine(res, refiner) if refiner is not None else res).labels
-            acc.add(gt, pred)
-            if boundary is not None:
-                boundary.add(gt, pred)
-        except (InputError, ConfigError, ValueError) as exc:
-            skipped.append(f"{name}: {exc}")
+        skipped = []
+        pairs = folder_pairs(args.images, args.labels, args.label_suffix, skipped)
+        pairs = pairs[: args.max_images]
+        acc = ConfusionAccumulator(len(names), ignore)
+        score_pairs(tqdm(pairs, desc="eval", unit="img", disable=None), pipe, refiner, acc, boundary,
+                    skipped, args.max_images)
     if acc.images == 0:
         raise ConfigError("no image could be scored: " + ("; ".join(skipped[:3]) or "no data"))
     scores = acc.scores()

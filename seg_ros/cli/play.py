@@ -20,8 +20,9 @@ from ..errors import ConfigError
 
 
 def ros_message_class(msgtype: str) -> Any:
-    """'sensor_msgs/msg/Image' -> the rclpy message class, or None when its package is missing."""
-    pkg, kind, name = msgtype.split("/")
+    """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class, or
+    None when its package is missing."""
+    pkg, kind, name = bags.normalize_type(msgtype).split("/")
     try:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ImportError, AttributeError):

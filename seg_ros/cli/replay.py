@@ -4,34 +4,34 @@ How a model is qualified on recorded drives before it goes on a vehicle: the out
 input message unchanged plus ``<topic>/labels`` (mono8), ``<topic>/color_mask`` and
 ``<topic>/overlay`` (rgb8) per image message, at the input's bag timestamp and with its header.
 Frames that cannot be decoded or segmented are counted by reason and do not stop the replay.
+
+Many bags (``seg-ros replay BAG_OR_FOLDER_OR_GLOB ... --out FOLDER``, or any option of the "many
+bags" group): outputs mirror the input tree under --out, with a per-bag summary, a JSON-lines
+manifest and replay_summary.json; in-process, on --workers N processes or on Ray.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .. import bags
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
+from ..fleet.control import Control
+from ..fleet.runner import FleetJob
+from ..fleet.segment import OUTPUT_SUFFIXES, ReplayOptions, latency_summary, replay_bag, summarize
+from ..fleet.sources import is_single_bag, plan_bag
+from ..fleet.tasks import REPLAY
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
+from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
+                         run_fleet, spec_from_args)
 
-OUTPUT_SUFFIXES = ("labels", "color_mask", "overlay")
-
-
-def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
-    """mean / p50 / p90 / p99 / max of a list of latencies (ms); None when empty."""
-    if not len(values_ms):
-        return {k: None for k in ("mean", "p50", "p90", "p99", "max")}
-    a = np.asarray(values_ms, dtype=np.float64)
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+__all__ = ["OUTPUT_SUFFIXES", "VideoSink", "format_latency", "latency_summary", "replay",
+           "untrained_banner"]
 
 
 def format_latency(lat: dict[str, float | None]) -> str:
@@ -83,9 +83,12 @@ class VideoSink:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="segment every image of a rosbag2 into a new bag",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bag", type=Path, help="input rosbag2: directory, .mcap or .db3")
+    p.add_argument("inputs", nargs="*", metavar="BAG",
+                   help="input rosbag2: directory, .mcap or .db3; several, folders (searched "
+                        "recursively) or globs make a fleet run")
     p.add_argument("--out", type=Path, required=True,
-                   help="output bag: NAME.mcap / NAME.db3 (one file) or a directory name")
+                   help="output bag: NAME.mcap / NAME.db3 (one file) or a directory name; for a "
+                        "fleet run the output folder")
     p.add_argument("--topic", dest="topics", action="append", default=None,
                    help="image topic to segment (repeatable; default: every Image/CompressedImage topic)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default=None, help="storage of a directory output")
@@ -99,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --crf: write the refined labels as <topic>/labels, color_mask, overlay "
                         "(default: raw labels there, refined ones on <topic>/labels_refined, ...)")
     add_pipeline_args(p)
+    add_fleet_args(p)
     p.set_defaults(func=run)
 
 
@@ -106,69 +110,17 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
            max_frames: int | None = None, alpha: float = 0.5, video: VideoSink | None = None,
            storage: str | None = None, overwrite: bool = False, refiner: Any = None,
            crf_replaces_labels: bool = False) -> dict[str, Any]:
-    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics; returns the summary.
-    With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or replace the raw ones)."""
-    refined_suffix = "" if crf_replaces_labels else "_refined"
-    suffixes = OUTPUT_SUFFIXES + (tuple(s + "_refined" for s in OUTPUT_SUFFIXES)
-                                  if refiner is not None and refined_suffix else ())
-    failures: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    latencies: list[float] = []
-    frames = ok = 0
-    with bags.BagReader(bag_path) as bag:
-        chosen = bag.select_topics(topics, image_only=True)
-        total = sum(bag.topics[t].count for t in chosen)
-        if max_frames is not None:
-            total = min(total, max_frames)
-        with bags.BagWriter(out_path, storage=storage, overwrite=overwrite) as out:
-            for t in chosen:
-                for suffix in suffixes:
-                    out.add_topic(f"{t}/{suffix}", bags.IMAGE_TYPE)
-            bar = tqdm(total=total, desc="replay", unit="frame", disable=None)
-            t_start = time.perf_counter()
-            for m in bag.messages():
-                if m.topic in chosen and max_frames is not None and frames >= max_frames:
-                    break  # the output is the input's prefix up to the last frame asked for
-                out.add_like(m.connection, bag.store)
-                out.write_raw(m.topic, m.timestamp, m.rawdata)
-                if m.topic not in chosen:
-                    continue
-                frames += 1
-                t0 = time.perf_counter()
-                try:
-                    msg = bag.deserialize(m)
-                    image, order = bags.decode_image_msg(msg, m.msgtype, pipe.config.max_input_pixels)
-                    res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha,
-                               keep_scores=refiner is not None)
-                    outs = {"labels": bags.image_msg_from_array(msg.header, res.labels, "labels"),
-                            "color_mask": bags.image_msg_from_array(msg.header, res.color),
-                            "overlay": bags.image_msg_from_array(msg.header, res.overlay)}
-                    if refiner is not None:
-                        res = pipe.refine(res, refiner, color=True, overlay=True, overlay_alpha=alpha)
-                        outs.update({
-                            f"labels{refined_suffix}": bags.image_msg_from_array(msg.header, res.labels, "labels"),
-                            f"color_mask{refined_suffix}": bags.image_msg_from_array(msg.header, res.color),
-                            f"overlay{refined_suffix}": bags.image_msg_from_array(msg.header, res.overlay)})
-                except InputError as exc:
-                    failures[exc.kind] += 1
-                    examples.setdefault(exc.kind, f"{m.topic} t={m.timestamp}: {exc}")
-                    bar.update(1)
-                    continue
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                for suffix, out_msg in outs.items():
-                    out.write(f"{m.topic}/{suffix}", m.timestamp, out_msg)
-                if video is not None:
-                    video.add(res.overlay)
-                ok += 1
-                bar.update(1)
-            elapsed = time.perf_counter() - t_start
-            bar.close()
-    return {"input": str(bag_path), "output": str(out_path), "topics": list(chosen),
-            "frames": frames, "segmented": ok, "failed": sum(failures.values()),
-            "failures": dict(failures), "failure_examples": examples,
-            "elapsed_s": elapsed, "throughput_fps": ok / elapsed if elapsed > 0 else None,
-            "latency_ms": latency_summary(latencies), "pipeline": pipe.describe(),
-            "trained": bool(pipe.trained), "crf": getattr(refiner, "mode", "off")}
+    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics (seg_ros.fleet.segment),
+    with a progress bar; returns the summary. With a CRF ``refiner`` the refined outputs go to
+    ``<topic>/<suffix>_refined`` (or replace the raw ones)."""
+    options = ReplayOptions(tuple(topics) if topics else None, max_frames, alpha, storage,
+                            overwrite, crf_replaces_labels)
+    total = plan_bag(bag_path, options.topics, None, max_frames).frames
+    with tqdm(total=total, desc="replay", unit="frame", disable=None) as bar:
+        part = replay_bag(bag_path, out_path, pipe, options, refiner=refiner, video=video,
+                          control=Control(bar.update))
+    crf = getattr(refiner, "mode", "off")
+    return summarize([part], str(out_path), pipe.describe(), pipe.trained, crf)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -187,13 +139,22 @@ def print_summary(s: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if not args.inputs and not args.bag_list:
+        raise ConfigError("give the bag(s) to replay (or --bag-list FILE)")
+    if len(args.inputs) == 1 and is_single_bag(args.inputs[0]) and not fleet_requested(args):
+        return run_single(args, Path(args.inputs[0]))
+    return run_many(args)
+
+
+def run_single(args: argparse.Namespace, bag: Path) -> int:
+    """One bag to one output bag, in this process (the tool's original form)."""
     pipe = pipeline_from_args(args)
     banner = untrained_banner(pipe)
     if banner:
         print(banner, file=sys.stderr)
     video = VideoSink(args.video, args.video_fps) if args.video else None
     try:
-        summary = replay(args.bag, args.out, pipe, args.topics, max_frames=args.max_frames, alpha=args.alpha,
+        summary = replay(bag, args.out, pipe, args.topics, max_frames=args.max_frames, alpha=args.alpha,
                          video=video, storage=args.storage, overwrite=args.overwrite,
                          refiner=refiner_from_args(args, pipe), crf_replaces_labels=args.crf_replaces_labels)
     finally:
@@ -209,3 +170,22 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
     return 0 if summary["segmented"] or not summary["frames"] else 1
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """A fleet run: every bag the inputs name, outputs mirrored under --out (a folder)."""
+    check_fleet_args(args)
+    if args.video or args.json:
+        raise ConfigError("--video and --json are for one bag; a run over many bags writes "
+                          "OUT/<bag>.summary.json per bag and OUT/replay_summary.json")
+    if args.chunk_frames and args.max_frames:
+        raise ConfigError("--max-frames and --chunk-frames cannot be combined")
+    topics = tuple(args.topics) if args.topics else None
+    options = ReplayOptions(topics, args.max_frames, args.alpha, args.storage, args.overwrite,
+                            args.crf_replaces_labels)
+    job = FleetJob(REPLAY, args.inputs, args.out.absolute(), spec_from_args(args), replay=options,
+                   list_file=args.bag_list, chunk_frames=args.chunk_frames, resume=args.resume,
+                   overwrite=args.overwrite, attempts=1 + args.retries)
+    outcome = run_fleet(job, args)
+    print_outcome(outcome, "replay")
+    return outcome.exit_code
