@@ -20,10 +20,10 @@ from .backends import create_backend, list_backends
 from .backends.cuda_fast import PinnedUploader
 from .classes import ClassSet, load_classes
 from .device import resolve_device
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, WeightsError
 from .models import build_model, list_models, read_weights
 from .models.optimize import prepare_for_inference
-from .models.weights import apply_state_dict
+from .models.weights import WeightsFile, apply_state_dict
 from .resources import share_path
 
 log = logging.getLogger("seg_ros")
@@ -40,10 +40,31 @@ OUTPUT_RESOLUTIONS = ("input", "inference")
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 
 
+def weights_file_for(model: str, weights: str) -> str | None:
+    """The weights file a pipeline loads for ``model`` given the ``weights`` setting, or None for
+    random initialisation, which only an explicit ``"none"`` gives: a vehicle must not drive on a
+    model that silently fell back to random weights (WeightsError naming the fix instead)."""
+    fix = ("give a weights file (node parameter 'weights', tool option --weights), or weights "
+           "'none' to run on random weights on purpose (tests, benchmarks: labels meaningless)")
+    if weights == "none":
+        return None
+    if weights == "default":
+        shipped = SHIPPED_WEIGHTS.get(model)
+        if shipped is None:
+            raise WeightsError(f"model {model!r} has no shipped weights (weights 'default'): {fix}")
+        if not share_path(shipped).is_file():
+            raise WeightsError(f"the shipped weights of {model!r} ({share_path(shipped)}) are not "
+                               f"installed: reinstall seg_ros, or {fix}")
+        return str(share_path(shipped))
+    if not weights or not str(weights).strip():
+        raise WeightsError(f"weights is empty: {fix}")
+    return str(weights)
+
+
 @dataclass
 class PipelineConfig:
-    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights,
-    random initialisation when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
+    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights;
+    WeightsError when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
     ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
     frame's own size. Sizes are rounded to the model's size divisor."""
 
@@ -183,16 +204,9 @@ class SegmentationPipeline:
             log.warning(note)
 
     # -- construction helpers -------------------------------------------------------------
-    def _read_weights(self):
-        spec = self.config.weights
-        if spec in ("none", "", None):
-            return None
-        if spec == "default":
-            shipped = SHIPPED_WEIGHTS.get(self.config.model)
-            if shipped is None or not share_path(shipped).is_file():
-                return None
-            spec = str(share_path(shipped))
-        return read_weights(spec)
+    def _read_weights(self) -> WeightsFile | None:
+        path = weights_file_for(self.config.model, self.config.weights)
+        return read_weights(path) if path is not None else None
 
     def _resolve_classes(self, meta: dict[str, Any]) -> ClassSet:
         if self.config.classes:

@@ -7,7 +7,7 @@ import torch
 
 from seg_ros.errors import ConfigError, InputError, WeightsError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import SegmentationPipeline, inference_size
+from seg_ros.pipeline import SHIPPED_WEIGHTS, SegmentationPipeline, inference_size
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,20 @@ def test_class_count_mismatch_with_weights(weights_file):
         SegmentationPipeline(weights=str(weights_file), classes="camvid", device="cpu")
     with pytest.raises(WeightsError, match="missing.pt does not exist"):
         SegmentationPipeline(weights="/tmp/definitely/missing.pt", device="cpu")
+
+
+def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
+    """weights 'default' for a model without shipped weights (or with its file not installed) is
+    a start-up error naming the fix, not a silent fall-back to random weights."""
+    with pytest.raises(WeightsError, match=r"'unet' has no shipped weights .*--weights.*'none'"):
+        SegmentationPipeline(model="unet", device="cpu")
+    with pytest.raises(WeightsError, match="weights is empty"):
+        SegmentationPipeline(weights="", device="cpu")
+    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", "weights/unet_not_installed.pt")
+    with pytest.raises(WeightsError, match=r"unet_not_installed.pt\) are not installed"):
+        SegmentationPipeline(model="unet", device="cpu")
+    small = {"base_width": 8, "depth": 2}
+    assert not SegmentationPipeline(model="unet", weights="none", device="cpu", model_options=small).trained
 
 
 def test_random_init_is_announced():

@@ -35,11 +35,10 @@ def trace_to_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """``model`` traced on ``example`` and serialised. The trace keeps sizes symbolic (our models
     read them with ``x.shape``), so the one trace serves every input shape; each graph built from
     it is checked against the eager module anyway."""
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes about Python control flow on shapes
-        traced = torch.jit.trace(model, example.clone(), check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
+        torch.jit.save(torch.jit.trace(model, example.clone(), check_trace=False), buffer)
     return buffer.getvalue()
 
 
@@ -48,7 +47,8 @@ def fuse_for_shape(script: bytes, model: nn.Module, example: torch.Tensor) -> to
     ``example`` until the fused graph is in place, and checked against the eager ``model`` on it
     (RuntimeError when they differ)."""
     torch.jit.enable_onednn_fusion(True)
-    with torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's deprecation notices
         graph = torch.jit.freeze(torch.jit.load(io.BytesIO(script), map_location="cpu").eval())
         for _ in range(PROFILING_RUNS):
             fused = graph(example.clone())
