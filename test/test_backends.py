@@ -119,6 +119,10 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
         torch.testing.assert_close(fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3)
         agree = (fused(img).labels == eager(img).labels).mean()
         assert agree > 0.999, agree
+    from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_to_bytes
+    x = fused.network_input(small_image)
+    graph = fuse_for_shape(trace_to_bytes(fused.model, x), fused.model, x)  # warm-up runs it fused
+    assert graph is not None and "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
     info = fused.backend.describe()
     assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
     assert fused.backend.fused.graphs.hits >= 4
