@@ -19,11 +19,12 @@ from .backends import create_backend, list_backends
 from .backends.cuda_fast import PinnedUploader
 from .classes import ClassSet, load_classes
 from .device import resolve_device
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, WeightsError
 from .models import build_model, list_models, read_weights
 from .models.optimize import prepare_for_inference
-from .models.weights import apply_state_dict
+from .models.weights import WeightsFile, apply_state_dict
 from .resources import share_path
+from .sizes import DEFAULT_MIN_FRAMES_PER_NEW_SIZE, KeptSizes
 
 log = logging.getLogger("seg_ros")
 # Frames from ROS buffers are read-only views; the pipeline never writes to its input.
@@ -39,12 +40,36 @@ OUTPUT_RESOLUTIONS = ("input", "inference")
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 
 
+def weights_file_for(model: str, weights: str) -> str | None:
+    """The weights file a pipeline loads for ``model`` given the ``weights`` setting, or None for
+    random initialisation, which only an explicit ``"none"`` gives: a vehicle must not drive on a
+    model that silently fell back to random weights (WeightsError naming the fix instead)."""
+    fix = ("give a weights file (node parameter 'weights', tool option --weights), or weights "
+           "'none' to run on random weights on purpose (tests, benchmarks: labels meaningless)")
+    if weights == "none":
+        return None
+    if weights == "default":
+        shipped = SHIPPED_WEIGHTS.get(model)
+        if shipped is None:
+            raise WeightsError(f"model {model!r} has no shipped weights (weights 'default'): {fix}")
+        if not share_path(shipped).is_file():
+            raise WeightsError(f"the shipped weights of {model!r} ({share_path(shipped)}) are not "
+                               f"installed: reinstall seg_ros, or {fix}")
+        return str(share_path(shipped))
+    if not weights or not str(weights).strip():
+        raise WeightsError(f"weights is empty: {fix}")
+    return str(weights)
+
+
 @dataclass
 class PipelineConfig:
-    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights,
-    random initialisation when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
+    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights;
+    WeightsError when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
     ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
-    frame's own size. Sizes are rounded to the model's size divisor."""
+    frame's own size. Sizes are rounded to the model's size divisor. ``min_frames_per_new_size``:
+    when frames come in more sizes than the backend keeps graphs for, a new size replaces a kept
+    one at most once per this many frames, and frames in between run at the nearest kept size
+    (1: every new size is built at once, exact but slow when sizes cycle; see seg_ros/sizes.py)."""
 
     model: str = "ddrnet23_slim"
     weights: str = "default"
@@ -57,6 +82,7 @@ class PipelineConfig:
     output_resolution: str = "input"
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     num_threads: int = 0
+    min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE
     model_options: dict[str, Any] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +100,8 @@ class PipelineConfig:
             raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0 (0 = library default), got {self.num_threads}")
+        if int(self.min_frames_per_new_size) < 1:
+            raise ConfigError(f"min_frames_per_new_size must be >= 1, got {self.min_frames_per_new_size}")
 
 
 @dataclass
@@ -162,6 +190,7 @@ class SegmentationPipeline:
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
                                       pipeline=self, **config.backend_options)
+        self.sizes = KeptSizes(self.backend.max_shapes, int(config.min_frames_per_new_size))
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -182,16 +211,9 @@ class SegmentationPipeline:
             log.warning(note)
 
     # -- construction helpers -------------------------------------------------------------
-    def _read_weights(self):
-        spec = self.config.weights
-        if spec in ("none", "", None):
-            return None
-        if spec == "default":
-            shipped = SHIPPED_WEIGHTS.get(self.config.model)
-            if shipped is None or not share_path(shipped).is_file():
-                return None
-            spec = str(share_path(shipped))
-        return read_weights(spec)
+    def _read_weights(self) -> WeightsFile | None:
+        path = weights_file_for(self.config.model, self.config.weights)
+        return read_weights(path) if path is not None else None
 
     def _resolve_classes(self, meta: dict[str, Any]) -> ClassSet:
         if self.config.classes:
@@ -232,13 +254,15 @@ class SegmentationPipeline:
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
         return torch.from_numpy(image)
 
-    def preprocess(self, frame: torch.Tensor, color_order: str = "rgb") -> torch.Tensor:
-        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w)."""
+    def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
+                   size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w), at
+        ``size`` (default: the frame's own inference size)."""
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
-        return ops.resize_and_normalize(
-            ops.image_to_tensor(frame), self.inference_size_for(tuple(frame.shape[:2])), self._scale,
-            self._shift, self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
+        size = size or self.inference_size_for(tuple(frame.shape[:2]))
+        return ops.resize_and_normalize(ops.image_to_tensor(frame), size, self._scale, self._shift,
+                                        self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
 
     def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
         """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
@@ -248,7 +272,9 @@ class SegmentationPipeline:
         return self.preprocess(self._upload(image), color_order)
 
     def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
-        x = self.preprocess(frame, color_order)
+        """Logits of one camera frame, at the size :class:`KeptSizes` chooses for it."""
+        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])))
+        x = self.preprocess(frame, color_order, size)
         clock.mark("preprocess")
         logits = self.backend(x)
         clock.mark("forward")

@@ -27,7 +27,7 @@ from seg_ros.backends.tensorrt_backend import (REFUSAL, CalibrationData, EngineC
 from seg_ros.cli.main import main as cli_main
 from seg_ros.errors import ConfigError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import SegmentationPipeline
+from seg_ros.pipeline import SegmentationPipeline, inference_size
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (optional extra 'onnx')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional extra 'onnx')")
@@ -119,6 +119,10 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
         torch.testing.assert_close(fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3)
         agree = (fused(img).labels == eager(img).labels).mean()
         assert agree > 0.999, agree
+    from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_to_bytes
+    x = fused.network_input(small_image)
+    graph = fuse_for_shape(trace_to_bytes(fused.model, x), fused.model, x)  # warm-up runs it fused
+    assert graph is not None and "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
     info = fused.backend.describe()
     assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
     assert fused.backend.fused.graphs.hits >= 4
@@ -142,6 +146,56 @@ def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
         pytest.skip("this torch build fuses DeepLab v3+: nothing falls back")
     warnings = [r for r in caplog.records if "no oneDNN-fused CPU graph" in r.getMessage()]
     assert len(warnings) == 1 and "Traceback" not in warnings[0].getMessage()
+
+
+# -- memory of evicted graphs and sizes that cycle (issue 18) ----------------------------------
+@pytest.mark.slow
+def test_evicted_fused_graphs_free_their_memory():
+    """A one-graph cache fed three shapes in turn builds a real fused graph on every call; the
+    evicted ones must give their memory back. Before the fix each build left ~24 MB (its frozen
+    weights) in TorchScript's process-wide compilation unit: +290 MB over these 12 builds."""
+    from seg_ros.backends.cpu_fusion import FusedCpuForward
+    from seg_ros.benchmark import rss_mb
+    from seg_ros.models.optimize import prepare_for_inference
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model("ddrnet23_slim", 11), torch.device("cpu"))
+    fused = FusedCpuForward(model, max_graphs=1)
+    shapes = [(64, 96), (64, 104), (64, 112)]
+    python_cu = torch.jit._state._python_cu  # where every trace or freeze would register its types
+    functions, rss = [], []
+    with torch.inference_mode():
+        for i in range(15):
+            x = torch.randn(1, 3, *shapes[i % 3]).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(fused(x), model(x), atol=2e-3, rtol=1e-3)
+            functions.append(len(python_cu.get_functions()))
+            rss.append(rss_mb())
+    assert fused.disabled is None and fused.graphs.builds == 15 and fused.graphs.evictions == 14
+    assert functions[1:] == functions[1:2] * 14, functions  # the one trace registers types once
+    assert rss[-1] - rss[2] < 60, rss  # 12 builds after the first cycle: no 24 MB each
+
+
+@pytest.mark.slow
+def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, road_image):
+    """Frames in 5 sizes, one at a time, through a 4-graph backend (the issue's camera): graphs
+    are built for the first sizes, the rest run at the nearest kept size instead of a build per
+    frame, frames at their own size get the same labels as alone, and memory stays flat."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), cv2.cvtColor(road_image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "sizes.json"
+    assert cli_main(["bench-sizes", "--height", "96", "--widths", "140,154,171,192,220", "--frames", "30",
+                     "--image", str(image), "--weights", str(weights_file), "--device", "cpu",
+                     "--input-size", "96x128", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["warm_up_size"] == [96, 128] and len(report["kept_sizes"]) == 4
+    assert 4 <= report["graph_builds"] <= 5, report  # warm-up + 3 sizes + at most one replacement
+    assert report["frames_resized_into_kept_size"] == 6  # the 6 frames 220 wide: run at 64x128
+    ran_at = {tuple(r["ran_at"]) for r in report["records"]}
+    assert len(ran_at) <= 5 and all(h % 8 == 0 and w % 8 == 0 for h, w in ran_at)
+    assert report["rss_mb"]["second_half_growth"] < 20, report["rss_mb"]
+    last_run_at = {r["width"]: tuple(r["ran_at"]) for r in report["records"]}
+    for width, agreement in report["label_agreement"].items():  # last frame of each width
+        if last_run_at[int(width)] == inference_size((96, int(width)), (96, 128), True, 8):
+            assert agreement == 1.0, report["label_agreement"]  # at its own size: same labels
 
 
 # -- ONNX export ------------------------------------------------------------------------------

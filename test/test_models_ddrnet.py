@@ -1,6 +1,10 @@
 """DDRNet family: exact sizes, the authors' checkpoint layout, and outputs of a loaded checkpoint."""
 from __future__ import annotations
 
+import argparse
+import os
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,17 +135,35 @@ def test_mismatch_errors_name_the_keys(tmp_path):
     assert "final_layer.conv2.weight (file (19, 64, 1, 1), model (11, 64, 1, 1))" in msg
 
 
+class _Payload:
+    """A pickled object whose unpickling would run a command: never loaded."""
+
+    def __reduce__(self):
+        return (os.system, ("echo should-never-run",))
+
+
 def test_unreadable_files_are_clear(tmp_path):
+    """Each refusal names the file and says plainly why it is not a weights file, without PyTorch's
+    advice to load it with weights_only=False (which would run the code a file carries)."""
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(build_model("ddrnet23_slim", 19), tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="junk.pt is not a readable PyTorch checkpoint"):
-        load_weights(build_model("ddrnet23_slim", 19), tmp_path / "junk.pt")
-    good = tmp_path / "trunc.pt"
-    torch.save(build_model("ddrnet23_slim", 19).state_dict(), good)
-    good.write_bytes(good.read_bytes()[:5000])
-    with pytest.raises(WeightsError, match="trunc.pt"):
-        load_weights(build_model("ddrnet23_slim", 19), good)
+    trunc = tmp_path / "trunc.pt"
+    torch.save(build_model("ddrnet23_slim", 19).state_dict(), trunc)
+    trunc.write_bytes(trunc.read_bytes()[:5000])
+    (tmp_path / "text.pt").write_text("model: ddrnet23_slim\nthis is a text file\n")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.01)}, tmp_path / "ns.pt")
+    with open(tmp_path / "payload.pt", "wb") as f:
+        pickle.dump({"w": _Payload()}, f, protocol=2)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    reasons = {"trunc.pt": "damaged (truncated or corrupt)", "text.pt": "not a PyTorch checkpoint at all",
+               "ns.pt": "Python objects, not only tensors (argparse.Namespace)",
+               "payload.pt": f"Python objects, not only tensors ({os.system.__module__}.system)", "empty.pt": "it is empty"}
+    for name, reason in reasons.items():
+        with pytest.raises(WeightsError) as err:
+            load_weights(build_model("ddrnet23_slim", 19), tmp_path / name)
+        msg = str(err.value)
+        assert msg.startswith(f"weights file {tmp_path / name} is not a valid weights file: "), msg
+        assert reason in msg and "weights_only" not in msg and "\n" not in msg, msg
 
 
 # --- an independent functional reference of DDRNet-23-slim, driven by the official key names ---

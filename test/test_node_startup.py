@@ -31,6 +31,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
     missing = tmp / "no_such_weights.pt"
     corrupt = tmp / "corrupt.pt"
     corrupt.write_bytes(b"this is not a checkpoint" * 10)
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:4096])
     wrong = tmp / "nineteen_classes.pt"
     torch.manual_seed(0)
     save_weights(wrong, build_model("ddrnet23_slim", 19), {"arch": "ddrnet23_slim", "num_classes": 19})
@@ -41,7 +43,10 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
     wrong_type.write_text(PARAMS_FILE.read_text().replace("qos_depth: 1", 'qos_depth: "deep"'))
     cases = {
         "missing_weights": (node_command(missing), [str(missing), "does not exist"]),
-        "corrupt_weights": (node_command(corrupt), [str(corrupt), "not a readable"]),
+        "corrupt_weights": (node_command(corrupt), [str(corrupt), "not a valid weights file"]),
+        "truncated_weights": (node_command(truncated), [str(truncated), "truncated or corrupt"]),
+        "untrained_default": (node_command("default", "model:=unet"),
+                              ["'unet' has no shipped weights", "'none'"]),
         "incompatible_weights": (node_command(wrong), [str(wrong), "19"]),
         "bad_classes_file": (node_command(good, f"classes:={bad_classes}"), [str(bad_classes), "duplicate"]),
         "out_of_range": (node_command(good, "overlay_alpha:=2.0"), ["overlay_alpha"]),
@@ -79,8 +84,9 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
     return results
 
 
-CASES = ["missing_weights", "corrupt_weights", "incompatible_weights", "bad_classes_file", "out_of_range",
-         "bad_choice", "wrong_type", "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda",
+CASES = ["missing_weights", "corrupt_weights", "truncated_weights", "untrained_default",
+         "incompatible_weights", "bad_classes_file", "out_of_range", "bad_choice", "wrong_type",
+         "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda",
          "wrong_typed_override", "wrong_typed_bool"]
 
 

@@ -7,7 +7,8 @@ import torch
 
 from seg_ros.errors import ConfigError, InputError, WeightsError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import SegmentationPipeline, inference_size
+from seg_ros.pipeline import SHIPPED_WEIGHTS, SegmentationPipeline, inference_size
+from seg_ros.sizes import KeptSizes
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,20 @@ def test_class_count_mismatch_with_weights(weights_file):
         SegmentationPipeline(weights="/tmp/definitely/missing.pt", device="cpu")
 
 
+def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
+    """weights 'default' for a model without shipped weights (or with its file not installed) is
+    a start-up error naming the fix, not a silent fall-back to random weights."""
+    with pytest.raises(WeightsError, match=r"'unet' has no shipped weights .*--weights.*'none'"):
+        SegmentationPipeline(model="unet", device="cpu")
+    with pytest.raises(WeightsError, match="weights is empty"):
+        SegmentationPipeline(weights="", device="cpu")
+    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", "weights/unet_not_installed.pt")
+    with pytest.raises(WeightsError, match=r"unet_not_installed.pt\) are not installed"):
+        SegmentationPipeline(model="unet", device="cpu")
+    small = {"base_width": 8, "depth": 2}
+    assert not SegmentationPipeline(model="unet", weights="none", device="cpu", model_options=small).trained
+
+
 def test_random_init_is_announced():
     p = SegmentationPipeline(weights="none", device="cpu")
     assert not p.trained and any("random initialisation" in n for n in p.notes)
@@ -156,3 +171,34 @@ def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file,
     pipe(road_image[:240, :320], "rgb")  # 4:3 like the warm-up: scaled to 96x128, same graph
     assert pipe.backend.describe()["graphs"] == 1
     assert SegmentationPipeline(weights="none", device="cpu").warm_up() is None
+
+
+def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
+    """Up to ``capacity`` sizes run as they are; beyond, a new size replaces the least recently
+    used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
+    kept size nearest in shape. A camera that changes size for good is adopted within that bound."""
+    sizes = KeptSizes(capacity=2, min_frames_per_new_size=5)
+    assert [sizes.choose(s) for s in [(8, 16), (16, 16), (8, 16)]] == [(8, 16), (16, 16), (8, 16)]
+    assert sizes.choose((24, 24)) == (24, 24) and sizes.replaced == 1  # first replacement: (16, 16) goes
+    assert sizes.kept() == [(8, 16), (24, 24)]
+    assert sizes.choose((16, 16)) == (24, 24) and sizes.choose((8, 24)) == (8, 16)  # nearest in shape
+    assert sizes.resized == 2 and sizes.replaced == 1
+    new = [sizes.choose((40, 48)) for _ in range(6)]  # a new size for good
+    assert new[:2] == [(24, 24)] * 2 and new[2:] == [(40, 48)] * 4 and sizes.replaced == 2
+    assert KeptSizes(None).choose((123, 77)) == (123, 77)  # no per-shape artefacts: never resized
+    always = KeptSizes(1, min_frames_per_new_size=1)  # the plain LRU
+    assert [always.choose(s) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
+    with pytest.raises(ConfigError, match="min_frames_per_new_size"):
+        SegmentationPipeline(weights="none", device="cpu", min_frames_per_new_size=0)
+
+
+def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_image):
+    """Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
+    frame's resolution), and the backend holds no more graphs than it may."""
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", input_size=(64, 64))
+    assert pipe.backend.max_shapes == 4
+    for width in (64, 73, 85, 102, 128, 64):  # network sizes 64, 56, 48, 40, 32 (x64), 64
+        frame = np.ascontiguousarray(road_image[:64, :width])
+        assert pipe(frame, "rgb").labels.shape == (64, width)
+    assert len(pipe.sizes.kept()) == 4 == pipe.backend.describe()["graphs"]
+    assert pipe.sizes.replaced == 1 and pipe.sizes.resized == 1 and pipe.sizes.kept()[-1] == (56, 64)

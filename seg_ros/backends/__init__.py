@@ -16,7 +16,11 @@ from ..errors import ConfigError
 
 
 class Backend(Protocol):
+    """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
+    session or engine that takes long to build); None when any shape runs without one."""
+
     name: str
+    max_shapes: int | None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 

@@ -1,15 +1,22 @@
 """The fast CPU path of the torch backend: oneDNN graph fusion of a traced, frozen forward.
 
 Eager PyTorch runs every convolution, ReLU and residual add as its own kernel over the whole
-feature map. Tracing the (already BN-folded, channels_last) network once per input shape, freezing
-its weights into the graph and letting oneDNN fuse conv + ReLU + add chains removes most of those
-passes over memory: about 15 % less forward time for DDRNet-23-slim at 512x1024 on a 2-core x86 CPU
-(docs/pipeline.md). Outputs match the eager module to float rounding. A traced graph is only valid
-for the shape it was traced with, so graphs live in a :class:`ShapeCache`; a model whose graph
-cannot be built or run, or differs from the eager module, runs eagerly from then on.
+feature map. Tracing the (already BN-folded, channels_last) network, freezing its weights into the
+graph and letting oneDNN fuse conv + ReLU + add chains removes most of those passes over memory:
+about 15 % less forward time for DDRNet-23-slim at 512x1024 on a 2-core x86 CPU
+(docs/pipeline.md). Outputs match the eager module to float rounding. The JIT specialises a frozen
+graph to the shapes it profiled, so graphs live in a :class:`ShapeCache`, one per input shape; a
+model whose graph cannot be built or run, or differs from the eager module, runs eagerly from then
+on.
+
+Memory: every TorchScript type a trace or a freeze creates is registered in the process-wide
+compilation unit and never freed, frozen weights included (24 MB per graph for DDRNet-23-slim).
+So the model is traced once and serialised, and each per-shape graph is loaded from those bytes
+into a compilation unit of its own, which is freed with the graph when the cache evicts it.
 """
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from typing import Hashable
@@ -21,24 +28,39 @@ from .cuda_fast import graph_key
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
-PROFILING_RUNS = 3  # the JIT profiles a few runs before it hands the graph to oneDNN
+PROFILING_RUNS = 2  # run 1 profiles shapes, run 2 compiles and runs the oneDNN-fused graph
 
 
-def trace_fused(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model`` traced on ``example``, frozen, warmed up until the fused graph is in place, and
-    checked against the eager module on ``example`` (RuntimeError when they differ)."""
+def trace_to_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` traced on ``example`` and serialised. The trace keeps sizes symbolic (our models
+    read them with ``x.shape``), so the one trace serves every input shape; each graph built from
+    it is checked against the eager module anyway."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
+        torch.jit.save(torch.jit.trace(model, example.clone(), check_trace=False), buffer)
+    return buffer.getvalue()
+
+
+def fuse_for_shape(script: bytes, model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """The traced ``script`` loaded into its own compilation unit, frozen, warmed up on
+    ``example`` until the fused graph is in place, and checked against the eager ``model`` on it
+    (RuntimeError when they differ)."""
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes about Python control flow on shapes
-        traced = torch.jit.freeze(torch.jit.trace(model, example.clone(), check_trace=False))
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's deprecation notices
+        graph = torch.jit.freeze(torch.jit.load(io.BytesIO(script), map_location="cpu").eval())
         for _ in range(PROFILING_RUNS):
-            fused = traced(example.clone())
+            fused = graph(example.clone())
         reference = model(example.clone())
+    if fused.shape != reference.shape:
+        raise RuntimeError(f"fused graph gives shape {tuple(fused.shape)}, the eager model "
+                           f"{tuple(reference.shape)} (the trace fixed a size)")
     error = (fused.float() - reference.float()).abs().max().item()
     bound = 1e-3 + 1e-2 * reference.abs().max().item()
     if not error <= bound:
         raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
-    return traced
+    return graph
 
 
 def _reason(exc: Exception) -> str:
@@ -48,7 +70,7 @@ def _reason(exc: Exception) -> str:
 
 
 class FusedCpuForward:
-    """``forward(x)`` through the fused graph traced for ``x``'s shape. If a graph cannot be built
+    """``forward(x)`` through the fused graph for ``x``'s shape. If a graph cannot be built
     or run for this model (oneDNN does not take every op pattern, e.g. DeepLab's ASPP
     concatenation), one warning says why and the model runs eagerly from then on."""
 
@@ -57,10 +79,13 @@ class FusedCpuForward:
         self.graphs: ShapeCache[torch.jit.ScriptModule] = ShapeCache(
             self._build, max_entries=max_graphs, what="fused CPU graph")
         self.disabled: str | None = None  # why the model runs eagerly, once it does
+        self._script: bytes | None = None  # the one trace of the model, serialised
 
     def _build(self, key: Hashable, example: torch.Tensor) -> torch.jit.ScriptModule:
-        log.info("tracing a fused CPU graph for input %s (first frame of this size is slower)", key[0])
-        return trace_fused(self.model, example)
+        log.info("building a fused CPU graph for input %s (first frame of this size is slower)", key[0])
+        if self._script is None:
+            self._script = trace_to_bytes(self.model, example)
+        return fuse_for_shape(self._script, self.model, example)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled is None:
@@ -71,6 +96,7 @@ class FusedCpuForward:
             except Exception as exc:  # noqa: BLE001 - any failure means: run this model eagerly
                 self.disabled = _reason(exc)
                 self.graphs.clear()
+                self._script = None
                 log.warning("no oneDNN-fused CPU graph for %s (%s); running it eagerly",
                             type(self.model).__name__, self.disabled)
         return self.model(x)

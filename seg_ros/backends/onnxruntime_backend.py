@@ -121,6 +121,7 @@ class OnnxRuntimeBackend:
             self._fixed = self._open(self.onnx_path)
         self._sessions: ShapeCache[_Session] = ShapeCache(self._build, max_entries=max_shapes,
                                                           what="onnxruntime session")
+        self.max_shapes = None if self.dynamic or self._fixed is not None else int(max_shapes)
 
     # -- sessions ---------------------------------------------------------------------------
     def _open(self, path: Path) -> _Session:

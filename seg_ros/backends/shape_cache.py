@@ -3,15 +3,37 @@
 The pipeline picks the inference size per frame, so an artefact built for one shape must never
 serve another. Keys whose build failed can be remembered, so a backend falls back (e.g. to eager
 execution) once and does not retry the failing build on every frame.
+
+An evicted artefact must give its memory back: after dropping it the cache asks the C library to
+return freed heap pages to the system. Without that, glibc keeps the freed tens of MB of each
+graph as fragmented heap and RSS keeps climbing when sizes cycle past the cache (issue 18).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections import OrderedDict
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
 log = logging.getLogger("seg_ros")
 V = TypeVar("V")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages freed so far back to the system (a no-op where glibc is absent)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class ShapeCache(Generic[V]):
@@ -50,11 +72,16 @@ class ShapeCache(Generic[V]):
             return None
         self.builds += 1
         self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._evict_oldest()
+        return value
+
+    def _evict_oldest(self) -> None:
         while len(self._entries) > self.max_entries:
-            old, _ = self._entries.popitem(last=False)
+            old, _ = self._entries.popitem(last=False)  # the artefact's last reference goes here
             self.evictions += 1
             log.info("dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries)
-        return value
+        release_freed_memory()
 
     def keys(self) -> list[Hashable]:
         return list(self._entries)
@@ -65,3 +92,4 @@ class ShapeCache(Generic[V]):
     def clear(self) -> None:
         self._entries.clear()
         self.failed.clear()
+        release_freed_memory()

@@ -367,6 +367,7 @@ class TensorRTBackend:
         self.workspace_mb = int(workspace_mb)
         self._engines: ShapeCache[Engine] = ShapeCache(self._engine_for, max_entries=max_shapes,
                                                        what="TensorRT engine")
+        self.max_shapes = int(max_shapes)
 
     def key_for(self, onnx_path: Path, shape: tuple[int, int], calibration: str = "") -> EngineKey:
         return engine_key(onnx_path, self.trt.__version__, self.gpu, self.cc, self.precision, shape, calibration)

@@ -38,6 +38,15 @@ class TorchBackend:
                       if device.type == "cpu" and not half and _flag(cpu_fusion) else None)
         self._run = next((f for f in (self.graphed, self.fused) if f is not None), model)
 
+    @property
+    def max_shapes(self) -> int | None:
+        """Graphs kept per shape (None once the fused CPU path gave up and the model runs eagerly)."""
+        if self.graphed is not None:
+            return self.graphed.graphs.max_entries
+        if self.fused is not None and self.fused.disabled is None:
+            return self.fused.graphs.max_entries
+        return None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.stream is not None:
             return on_stream(self.stream, self._run, x)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import bags, image_codec
 from ..errors import ConfigError
-from ..pipeline import SHIPPED_WEIGHTS
+from ..pipeline import weights_file_for
 from ..resources import share_path
 from .live_node import node_executable
 from .replay import VideoSink, format_latency, latency_summary
@@ -54,13 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def expect_trained(model: str, weights: str) -> bool:
-    """Whether the node will load real weights (it also says so in /diagnostics 'trained')."""
-    if weights == "none":
-        return False
-    if weights == "default":
-        shipped = SHIPPED_WEIGHTS.get(model)
-        return bool(shipped) and share_path(shipped).is_file()
-    return Path(weights).is_file()
+    """Whether the node will load real weights (it also says so in /diagnostics 'trained');
+    WeightsError, before anything starts, for a setting the node would refuse."""
+    return weights_file_for(model, weights) is not None
 
 
 def header_stamp(raw: bytes) -> int:

@@ -9,6 +9,9 @@ normalisation, input size, training provenance) so a weights file alone configur
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +26,8 @@ _NESTED_KEYS = ("state_dict", "model_state", "model")
 _PREFIXES = ("module.", "model.", "base.")  # base.: the DeepLab v2 port's multi-scale wrapper
 # Buffers a training wrapper may store beside the network (e.g. class-weighted loss).
 _TRAINING_ONLY_PREFIXES = ("loss.", "criterion.")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a bare pickle (protocol 2+)
 
 
 @dataclass
@@ -71,12 +76,33 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
     if not os.access(path, os.R_OK):
         raise WeightsError(f"weights file {path} is not readable (permission denied)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. notes on the pickle protocol of foreign files
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"weights file {path} is not a readable PyTorch checkpoint: {reason}") from None
+        raise WeightsError(f"weights file {path} is not a valid weights file: "
+                           f"{_why_unloadable(path, exc)}") from None
     state, meta = _find_state_dict(obj, path)
     return WeightsFile(path=path, state_dict=_strip_prefixes(state), meta=meta)
+
+
+def _why_unloadable(path: str, exc: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in plain words. PyTorch's own message for files holding
+    Python objects advises loading with ``weights_only=False``, i.e. running whatever code the
+    file carries: never repeated to a user."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "it is empty"
+    unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    if unsafe:
+        return (f"it holds Python objects, not only tensors ({unsafe.group(1)}), which are never "
+                f"loaded because they can run code; save the model's state_dict() instead")
+    if head.startswith(_ZIP_MAGIC):
+        return "it is a damaged (truncated or corrupt) PyTorch checkpoint"
+    if head.startswith(_PICKLE_MAGIC):
+        return "it is a pickle without plain tensors, or a damaged (truncated or corrupt) one"
+    return "it is not a PyTorch checkpoint at all (neither a zip archive nor a pickle)"
 
 
 def _optional_missing(model: SegmentationModel, missing: list[str]) -> bool:

@@ -1,0 +1,76 @@
+"""Which inference size each frame runs at when frame sizes vary.
+
+A backend keeps one artefact per input shape (a fused CPU graph or a CUDA graph, an onnxruntime
+session, a TensorRT engine) and builds it on the first frame of a shape: about 0.5-1 s on a
+2-core CPU for DDRNet-23-slim, minutes for a TensorRT engine. It keeps at most ``capacity`` of
+them. As long as frames come in at most ``capacity`` sizes, every frame runs at its own size and
+each size costs one build. Beyond that, a plain LRU would rebuild on every frame when sizes cycle
+(issue 18: 1.1 s instead of 66 ms per frame). So a new size replaces the least recently used one
+at most once per ``min_frames_per_new_size`` frames; frames in between are resized into the kept
+size nearest in shape, which only costs a slight change of scale. A camera that switches to a new
+size for good gets it adopted within that many frames. docs/pipeline.md has the measurements.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+
+log = logging.getLogger("seg_ros")
+Size = tuple[int, int]
+DEFAULT_MIN_FRAMES_PER_NEW_SIZE = 100
+
+
+def distortion(a: Size, b: Size) -> float:
+    """How far resizing between ``a`` and ``b`` stretches an image: the larger per-axis log ratio."""
+    return max(abs(math.log(a[0] / b[0])), abs(math.log(a[1] / b[1])))
+
+
+class KeptSizes:
+    """``choose(size)``: the size a frame whose own inference size is ``size`` runs at.
+    ``capacity`` None: the backend runs any shape without a per-shape build, so always ``size``."""
+
+    def __init__(self, capacity: int | None,
+                 min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
+        if min_frames_per_new_size < 1:
+            raise ValueError(f"min_frames_per_new_size must be >= 1, got {min_frames_per_new_size}")
+        self.capacity = capacity
+        self.min_frames_per_new_size = min_frames_per_new_size
+        self._kept: OrderedDict[Size, None] = OrderedDict()
+        self._frames_since_replacement = min_frames_per_new_size  # the first replacement is free
+        self.replaced = 0  # kept sizes given up for a new one (each costs a build)
+        self.resized = 0  # frames run at another kept size than their own
+
+    def choose(self, size: Size) -> Size:
+        if self.capacity is None:
+            return size
+        self._frames_since_replacement += 1
+        if size in self._kept:
+            return self._use(size)
+        if len(self._kept) < self.capacity:
+            return self._use(size)
+        if self._frames_since_replacement >= self.min_frames_per_new_size:
+            old, _ = self._kept.popitem(last=False)
+            self._frames_since_replacement = 0
+            self.replaced += 1
+            log.info("inference size %dx%d replaces %dx%d (more than %d sizes seen)",
+                     *size, *old, self.capacity)
+            return self._use(size)
+        nearest = min(self._kept, key=lambda kept: distortion(kept, size))
+        if self.resized == 0:
+            log.warning("frames come in more than %d sizes: a frame whose own inference size is not "
+                        "kept runs at the nearest kept one (here %dx%d for %dx%d) rather than "
+                        "rebuilding the network's graph every frame", self.capacity, *nearest, *size)
+        self.resized += 1
+        return self._use(nearest)
+
+    def _use(self, size: Size) -> Size:
+        self._kept[size] = None
+        self._kept.move_to_end(size)
+        return size
+
+    def kept(self) -> list[Size]:
+        """The sizes in use, least recently used first."""
+        return list(self._kept)
