@@ -119,9 +119,9 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
         torch.testing.assert_close(fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3)
         agree = (fused(img).labels == eager(img).labels).mean()
         assert agree > 0.999, agree
-    from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_to_bytes
+    from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_model
     x = fused.network_input(small_image)
-    graph = fuse_for_shape(trace_to_bytes(fused.model, x), fused.model, x)  # warm-up runs it fused
+    graph = fuse_for_shape(trace_model(fused.model, x), fused.model, x)  # warm-up runs it fused
     assert graph is not None and "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
     info = fused.backend.describe()
     assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
@@ -170,7 +170,7 @@ def test_evicted_fused_graphs_free_their_memory():
             functions.append(len(python_cu.get_functions()))
             rss.append(rss_mb())
     assert fused.disabled is None and fused.graphs.builds == 15 and fused.graphs.evictions == 14
-    assert functions[1:] == functions[1:2] * 14, functions  # the one trace registers types once
+    assert functions[1:] == functions[1:2] * 14, functions  # only the trace and first graph register
     assert rss[-1] - rss[2] < 60, rss  # 12 builds after the first cycle: no 24 MB each
 
 

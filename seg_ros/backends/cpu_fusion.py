@@ -10,9 +10,11 @@ model whose graph cannot be built or run, or differs from the eager module, runs
 on.
 
 Memory: every TorchScript type a trace or a freeze creates is registered in the process-wide
-compilation unit and never freed, frozen weights included (24 MB per graph for DDRNet-23-slim).
-So the model is traced once and serialised, and each per-shape graph is loaded from those bytes
-into a compilation unit of its own, which is freed with the graph when the cache evicts it.
+compilation unit and never freed, frozen weights included (24 MB per graph for DDRNet-23-slim, so
+RSS grew without bound when sizes cycled past the cache: issue 18). So the model is traced once;
+the first graph is frozen from that trace (its types stay for good, once), and every later one is
+loaded from the serialised trace into a compilation unit of its own, which goes with the graph
+when the cache evicts it. Serialising costs 0.3 s, so the first graph, built at start-up, skips it.
 """
 from __future__ import annotations
 
@@ -31,25 +33,38 @@ log = logging.getLogger("seg_ros")
 PROFILING_RUNS = 2  # run 1 profiles shapes, run 2 compiles and runs the oneDNN-fused graph
 
 
-def trace_to_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
-    """``model`` traced on ``example`` and serialised. The trace keeps sizes symbolic (our models
-    read them with ``x.shape``), so the one trace serves every input shape; each graph built from
-    it is checked against the eager module anyway."""
-    buffer = io.BytesIO()
+def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``model`` traced on ``example``. The trace keeps sizes symbolic (our models read them with
+    ``x.shape``), so the one trace serves every input shape; each graph built from it is checked
+    against the eager module anyway."""
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
-        torch.jit.save(torch.jit.trace(model, example.clone(), check_trace=False), buffer)
+        return torch.jit.trace(model, example.clone(), check_trace=False)
+
+
+def serialise(traced: torch.jit.ScriptModule) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's deprecation notices
+        torch.jit.save(traced, buffer)
     return buffer.getvalue()
 
 
-def fuse_for_shape(script: bytes, model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """The traced ``script`` loaded into its own compilation unit, frozen, warmed up on
-    ``example`` until the fused graph is in place, and checked against the eager ``model`` on it
-    (RuntimeError when they differ)."""
+def load_private(script: bytes) -> torch.jit.ScriptModule:
+    """A module loaded from ``script`` into a compilation unit of its own (freed with it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(io.BytesIO(script), map_location="cpu")
+
+
+def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
+                   example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``traced`` frozen, warmed up on ``example`` until the fused graph is in place, and checked
+    against the eager ``model`` on it (RuntimeError when they differ)."""
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's deprecation notices
-        graph = torch.jit.freeze(torch.jit.load(io.BytesIO(script), map_location="cpu").eval())
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = torch.jit.freeze(traced.eval())
         for _ in range(PROFILING_RUNS):
             fused = graph(example.clone())
         reference = model(example.clone())
@@ -79,13 +94,17 @@ class FusedCpuForward:
         self.graphs: ShapeCache[torch.jit.ScriptModule] = ShapeCache(
             self._build, max_entries=max_graphs, what="fused CPU graph")
         self.disabled: str | None = None  # why the model runs eagerly, once it does
-        self._script: bytes | None = None  # the one trace of the model, serialised
+        self._trace: torch.jit.ScriptModule | None = None  # the one trace of the model
+        self._script: bytes | None = None  # ... serialised, from the second graph on
 
     def _build(self, key: Hashable, example: torch.Tensor) -> torch.jit.ScriptModule:
         log.info("building a fused CPU graph for input %s (first frame of this size is slower)", key[0])
+        if self._trace is None:
+            self._trace = trace_model(self.model, example)
+            return fuse_for_shape(self._trace, self.model, example)
         if self._script is None:
-            self._script = trace_to_bytes(self.model, example)
-        return fuse_for_shape(self._script, self.model, example)
+            self._script = serialise(self._trace)
+        return fuse_for_shape(load_private(self._script), self.model, example)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled is None:
@@ -96,7 +115,7 @@ class FusedCpuForward:
             except Exception as exc:  # noqa: BLE001 - any failure means: run this model eagerly
                 self.disabled = _reason(exc)
                 self.graphs.clear()
-                self._script = None
+                self._trace = self._script = None
                 log.warning("no oneDNN-fused CPU graph for %s (%s); running it eagerly",
                             type(self.model).__name__, self.disabled)
         return self.model(x)
