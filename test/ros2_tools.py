@@ -82,7 +82,8 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
     CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
     repeated, as a user would."""
     cmd = [ros2_executable("ros2"), *args]
-    if args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump"):
+    if (args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump")
+            or args[0] == "lifecycle"):
         cmd += ["--no-daemon", "--spin-time", "2"]
     for _ in range(attempts):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
