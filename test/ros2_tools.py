@@ -172,6 +172,44 @@ class Ros2Process:
         self.proc.wait(10)
 
 
+def child_pid(pid: int) -> int:
+    """The one process that ``pid`` started (`ros2 run` runs the executable as its child)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+class LifecycleClient:
+    """``~/change_state`` and ``~/get_state`` of the managed node ``target``, called from
+    ``node`` (an rclpy node that something else spins)."""
+
+    def __init__(self, node, target: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._types = ChangeState, GetState
+        self._change = node.create_client(ChangeState, f"{target}/change_state")
+        self._get = node.create_client(GetState, f"{target}/get_state")
+
+    @staticmethod
+    def _call(client, request, timeout: float):
+        assert client.wait_for_service(timeout_sec=60.0), f"no {client.srv_name}"
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            assert time.monotonic() < deadline, f"{client.srv_name}: no answer in {timeout} s"
+            time.sleep(0.01)
+        return future.result()
+
+    def change(self, transition: str, timeout: float = 180.0) -> bool:
+        """Request ``transition`` by its label (configure, activate, ...): True on success."""
+        request = self._types[0].Request()
+        request.transition.label = transition
+        return self._call(self._change, request, timeout).success
+
+    def state(self) -> str:
+        return self._call(self._get, self._types[1].Request(), 30.0).current_state.label
+
+
 class FramePeer:
     """A frame source and label sink in this process, for a node found by its topic names."""
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from conftest import save_test_weights
-from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process, ros2, sourced_env)
+from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, LifecycleClient, Ros2Process, child_pid,
+                        ros2, sourced_env)
 from test_node import (NODE, SMALL, NodeProcess, Peer, check_outputs, image_msg, node_command,
                        offline, rclpy, small_image)  # noqa: F401  (fixtures)
 from test_ros2_cli import assert_stopped_cleanly, domain_for, small_frame, workspace  # noqa: F401
 
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
 from seg_ros.memory import resident_bytes  # noqa: E402
@@ -64,13 +64,6 @@ def lifecycle_get(env: dict[str, str], node: str) -> str:
     done = ros2(env, "lifecycle", "get", node)
     assert done.returncode == 0, done
     return done.stdout.strip()
-
-
-def child_pid(pid: int) -> int:
-    """The process `ros2 run` started (it runs the executable as its child)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
 
 
 def send_unanswered(peer: FramePeer, tag: str, frames: int = 5, wait_s: float = 2.0) -> list[str]:
@@ -161,36 +154,11 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
 
 
 # -- the ~/change_state service from rclpy -----------------------------------------------------
-class Lifecycle:
-    """The node's ~/change_state and ~/get_state, called from the test peer's node."""
-
-    def __init__(self, peer: Peer) -> None:
-        self._change = peer.node.create_client(ChangeState, f"{NODE}/change_state")
-        self._get = peer.node.create_client(GetState, f"{NODE}/get_state")
-
-    @staticmethod
-    def _call(client, request, timeout: float):
-        assert client.wait_for_service(timeout_sec=60.0), f"no {client.srv_name}"
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            assert time.monotonic() < deadline, f"{client.srv_name}: no answer in {timeout} s"
-            time.sleep(0.02)
-        return future.result()
-
-    def change(self, transition: str, timeout: float = 180.0) -> bool:
-        request = ChangeState.Request()
-        request.transition.label = transition
-        return self._call(self._change, request, timeout).success
-
-    def state(self) -> str:
-        return self._call(self._get, GetState.Request(), 30.0).current_state.label
-
-    def go(self, state: str) -> None:
-        """From unconfigured to ``state`` (unconfigured, inactive or active)."""
-        for transition in ("configure", "activate")[:STATE_IDS[state] - 1]:
-            assert self.change(transition), transition
-        assert self.state() == state
+def go(lifecycle: LifecycleClient, state: str) -> None:
+    """From unconfigured to ``state`` (unconfigured, inactive or active)."""
+    for transition in ("configure", "activate")[:STATE_IDS[state] - 1]:
+        assert lifecycle.change(transition), transition
+    assert lifecycle.state() == state
 
 
 def wait_line(node: NodeProcess, pattern: str, timeout: float) -> str:
@@ -220,7 +188,7 @@ def managed_node(workspace, tmp_path, weights, *params: str):
         peer = Peer(domain)
     try:
         wait_line(node, UNCONFIGURED, 120)
-        yield node, peer, Lifecycle(peer)
+        yield node, peer, LifecycleClient(peer.node, NODE)
     finally:
         peer.close()
         node.stop()
@@ -300,7 +268,7 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
     everything released, and the process then stops cleanly on SIGINT; SIGINT in each state runs
     the shutdown transition itself: exit code 0, no traceback, one stop line."""
     with managed_node(workspace, tmp_path, weights_file) as (node, peer, lifecycle):
-        lifecycle.go(state)
+        go(lifecycle, state)
         if how == "shutdown_transition":
             assert lifecycle.change("shutdown")
             assert lifecycle.state() == "finalized"

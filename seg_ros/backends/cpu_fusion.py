@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from typing import Hashable
 
 import torch
@@ -22,6 +23,7 @@ from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
 PROFILING_RUNS = 3  # the JIT profiles a few runs before it hands the graph to oneDNN
+_traced: "weakref.WeakSet[torch.jit.ScriptModule]" = weakref.WeakSet()  # graphs still in use
 
 
 def trace_fused(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -38,7 +40,21 @@ def trace_fused(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModu
     bound = 1e-3 + 1e-2 * reference.abs().max().item()
     if not error <= bound:
         raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
+    _traced.add(traced)
     return traced
+
+
+def forget_released_graphs() -> bool:
+    """Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
+    methods, with the weights frozen into them, in its global TorchScript compilation unit for
+    the life of the process (pytorch/pytorch#96726): dropping a pipeline does not free them, so
+    a process that loads one model after another grows by a model each time. This drops all of
+    that unit's functions, so only when no graph traced here is alive (call after gc.collect());
+    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes."""
+    if len(_traced):
+        return False
+    torch.jit._state._python_cu.drop_all_functions()
+    return True
 
 
 def _reason(exc: Exception) -> str:

@@ -270,7 +270,7 @@ class SegmentParts:
         device = self.pipeline.device if self.pipeline is not None else None
         self.pipeline = None
         self.info = {}
-        give_back_memory(device)
+        give_back_memory(device, forget_graphs=self.RECONFIGURABLE)
 
     def remove_core_log_handler(self) -> None:
         """At the very end: the core's logging no longer goes to this node."""
