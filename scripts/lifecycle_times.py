@@ -47,7 +47,8 @@ def drive(env: dict[str, str], cycles: int, params: list[str]) -> dict:
     threading.Thread(target=executor.spin, daemon=True).start()
     client = LifecycleClient(node, "/segment_node")
     round_trips: dict[str, list[float]] = {t: [] for t in TRANSITIONS}
-    rss: dict[str, list[float]] = {"unconfigured (start)": [], "configured": [], "after cleanup": []}
+    rss: dict[str, list[float]] = {"unconfigured (start)": [], "configured": [],
+                                   "after cleanup": []}
     try:
         proc.wait_for(r"unconfigured: parameters declared", 120)
         pid = child_pid(proc.proc.pid)

@@ -104,8 +104,9 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
             self.release()
             self.get_logger().error(f"configure failed: {_reason(exc)}; still unconfigured")
             return FAILURE
+        info = self.info
         self._record("configure", started,
-                     f"model {self.info['model']} ({self.info['weights']}) on {self.info['device']}")
+                     f"model {info['model']} ({info['weights']}) on {info['device']}")
         return SUCCESS
 
     @_logged("activate")
@@ -148,7 +149,8 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """After a transition raised (logged by :func:`_logged`): back to unconfigured with
-        nothing loaded, so a manager can configure again; FAILURE (finalized) if even that fails."""
+        nothing loaded, so a manager can configure again; FAILURE (finalized) if even that
+        fails."""
         try:
             self.stop_frames(timeout=None)
             self.release()
