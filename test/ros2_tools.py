@@ -211,10 +211,19 @@ class LifecycleClient:
             time.sleep(0.01)
         return future.result()
 
-    def change(self, transition: str, timeout: float = 180.0) -> bool:
-        """Request ``transition`` by its label (configure, activate, ...): True on success."""
+    def _request(self, transition: str):
         request = self._types[0].Request()
         request.transition.label = transition
+        return request
+
+    def send(self, transition: str) -> None:
+        """Request ``transition`` without waiting for the answer."""
+        assert self._change.wait_for_service(timeout_sec=60.0), f"no {self._change.srv_name}"
+        self._change.call_async(self._request(transition))
+
+    def change(self, transition: str, timeout: float = 180.0) -> bool:
+        """Request ``transition`` by its label (configure, activate, ...): True on success."""
+        request = self._request(transition)
         for _ in range(2):
             answer = self._call(self._change, request, timeout)
             if answer is not None:

@@ -307,6 +307,25 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
     assert not [line for line in log.splitlines() if "[ERROR]" in line], log
 
 
+def test_sigint_during_configure(workspace, tmp_path, weights_file):
+    """A stop signal while configure traces the graph (which cannot be interrupted): the node
+    gives the configure up and exits cleanly without waiting for the trace."""
+    with managed_node(workspace, tmp_path, weights_file, "input_size:=[360, 480]") as (
+            node, peer, lifecycle):
+        lifecycle.send("configure")
+        wait_line(node, r"tracing a fused CPU graph", 120)
+        started = time.monotonic()
+        code = node.stop(signal.SIGINT)
+        seconds = time.monotonic() - started
+    log = node.log
+    assert code == 0, log
+    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
+    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
+    assert "configure abandoned" in log and "warmed up" not in log, log
+    assert len([line for line in log.splitlines() if "shutting down" in line]) == 1, log
+    assert not [line for line in log.splitlines() if "[ERROR]" in line], log
+
+
 def test_error_processing_releases_everything(weights_file, capfd):
     """A transition that raises (here activate, as if the camera driver vanished: a fault
     injected by overriding subscribe) is logged once; error processing stops frames and releases

@@ -21,6 +21,7 @@ Nav2's lifecycle manager, ``ros2 lifecycle set``) drives it through ``~/change_s
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from ..errors import SegRosError
 from ..memory import resident_bytes
 from . import params as P
 from .diagnostics import OK, Report
-from .segment_node import NODE_NAME, STOP_TIMEOUT_S, SegmentParts, Settings
+from .segment_node import NODE_NAME, SPIN_PERIOD_S, STOP_TIMEOUT_S, SegmentParts, Settings
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -83,6 +84,7 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.start_diagnostics(values["diagnostics_period"])
         self._finished = True
+        self._warming: threading.Thread | None = None
         self.transition_times: dict[str, float] = {}
         self.get_logger().info("unconfigured: parameters declared, waiting for configure")
 
@@ -99,7 +101,10 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
             values = self.config_values()
             self.load(values)
             self._diag_timer.timer_period_ns = int(values["diagnostics_period"] * 1e9)
-            self.warm_up()
+            if not self._warm_up_unless_stopped():
+                self.get_logger().warning("configure abandoned: a stop was requested during "
+                                          "the warm-up")
+                return FAILURE
         except Exception as exc:  # missing weights, bad parameter, a model that cannot run
             self.release()
             self.get_logger().error(f"configure failed: {_reason(exc)}; still unconfigured")
@@ -141,9 +146,10 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
     @_logged("shutdown")
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         started = time.monotonic()
-        self._finished = self.stop_frames(STOP_TIMEOUT_S)
+        self._finished = self.stop_frames(STOP_TIMEOUT_S) and not self._still_warming()
         result = super().on_shutdown(state)
-        self.release()
+        if self._finished:  # else the process ends without waiting (run()): leave it be
+            self.release()
         self._record("shutdown", started, f"finalized from {state.label}: everything released")
         return result
 
@@ -161,6 +167,31 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
                                   "model released; unconfigured")
         return SUCCESS
 
+    def _warm_up_unless_stopped(self) -> bool:
+        """:meth:`warm_up` on a helper thread, waited for here, so that a stop signal during a
+        trace that cannot be interrupted still ends the process promptly. False: a stop was
+        requested first (the trace runs on; the process will not wait for it)."""
+        failure: list[Exception] = []
+
+        def warm_up() -> None:
+            try:
+                self.warm_up()
+            except Exception as exc:  # raised again on the transition's thread
+                failure.append(exc)
+
+        self._warming = threading.Thread(target=warm_up, name="segment_warm_up", daemon=True)
+        self._warming.start()
+        while self._warming.is_alive():
+            if self.stop_requested.is_set():
+                return False
+            self._warming.join(SPIN_PERIOD_S)
+        if failure:
+            raise failure[0]
+        return True
+
+    def _still_warming(self) -> bool:
+        return self._warming is not None and self._warming.is_alive()
+
     def _record(self, transition: str, started: float, what: str) -> None:
         seconds = time.monotonic() - started
         self.transition_times[transition] = seconds
@@ -173,8 +204,9 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         if self.lifecycle_state() in PRIMARY_STATES and rclpy.ok(context=self.context):
             self.trigger_shutdown()
         else:  # finalized already, or ROS shut down under us: just let go of everything
-            self._finished = self.stop_frames(timeout)
-            self.release(timeout)
+            self._finished = self.stop_frames(timeout) and not self._still_warming()
+            if self._finished:
+                self.release(timeout)
         self.remove_core_log_handler()
         return self._finished
 

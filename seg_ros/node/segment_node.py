@@ -129,6 +129,8 @@ class SegmentParts:
         self._subscription = None
         self._worker: threading.Thread | None = None
         self.startup_error: str | None = None
+        # set by run() to its signal guard's event: long transitions give up when it is set
+        self.stop_requested = threading.Event()
         self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
         self._hardware_id = socket.gethostname()
 
@@ -594,6 +596,7 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
     finished = True
     try:
         node = node_class()
+        node.stop_requested = guard.requested
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         guard.running()
