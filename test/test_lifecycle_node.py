@@ -26,7 +26,8 @@ from ros2_tools import (GOAL_STATES, STOP_WITHIN_S, TRACEBACK, FramePeer, Lifecy
                         Ros2Process, child_pid, ros2, sourced_env)
 from test_node import (NODE, SMALL, NodeProcess, Peer, check_outputs, image_msg, node_command,
                        offline, rclpy, small_image)  # noqa: F401  (fixtures)
-from test_ros2_cli import assert_stopped_cleanly, domain_for, small_frame, workspace  # noqa: F401
+from test_ros2_cli import (assert_stopped_cleanly, domain_for, readme_commands,  # noqa: F401
+                           small_frame, workspace)
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
@@ -35,31 +36,20 @@ from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parent.parent
 UNCONFIGURED = r"segment_node\]: unconfigured: parameters declared"
 READY = r"segment_node\]: ready: "
 STATE_IDS = {"unconfigured": 1, "inactive": 2, "active": 3, "finalized": 4}
 RSS_FALL_MIB = 16  # the model, its fused graph and buffers: far more than this on every model
 
 
-# -- the README's commands ---------------------------------------------------------------------
-def readme_lifecycle_commands() -> list[str]:
-    """The command lines of the README's 'Managed (lifecycle) node' block (comments dropped)."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Managed (lifecycle) node"):]
-    block = section[section.index("```bash") + len("```bash"):]
-    block = block[:block.index("```")]
-    return [line.split("  #")[0].strip() for line in block.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
+# -- the README's commands: `ros2 run` and `ros2 lifecycle set` ---------------------------------
 def lifecycle_set(env: dict[str, str], node: str, transition: str) -> bool:
     """`ros2 lifecycle set NODE TRANSITION`: True on 'Transitioning successful'. The command
     waits for the answer without a time limit; when that answer is lost (LOST_ANSWER), check
     the state and type the command again if nothing happened, as a user would."""
     for _ in range(2):
         try:
-            done = ros2(env, "lifecycle", "set", node, transition, timeout=150)
+            done = ros2(env, "lifecycle", "set", node, transition, timeout=150, attempts=5)
         except subprocess.TimeoutExpired:
             if lifecycle_get(env, node).split()[0] == GOAL_STATES[transition]:
                 return True
@@ -74,7 +64,7 @@ def lifecycle_get(env: dict[str, str], node: str) -> str:
     """`ros2 lifecycle get NODE`, e.g. 'active [3]' (typed again when its answer is lost)."""
     for _ in range(3):
         try:
-            done = ros2(env, "lifecycle", "get", node, timeout=60)
+            done = ros2(env, "lifecycle", "get", node, timeout=60, attempts=5)
         except subprocess.TimeoutExpired:
             continue
         assert done.returncode == 0, done
@@ -114,7 +104,7 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
     """`ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
     types them: no labels before activation or after deactivation, labels equal to the offline
     pipeline's when active, RSS falls at cleanup, and a second configure works."""
-    commands = readme_lifecycle_commands()
+    commands = readme_commands("### Managed (lifecycle) node")
     run = next(c for c in commands if c.startswith("ros2 run"))
     lifecycle = [c for c in commands if c.startswith("ros2 lifecycle")]
     node = re.search(r"ros2 lifecycle get (\S+)", " ".join(lifecycle)).group(1)
@@ -282,6 +272,21 @@ def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_
     assert TRACEBACK not in node.log, node.log
 
 
+def interrupted_cleanly(node: NodeProcess) -> str:
+    """SIGINT to the node: exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no
+    error line. Returns its log."""
+    started = time.monotonic()
+    code = node.stop(signal.SIGINT)
+    seconds = time.monotonic() - started
+    log = node.log
+    assert code == 0, log
+    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
+    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
+    assert len([line for line in log.splitlines() if "shutting down" in line]) == 1, log
+    assert not [line for line in log.splitlines() if "[ERROR]" in line], log
+    return log
+
+
 @pytest.mark.parametrize("state", ["unconfigured", "inactive", "active"])
 @pytest.mark.parametrize("how", ["shutdown_transition", "SIGINT"])
 def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how):
@@ -295,16 +300,8 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
             assert lifecycle.state() == "finalized"
             level, values = diag_after(peer, time.monotonic())
             assert values["lifecycle_state"] == "finalized" and "model" not in values
-        started = time.monotonic()
-        code = node.stop(signal.SIGINT)
-        seconds = time.monotonic() - started
-    log = node.log
-    assert code == 0, log
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
-    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
-    assert len([line for line in log.splitlines() if "shutting down" in line]) == 1, log
+        log = interrupted_cleanly(node)
     assert len(re.findall(rf"shutdown done in \d+ ms: finalized from {state}", log)) == 1, log
-    assert not [line for line in log.splitlines() if "[ERROR]" in line], log
 
 
 def test_sigint_during_configure(workspace, tmp_path, weights_file):
@@ -314,16 +311,8 @@ def test_sigint_during_configure(workspace, tmp_path, weights_file):
             node, peer, lifecycle):
         lifecycle.send("configure")
         wait_line(node, r"tracing a fused CPU graph", 120)
-        started = time.monotonic()
-        code = node.stop(signal.SIGINT)
-        seconds = time.monotonic() - started
-    log = node.log
-    assert code == 0, log
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
-    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
+        log = interrupted_cleanly(node)
     assert "configure abandoned" in log and "warmed up" not in log, log
-    assert len([line for line in log.splitlines() if "shutting down" in line]) == 1, log
-    assert not [line for line in log.splitlines() if "[ERROR]" in line], log
 
 
 def test_error_processing_releases_everything(weights_file, capfd):

@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 READY = r"segment_node\]: ready: "
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's 'Using it on a ROS 2 machine' block (comments dropped)."""
+def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
+    """The command lines of the first bash block under the README's ``heading`` (comments
+    dropped)."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Using it on a ROS 2 machine"):]
+    section = text[text.index(heading):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
     return [line.split("  #")[0].strip() for line in block.splitlines()

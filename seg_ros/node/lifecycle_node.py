@@ -236,16 +236,3 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         report.values.insert(0, ("lifecycle_state", state))
         return report
 
-
-def main(argv: list[str] | None = None) -> int:
-    """For ``python -m seg_ros.node.lifecycle_node``; the console script is
-    :func:`seg_ros.node.entry.lifecycle_main`, which guards the imports too."""
-    from .entry import lifecycle_main
-
-    return lifecycle_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
