@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             "seg-ros = seg_ros.cli.main:main",
             "segment_node = seg_ros.node.entry:main",
+            "segment_lifecycle_node = seg_ros.node.entry:lifecycle_main",
         ],
     },
 )

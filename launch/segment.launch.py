@@ -3,29 +3,44 @@
 Every parameter comes from the params file (default: the installed config/segment.yaml). The
 launch arguments model, weights, classes, backend and device override it only when given: left
 empty they keep the params file's values, so a user's own params file is never silently overridden.
+
+`managed:=true` starts the managed variant, segment_lifecycle_node (same name, parameters and
+topics). With `autostart:=true` (the default) launch configures it and, once it is inactive,
+activates it through launch_ros's lifecycle events; with `autostart:=false` it stays unconfigured
+until a manager (`ros2 lifecycle set`, Nav2's lifecycle manager, ...) drives it.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 PACKAGE = "seg_ros"
 EXECUTABLE = "segment_node"
+MANAGED_EXECUTABLE = "segment_lifecycle_node"
 PARAMS_FILE = os.path.join("config", "segment.yaml")
 # launch arguments that, when non-empty, override the parameter of the same name
 OVERRIDES = ("model", "weights", "classes", "backend", "device")
 
 
+def _flag(context, name: str) -> bool:
+    return LaunchConfiguration(name).perform(context).lower() in ("true", "1")
+
+
 def _node(context, *_):
     overrides = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDES}
     parameters = {name: value for name, value in overrides.items() if value}
-    parameters["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
-    return [Node(
+    parameters["use_sim_time"] = _flag(context, "use_sim_time")
+    managed = _flag(context, "managed")
+    node = (LifecycleNode if managed else Node)(
         package=PACKAGE,
-        executable=EXECUTABLE,
+        executable=MANAGED_EXECUTABLE if managed else EXECUTABLE,
         name="segment_node",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
@@ -35,7 +50,23 @@ def _node(context, *_):
         remappings=[("image", LaunchConfiguration("input_topic"))],
         # stop cleanly, not orphaned, when launch itself is ended with SIGTERM (seg_ros.node.shutdown)
         additional_env={"SEG_ROS_EXIT_WITH_PARENT": "1"},
-    )]
+    )
+    if not managed or not _flag(context, "autostart"):
+        return [node]
+    return [node, *_autostart(node)]
+
+
+def _autostart(node: LifecycleNode) -> list:
+    """configure now; activate once configure has succeeded (configuring -> inactive only: a
+    manager's later deactivate, active -> inactive, is left alone)."""
+    def change(transition_id: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition_id))
+
+    activate_when_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+        entities=[change(Transition.TRANSITION_ACTIVATE)]))
+    return [activate_when_configured, change(Transition.TRANSITION_CONFIGURE)]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -57,5 +88,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="parameters YAML (every parameter, with comments)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="true: the managed (lifecycle) node, segment_lifecycle_node"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="with managed:=true: configure and activate it at launch; "
+                                          "false: leave it unconfigured for a lifecycle manager"),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_node)])

@@ -78,6 +78,16 @@ def small_image(road_image) -> np.ndarray:
     return cv2.resize(road_image, SMALL[::-1], interpolation=cv2.INTER_AREA)
 
 
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """install/ of a colcon workspace holding a clean copy of this repository (ros2_tools)."""
+    from ros2_tools import build_workspace, require_ros2_cli
+
+    require_ros2_cli()
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
+
+
 @pytest.fixture()
 def ros_domain_id(monkeypatch) -> int:
     """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk."""

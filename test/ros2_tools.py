@@ -82,7 +82,8 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
     CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
     repeated, as a user would."""
     cmd = [ros2_executable("ros2"), *args]
-    if args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump"):
+    if (args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump")
+            or args[0] == "lifecycle"):
         cmd += ["--no-daemon", "--spin-time", "2"]
     for _ in range(attempts):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -169,6 +170,74 @@ class Ros2Process:
             except ProcessLookupError:
                 pass
         self.proc.wait(10)
+
+
+def child_pid(pid: int) -> int:
+    """The one process that ``pid`` started (`ros2 run` runs the executable as its child)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+# where each lifecycle transition leads when it succeeds
+GOAL_STATES = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
+               "cleanup": "unconfigured", "shutdown": "finalized"}
+LOST_ANSWER = ("a service answer can be lost: a server that has not yet discovered the caller's "
+               "reader (slow discovery on a loaded CPU) drops it")
+
+
+class LifecycleClient:
+    """``~/change_state`` and ``~/get_state`` of the managed node ``target``, called from
+    ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is handled
+    as a manager would: ask for the state, and repeat the request if nothing happened."""
+
+    def __init__(self, node, target: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._types = ChangeState, GetState
+        self._change = node.create_client(ChangeState, f"{target}/change_state")
+        self._get = node.create_client(GetState, f"{target}/get_state")
+
+    @staticmethod
+    def _call(client, request, timeout: float):
+        """The answer, or None when none came within ``timeout``."""
+        assert client.wait_for_service(timeout_sec=60.0), f"no {client.srv_name}"
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                future.cancel()
+                return None
+            time.sleep(0.01)
+        return future.result()
+
+    def _request(self, transition: str):
+        request = self._types[0].Request()
+        request.transition.label = transition
+        return request
+
+    def send(self, transition: str) -> None:
+        """Request ``transition`` without waiting for the answer."""
+        assert self._change.wait_for_service(timeout_sec=60.0), f"no {self._change.srv_name}"
+        self._change.call_async(self._request(transition))
+
+    def change(self, transition: str, timeout: float = 180.0) -> bool:
+        """Request ``transition`` by its label (configure, activate, ...): True on success."""
+        request = self._request(transition)
+        for _ in range(2):
+            answer = self._call(self._change, request, timeout)
+            if answer is not None:
+                return answer.success
+            if self.state() == GOAL_STATES[transition]:
+                return True
+        raise AssertionError(f"no answer to {transition} ({LOST_ANSWER}?)")
+
+    def state(self) -> str:
+        for _ in range(3):
+            answer = self._call(self._get, self._types[1].Request(), 30.0)
+            if answer is not None:
+                return answer.current_state.label
+        raise AssertionError(f"no answer from {self._get.srv_name}")
 
 
 class FramePeer:

@@ -19,13 +19,25 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 LAUNCH_ARGS = {"model", "weights", "classes", "backend", "device", "input_topic", "namespace", "params_file",
-               "use_sim_time"}
+               "use_sim_time", "managed", "autostart"}
+NODE_ACTIONS = {"Node", "LifecycleNode"}
+
+
+def _action_names(func: ast.expr) -> set[str]:
+    """The launch_ros action classes a call may create: ``Node(...)`` or
+    ``(LifecycleNode if managed else Node)(...)``."""
+    if isinstance(func, ast.Name):
+        return {func.id}
+    if isinstance(func, ast.IfExp):
+        return _action_names(func.body) | _action_names(func.orelse)
+    return set()
 
 
 def _launch_node_call() -> ast.Call:
     tree = ast.parse(LAUNCH_FILE.read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
-    assert len(calls) == 1, "the launch file should start exactly one Node"
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _action_names(n.func) & NODE_ACTIONS]
+    assert len(calls) == 1, "the launch file should start exactly one node"
+    assert _action_names(calls[0].func) == NODE_ACTIONS, "plain Node, or LifecycleNode with managed:=true"
     return calls[0]
 
 
@@ -42,26 +54,31 @@ def _constants() -> dict[str, object]:
     return out
 
 
-def _resolve(expr: ast.expr, consts: dict[str, object]) -> object:
+def _resolve(expr: ast.expr, consts: dict[str, object]) -> list[object]:
+    """The values ``expr`` can take (both branches of ``A if managed else B``)."""
+    if isinstance(expr, ast.IfExp):
+        return _resolve(expr.body, consts) + _resolve(expr.orelse, consts)
     if isinstance(expr, ast.Name):
-        return consts[expr.id]
-    return ast.literal_eval(expr)
+        return [consts[expr.id]]
+    return [ast.literal_eval(expr)]
 
 
 def test_launch_file_names_the_real_package_executable_and_params_file():
     consts = _constants()
     call = _launch_node_call()
     kw = {k.arg: k.value for k in call.keywords}
-    package = _resolve(kw["package"], consts)
-    executable = _resolve(kw["executable"], consts)
+    [package] = _resolve(kw["package"], consts)
+    executables = _resolve(kw["executable"], consts)
+    assert executables == ["segment_lifecycle_node", "segment_node"]  # managed:=true, the default
     assert package == ET.parse(REPO / "package.xml").getroot().findtext("name")
     setup_text = (REPO / "setup.py").read_text()
     assert re.search(rf'PACKAGE = "{package}"', setup_text)
-    entry = re.search(rf'"{executable} = ([\w.]+):(\w+)"', setup_text)
-    assert entry, f"setup.py has no console script {executable!r}"
-    module_file = REPO / (entry.group(1).replace(".", "/") + ".py")  # parsed: importing needs rclpy
-    functions = {n.name for n in ast.parse(module_file.read_text()).body if isinstance(n, ast.FunctionDef)}
-    assert entry.group(2) in functions, f"{module_file} has no {entry.group(2)}()"
+    for executable in executables:
+        entry = re.search(rf'"{executable} = ([\w.]+):(\w+)"', setup_text)
+        assert entry, f"setup.py has no console script {executable!r}"
+        module_file = REPO / (entry.group(1).replace(".", "/") + ".py")  # parsed: importing needs rclpy
+        functions = {n.name for n in ast.parse(module_file.read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert entry.group(2) in functions, f"{module_file} has no {entry.group(2)}()"
     params_rel = consts["PARAMS_FILE"]
     assert (REPO / params_rel).is_file()
     assert str(params_rel) in sorted(glob("config/*.yaml", root_dir=REPO)), "setup.py installs config/*.yaml"
@@ -81,6 +98,8 @@ def test_launch_arguments_and_parameters_are_declared_by_the_node():
                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"
                 for k in n.keywords if k.arg == "default_value" and isinstance(k.value, ast.Constant)}
     assert all(defaults[name] == "" for name in overrides), defaults
+    # the plain node unless asked; a managed node configures and activates itself unless asked
+    assert (defaults["managed"], defaults["autostart"]) == ("false", "true"), defaults
     remaps = [tuple(e.elts) for e in kw["remappings"].elts]
     assert [ast.literal_eval(r[0]) for r in remaps] == ["image"]
 

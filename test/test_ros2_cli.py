@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process, build_workspace, ctrl_c_race,
-                        process_gone, require_ros2_cli, ros2, sourced_env)
+from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process, ctrl_c_race,
+                        process_gone, ros2, sourced_env)
 from seg_ros.node.params import PARAMETERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 READY = r"segment_node\]: ready: "
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's 'Using it on a ROS 2 machine' block (comments dropped)."""
+def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
+    """The command lines of the first bash block under the README's ``heading`` (comments
+    dropped)."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Using it on a ROS 2 machine"):]
+    section = text[text.index(heading):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
     return [line.split("  #")[0].strip() for line in block.splitlines()
@@ -57,14 +58,6 @@ def assert_stopped_cleanly(proc: Ros2Process, launched: bool) -> None:
     if launched:
         assert "process has finished cleanly" in log, log
     assert all(process_gone(pid) for pid in proc.node_pids()), f"left running:\n{log}"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """install/ of a colcon workspace holding a clean copy of this repository."""
-    require_ros2_cli()
-    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
-    return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
 
 
 @pytest.fixture()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+import weakref
 from typing import Hashable
 
 import torch
@@ -31,6 +32,9 @@ from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
 PROFILING_RUNS = 2  # run 1 profiles shapes, run 2 compiles and runs the oneDNN-fused graph
+# traces still in use: their types (and the first graph frozen from each) live in the global
+# compilation unit until forget_released_graphs()
+_traced: "weakref.WeakSet[torch.jit.ScriptModule]" = weakref.WeakSet()
 
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -39,7 +43,9 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModu
     against the eager module anyway."""
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
-        return torch.jit.trace(model, example.clone(), check_trace=False)
+        traced = torch.jit.trace(model, example.clone(), check_trace=False)
+    _traced.add(traced)
+    return traced
 
 
 def serialise(traced: torch.jit.ScriptModule) -> bytes:
@@ -76,6 +82,20 @@ def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
     if not error <= bound:
         raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
     return graph
+
+
+def forget_released_graphs() -> bool:
+    """Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
+    methods, with the weights frozen into them, in its global TorchScript compilation unit for
+    the life of the process (pytorch/pytorch#96726): graphs loaded into units of their own go
+    with them, but the trace and the first graph frozen from it do not, so
+    a process that loads one model after another grows by a model each time. This drops all of
+    that unit's functions, so only when no graph traced here is alive (call after gc.collect());
+    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes."""
+    if len(_traced):
+        return False
+    torch.jit._state._python_cu.drop_all_functions()
+    return True
 
 
 def _reason(exc: Exception) -> str:

@@ -1,4 +1,4 @@
-"""Console script ``segment_node``.
+"""Console scripts ``segment_node`` and ``segment_lifecycle_node`` (the managed variant).
 
 Installs the stop-signal guard before importing the node (rclpy, PyTorch: seconds of imports), so
 that Ctrl-C or SIGTERM at any moment of start-up ends the process with one line and exit code 0
@@ -15,13 +15,26 @@ NODE_NAME = "segment_node"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``segment_node``: loads, warms up and runs from start-up to exit."""
+    return _guarded_run(argv, managed=False)
+
+
+def lifecycle_main(argv: list[str] | None = None) -> int:
+    """``segment_lifecycle_node``: the same node, managed through ROS 2 lifecycle transitions."""
+    return _guarded_run(argv, managed=True)
+
+
+def _guarded_run(argv: list[str] | None, managed: bool) -> int:
     guard = SignalGuard().install()
     try:
         if os.environ.get(EXIT_WITH_PARENT_ENV) == "1":
             exit_with_parent()
-        from .segment_node import run
+        from .segment_node import SegmentNode, run
 
-        return run(sys.argv if argv is None else argv, guard)
+        node_class = SegmentNode
+        if managed:
+            from .lifecycle_node import SegmentLifecycleNode as node_class
+        return run(sys.argv if argv is None else argv, guard, node_class)
     except ShutdownRequested as stop:
         print(f"[{NODE_NAME}] stopped by {stop} during start-up", file=sys.stderr, flush=True)
         return 0

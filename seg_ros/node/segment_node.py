@@ -3,6 +3,10 @@
 Subscription callback -> :class:`FrameSlot` (latest frame wins) -> one worker thread that
 decodes (:mod:`seg_ros.image_codec`), segments and publishes. Everything that is not ROS glue
 lives in the ROS-free core, so the node, the tools and the tests share it.
+
+The node is built from :class:`SegmentParts` (declare parameters; load model, weights and
+publishers; warm up; subscribe; stop; release): :class:`SegmentNode` runs them all at start-up,
+the managed ``segment_lifecycle_node`` (:mod:`seg_ros.node.lifecycle_node`) one per transition.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -29,13 +33,14 @@ from std_msgs.msg import String
 
 from .. import image_codec
 from ..errors import ConfigError, InputError, SegRosError
+from ..memory import give_back_memory
 from ..pipeline import PipelineConfig, SegmentationPipeline
 from ..crf import CRFConfig, create_refiner
 from ..crf.worker import BackgroundRefiner
 from . import params as P
 from .class_info import class_info_json
 from .dds_transport import apply_transport_defaults
-from .diagnostics import NodeStats
+from .diagnostics import NodeStats, Report
 from .frame_slot import FrameSlot
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .shutdown import SignalGuard
@@ -87,65 +92,53 @@ class _RosLogHandler(logging.Handler):
             self._logger.debug(msg)
 
 
-class SegmentNode(Node):
-    """Raises ConfigError / WeightsError (one clear message) when it cannot start."""
+class SegmentParts:
+    """The node's parts, shared by :class:`SegmentNode` (everything at start-up) and the managed
+    :class:`~seg_ros.node.lifecycle_node.SegmentLifecycleNode` (one part per transition).
 
-    def __init__(self, **node_kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **node_kwargs)
+    Mixed into an rclpy ``Node`` (or ``LifecycleNode``): the parts create that node's publishers,
+    subscription and timer. The parts, in the order a node calls them: :meth:`init_parts`,
+    :meth:`declare_node_parameters` / :meth:`config_values`, :meth:`start_diagnostics`, :meth:`load`
+    (model, weights, publishers), :meth:`warm_up`, :meth:`subscribe` (frames in, results out),
+    :meth:`stop_frames` and :meth:`release` (model and publishers gone, memory given back).
+
+    A subclass sets :attr:`RECONFIGURABLE` and may override the hooks :meth:`_create_output`,
+    :meth:`_destroy_output`, :meth:`_restart_parameter_refusal` and :meth:`_health`.
+    """
+
+    # True: parameters marked read-only (model, weights, device...) may change while no model is
+    # loaded, and release() withdraws the class metadata parameters, so a later load() can
+    # declare another model's. False: they are fixed for the life of the process.
+    RECONFIGURABLE = False
+
+    # -- parts ----------------------------------------------------------------------------
+    def init_parts(self) -> None:
+        """Route the core's Python logging into this node's ROS log; nothing loaded yet."""
         self._log_handler = _RosLogHandler(self.get_logger())
         core_log = logging.getLogger("seg_ros")
         core_log.addHandler(self._log_handler)
         core_log.setLevel(logging.INFO)
         core_log.propagate = False
-
-        values = self._declare_parameters()
-        self.settings = Settings.from_values(values)
-        self.transport = values["input_transport"]
-        self.pipeline = SegmentationPipeline(PipelineConfig(
-            model=values["model"], backend=values["backend"], weights=values["weights"],
-            classes=values["classes"] or None,
-            device=values["device"], precision=values["precision"],
-            input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
-            output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
-            num_threads=values["num_threads"], model_options=P.model_options(values)))
-        self.info = self.pipeline.describe()
-        self._declare_class_metadata()
-
-        depth = values["qos_depth"]
-        self.pub_labels = self.create_publisher(Image, "~/labels", output_qos(depth))
-        self.pub_color = self.create_publisher(Image, "~/color_mask", output_qos(depth))
-        self.pub_overlay = self.create_publisher(Image, "~/overlay", output_qos(depth))
-        self.pub_confidence = self.create_publisher(Image, "~/confidence", output_qos(depth))
-        self.pub_class_info = self.create_publisher(String, "~/class_info", latched_qos())
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
-        self._setup_crf(values, depth)
-
-        self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
-        self._last_warn: dict[str, tuple[float, int]] = {}
+        self.pipeline: SegmentationPipeline | None = None
+        self.info: dict[str, Any] = {}
+        self._outputs: list[Any] = []
+        self.crf_mode = "off"
+        self.refiner = None
+        self.crf_worker: BackgroundRefiner | None = None
         self.slot: FrameSlot[tuple[Any, float]] = FrameSlot()
         self._stopping = threading.Event()
-
-        base_topic = self.resolve_topic_name("image")
-        qos = input_qos(values["qos_reliability"], depth)
-        if self.transport == "compressed":
-            self.input_topic = base_topic.rstrip("/") + "/compressed"
-            self.create_subscription(CompressedImage, self.input_topic, self._on_frame, qos)
-        else:
-            self.input_topic = base_topic
-            self.create_subscription(Image, self.input_topic, self._on_frame, qos)
-
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
-        self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
-        self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
+        self._subscription = None
+        self._worker: threading.Thread | None = None
         self.startup_error: str | None = None
-        self._qos_reliability = values["qos_reliability"]
-        # subscribed before the warm-up: frames that arrive meanwhile are counted (as dropped)
-        self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
-        self._worker.start()
+        # set by run() to its signal guard's event: long transitions give up when it is set
+        self.stop_requested = threading.Event()
+        self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
+        self._hardware_id = socket.gethostname()
 
-    # -- parameters ---------------------------------------------------------------------
-    def _declare_parameters(self) -> dict[str, Any]:
+    def declare_node_parameters(self) -> dict[str, Any]:
+        """Declare every configurable parameter (command-line and params-file overrides applied);
+        their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
+        rclpy refuses (wrong type, out of range)."""
         values: dict[str, Any] = {}
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         for spec in P.PARAMETERS:
@@ -159,18 +152,158 @@ class SegmentNode(Node):
                 if fixed is not overrides[spec.name].value:
                     overrides[spec.name] = Parameter(spec.name, Parameter.Type.STRING, fixed)
             try:
-                value = self.declare_parameter(spec.name, spec.default, P.descriptor(spec)).value
+                values[spec.name] = self.declare_parameter(spec.name, spec.default,
+                                                           self._descriptor(spec)).value
             except ParameterException as exc:
                 raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
-            reason = P.validate(spec.name, value)
-            if reason:
-                raise ConfigError(f"parameter {spec.name!r} {reason}")
-            values[spec.name] = value
         for name in sorted(set(overrides) - set(P.SPECS)):
             if name != "use_sim_time" and not name.startswith("qos_overrides."):
                 self.get_logger().warning(f"parameter {name!r} is not a segment_node parameter; ignored "
                                           f"(known: {', '.join(P.CONFIG_NAMES)})")
         return values
+
+    def config_values(self) -> dict[str, Any]:
+        """The current value of every configurable parameter; ConfigError naming the first
+        invalid one (a choice or structure rclpy's descriptors cannot express)."""
+        values = {name: self.get_parameter(name).value for name in P.CONFIG_NAMES}
+        for name, value in values.items():
+            reason = P.validate(name, value)
+            if reason:
+                raise ConfigError(f"parameter {name!r} {reason}")
+        return values
+
+    def start_diagnostics(self, period: float) -> None:
+        """/diagnostics every ``period`` seconds, whatever is loaded (see :meth:`_health`)."""
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+        self._diag_timer = self.create_timer(period, self._publish_diagnostics)
+
+    def load(self, values: dict[str, Any]) -> None:
+        """Build the pipeline (model and weights), declare the class metadata parameters and
+        create the output publishers and the CRF refiner. Raises ConfigError / WeightsError with
+        one clear message; what it built before failing is dropped by :meth:`release`."""
+        self.settings = Settings.from_values(values)
+        self.transport = values["input_transport"]
+        self._qos_reliability = values["qos_reliability"]
+        self._qos_depth = values["qos_depth"]
+        base_topic = self.resolve_topic_name("image")
+        self.input_topic = (base_topic.rstrip("/") + "/compressed" if self.transport == "compressed"
+                            else base_topic)
+        self.pipeline = SegmentationPipeline(PipelineConfig(
+            model=values["model"], backend=values["backend"], weights=values["weights"],
+            classes=values["classes"] or None,
+            device=values["device"], precision=values["precision"],
+            input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
+            output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
+            num_threads=values["num_threads"], model_options=P.model_options(values)))
+        self.info = self.pipeline.describe()
+        self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
+        self._declare_class_metadata()
+
+        depth = values["qos_depth"]
+        self.pub_labels = self._output(Image, "~/labels", output_qos(depth))
+        self.pub_color = self._output(Image, "~/color_mask", output_qos(depth))
+        self.pub_overlay = self._output(Image, "~/overlay", output_qos(depth))
+        self.pub_confidence = self._output(Image, "~/confidence", output_qos(depth))
+        self.pub_class_info = self._output(String, "~/class_info", latched_qos())
+        self._setup_crf(values, depth)
+
+        self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
+        self._last_warn: dict[str, tuple[float, int]] = {}
+
+    def warm_up(self) -> None:
+        """Trace/capture the per-shape graph at the configured input size now, not on the first
+        camera frame. Raises what the model raises when it cannot run at all."""
+        started = time.monotonic()
+        warmed = self.pipeline.warm_up()
+        if warmed:
+            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in "
+                                   f"{time.monotonic() - started:.1f} s")
+
+    def announce_ready(self) -> None:
+        """Publish the class metadata on ~/class_info (latched: it also says 'ready') and log it."""
+        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))
+        self.get_logger().info(
+            f"ready: model {self.info['model']} ({self.info['weights']}), "
+            f"{self.info['num_classes']} classes '{self.info['classes']}', device "
+            f"{self.info['device']} {self.info['precision']}; input {self.input_topic} "
+            f"({self.transport}, {self._qos_reliability})")
+
+    def subscribe(self, first: Callable[[], bool] | None = None) -> None:
+        """Take frames: subscription callback -> FrameSlot -> a new worker thread, which runs
+        ``first`` (if given) before its first frame and ends at once when that returns False."""
+        self.slot = FrameSlot()
+        self._stopping = threading.Event()
+        qos = input_qos(self._qos_reliability, self._qos_depth)
+        msg_type = CompressedImage if self.transport == "compressed" else Image
+        self._subscription = self.create_subscription(msg_type, self.input_topic, self._on_frame, qos)
+        self._worker = threading.Thread(target=self._work, args=(first,), name="segment_worker",
+                                        daemon=True)
+        self._worker.start()
+
+    def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
+        """Stop taking frames: unsubscribe, and let the worker finish the frame in hand; wait for
+        it at most ``timeout`` seconds (None: as long as that frame takes). False when it is still
+        busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        self._stopping.set()
+        self.slot.close()
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout)
+        return self._worker is None or not self._worker.is_alive()
+
+    def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Drop the CRF refiner, the output publishers and the model, and give the memory back
+        (CUDA cache, glibc's free pages), so that another model can be loaded in this process.
+        Call after :meth:`stop_frames`; safe after a partial :meth:`load`."""
+        if self.crf_worker is not None:
+            self.crf_worker.stop(timeout)
+            self.crf_worker = None
+        if self.refiner is not None:
+            self.refiner.close()
+            self.refiner = None
+        for publisher in self._outputs:
+            self._destroy_output(publisher)
+        self._outputs = []
+        if self.RECONFIGURABLE:
+            for name in P.METADATA_NAMES:
+                if self.has_parameter(name):
+                    self.undeclare_parameter(name)
+        device = self.pipeline.device if self.pipeline is not None else None
+        self.pipeline = None
+        self.info = {}
+        give_back_memory(device, forget_graphs=self.RECONFIGURABLE)
+
+    def remove_core_log_handler(self) -> None:
+        """At the very end: the core's logging no longer goes to this node."""
+        logging.getLogger("seg_ros").removeHandler(self._log_handler)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _create_output(self, msg_type: type, topic: str, qos) -> Any:
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_output(self, publisher: Any) -> None:
+        self.destroy_publisher(publisher)
+
+    def _restart_parameter_refusal(self, name: str) -> str | None:
+        """Why parameter ``name`` (read-only in the table) cannot change now; None: it can."""
+        return f"parameter {name!r} is read-only (needs a restart)"
+
+    def _health(self) -> Report:
+        """What /diagnostics says: the frame statistics and what is running."""
+        return self._running_report()
+
+    # -- parameters -----------------------------------------------------------------------
+    def _descriptor(self, spec: P.ParamSpec):
+        desc = P.descriptor(spec)
+        if self.RECONFIGURABLE and spec.read_only:  # _on_set_parameters decides when
+            desc.read_only = False
+            desc.additional_constraints = "; ".join(
+                filter(None, [desc.additional_constraints,
+                              "set by the node" if not spec.in_yaml
+                              else "changeable while unconfigured; applied at the next configure"]))
+        return desc
 
     def _declare_class_metadata(self) -> None:
         classes = self.pipeline.classes
@@ -178,7 +311,8 @@ class SegmentNode(Node):
                     "class_colors": [int(c) for c in classes.colors.reshape(-1)],
                     "ignore_id": -1 if classes.ignore_id is None else int(classes.ignore_id)}
         for name in P.METADATA_NAMES:
-            self.declare_parameter(name, metadata[name], P.descriptor(P.SPECS[name]), ignore_override=True)
+            self.declare_parameter(name, metadata[name], self._descriptor(P.SPECS[name]),
+                                   ignore_override=True)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         changes: dict[str, Any] = {}
@@ -186,9 +320,10 @@ class SegmentNode(Node):
             spec = P.SPECS.get(param.name)
             if spec is None:
                 continue
-            if spec.read_only:  # rclpy rejects these first; kept for clarity
-                return SetParametersResult(successful=False,
-                                           reason=f"parameter {param.name!r} is read-only (needs a restart)")
+            if spec.read_only and self.has_parameter(param.name):  # not while being declared
+                refusal = self._restart_parameter_refusal(param.name)
+                if refusal:
+                    return SetParametersResult(successful=False, reason=refusal)
             reason = P.validate(param.name, param.value)
             if reason:
                 return SetParametersResult(successful=False, reason=f"parameter {param.name!r} {reason}")
@@ -201,37 +336,21 @@ class SegmentNode(Node):
         return SetParametersResult(successful=True)
 
     # -- frames -------------------------------------------------------------------------
+    def _output(self, msg_type: type, topic: str, qos) -> Any:
+        publisher = self._create_output(msg_type, topic, qos)
+        self._outputs.append(publisher)
+        return publisher
+
     def _on_frame(self, msg) -> None:
         """Never blocks, never runs inference: the newest frame replaces a waiting one."""
         self.stats.frame_received(self.slot.put((msg, time.monotonic())))
 
-    def _warm_up(self) -> bool:
-        """On the worker thread, while the subscription already counts frames: trace/capture the
-        per-shape graph at the configured size, then announce readiness on ~/class_info."""
-        started = time.monotonic()
-        try:
-            warmed = self.pipeline.warm_up()
-        except Exception as exc:  # the model cannot run at all: a start-up error (exit code 2)
-            self.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
-            return False
-        if self._stopping.is_set():
-            return False
-        if warmed:
-            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in "
-                                   f"{time.monotonic() - started:.1f} s")
-        self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))  # says: ready
-        self.get_logger().info(
-            f"ready: model {self.info['model']} ({self.info['weights']}), "
-            f"{self.info['num_classes']} classes '{self.info['classes']}', device "
-            f"{self.info['device']} {self.info['precision']}; input {self.input_topic} "
-            f"({self.transport}, {self._qos_reliability})")
-        return True
-
-    def _work(self) -> None:
-        if not self._warm_up():
+    def _work(self, first: Callable[[], bool] | None) -> None:
+        slot, stopping = self.slot, self._stopping  # this activation's, even if another follows
+        if first is not None and not first():
             return
-        while not self._stopping.is_set():
-            item = self.slot.take(timeout=0.5)
+        while not stopping.is_set():
+            item = slot.take(timeout=0.5)
             if item is None:
                 continue
             msg, received = item
@@ -241,7 +360,7 @@ class SegmentNode(Node):
                 self.stats.frame_failed(exc.kind, str(exc))
                 self._warn_throttled(exc.kind, f"skipped frame (stamp {_stamp(msg)}): {exc}")
             except Exception as exc:  # keep the node alive; one line per kind, throttled
-                if self._stopping.is_set() or not rclpy.ok(context=self.context):
+                if stopping.is_set() or not rclpy.ok(context=self.context):
                     return
                 self.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
                 self._warn_throttled(PROCESSING_ERROR, f"frame (stamp {_stamp(msg)}) failed: "
@@ -313,13 +432,12 @@ class SegmentNode(Node):
         # dense holds the GIL for seconds: a helper process runs it, so callbacks keep flowing
         replaces = values["crf_replaces_labels"]
         self.refiner = create_refiner(self.crf_mode, config, self.pipeline.device, isolate=True)
-        self.crf_worker: BackgroundRefiner | None = None
         if self.refiner is None:
             return
         if not replaces:
-            self.pub_labels_refined = self.create_publisher(Image, "~/labels_refined", output_qos(depth))
-            self.pub_color_refined = self.create_publisher(Image, "~/color_mask_refined", output_qos(depth))
-            self.pub_overlay_refined = self.create_publisher(Image, "~/overlay_refined", output_qos(depth))
+            self.pub_labels_refined = self._output(Image, "~/labels_refined", output_qos(depth))
+            self.pub_color_refined = self._output(Image, "~/color_mask_refined", output_qos(depth))
+            self.pub_overlay_refined = self._output(Image, "~/overlay_refined", output_qos(depth))
             self.crf_worker = BackgroundRefiner(self._publish_refined, self._on_refine_error)
         self.get_logger().info(f"crf {self.crf_mode}: refined labels on "
                                + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined"))
@@ -358,38 +476,68 @@ class SegmentNode(Node):
                        ("crf_frames_failed", str(self.crf_worker.failed))]
         return values
 
+
     # -- diagnostics --------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
+    def _static_values(self) -> list[tuple[str, str]]:
+        """What is running (the loaded model) and where its frames come from."""
+        return [("model", self.info["model"]), ("backend", self.info["backend"]),
+                ("device", self.info["device"]), ("precision", self.info["precision"]),
+                ("weights", str(self.info["weights"])), ("trained", str(self.pipeline.trained).lower()),
+                ("classes", self.info["classes"]), ("input_topic", self.input_topic),
+                ("input_transport", self.transport)]
+
+    def _running_report(self) -> Report:
         s = self.settings
         report = self.stats.report(s.stale_input_timeout, s.error_threshold, self.input_topic)
-        static = [("model", self.info["model"]), ("backend", self.info["backend"]),
-                  ("device", self.info["device"]), ("precision", self.info["precision"]),
-                  ("weights", str(self.info["weights"])), ("trained", str(self.pipeline.trained).lower()),
-                  ("classes", self.info["classes"]), ("input_topic", self.input_topic),
-                  ("input_transport", self.transport)]
+        report.values += self._static_values() + self._crf_diagnostics()
+        return report
+
+    def _publish_diagnostics(self) -> None:
+        report = self._health()
         status = DiagnosticStatus(level=bytes([report.level]), name=self._diag_status_name,
                                   message=report.message, hardware_id=self._hardware_id,
-                                  values=[KeyValue(key=k, value=v)
-                                          for k, v in report.values + static + self._crf_diagnostics()])
+                                  values=[KeyValue(key=k, value=v) for k, v in report.values])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(msg)
 
-    # -- shutdown -----------------------------------------------------------------------
+
+class SegmentNode(SegmentParts, Node):
+    """The plain node: loads, warms up and takes frames from start-up to exit. Raises
+    ConfigError / WeightsError (one clear message) when it cannot start."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.init_parts()
+        self.declare_node_parameters()
+        values = self.config_values()
+        self.load(values)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.start_diagnostics(values["diagnostics_period"])
+        # subscribed before the warm-up: frames that arrive meanwhile are counted (as dropped)
+        self.subscribe(first=self._warm_up_on_worker)
+
+    def _warm_up_on_worker(self) -> bool:
+        """On the worker thread, while the subscription already counts frames: warm up, then
+        announce readiness. A model that cannot run at all is a start-up error (exit code 2)."""
+        try:
+            self.warm_up()
+        except Exception as exc:
+            self.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
+            return False
+        if self._stopping.is_set():
+            return False
+        self.announce_ready()
+        return True
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """Stop the worker (it finishes the frame in hand) and wait for it, at most ``timeout``
-        seconds (launch escalates to SIGTERM after 5 s). False when it is still busy, e.g. in
-        the warm-up trace, which cannot be interrupted."""
-        self._stopping.set()
-        self.slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout)
-        if self.crf_worker is not None:
-            self.crf_worker.stop(timeout)
-        if self.refiner is not None:
-            self.refiner.close()
-        logging.getLogger("seg_ros").removeHandler(self._log_handler)
-        return not self._worker.is_alive()
+        seconds (launch escalates to SIGTERM after 5 s), then release the model. False when the
+        worker is still busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        finished = self.stop_frames(timeout)
+        self.release(timeout)
+        self.remove_core_log_handler()
+        return finished
 
 
 def _image_msg(header, encoding: str, step: int, data, array_2d) -> Image:
@@ -429,9 +577,11 @@ def _check_params_files(args: list[str]) -> str | None:
     return None
 
 
-def run(args: list[str], guard: SignalGuard) -> int:
+def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> int:
     """The node's life: check the command line, start, spin until a stop signal, clean up.
-    Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0."""
+    Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0.
+    ``node_class``: :class:`SegmentNode` or the managed ``SegmentLifecycleNode``; it has a
+    ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait)."""
     apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
     if problem:  # rcl would print its own unhelpful line first, or drop the override silently
@@ -442,12 +592,13 @@ def run(args: list[str], guard: SignalGuard) -> int:
     except Exception as exc:  # malformed --ros-args or params file
         print(f"[{NODE_NAME}] error: cannot initialise ROS: {str(exc).strip()}", file=sys.stderr)
         return EXIT_STARTUP_ERROR
-    node: SegmentNode | None = None
+    node: SegmentParts | None = None
     executor: SingleThreadedExecutor | None = None
     code = 0
     finished = True
     try:
-        node = SegmentNode()
+        node = node_class()
+        node.stop_requested = guard.requested
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         guard.running()
