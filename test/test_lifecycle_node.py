@@ -308,7 +308,7 @@ def test_sigint_during_configure(workspace, tmp_path, weights_file):
     with managed_node(workspace, tmp_path, weights_file, "input_size:=[360, 480]") as (
             node, peer, lifecycle):
         lifecycle.send("configure")
-        wait_line(node, r"tracing a fused CPU graph", 120)
+        wait_line(node, r"building a fused CPU graph", 120)
         log = interrupted_cleanly(node)
     assert "configure abandoned" in log and "warmed up" not in log, log
 

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -269,10 +270,12 @@ def test_a_signal_during_start_up_stops_with_one_line(workspace, env, signum, mo
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if moment == "imports":
         time.sleep(0.3)
-    else:
-        for line in proc.stdout:
-            if "tracing" in line:
-                break
+    else:  # the warm-up's first log line; the watchdog ends a node that never prints it
+        watchdog = threading.Timer(120, proc.kill)
+        watchdog.start()
+        reached = any("building a fused CPU graph" in line for line in proc.stdout)
+        watchdog.cancel()
+        assert reached, "the node never started its warm-up"
     proc.send_signal(signum)
     try:
         out, _ = proc.communicate(timeout=STOP_WITHIN_S)
