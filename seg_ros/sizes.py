@@ -22,7 +22,8 @@ DEFAULT_MIN_FRAMES_PER_NEW_SIZE = 100
 
 
 def distortion(a: Size, b: Size) -> float:
-    """How far resizing between ``a`` and ``b`` stretches an image: the larger per-axis log ratio."""
+    """How much resizing between ``a`` and ``b`` stretches an image: the larger per-axis log
+    ratio."""
     return max(abs(math.log(a[0] / b[0])), abs(math.log(a[1] / b[1])))
 
 
@@ -35,7 +36,8 @@ class KeptSizes:
         if capacity is not None and capacity < 1:
             raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
         if min_frames_per_new_size < 1:
-            raise ValueError(f"min_frames_per_new_size must be >= 1, got {min_frames_per_new_size}")
+            raise ValueError(f"min_frames_per_new_size must be >= 1, "
+                             f"got {min_frames_per_new_size}")
         self.capacity = capacity
         self.min_frames_per_new_size = min_frames_per_new_size
         self._kept: OrderedDict[Size, None] = OrderedDict()
@@ -60,9 +62,10 @@ class KeptSizes:
             return self._use(size)
         nearest = min(self._kept, key=lambda kept: distortion(kept, size))
         if self.resized == 0:
-            log.warning("frames come in more than %d sizes: a frame whose own inference size is not "
-                        "kept runs at the nearest kept one (here %dx%d for %dx%d) rather than "
-                        "rebuilding the network's graph every frame", self.capacity, *nearest, *size)
+            log.warning("frames come in more than %d sizes: a frame whose own inference size "
+                        "is not kept runs at the nearest kept one (here %dx%d for %dx%d) rather "
+                        "than rebuilding the network's graph every frame",
+                        self.capacity, *nearest, *size)
         self.resized += 1
         return self._use(nearest)
 
