@@ -193,7 +193,7 @@ class SegmentationPipeline:
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
                                       pipeline=self, **config.backend_options)
-        self.sizes = KeptSizes(self.backend.max_shapes, int(config.min_frames_per_new_size))
+        self.sizes = KeptSizes(int(config.min_frames_per_new_size))
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -277,7 +277,8 @@ class SegmentationPipeline:
 
     def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
         """Logits of one camera frame, at the size :class:`KeptSizes` chooses for it."""
-        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])))
+        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])),
+                                 self.backend.max_shapes)
         x = self.preprocess(frame, color_order, size)
         clock.mark("preprocess")
         logits = self.backend(x)

@@ -28,44 +28,43 @@ def distortion(a: Size, b: Size) -> float:
 
 
 class KeptSizes:
-    """``choose(size)``: the size a frame whose own inference size is ``size`` runs at.
-    ``capacity`` None: the backend runs any shape without a per-shape build, so always ``size``."""
+    """``choose(size, capacity)``: the size a frame whose own inference size is ``size`` runs at,
+    given the backend's current ``capacity`` (its ``max_shapes``; None when it runs any shape
+    without a per-shape build, e.g. once the fused CPU path fell back to eager: then ``size``)."""
 
-    def __init__(self, capacity: int | None,
-                 min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
-        if capacity is not None and capacity < 1:
-            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
+    def __init__(self, min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
         if min_frames_per_new_size < 1:
             raise ValueError(f"min_frames_per_new_size must be >= 1, "
                              f"got {min_frames_per_new_size}")
-        self.capacity = capacity
         self.min_frames_per_new_size = min_frames_per_new_size
         self._kept: OrderedDict[Size, None] = OrderedDict()
         self._frames_since_replacement = min_frames_per_new_size  # the first replacement is free
         self.replaced = 0  # kept sizes given up for a new one (each costs a build)
         self.resized = 0  # frames run at another kept size than their own
 
-    def choose(self, size: Size) -> Size:
-        if self.capacity is None:
+    def choose(self, size: Size, capacity: int | None) -> Size:
+        if capacity is None:
             return size
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
         self._frames_since_replacement += 1
         if size in self._kept:
             return self._use(size)
-        if len(self._kept) < self.capacity:
+        if len(self._kept) < capacity:
             return self._use(size)
         if self._frames_since_replacement >= self.min_frames_per_new_size:
             old, _ = self._kept.popitem(last=False)
             self._frames_since_replacement = 0
             self.replaced += 1
             log.info("inference size %dx%d replaces %dx%d (more than %d sizes seen)",
-                     *size, *old, self.capacity)
+                     *size, *old, capacity)
             return self._use(size)
         nearest = min(self._kept, key=lambda kept: distortion(kept, size))
         if self.resized == 0:
             log.warning("frames come in more than %d sizes: a frame whose own inference size "
                         "is not kept runs at the nearest kept one (here %dx%d for %dx%d) rather "
                         "than rebuilding the network's graph every frame",
-                        self.capacity, *nearest, *size)
+                        capacity, *nearest, *size)
         self.resized += 1
         return self._use(nearest)
 

@@ -180,18 +180,19 @@ def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
     used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
     kept size nearest in shape. A camera that changes size for good is adopted within that
     bound."""
-    sizes = KeptSizes(capacity=2, min_frames_per_new_size=5)
-    assert [sizes.choose(s) for s in [(8, 16), (16, 16), (8, 16)]] == [(8, 16), (16, 16), (8, 16)]
-    assert sizes.choose((24, 24)) == (24, 24) and sizes.replaced == 1  # (16, 16) goes
+    sizes = KeptSizes(min_frames_per_new_size=5)
+    first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]
+    assert first == [(8, 16), (16, 16), (8, 16)]
+    assert sizes.choose((24, 24), 2) == (24, 24) and sizes.replaced == 1  # (16, 16) goes
     assert sizes.kept() == [(8, 16), (24, 24)]
-    assert sizes.choose((16, 16)) == (24, 24)  # the kept size nearest in shape
-    assert sizes.choose((8, 24)) == (8, 16)
+    assert sizes.choose((16, 16), 2) == (24, 24)  # the kept size nearest in shape
+    assert sizes.choose((8, 24), 2) == (8, 16)
     assert sizes.resized == 2 and sizes.replaced == 1
-    new = [sizes.choose((40, 48)) for _ in range(6)]  # a new size for good
+    new = [sizes.choose((40, 48), 2) for _ in range(6)]  # a new size for good
     assert new[:2] == [(24, 24)] * 2 and new[2:] == [(40, 48)] * 4 and sizes.replaced == 2
-    assert KeptSizes(None).choose((123, 77)) == (123, 77)  # no per-shape artefacts: never resized
-    always = KeptSizes(1, min_frames_per_new_size=1)  # the plain LRU
-    assert [always.choose(s) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
+    assert sizes.choose((123, 77), None) == (123, 77)  # a backend without per-shape builds
+    always = KeptSizes(min_frames_per_new_size=1)  # the plain LRU
+    assert [always.choose(s, 1) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
     with pytest.raises(ConfigError, match="min_frames_per_new_size"):
         SegmentationPipeline(weights="none", device="cpu", min_frames_per_new_size=0)
 

@@ -67,7 +67,7 @@ def run_cycle(pipe: SegmentationPipeline, frames: list[np.ndarray], count: int
         start = time.perf_counter()
         result = pipe(frame, "rgb", color=True, overlay=True)
         elapsed = (time.perf_counter() - start) * 1e3
-        ran_at = (pipe.sizes.kept()[-1] if pipe.sizes.capacity
+        ran_at = (pipe.sizes.kept()[-1] if pipe.backend.max_shapes
                   else pipe.inference_size_for(frame.shape[:2]))
         records.append(FrameRecord(frame.shape[1], ran_at, round(elapsed, 2), round(rss_mb(), 1)))
         labels[frame.shape[1]] = result.labels
