@@ -7,8 +7,8 @@ them. As long as frames come in at most ``capacity`` sizes, every frame runs at 
 each size costs one build. Beyond that, a plain LRU would rebuild on every frame when sizes cycle
 (issue 18: 1.1 s instead of 66 ms per frame). So a new size replaces the least recently used one
 at most once per ``min_frames_per_new_size`` frames; frames in between are resized into the kept
-size nearest in shape, which only costs a slight change of scale. A camera that switches to a new
-size for good gets it adopted within that many frames. docs/pipeline.md has the measurements.
+size nearest in shape, which changes their scale a little (and 2-7 % of their labels, measured in
+docs/pipeline.md). A camera that switches to a new size for good gets it within that many frames.
 """
 from __future__ import annotations
 
