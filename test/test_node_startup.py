@@ -79,8 +79,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
     return results
 
 
-CASES = ["missing_weights", "corrupt_weights", "truncated_weights", "untrained_default",
-         "incompatible_weights", "bad_classes_file", "out_of_range",
+CASES = ["missing_weights", "corrupt_weights", "truncated_weights", "untrained_default", "incompatible_weights", "bad_classes_file", "out_of_range",
          "bad_choice", "wrong_type", "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda"]
 
 
