@@ -51,7 +51,8 @@ def weights_file_for(model: str, weights: str) -> str | None:
     if weights == "default":
         shipped = SHIPPED_WEIGHTS.get(model)
         if shipped is None:
-            raise WeightsError(f"model {model!r} has no shipped weights (weights 'default'): {fix}")
+            raise WeightsError(f"model {model!r} has no shipped weights (weights 'default'): "
+                               f"{fix}")
         if not share_path(shipped).is_file():
             raise WeightsError(f"the shipped weights of {model!r} ({share_path(shipped)}) are not "
                                f"installed: reinstall seg_ros, or {fix}")
@@ -101,7 +102,8 @@ class PipelineConfig:
         if self.num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0 (0 = library default), got {self.num_threads}")
         if int(self.min_frames_per_new_size) < 1:
-            raise ConfigError(f"min_frames_per_new_size must be >= 1, got {self.min_frames_per_new_size}")
+            raise ConfigError(f"min_frames_per_new_size must be >= 1, "
+                              f"got {self.min_frames_per_new_size}")
 
 
 @dataclass
@@ -190,7 +192,7 @@ class SegmentationPipeline:
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
                                       pipeline=self, **config.backend_options)
-        self.sizes = KeptSizes(self.backend.max_shapes, int(config.min_frames_per_new_size))
+        self.sizes = KeptSizes(int(config.min_frames_per_new_size))
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -261,8 +263,9 @@ class SegmentationPipeline:
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
         size = size or self.inference_size_for(tuple(frame.shape[:2]))
+        bgr_to_rgb = self._bgr_to_rgb if color_order == "bgr" else None
         return ops.resize_and_normalize(ops.image_to_tensor(frame), size, self._scale, self._shift,
-                                        self._bgr_to_rgb if color_order == "bgr" else None, self.dtype)
+                                        bgr_to_rgb, self.dtype)
 
     def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
         """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
@@ -273,7 +276,8 @@ class SegmentationPipeline:
 
     def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
         """Logits of one camera frame, at the size :class:`KeptSizes` chooses for it."""
-        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])))
+        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])),
+                                 self.backend.max_shapes)
         x = self.preprocess(frame, color_order, size)
         clock.mark("preprocess")
         logits = self.backend(x)

@@ -7,8 +7,8 @@ them. As long as frames come in at most ``capacity`` sizes, every frame runs at 
 each size costs one build. Beyond that, a plain LRU would rebuild on every frame when sizes cycle
 (issue 18: 1.1 s instead of 66 ms per frame). So a new size replaces the least recently used one
 at most once per ``min_frames_per_new_size`` frames; frames in between are resized into the kept
-size nearest in shape, which only costs a slight change of scale. A camera that switches to a new
-size for good gets it adopted within that many frames. docs/pipeline.md has the measurements.
+size nearest in shape, which changes their scale a little (and 2-7 % of their labels, measured in
+docs/pipeline.md). A camera that switches to a new size for good gets it within that many frames.
 """
 from __future__ import annotations
 
@@ -22,47 +22,49 @@ DEFAULT_MIN_FRAMES_PER_NEW_SIZE = 100
 
 
 def distortion(a: Size, b: Size) -> float:
-    """How far resizing between ``a`` and ``b`` stretches an image: the larger per-axis log ratio."""
+    """How much resizing between ``a`` and ``b`` stretches an image: the larger per-axis log
+    ratio."""
     return max(abs(math.log(a[0] / b[0])), abs(math.log(a[1] / b[1])))
 
 
 class KeptSizes:
-    """``choose(size)``: the size a frame whose own inference size is ``size`` runs at.
-    ``capacity`` None: the backend runs any shape without a per-shape build, so always ``size``."""
+    """``choose(size, capacity)``: the size a frame whose own inference size is ``size`` runs at,
+    given the backend's current ``capacity`` (its ``max_shapes``; None when it runs any shape
+    without a per-shape build, e.g. once the fused CPU path fell back to eager: then ``size``)."""
 
-    def __init__(self, capacity: int | None,
-                 min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
-        if capacity is not None and capacity < 1:
-            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
+    def __init__(self, min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
         if min_frames_per_new_size < 1:
-            raise ValueError(f"min_frames_per_new_size must be >= 1, got {min_frames_per_new_size}")
-        self.capacity = capacity
+            raise ValueError(f"min_frames_per_new_size must be >= 1, "
+                             f"got {min_frames_per_new_size}")
         self.min_frames_per_new_size = min_frames_per_new_size
         self._kept: OrderedDict[Size, None] = OrderedDict()
         self._frames_since_replacement = min_frames_per_new_size  # the first replacement is free
         self.replaced = 0  # kept sizes given up for a new one (each costs a build)
         self.resized = 0  # frames run at another kept size than their own
 
-    def choose(self, size: Size) -> Size:
-        if self.capacity is None:
+    def choose(self, size: Size, capacity: int | None) -> Size:
+        if capacity is None:
             return size
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
         self._frames_since_replacement += 1
         if size in self._kept:
             return self._use(size)
-        if len(self._kept) < self.capacity:
+        if len(self._kept) < capacity:
             return self._use(size)
         if self._frames_since_replacement >= self.min_frames_per_new_size:
             old, _ = self._kept.popitem(last=False)
             self._frames_since_replacement = 0
             self.replaced += 1
             log.info("inference size %dx%d replaces %dx%d (more than %d sizes seen)",
-                     *size, *old, self.capacity)
+                     *size, *old, capacity)
             return self._use(size)
         nearest = min(self._kept, key=lambda kept: distortion(kept, size))
         if self.resized == 0:
-            log.warning("frames come in more than %d sizes: a frame whose own inference size is not "
-                        "kept runs at the nearest kept one (here %dx%d for %dx%d) rather than "
-                        "rebuilding the network's graph every frame", self.capacity, *nearest, *size)
+            log.warning("frames come in more than %d sizes: a frame whose own inference size "
+                        "is not kept runs at the nearest kept one (here %dx%d for %dx%d) rather "
+                        "than rebuilding the network's graph every frame",
+                        capacity, *nearest, *size)
         self.resized += 1
         return self._use(nearest)
 

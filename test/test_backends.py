@@ -122,7 +122,8 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
     from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_model
     x = fused.network_input(small_image)
     graph = fuse_for_shape(trace_model(fused.model, x), fused.model, x)  # warm-up runs it fused
-    assert graph is not None and "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
+    last_run = str(torch.jit.last_executed_optimized_graph())  # needs ``graph`` alive
+    assert graph is not None and "prim::oneDNNFusionGroup" in last_run
     info = fused.backend.describe()
     assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
     assert fused.backend.fused.graphs.hits >= 4
@@ -170,7 +171,7 @@ def test_evicted_fused_graphs_free_their_memory():
             functions.append(len(python_cu.get_functions()))
             rss.append(rss_mb())
     assert fused.disabled is None and fused.graphs.builds == 15 and fused.graphs.evictions == 14
-    assert functions[1:] == functions[1:2] * 14, functions  # only the trace and first graph register
+    assert functions[1:] == functions[1:2] * 14, functions  # only the trace and 1st graph register
     assert rss[-1] - rss[2] < 60, rss  # 12 builds after the first cycle: no 24 MB each
 
 
@@ -182,9 +183,9 @@ def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, 
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), cv2.cvtColor(road_image, cv2.COLOR_RGB2BGR))
     out = tmp_path / "sizes.json"
-    assert cli_main(["bench-sizes", "--height", "96", "--widths", "140,154,171,192,220", "--frames", "30",
-                     "--image", str(image), "--weights", str(weights_file), "--device", "cpu",
-                     "--input-size", "96x128", "--json", str(out)]) == 0
+    assert cli_main(["bench-sizes", "--height", "96", "--widths", "140,154,171,192,220",
+                     "--frames", "30", "--image", str(image), "--weights", str(weights_file),
+                     "--device", "cpu", "--input-size", "96x128", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["warm_up_size"] == [96, 128] and len(report["kept_sizes"]) == 4
     assert 4 <= report["graph_builds"] <= 5, report  # warm-up + 3 sizes + at most one replacement

@@ -151,13 +151,16 @@ def test_unreadable_files_are_clear(tmp_path):
     torch.save(build_model("ddrnet23_slim", 19).state_dict(), trunc)
     trunc.write_bytes(trunc.read_bytes()[:5000])
     (tmp_path / "text.pt").write_text("model: ddrnet23_slim\nthis is a text file\n")
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.01)}, tmp_path / "ns.pt")
+    checkpoint = {"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.01)}
+    torch.save(checkpoint, tmp_path / "ns.pt")
     with open(tmp_path / "payload.pt", "wb") as f:
         pickle.dump({"w": _Payload()}, f, protocol=2)
     (tmp_path / "empty.pt").write_bytes(b"")
-    reasons = {"trunc.pt": "damaged (truncated or corrupt)", "text.pt": "not a PyTorch checkpoint at all",
+    reasons = {"trunc.pt": "damaged (truncated or corrupt)",
+               "text.pt": "not a PyTorch checkpoint at all",
                "ns.pt": "Python objects, not only tensors (argparse.Namespace)",
-               "payload.pt": f"Python objects, not only tensors ({os.system.__module__}.system)", "empty.pt": "it is empty"}
+               "payload.pt": f"Python objects, not only tensors ({os.system.__module__}.system)",
+               "empty.pt": "it is empty"}
     for name, reason in reasons.items():
         with pytest.raises(WeightsError) as err:
             load_weights(build_model("ddrnet23_slim", 19), tmp_path / name)

@@ -137,7 +137,9 @@ def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
     with pytest.raises(WeightsError, match=r"unet_not_installed.pt\) are not installed"):
         SegmentationPipeline(model="unet", device="cpu")
     small = {"base_width": 8, "depth": 2}
-    assert not SegmentationPipeline(model="unet", weights="none", device="cpu", model_options=small).trained
+    explicit = SegmentationPipeline(model="unet", weights="none", device="cpu",
+                                    model_options=small)
+    assert not explicit.trained
 
 
 def test_random_init_is_announced():
@@ -176,18 +178,21 @@ def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file,
 def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
     """Up to ``capacity`` sizes run as they are; beyond, a new size replaces the least recently
     used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
-    kept size nearest in shape. A camera that changes size for good is adopted within that bound."""
-    sizes = KeptSizes(capacity=2, min_frames_per_new_size=5)
-    assert [sizes.choose(s) for s in [(8, 16), (16, 16), (8, 16)]] == [(8, 16), (16, 16), (8, 16)]
-    assert sizes.choose((24, 24)) == (24, 24) and sizes.replaced == 1  # first replacement: (16, 16) goes
+    kept size nearest in shape. A camera that changes size for good is adopted within that
+    bound."""
+    sizes = KeptSizes(min_frames_per_new_size=5)
+    first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]
+    assert first == [(8, 16), (16, 16), (8, 16)]
+    assert sizes.choose((24, 24), 2) == (24, 24) and sizes.replaced == 1  # (16, 16) goes
     assert sizes.kept() == [(8, 16), (24, 24)]
-    assert sizes.choose((16, 16)) == (24, 24) and sizes.choose((8, 24)) == (8, 16)  # nearest in shape
+    assert sizes.choose((16, 16), 2) == (24, 24)  # the kept size nearest in shape
+    assert sizes.choose((8, 24), 2) == (8, 16)
     assert sizes.resized == 2 and sizes.replaced == 1
-    new = [sizes.choose((40, 48)) for _ in range(6)]  # a new size for good
+    new = [sizes.choose((40, 48), 2) for _ in range(6)]  # a new size for good
     assert new[:2] == [(24, 24)] * 2 and new[2:] == [(40, 48)] * 4 and sizes.replaced == 2
-    assert KeptSizes(None).choose((123, 77)) == (123, 77)  # no per-shape artefacts: never resized
-    always = KeptSizes(1, min_frames_per_new_size=1)  # the plain LRU
-    assert [always.choose(s) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
+    assert sizes.choose((123, 77), None) == (123, 77)  # a backend without per-shape builds
+    always = KeptSizes(min_frames_per_new_size=1)  # the plain LRU
+    assert [always.choose(s, 1) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
     with pytest.raises(ConfigError, match="min_frames_per_new_size"):
         SegmentationPipeline(weights="none", device="cpu", min_frames_per_new_size=0)
 
@@ -201,4 +206,5 @@ def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_i
         frame = np.ascontiguousarray(road_image[:64, :width])
         assert pipe(frame, "rgb").labels.shape == (64, width)
     assert len(pipe.sizes.kept()) == 4 == pipe.backend.describe()["graphs"]
-    assert pipe.sizes.replaced == 1 and pipe.sizes.resized == 1 and pipe.sizes.kept()[-1] == (56, 64)
+    assert pipe.sizes.replaced == 1 and pipe.sizes.resized == 1
+    assert pipe.sizes.kept()[-1] == (56, 64)

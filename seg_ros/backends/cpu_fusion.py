@@ -118,7 +118,8 @@ class FusedCpuForward:
         self._script: bytes | None = None  # ... serialised, from the second graph on
 
     def _build(self, key: Hashable, example: torch.Tensor) -> torch.jit.ScriptModule:
-        log.info("building a fused CPU graph for input %s (first frame of this size is slower)", key[0])
+        log.info("building a fused CPU graph for input %s (first frame of this size is slower)",
+                 key[0])
         if self._trace is None:
             self._trace = trace_model(self.model, example)
             return fuse_for_shape(self._trace, self.model, example)

@@ -40,7 +40,7 @@ class TorchBackend:
 
     @property
     def max_shapes(self) -> int | None:
-        """Graphs kept per shape (None once the fused CPU path gave up and the model runs eagerly)."""
+        """Graphs kept, one per shape (None once the fused CPU path gave up: eager runs any)."""
         if self.graphed is not None:
             return self.graphed.graphs.max_entries
         if self.fused is not None and self.fused.disabled is None:

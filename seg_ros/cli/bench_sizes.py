@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pipeline option (default: the pipeline's, 100); 1 = plain LRU")
     p.add_argument("--no-agreement", dest="agreement", action="store_false",
                    help="skip comparing the labels with each frame run at its own size")
-    p.add_argument("--json", type=Path, default=None, help="write the per-frame records and summary")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the summary and the per-frame records")
     add_pipeline_args(p)
     p.set_defaults(func=run)
 
@@ -66,7 +67,8 @@ def run_cycle(pipe: SegmentationPipeline, frames: list[np.ndarray], count: int
         start = time.perf_counter()
         result = pipe(frame, "rgb", color=True, overlay=True)
         elapsed = (time.perf_counter() - start) * 1e3
-        ran_at = pipe.sizes.kept()[-1] if pipe.sizes.capacity else pipe.inference_size_for(frame.shape[:2])
+        ran_at = (pipe.sizes.kept()[-1] if pipe.backend.max_shapes
+                  else pipe.inference_size_for(frame.shape[:2]))
         records.append(FrameRecord(frame.shape[1], ran_at, round(elapsed, 2), round(rss_mb(), 1)))
         labels[frame.shape[1]] = result.labels
     return records, labels
@@ -108,14 +110,18 @@ def run(args: argparse.Namespace) -> int:
     pipe = pipeline_from_args(args, **overrides)
     warmed = pipe.warm_up()
     ready_s = time.perf_counter() - start
-    image = read_image_rgb(args.image) if args.image else sample_road_image(args.height, max(widths))
+    if args.image is not None:
+        image = read_image_rgb(args.image)
+    else:
+        image = sample_road_image(args.height, max(widths))
     frames = cycled_frames(image, args.height, widths)
     rss_ready = rss_mb()
     start = time.perf_counter()
     records, labels = run_cycle(pipe, frames, args.frames)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "model": pipe.config.model,
-              "weights": pipe.describe()["weights"], "warm_up_size": warmed, "ready_s": round(ready_s, 2),
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "model": pipe.config.model, "weights": pipe.describe()["weights"],
+              "warm_up_size": warmed, "ready_s": round(ready_s, 2),
               "rss_mb_ready": rss_ready, "widths": widths, "height": args.height,
               "min_frames_per_new_size": pipe.config.min_frames_per_new_size,
               "backend_options": pipe.config.backend_options,
@@ -125,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**report, "records": [asdict(r) for r in records]}, indent=1))
+        records_json = [asdict(r) for r in records]
+        args.json.write_text(json.dumps({**report, "records": records_json}, indent=1))
     return 0

@@ -94,7 +94,8 @@ def _why_unloadable(path: str, exc: Exception) -> str:
         head = f.read(4)
     if not head:
         return "it is empty"
-    unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    unpickling = isinstance(exc, pickle.UnpicklingError)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", str(exc)) if unpickling else None
     if unsafe:
         return (f"it holds Python objects, not only tensors ({unsafe.group(1)}), which are never "
                 f"loaded because they can run code; save the model's state_dict() instead")
