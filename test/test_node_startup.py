@@ -124,7 +124,7 @@ def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_f
                 msg = image_msg("rgb8", frame, 360, 480, tag="warmup")
                 peer.pub.publish(msg)
                 sent.append(msg.header.frame_id)
-            time.sleep(0.05)
+            time.sleep(0.01)  # fast enough that even a quick warm-up sees several frames
         assert len(sent) >= 3, f"the node subscribed only {len(sent)} frames before it was ready"
         got = peer.wait(lambda: [f for f in sent if f in peer.received["labels"]], 30, "a warm-up frame's labels")
         values = peer.diag_values(after=time.monotonic())
