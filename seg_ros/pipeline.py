@@ -5,11 +5,12 @@ input upload and the uint8 results runs on the model's device.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +28,6 @@ from .resources import share_path
 from .sizes import DEFAULT_MIN_FRAMES_PER_NEW_SIZE, KeptSizes
 
 log = logging.getLogger("seg_ros")
-# Frames from ROS buffers are read-only views; the pipeline never writes to its input.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +37,9 @@ SHIPPED_WEIGHTS = {"ddrnet23_slim": "weights/ddrnet23_slim_camvid.pt"}
 COLOR_ORDERS = ("rgb", "bgr")
 OUTPUT_RESOLUTIONS = ("input", "inference")
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+MAX_BATCH = 16
+# per-shape graphs a backend keeps per batch size (sizes in use; see seg_ros/sizes.py)
+SHAPES_PER_BATCH_SIZE = 4
 
 
 def weights_file_for(model: str, weights: str) -> str | None:
@@ -62,7 +64,7 @@ def weights_file_for(model: str, weights: str) -> str | None:
     return str(weights)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights;
     WeightsError when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
@@ -70,7 +72,12 @@ class PipelineConfig:
     frame's own size. Sizes are rounded to the model's size divisor. ``min_frames_per_new_size``:
     when frames come in more sizes than the backend keeps graphs for, a new size replaces a kept
     one at most once per this many frames, and frames in between run at the nearest kept size
-    (1: every new size is built at once, exact but slow when sizes cycle; see seg_ros/sizes.py)."""
+    (1: every new size is built at once, exact but slow when sizes cycle; see seg_ros/sizes.py).
+    ``max_batch``: the most frames :meth:`SegmentationPipeline.segment_batch` runs in one forward
+    pass (the node's camera count); backends keep graphs for every batch size up to it.
+    ``keep_aspect``, ``output_resolution`` and ``max_input_pixels`` are defaults that
+    :class:`FrameOptions` may override per frame. Frozen: a pipeline's configuration never changes
+    under it (``dataclasses.replace`` makes a changed copy)."""
 
     model: str = "ddrnet23_slim"
     weights: str = "default"
@@ -84,6 +91,7 @@ class PipelineConfig:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     num_threads: int = 0
     min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE
+    max_batch: int = 1
     model_options: dict[str, Any] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
 
@@ -92,8 +100,6 @@ class PipelineConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}")
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
-        if self.output_resolution not in OUTPUT_RESOLUTIONS:
-            raise ConfigError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {self.output_resolution!r}")
         if self.input_size is not None:
             if len(self.input_size) != 2 or any(int(v) < 8 or int(v) > 16384 for v in self.input_size):
                 raise ConfigError(f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}")
@@ -104,6 +110,41 @@ class PipelineConfig:
         if int(self.min_frames_per_new_size) < 1:
             raise ConfigError(f"min_frames_per_new_size must be >= 1, "
                               f"got {self.min_frames_per_new_size}")
+        if not 1 <= int(self.max_batch) <= MAX_BATCH:
+            raise ConfigError(f"max_batch must be in 1..{MAX_BATCH}, got {self.max_batch}")
+        check_output_resolution(self.output_resolution)
+
+
+def check_output_resolution(value: str) -> None:
+    if value not in OUTPUT_RESOLUTIONS:
+        raise ConfigError(f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """What to compute for one frame, chosen per call (the node's run-time parameters) rather than
+    fixed with the pipeline. Labels are always computed; ``color``, ``overlay`` and ``confidence``
+    only when asked. ``keep_scores`` keeps the logits on the result (no extra work) so
+    :meth:`SegmentationPipeline.refine` can run a CRF on them later. ``keep_aspect``,
+    ``output_resolution`` and ``max_input_pixels``: None takes the pipeline configuration's."""
+
+    color: bool = False
+    overlay: bool = False
+    confidence: bool = False
+    overlay_alpha: float = 0.5
+    keep_scores: bool = False
+    profile: bool = False
+    keep_aspect: bool | None = None
+    output_resolution: str | None = None
+    max_input_pixels: int | None = None
+
+    def validate(self) -> None:
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ConfigError(f"overlay_alpha must be in 0..1, got {self.overlay_alpha}")
+        if self.output_resolution is not None:
+            check_output_resolution(self.output_resolution)
+        if self.max_input_pixels is not None and not 1 <= int(self.max_input_pixels) <= 1 << 30:
+            raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")
 
 
 @dataclass
@@ -116,8 +157,26 @@ class SegmentationResult:
     overlay: np.ndarray | None = None
     confidence: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    # (logits, frame, color_order, out_hw) kept by keep_scores=True for refine(); None otherwise
-    refine_input: tuple[Any, ...] | None = field(default=None, repr=False)
+    # kept by FrameOptions.keep_scores for refine(); None otherwise
+    refine_input: RefineInput | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RefineInput:
+    """What :meth:`SegmentationPipeline.refine` needs of a segmented frame, on the device: its
+    class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels' size."""
+
+    logits: torch.Tensor
+    rgb: torch.Tensor
+    out_hw: tuple[int, int]
+
+
+def with_overrides(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """A copy of ``config`` with ``overrides`` applied (the caller's object is left alone)."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PipelineConfig)})
+    if unknown:
+        raise ConfigError(f"unknown pipeline option {unknown[0]!r}")
+    return dataclasses.replace(config, **overrides)
 
 
 def round_to_multiple(value: float, divisor: int) -> int:
@@ -161,11 +220,7 @@ class SegmentationPipeline:
     """Model + pre/post-processing for one configuration. Not thread-safe: one caller at a time."""
 
     def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
-        config = config or PipelineConfig()
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise ConfigError(f"unknown pipeline option {key!r}")
-            setattr(config, key, value)
+        config = with_overrides(config or PipelineConfig(), overrides)
         config.validate()
         self.config = config
         self.notes: list[str] = []
@@ -190,8 +245,10 @@ class SegmentationPipeline:
         self.model = prepare_for_inference(model, self.device, half=self.half)
         self.dtype = torch.float16 if self.half else torch.float32
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
+        backend_options = {"max_shapes": SHAPES_PER_BATCH_SIZE * int(config.max_batch),
+                           **config.backend_options}
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
-                                      pipeline=self, **config.backend_options)
+                                      pipeline=self, **backend_options)
         self.sizes = KeptSizes(int(config.min_frames_per_new_size))
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
@@ -230,7 +287,13 @@ class SegmentationPipeline:
         return classes
 
     # -- per-frame work -------------------------------------------------------------------
-    def check_image(self, image: Any) -> None:
+    def frame_options(self, options: FrameOptions | None = None, **fields: Any) -> FrameOptions:
+        """``options`` (default: all defaults) with ``fields`` replaced, validated."""
+        options = dataclasses.replace(options or FrameOptions(), **fields)
+        options.validate()
+        return options
+
+    def check_image(self, image: Any, max_input_pixels: int | None = None) -> None:
         """Raise InputError (a ValueError) naming the problem before anything reaches torch."""
         if not isinstance(image, np.ndarray):
             raise InputError("bad_type", f"image must be a numpy array, got {type(image).__name__}")
@@ -241,12 +304,15 @@ class SegmentationPipeline:
         h, w = image.shape[:2]
         if h == 0 or w == 0:
             raise InputError("empty", f"image is empty ({h}x{w})")
-        if h * w > self.config.max_input_pixels:
+        limit = max_input_pixels or self.config.max_input_pixels
+        if h * w > limit:
             raise InputError("too_large", f"image has {h}x{w} = {h * w} pixels, more than "
-                                          f"max_input_pixels = {self.config.max_input_pixels}")
+                                          f"max_input_pixels = {limit}")
 
-    def inference_size_for(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
-        return inference_size(frame_hw, self.input_size, self.config.keep_aspect, self.size_divisor)
+    def inference_size_for(self, frame_hw: tuple[int, int],
+                           keep_aspect: bool | None = None) -> tuple[int, int]:
+        keep = self.config.keep_aspect if keep_aspect is None else keep_aspect
+        return inference_size(frame_hw, self.input_size, keep, self.size_divisor)
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
@@ -254,7 +320,9 @@ class SegmentationPipeline:
             image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
-        return torch.from_numpy(image)
+        with warnings.catch_warnings():  # ROS buffers are read-only; the pipeline never writes
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(image)
 
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
                    size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -274,102 +342,150 @@ class SegmentationPipeline:
         self.check_image(image)
         return self.preprocess(self._upload(image), color_order)
 
-    def _forward(self, frame: torch.Tensor, color_order: str, clock: _StageClock) -> torch.Tensor:
-        """Logits of one camera frame, at the size :class:`KeptSizes` chooses for it."""
-        size = self.sizes.choose(self.inference_size_for(tuple(frame.shape[:2])),
-                                 self.backend.max_shapes)
-        x = self.preprocess(frame, color_order, size)
-        clock.mark("preprocess")
-        logits = self.backend(x)
-        clock.mark("forward")
-        return logits
+    def _chosen_size(self, frame_hw: tuple[int, int], keep_aspect: bool | None) -> tuple[int, int]:
+        """The size a frame runs at: its own inference size, or the kept size
+        :class:`KeptSizes` chooses when frames come in more sizes than the backend keeps graphs
+        for (its capacity shared by the batch sizes in use)."""
+        capacity = self.backend.max_shapes
+        if capacity is not None:
+            capacity = max(1, capacity // int(self.config.max_batch))
+        return self.sizes.choose(self.inference_size_for(frame_hw, keep_aspect), capacity)
 
     @torch.inference_mode()
     def forward_logits(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
         """Class scores (1, C, h, w) on the device at the network's output stride."""
         self.check_image(image)
-        return self._forward(self._upload(image), color_order, _StageClock(False, self.device))
+        frame = self._upload(image)
+        size = self._chosen_size(tuple(frame.shape[:2]), None)
+        return self.backend(self.preprocess(frame, color_order, size))
+
+    def __call__(self, image: np.ndarray, color_order: str = "rgb",
+                 options: FrameOptions | None = None, **fields: Any) -> SegmentationResult:
+        """Segment one frame. Only the outputs asked for are computed: ``options`` and/or its
+        fields as keywords (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`)."""
+        return self.segment_batch([(image, color_order)], self.frame_options(options, **fields))[0]
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray, color_order: str = "rgb", *, color: bool = False,
-                 overlay: bool = False, confidence: bool = False, overlay_alpha: float = 0.5,
-                 profile: bool = False, keep_scores: bool = False) -> SegmentationResult:
-        """Segment one frame. Only the outputs asked for are computed. ``keep_scores`` keeps the
-        logits on the result (no extra work) so :meth:`refine` can run a CRF on them later."""
-        if not 0.0 <= overlay_alpha <= 1.0:
-            raise ConfigError(f"overlay_alpha must be in 0..1, got {overlay_alpha}")
-        self.check_image(image)
-        clock = _StageClock(profile, self.device)
-        frame = self._upload(image)
-        logits = self._forward(frame, color_order, clock)
-        h, w = image.shape[:2]
-        out_hw = (h, w) if self.config.output_resolution == "input" else self.inference_size_for((h, w))
+    def segment_batch(self, frames: Sequence[tuple[np.ndarray, str]],
+                      options: FrameOptions | Sequence[FrameOptions]) -> list[SegmentationResult]:
+        """Segment several frames (e.g. one per camera), ``(image, color_order)`` each: frames
+        whose network input sizes agree share one forward pass, at most ``max_batch`` at a time;
+        each keeps its own options (one for all, or one per frame). Results in input order. An
+        invalid frame raises InputError before anything runs: check frames first
+        (:meth:`check_image`) when one bad camera must not cost the others their frame."""
+        per_frame = (list(options) if not isinstance(options, FrameOptions)
+                     else [options] * len(frames))
+        if len(per_frame) != len(frames):
+            raise ConfigError(f"{len(frames)} frames but {len(per_frame)} options")
+        uploads = []
+        for (image, order), opts in zip(frames, per_frame):
+            if order not in COLOR_ORDERS:
+                raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {order!r}")
+            self.check_image(image, opts.max_input_pixels)
+            uploads.append(self._upload(image))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (frame, opts) in enumerate(zip(uploads, per_frame)):
+            size = self._chosen_size(tuple(frame.shape[:2]), opts.keep_aspect)
+            groups.setdefault(size, []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(frames)
+        for size, members in groups.items():
+            for start in range(0, len(members), int(self.config.max_batch)):
+                chunk = members[start:start + int(self.config.max_batch)]
+                profile = any(per_frame[i].profile for i in chunk)
+                clock = _StageClock(profile, self.device)
+                x = self._batch([self.preprocess(uploads[i], frames[i][1], size) for i in chunk])
+                clock.mark("preprocess")
+                logits = self.backend(x)
+                clock.mark("forward")
+                for j, i in enumerate(chunk):
+                    results[i] = self._finish(logits[j:j + 1], uploads[i], frames[i][1],
+                                              per_frame[i], _StageClock(profile, self.device),
+                                              dict(clock.times))
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _batch(inputs: list[torch.Tensor]) -> torch.Tensor:
+        """One network input of several; a single frame's is used as it is (its strides, which
+        key the per-shape graphs, stay those of the one-frame path)."""
+        if len(inputs) == 1:
+            return inputs[0]
+        return torch.cat(inputs).contiguous(memory_format=torch.channels_last)
+
+    def _finish(self, logits: torch.Tensor, frame: torch.Tensor, color_order: str,
+                opts: FrameOptions, clock: _StageClock,
+                times: dict[str, float]) -> SegmentationResult:
+        """Labels (and confidence, colour mask, overlay) of one frame from its class scores."""
+        h, w = frame.shape[:2]
+        resolution = opts.output_resolution or self.config.output_resolution
+        out_hw = (h, w) if resolution == "input" else self.inference_size_for((h, w), opts.keep_aspect)
         conf = None
-        if confidence or self.device.type != "cpu":
+        if opts.confidence or self.device.type != "cpu":
             # GPUs upsample every score faster than they can sync on the sparse path's nonzero()
             scores = ops.upsample_logits(logits, out_hw)
             labels = ops.labels_from_logits(scores, self._label_dtype)
-            conf = ops.confidence_from_logits(scores) if confidence else None
+            conf = ops.confidence_from_logits(scores) if opts.confidence else None
         else:
             labels = ops.upsampled_argmax(logits, out_hw, self._label_dtype)
         clock.mark("postprocess")
-        color_t = ops.colorize(labels, self._palette) if (color or overlay) else None
+        rgb = frame if color_order == "rgb" else frame.flip(-1)
+        result = self._results(labels, rgb, out_hw, opts, conf, clock)
+        result.timings_ms = {**times, **clock.times}
+        if opts.keep_scores:
+            result.refine_input = RefineInput(logits, rgb, out_hw)
+        return result
+
+    def _results(self, labels: torch.Tensor, rgb: torch.Tensor, out_hw: tuple[int, int],
+                 opts: FrameOptions, conf: torch.Tensor | None,
+                 clock: _StageClock) -> SegmentationResult:
+        """The one colour / overlay / download step of raw and refined labels."""
+        color_t = ops.colorize(labels, self._palette) if (opts.color or opts.overlay) else None
         clock.mark("color")
         overlay_t = None
-        if overlay:
-            base = frame if color_order == "rgb" else frame.flip(-1)
-            if out_hw != (h, w):
-                base = ops.resize_image(base, out_hw)
-            overlay_t = ops.blend(base, color_t, overlay_alpha)
+        if opts.overlay:
+            base = rgb if tuple(rgb.shape[:2]) == tuple(out_hw) else ops.resize_image(rgb, out_hw)
+            overlay_t = ops.blend(base, color_t, opts.overlay_alpha)
         clock.mark("overlay")
         labels_np = labels.cpu().numpy()
         if labels_np.dtype == np.int32:
             labels_np = labels_np.astype(np.uint16)
         result = SegmentationResult(
             labels=labels_np,
-            color=color_t.cpu().numpy() if color else None,
+            color=color_t.cpu().numpy() if opts.color else None,
             overlay=overlay_t.cpu().numpy() if overlay_t is not None else None,
             confidence=conf.cpu().numpy() if conf is not None else None)
         clock.mark("download")
-        result.timings_ms = clock.times
-        if keep_scores:
-            result.refine_input = (logits, frame, color_order, out_hw)
         return result
 
     @torch.inference_mode()
-    def refine(self, result: SegmentationResult, refiner: Any, *, color: bool = False,
-               overlay: bool = False, overlay_alpha: float = 0.5) -> SegmentationResult:
-        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores=True``,
+    def refine(self, result: SegmentationResult, refiner: Any, options: FrameOptions | None = None,
+               **fields: Any) -> SegmentationResult:
+        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``,
         from its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
         run on another thread while the next frame goes through ``__call__``."""
         if result.refine_input is None:
             raise ConfigError("this result kept no scores to refine: segment with keep_scores=True")
-        logits, frame, color_order, out_hw = result.refine_input
+        opts = self.frame_options(options, **fields)
+        kept = result.refine_input
         t0 = time.perf_counter()
-        rgb = frame if color_order == "rgb" else frame.flip(-1)
-        labels = refiner(rgb, logits, out_hw).to(self._label_dtype)
-        color_t = ops.colorize(labels, self._palette) if (color or overlay) else None
-        overlay_t = None
-        if overlay:
-            base = rgb if tuple(rgb.shape[:2]) == tuple(out_hw) else ops.resize_image(rgb, out_hw)
-            overlay_t = ops.blend(base, color_t, overlay_alpha)
-        labels_np = labels.cpu().numpy()
-        refined = SegmentationResult(
-            labels=labels_np.astype(np.uint16) if labels_np.dtype == np.int32 else labels_np,
-            color=color_t.cpu().numpy() if color else None,
-            overlay=overlay_t.cpu().numpy() if overlay_t is not None else None)
+        labels = refiner(kept.rgb, kept.logits, kept.out_hw).to(self._label_dtype)
+        refined = self._results(labels, kept.rgb, kept.out_hw,
+                                dataclasses.replace(opts, confidence=False), None,
+                                _StageClock(False, self.device))
         refined.timings_ms = {"crf": (time.perf_counter() - t0) * 1e3}
         return refined
 
-    def warm_up(self) -> tuple[int, int] | None:
-        """Segment one blank frame at the configured input size, so the per-shape work (fused CPU
-        graph, CUDA graph capture, onnxruntime session, cuDNN autotuning) happens now rather than
-        on the first camera frame. Frames of the same aspect ratio then reuse it. Returns the size
-        warmed, or None when the inference size depends on each frame (no input size set)."""
+    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> tuple[int, int] | None:
+        """Segment blank frames at the configured input size, once per batch size, so the
+        per-shape work (fused CPU graph, CUDA graph capture, onnxruntime session, cuDNN
+        autotuning) happens now rather than on the first camera frames. Frames of the same aspect
+        ratio then reuse it. Returns the size warmed, or None when the inference size depends on
+        each frame (no input size set)."""
         if self.input_size is None:
             return None
         h, w = self.input_size
-        self(np.zeros((h, w, 3), np.uint8), "rgb", color=True, overlay=True)
+        blank = np.zeros((h, w, 3), np.uint8)
+        for batch in batch_sizes:
+            self.segment_batch([(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True))
         return h, w
 
     def describe(self) -> dict[str, Any]:

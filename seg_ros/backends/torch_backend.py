@@ -3,7 +3,8 @@
 On the CPU it runs a oneDNN-fused graph traced per input shape (option ``cpu_fusion``, on by
 default; see :mod:`.cpu_fusion`). On CUDA it also turns on cudnn.benchmark, runs on a dedicated
 stream and replays a CUDA graph per input shape (options ``cuda_graphs``, ``dedicated_stream``,
-``cudnn_benchmark``, ``max_graphs``; all on by default), see :mod:`.cuda_fast`.
+``cudnn_benchmark``; all on by default). ``max_shapes`` (formerly
+``max_graphs``, still accepted): graphs kept, one per input shape, see :mod:`.cuda_fast`.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool, cuda_graphs: Any = True,
-                 dedicated_stream: Any = True, cudnn_benchmark: Any = True, max_graphs: int = 4,
-                 cpu_fusion: Any = True, **_: Any) -> None:
+                 dedicated_stream: Any = True, cudnn_benchmark: Any = True, max_shapes: int = 4,
+                 cpu_fusion: Any = True, max_graphs: int | None = None, **_: Any) -> None:
+        max_graphs = int(max_graphs if max_graphs is not None else max_shapes)
         self.model, self.device, self.half = model, device, half
         cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if cuda and _flag(dedicated_stream) else None

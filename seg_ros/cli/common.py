@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..crf import CRF_MODES, Refiner, create_refiner, load_crf_config
-from ..errors import ConfigError
 from ..backends import list_backends
 from ..models import list_models
-from ..pipeline import PipelineConfig, SegmentationPipeline
+from ..pipeline import PipelineConfig, SegmentationPipeline, with_overrides
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -73,11 +72,7 @@ def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> Pipeline
                             keep_aspect=getattr(args, "keep_aspect", True),
                             num_threads=getattr(args, "threads", 0),
                             backend_options=dict(getattr(args, "backend_options", None) or []))
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ConfigError(f"unknown pipeline option {key!r}")
-        setattr(config, key, value)
-    return config
+    return with_overrides(config, overrides)
 
 
 def refiner_from_args(args: argparse.Namespace, pipe: SegmentationPipeline) -> Refiner | None:

@@ -6,6 +6,7 @@ the overall summary or report; see docs/replay.md "Many bags".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
     """The pipeline every worker builds; file paths made absolute (workers may run elsewhere)."""
     config = pipeline_config_from_args(args)
     if config.weights not in ("default", "none", "") and Path(config.weights).exists():
-        config.weights = str(Path(config.weights).absolute())
+        config = dataclasses.replace(config, weights=str(Path(config.weights).absolute()))
     crf_config = getattr(args, "crf_config", None)
     crf_path = str(Path(crf_config).absolute()) if crf_config else None
     return PipelineSpec(config, getattr(args, "crf", "off"), crf_path)
