@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -250,6 +251,7 @@ class SegmentationPipeline:
         self.backend = create_backend(config.backend, self.model, self.device, self.half,
                                       pipeline=self, **backend_options)
         self.sizes = KeptSizes(int(config.min_frames_per_new_size))
+        self.forward_batch_sizes: Counter[int] = Counter()  # frames per forward pass -> passes
 
         mean = torch.tensor(meta.get("mean", IMAGENET_MEAN), dtype=torch.float32)
         std = torch.tensor(meta.get("std", IMAGENET_STD), dtype=torch.float32)
@@ -397,6 +399,7 @@ class SegmentationPipeline:
                 clock.mark("preprocess")
                 logits = self.backend(x)
                 clock.mark("forward")
+                self.forward_batch_sizes[len(chunk)] += 1
                 for j, i in enumerate(chunk):
                     results[i] = self._finish(logits[j:j + 1], uploads[i], frames[i][1],
                                               per_frame[i], _StageClock(profile, self.device),

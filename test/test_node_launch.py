@@ -18,7 +18,8 @@ from seg_ros.node.params import CONFIG_NAMES, PARAMETERS, SPECS
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
-LAUNCH_ARGS = {"model", "weights", "classes", "backend", "device", "input_topic", "namespace", "params_file",
+LAUNCH_ARGS = {"model", "weights", "classes", "backend", "device", "cameras", "input_topic", "namespace",
+               "params_file",
                "use_sim_time", "managed", "autostart"}
 NODE_ACTIONS = {"Node", "LifecycleNode"}
 
@@ -101,7 +102,7 @@ def test_launch_arguments_and_parameters_are_declared_by_the_node():
     # the plain node unless asked; a managed node configures and activates itself unless asked
     assert (defaults["managed"], defaults["autostart"]) == ("false", "true"), defaults
     remaps = [tuple(e.elts) for e in kw["remappings"].elts]
-    assert [ast.literal_eval(r[0]) for r in remaps] == ["image"]
+    assert [ast.literal_eval(r[0]) for r in remaps] == ["image", "camera_info"]
 
 
 def test_params_file_lists_every_parameter_with_its_default_and_a_comment():

@@ -180,6 +180,7 @@ def test_every_launch_argument_takes_effect(launched):
     info = ros2(env, "node", "info", NODE).stdout
     subscribers = info[info.index("Subscribers:"):info.index("Publishers:")]
     assert "/test/cam: sensor_msgs/msg/Image" in subscribers, info
+    assert "/test/camera_info: sensor_msgs/msg/CameraInfo" in subscribers, info  # beside it
     assert "/clock: rosgraph_msgs/msg/Clock" in subscribers, info  # use_sim_time
     peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/test/cam", NODE)
     try:
@@ -226,6 +227,46 @@ def test_param_set_every_runtime_parameter(launched):
     dumped = yaml.safe_load(ros2(env, "param", "dump", NODE).stdout)[NODE]["ros__parameters"]
     assert {name: dumped[name] for name in expected} == expected
     assert dumped["model"] == "ddrnet23_slim"
+
+
+# -- several cameras ---------------------------------------------------------------------------
+def test_launch_several_cameras_from_the_example_params_file(workspace, env):
+    """config/multi_camera.yaml as the params file, its camera list overridden by `cameras:=`:
+    one node reads each camera's image and camera_info and publishes its outputs, and segments
+    a frame sent to one of them."""
+    example = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "multi_camera.yaml"
+    assert yaml.safe_load(example.read_text())["/**"]["ros__parameters"]["cameras"]
+    proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", f"params_file:={example}",
+                       "cameras:=[front, rear]", "namespace:=/sensors", "weights:=none")
+    try:
+        proc.wait_for(READY, 180)
+        assert param_value_of(env, "/sensors/segment_node", "cameras") == "['front', 'rear']"
+        info = ros2(env, "node", "info", "/sensors/segment_node").stdout
+        subscribers = info[info.index("Subscribers:"):info.index("Publishers:")]
+        publishers = info[info.index("Publishers:"):info.index("Service Servers:")]
+        for camera in ("front", "rear"):
+            assert f"/sensors/{camera}/image: sensor_msgs/msg/Image" in subscribers, info
+            assert f"/sensors/{camera}/camera_info: sensor_msgs/msg/CameraInfo" in subscribers
+            for topic in ("labels", "color_mask", "overlay", "confidence", "camera_info"):
+                assert f"/sensors/segment_node/{camera}/{topic}:" in publishers, info
+        assert "front_left" not in info, info  # the file's list was replaced, not merged
+        peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/sensors/rear/image",
+                         "/sensors/segment_node/rear")
+        try:
+            labels = peer.roundtrip(small_frame(), "rear_camera")
+        finally:
+            peer.close()
+        assert labels.header.frame_id == "rear_camera"
+        assert (labels.height, labels.width) == (360, 480)  # output_resolution inference
+    finally:
+        proc.terminal_ctrl_c()
+    assert_stopped_cleanly(proc, launched=True)
+
+
+def param_value_of(env, node: str, name: str) -> str:
+    done = ros2(env, "param", "get", node, name)
+    assert done.returncode == 0, done
+    return done.stdout.strip().split(" values are: ", 1)[-1].split(" value is: ", 1)[-1]
 
 
 # -- stopping ---------------------------------------------------------------------------------

@@ -76,6 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="environment for the node only, repeatable ('KEY=' removes KEY); e.g. "
                         "FASTDDS_BUILTIN_TRANSPORTS=DEFAULT runs it on Fast DDS's own defaults "
                         "(as before issue 18)")
+    p.add_argument("--cameras", type=int, nargs="+", default=[],
+                   help="compare one node serving N cameras (batched) with N single-camera "
+                        "nodes, for each N given (seg_ros/cli/bench_cameras.py)")
+    p.add_argument("--camera-rate", type=float, default=15.0,
+                   help="with --cameras: frames per second each camera publishes")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="with --cameras: measured seconds per set-up")
+    p.add_argument("--warmup-seconds", type=float, default=5.0,
+                   help="with --cameras: unmeasured seconds first")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=run)
 
@@ -163,6 +172,10 @@ def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cameras:
+        from . import bench_cameras
+
+        return bench_cameras.run(args)
     torch.manual_seed(0)
     pipe = SegmentationPipeline(PipelineConfig(model=args.model, weights=args.weights,
                                                device="cpu", num_threads=args.threads,

@@ -32,7 +32,7 @@ from ..errors import SegRosError
 from ..memory import resident_bytes
 from . import params as P
 from .diagnostics import OK, Report
-from .segment_node import NODE_NAME, SPIN_PERIOD_S, STOP_TIMEOUT_S, SegmentParts, Settings
+from .segment_node import NODE_NAME, SPIN_PERIOD_S, STOP_TIMEOUT_S, SegmentParts
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -76,11 +76,11 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
 
     RECONFIGURABLE = True
 
-    def __init__(self, **node_kwargs: Any) -> None:
+    def __init__(self, cli_args: list[str] | None = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.init_parts()
-        values = self.declare_node_parameters()
-        self.settings = Settings.from_values(values)
+        values = self.declare_node_parameters(cli_args)
+        self.settings = P.settings_from(values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.start_diagnostics(values["diagnostics_period"])
         self._finished = True

@@ -6,6 +6,8 @@ on machines without ROS.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,11 +17,13 @@ from ..backends import list_backends
 from ..crf import CRF_MODES, parameter_table as crf_parameter_table
 from ..device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..models import list_models
-from ..pipeline import DEFAULT_MAX_INPUT_PIXELS, OUTPUT_RESOLUTIONS
+from ..pipeline import DEFAULT_MAX_INPUT_PIXELS, MAX_BATCH, OUTPUT_RESOLUTIONS
 
 BACKENDS = tuple(list_backends())
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
+# a camera name is a relative ROS name: tokens of letters, digits and '_', joined by '/'
+CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model", "ddrnet23_slim", "segmentation network architecture", True, choices=tuple(list_models())),
-    ParamSpec("weights", "default", "weights file; 'default' = the model's shipped weights, "
-              "'none' = random initialisation (tests only)", True),
+    ParamSpec("weights", "default", "weights file; 'default' = the model's shipped weights (an "
+              "error for a model that ships none), 'none' = random initialisation (tests only)",
+              True),
     ParamSpec("classes", "", "classes YAML file or built-in name (camvid, cityscapes); "
               "empty = from the weights file, else camvid", True),
     ParamSpec("backend", "auto", "inference backend; auto = the fastest measured for the device (torch, "
@@ -58,6 +63,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "and counted (too_large)", int_range=(1, 1 << 30)),
     ParamSpec("input_transport", "raw", "'raw': sensor_msgs/Image on 'image'; 'compressed': "
               "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'", True, choices=TRANSPORTS),
+    ParamSpec("cameras", [], "camera names, e.g. [front, left]: one node segments them all, "
+              "batched, from <name>/image to ~/<name>/labels...; unset or [] = one camera on "
+              f"'image' (at most {MAX_BATCH})", True),
+    ParamSpec("batch_timeout_ms", 5.0, "how long a camera's frame waits for the other live "
+              "cameras' frames to share its forward pass", float_range=(0.0, 1000.0)),
     ParamSpec("qos_reliability", "best_effort", "input subscription reliability: best_effort "
               "(sensor data) or reliable", True, choices=RELIABILITIES),
     ParamSpec("qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)),
@@ -91,6 +101,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(set by the node)", True, in_yaml=False),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+RUNTIME_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml and not p.read_only)
+# The run-time changeable parameters, derived from the table so none can be forgotten; replaced
+# as a whole, so the worker reads a consistent set.
+Settings = dataclasses.make_dataclass(
+    "Settings", [(name, type(SPECS[name].default)) for name in RUNTIME_NAMES], frozen=True)
+Settings.__doc__ = "The node's run-time changeable parameters (the table's non-read-only rows)."
+
+
+def settings_from(values: dict[str, Any]) -> Any:
+    """A :data:`Settings` from parameter values (extra names ignored)."""
+    return Settings(**{name: values[name] for name in RUNTIME_NAMES})
 CONFIG_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml)
 METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
 
@@ -113,10 +134,26 @@ def validate(name: str, value: Any) -> str | None:
             return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
     if name == "output_stride" and value not in (0, 8, 16):
         return f"must be 0 (the model's own), 8 or 16, got {value}"
+    if name == "cameras":
+        if not isinstance(value, (list, tuple)):
+            return f"must be a string array of camera names, e.g. [front, left], got {value!r}"
+        return _cameras_problem(list(value))
     if name == "input_size":
         size = list(value)
         if len(size) != 2 or not (size == [0, 0] or all(8 <= int(v) <= 16384 for v in size)):
             return f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, got {size}"
+    return None
+
+
+def _cameras_problem(names: list[str]) -> str | None:
+    bad = [n for n in names if not isinstance(n, str) or not CAMERA_NAME.fullmatch(n)]
+    if bad:
+        return (f"must be camera names (letters, digits, '_', '/' between them, e.g. front or "
+                f"rear/left), got {bad[0]!r}")
+    if len(set(names)) != len(names):
+        return f"must not repeat a camera, got {names}"
+    if len(names) > MAX_BATCH:
+        return f"may name at most {MAX_BATCH} cameras, got {len(names)}"
     return None
 
 
@@ -154,6 +191,8 @@ def _ros_type(default: Any) -> int:
         return T.PARAMETER_DOUBLE
     if isinstance(default, str):
         return T.PARAMETER_STRING
+    if not default:  # an empty default: only the string arrays (cameras) have one
+        return T.PARAMETER_STRING_ARRAY
     first = default[0]
     if isinstance(first, bool):
         return T.PARAMETER_BOOL_ARRAY
@@ -172,6 +211,8 @@ def descriptor(spec: ParamSpec):
                                type=_ros_type(spec.default))
     if spec.choices is not None:
         desc.additional_constraints = f"one of: {', '.join(spec.choices)}"
+    if spec.default == []:
+        desc.additional_constraints = "a string array (an empty one reads as a byte array)"
     if spec.int_range is not None:
         desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
     if spec.float_range is not None:
@@ -204,6 +245,45 @@ def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[
             if not prefix or prefix.rstrip("/").split("/")[-1] in node_names:
                 found.append((name, text))
     return found
+
+
+def params_file_names(path: str, node_names: Sequence[str]) -> list[str]:
+    """The parameter names a params file sets for a node called one of ``node_names`` (by its
+    name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # reported by the node's start-up check of its params files
+    names: list[str] = []
+    for key, section in (data.items() if isinstance(data, dict) else ()):
+        target = str(key).rstrip("/")
+        last = target.split("/")[-1]
+        if isinstance(section, dict) and (last in ("*", "**") or last in node_names
+                                          or target in node_names):
+            names += _flat_keys(section.get("ros__parameters") or {})
+    return names
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def unknown_overrides(args: Sequence[str], node_names: Sequence[str]) -> list[str]:
+    """Overrides (``-p`` or ``--params-file``) of parameters the node does not declare, sorted;
+    ROS's own (``use_sim_time``, ``qos_overrides.*``) are known."""
+    names = [name for name, _ in command_line_params(args, node_names)]
+    for flag, path in zip(args, args[1:]):
+        if flag == "--params-file":
+            names += params_file_names(path, node_names)
+    return sorted({n for n in names if n not in SPECS and n != "use_sim_time"
+                   and not n.startswith("qos_overrides.")})
 
 
 def override_problem(args: Sequence[str], node_name: str) -> str | None:

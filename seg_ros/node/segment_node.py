@@ -1,8 +1,10 @@
 """``segment_node``: the ROS 2 adapter over :class:`~seg_ros.pipeline.SegmentationPipeline`.
 
-Subscription callback -> :class:`FrameSlot` (latest frame wins) -> one worker thread that
-decodes (:mod:`seg_ros.image_codec`), segments and publishes. Everything that is not ROS glue
-lives in the ROS-free core, so the node, the tools and the tests share it.
+Subscription callbacks -> :class:`~seg_ros.batching.LatestFrames` (one latest-wins slot per
+camera) -> one worker thread that gathers the waiting frames of all cameras, decodes them
+(:mod:`seg_ros.image_codec`), segments them in one batch and publishes each camera's results
+(:mod:`seg_ros.node.cameras`). Everything that is not ROS glue lives in the ROS-free core, so the
+node, the tools and the tests share it.
 
 The node is built from :class:`SegmentParts` (declare parameters; load model, weights and
 publishers; warm up; subscribe; stop; release): :class:`SegmentNode` runs them all at start-up,
@@ -10,38 +12,40 @@ the managed ``segment_lifecycle_node`` (:mod:`seg_ros.node.lifecycle_node`) one 
 """
 from __future__ import annotations
 
-import array
 import dataclasses
+import functools
 import logging
 import os
 import socket
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from .. import image_codec
+from ..batching import LatestFrames
+from ..crf import CRFConfig, create_refiner
+from ..crf.worker import BackgroundRefiner
 from ..errors import ConfigError, InputError, SegRosError
 from ..memory import give_back_memory
 from ..pipeline import PipelineConfig, SegmentationPipeline
-from ..crf import CRFConfig, create_refiner
-from ..crf.worker import BackgroundRefiner
 from . import params as P
+from .cameras import Camera, frame_options
 from .class_info import class_info_json
 from .dds_transport import apply_transport_defaults
-from .diagnostics import NodeStats, Report
-from .frame_slot import FrameSlot
+from .diagnostics import OK, NodeStats, Report
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .shutdown import SignalGuard
 
@@ -53,24 +57,27 @@ STOP_TIMEOUT_S = 2.0
 SPIN_PERIOD_S = 0.1  # how often the spin loop looks at the stop request
 
 
+ERROR_KINDS = image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR)
+
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """Run-time changeable parameters; replaced as a whole, so the worker reads a consistent set."""
+class _Frame:
+    """A camera's frame as it came in, and when."""
 
-    keep_aspect: bool
-    output_resolution: str
-    max_input_pixels: int
-    publish_labels: bool
-    publish_color_mask: bool
-    publish_overlay: bool
-    publish_confidence: bool
-    overlay_alpha: float
-    stale_input_timeout: float
-    error_threshold: int
+    camera: Camera
+    msg: Any
+    received: float
 
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> "Settings":
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A decoded frame and what to compute for it."""
+
+    frame: _Frame
+    image: Any
+    order: str
+    wanted: dict[str, bool]
+    refine: bool
 
 
 class _RosLogHandler(logging.Handler):
@@ -125,9 +132,12 @@ class SegmentParts:
         self.crf_mode = "off"
         self.refiner = None
         self.crf_worker: BackgroundRefiner | None = None
-        self.slot: FrameSlot[tuple[Any, float]] = FrameSlot()
+        self.cameras: list[Camera] = []
+        self.frames: LatestFrames[int, tuple[Any, float]] | None = None
+        self.batches: Counter[int] = Counter()  # frames per gathered batch -> how often
+        self._first_camera = 0  # round robin: which camera's frame goes first in a batch
         self._stopping = threading.Event()
-        self._subscription = None
+        self._input_subscriptions: list[Any] = []
         self._worker: threading.Thread | None = None
         self.startup_error: str | None = None
         # set by run() to its signal guard's event: long transitions give up when it is set
@@ -135,32 +145,45 @@ class SegmentParts:
         self._diag_status_name = f"seg_ros: {self.get_fully_qualified_name()}"
         self._hardware_id = socket.gethostname()
 
-    def declare_node_parameters(self) -> dict[str, Any]:
+    def declare_node_parameters(self, cli_args: list[str] | None = None) -> dict[str, Any]:
         """Declare every configurable parameter (command-line and params-file overrides applied);
         their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
-        rclpy refuses (wrong type, out of range)."""
-        values: dict[str, Any] = {}
-        overrides = getattr(self, "_parameter_overrides", {}) or {}
-        for spec in P.PARAMETERS:
-            if not spec.in_yaml:
-                continue
-            if spec.name in overrides:
-                try:
-                    fixed = P.unquoted_off(spec.name, overrides[spec.name].value)
-                except ValueError as exc:
-                    raise ConfigError(str(exc)) from None
-                if fixed is not overrides[spec.name].value:
-                    overrides[spec.name] = Parameter(spec.name, Parameter.Type.STRING, fixed)
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default,
-                                                           self._descriptor(spec)).value
-            except ParameterException as exc:
-                raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
-        for name in sorted(set(overrides) - set(P.SPECS)):
-            if name != "use_sim_time" and not name.startswith("qos_overrides."):
-                self.get_logger().warning(f"parameter {name!r} is not a segment_node parameter; ignored "
-                                          f"(known: {', '.join(P.CONFIG_NAMES)})")
+        rclpy refuses (wrong type, out of range). ``cli_args``: the process's ROS arguments, to
+        warn about overrides of parameters this node does not have."""
+        values = {spec.name: self._declare(spec) for spec in P.PARAMETERS if spec.in_yaml}
+        node_names = [self.get_name(), self.get_fully_qualified_name()]
+        for name in P.unknown_overrides(sys.argv if cli_args is None else cli_args, node_names):
+            self.get_logger().warning(f"parameter {name!r} is not a segment_node parameter; "
+                                      f"ignored (known: {', '.join(P.CONFIG_NAMES)})")
         return values
+
+    def _declare(self, spec: P.ParamSpec) -> Any:
+        """Declare one parameter; its value. Two kinds are declared loosely (dynamically typed)
+        first and get their real descriptor once their value is fixed: a mode with an 'off'
+        choice, so that an unquoted ``off`` (YAML's false) reads as 'off'; and the string array
+        ``cameras`` with its [] default, which ROS can hold only dynamically typed (an empty
+        array has no element type; a params file's ``[]`` arrives unset, which would empty
+        ``ros2 param dump``), so :func:`params.validate` checks its type instead."""
+        descriptor = self._descriptor(spec)
+        empty_array = spec.default == []
+        try:
+            if not empty_array and (spec.choices is None or "off" not in spec.choices):
+                return self.declare_parameter(spec.name, spec.default, descriptor).value
+            loose = ParameterDescriptor(name=spec.name, dynamic_typing=True)
+            value = self.declare_parameter(spec.name, spec.default, loose).value
+            fixed = [] if empty_array and value is None else P.unquoted_off(spec.name, value)
+            if fixed is not value:
+                result = self.set_parameters([Parameter(spec.name, value=fixed)])[0]
+                if not result.successful:
+                    raise ConfigError(f"parameter {spec.name!r}: {result.reason}")
+            if empty_array:
+                descriptor.dynamic_typing, descriptor.type = True, 0
+            self.set_descriptor(spec.name, descriptor)
+            return self.get_parameter(spec.name).value
+        except ValueError as exc:  # unquoted_off: a boolean true names no mode
+            raise ConfigError(str(exc)) from None
+        except ParameterException as exc:
+            raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
 
     def config_values(self) -> dict[str, Any]:
         """The current value of every configurable parameter; ConfigError naming the first
@@ -181,42 +204,45 @@ class SegmentParts:
         """Build the pipeline (model and weights), declare the class metadata parameters and
         create the output publishers and the CRF refiner. Raises ConfigError / WeightsError with
         one clear message; what it built before failing is dropped by :meth:`release`."""
-        self.settings = Settings.from_values(values)
+        self.settings = P.settings_from(values)
         self.transport = values["input_transport"]
         self._qos_reliability = values["qos_reliability"]
         self._qos_depth = values["qos_depth"]
-        base_topic = self.resolve_topic_name("image")
-        self.input_topic = (base_topic.rstrip("/") + "/compressed" if self.transport == "compressed"
-                            else base_topic)
+        names = list(values["cameras"] or [""])
+        self.cameras = [Camera(name, self.resolve_topic_name, self.transport) for name in names]
+        self.input_topic = ", ".join(camera.input_topic for camera in self.cameras)
         self.pipeline = SegmentationPipeline(PipelineConfig(
             model=values["model"], backend=values["backend"], weights=values["weights"],
             classes=values["classes"] or None,
             device=values["device"], precision=values["precision"],
             input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
             output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
-            num_threads=values["num_threads"], model_options=P.model_options(values)))
+            num_threads=values["num_threads"], max_batch=len(self.cameras),
+            model_options=P.model_options(values)))
         self.info = self.pipeline.describe()
         self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
         self._declare_class_metadata()
 
         depth = values["qos_depth"]
-        self.pub_labels = self._output(Image, "~/labels", output_qos(depth))
-        self.pub_color = self._output(Image, "~/color_mask", output_qos(depth))
-        self.pub_overlay = self._output(Image, "~/overlay", output_qos(depth))
-        self.pub_confidence = self._output(Image, "~/confidence", output_qos(depth))
+        self._setup_crf(values)
+        for camera in self.cameras:
+            camera.create_outputs(lambda msg_type, topic: self._output(msg_type, topic,
+                                                                      output_qos(depth)),
+                                  refined=self.crf_worker is not None)
+            camera.stats = NodeStats(ERROR_KINDS)
         self.pub_class_info = self._output(String, "~/class_info", latched_qos())
-        self._setup_crf(values, depth)
-
-        self.stats = NodeStats(image_codec.ERROR_KINDS + ("bad_channels", PROCESSING_ERROR))
+        self.batches = Counter()
         self._last_warn: dict[str, tuple[float, int]] = {}
 
     def warm_up(self) -> None:
         """Trace/capture the per-shape graph at the configured input size now, not on the first
         camera frame. Raises what the model raises when it cannot run at all."""
         started = time.monotonic()
-        warmed = self.pipeline.warm_up()
+        batch_sizes = range(1, len(self.cameras) + 1)
+        warmed = self.pipeline.warm_up(batch_sizes)
         if warmed:
-            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]} in "
+            batches = f", batches of 1..{len(self.cameras)}" if len(self.cameras) > 1 else ""
+            self.get_logger().info(f"warmed up at {warmed[0]}x{warmed[1]}{batches} in "
                                    f"{time.monotonic() - started:.1f} s")
 
     def announce_ready(self) -> None:
@@ -229,13 +255,19 @@ class SegmentParts:
             f"({self.transport}, {self._qos_reliability})")
 
     def subscribe(self, first: Callable[[], bool] | None = None) -> None:
-        """Take frames: subscription callback -> FrameSlot -> a new worker thread, which runs
-        ``first`` (if given) before its first frame and ends at once when that returns False."""
-        self.slot = FrameSlot()
+        """Take frames: subscription callbacks -> LatestFrames -> a new worker thread, which runs
+        ``first`` (if given) before its first frame and ends at once when that returns False.
+        Each camera's camera_info is kept for republishing with its labels."""
+        self.frames = LatestFrames(list(range(len(self.cameras))))
         self._stopping = threading.Event()
         qos = input_qos(self._qos_reliability, self._qos_depth)
         msg_type = CompressedImage if self.transport == "compressed" else Image
-        self._subscription = self.create_subscription(msg_type, self.input_topic, self._on_frame, qos)
+        for index, camera in enumerate(self.cameras):
+            self._input_subscriptions += [
+                self.create_subscription(msg_type, camera.input_topic,
+                                         functools.partial(self._on_frame, index), qos),
+                self.create_subscription(CameraInfo, camera.info_topic, camera.on_camera_info,
+                                         qos)]
         self._worker = threading.Thread(target=self._work, args=(first,), name="segment_worker",
                                         daemon=True)
         self._worker.start()
@@ -245,10 +277,11 @@ class SegmentParts:
         it at most ``timeout`` seconds (None: as long as that frame takes). False when it is still
         busy, e.g. in the warm-up trace, which cannot be interrupted."""
         self._stopping.set()
-        self.slot.close()
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
-            self._subscription = None
+        if self.frames is not None:
+            self.frames.close()
+        for subscription in self._input_subscriptions:
+            self.destroy_subscription(subscription)
+        self._input_subscriptions = []
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout)
         return self._worker is None or not self._worker.is_alive()
@@ -328,8 +361,7 @@ class SegmentParts:
             if reason:
                 return SetParametersResult(successful=False, reason=f"parameter {param.name!r} {reason}")
             changes[param.name] = param.value
-        fields = {f.name for f in dataclasses.fields(Settings)}
-        updates = {k: v for k, v in changes.items() if k in fields}
+        updates = {k: v for k, v in changes.items() if k in P.RUNTIME_NAMES}
         if updates:
             self.settings = dataclasses.replace(self.settings, **updates)
             self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
@@ -341,73 +373,110 @@ class SegmentParts:
         self._outputs.append(publisher)
         return publisher
 
-    def _on_frame(self, msg) -> None:
+    def _on_frame(self, camera: int, msg) -> None:
         """Never blocks, never runs inference: the newest frame replaces a waiting one."""
-        self.stats.frame_received(self.slot.put((msg, time.monotonic())))
+        dropped = self.frames.put(camera, (msg, time.monotonic()))
+        self.cameras[camera].stats.frame_received(dropped)
 
     def _work(self, first: Callable[[], bool] | None) -> None:
-        slot, stopping = self.slot, self._stopping  # this activation's, even if another follows
+        frames, stopping = self.frames, self._stopping  # this activation's, even if another follows
         if first is not None and not first():
             return
         while not stopping.is_set():
-            item = slot.take(timeout=0.5)
-            if item is None:
+            batch = frames.gather(timeout=0.5, wait_s=self.settings.batch_timeout_ms / 1e3)
+            if not batch:
                 continue
-            msg, received = item
             try:
-                self._process(msg, received)
-            except InputError as exc:
-                self.stats.frame_failed(exc.kind, str(exc))
-                self._warn_throttled(exc.kind, f"skipped frame (stamp {_stamp(msg)}): {exc}")
-            except Exception as exc:  # keep the node alive; one line per kind, throttled
+                self._process(self._round_robin(batch))
+            except Exception as exc:  # a bug between frames: keep the node alive, say it once
                 if stopping.is_set() or not rclpy.ok(context=self.context):
                     return
-                self.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
-                self._warn_throttled(PROCESSING_ERROR, f"frame (stamp {_stamp(msg)}) failed: "
-                                                       f"{type(exc).__name__}: {exc}", error=True)
+                self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: "
+                                                       f"{exc}", error=True)
 
-    def _wanted(self, s: Settings) -> dict[str, bool]:
-        return {"labels": s.publish_labels and self.pub_labels.get_subscription_count() > 0,
-                "color": s.publish_color_mask and self.pub_color.get_subscription_count() > 0,
-                "overlay": s.publish_overlay and self.pub_overlay.get_subscription_count() > 0,
-                "confidence": s.publish_confidence and self.pub_confidence.get_subscription_count() > 0}
+    def _round_robin(self, batch: dict[int, tuple[Any, float]]) -> list[_Frame]:
+        """The batch's frames, a different camera first each time (its group runs first)."""
+        order = sorted(batch, key=lambda i: (i - self._first_camera) % len(self.cameras))
+        self._first_camera = (self._first_camera + 1) % len(self.cameras)
+        return [_Frame(self.cameras[i], *batch[i]) for i in order]
 
-    def _process(self, msg, received: float) -> None:
+    def _process(self, frames: list[_Frame]) -> None:
+        """Decode each camera's frame, segment them together, publish each camera's results. One
+        camera's bad frame is counted against that camera and costs the others nothing."""
         s = self.settings
-        want = self._wanted(s)
-        refine_later = self.crf_worker is not None and any(self._refined_wanted(s).values())
-        if not any(want.values()) and not refine_later:
-            self.stats.frame_idle()
-            return
-        config = self.pipeline.config  # run-time parameters take effect between frames
-        config.keep_aspect, config.output_resolution = s.keep_aspect, s.output_resolution
-        config.max_input_pixels = s.max_input_pixels
-        if self.transport == "compressed":
-            image, order = image_codec.decode_compressed(msg.format, msg.data, max_pixels=s.max_input_pixels)
-        else:
-            image, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
-                                                    msg.is_bigendian, msg.data, max_pixels=s.max_input_pixels)
         inline = self.refiner is not None and self.crf_worker is None  # crf_replaces_labels
-        result = self.pipeline(image, order, color=want["color"] and not inline,
-                               overlay=want["overlay"] and not inline, confidence=want["confidence"],
-                               overlay_alpha=s.overlay_alpha, keep_scores=self.refiner is not None)
-        if inline:
-            refined = self.pipeline.refine(result, self.refiner, color=want["color"], overlay=want["overlay"],
-                                           overlay_alpha=s.overlay_alpha)
-            result.labels, result.color, result.overlay = refined.labels, refined.color, refined.overlay
-        header = msg.header
-        if want["labels"]:
-            self.pub_labels.publish(_image_msg(header, *image_codec.encode_labels(result.labels), result.labels))
-        if want["color"]:
-            self.pub_color.publish(_image_msg(header, *image_codec.encode_rgb(result.color), result.color))
-        if want["overlay"]:
-            self.pub_overlay.publish(_image_msg(header, *image_codec.encode_rgb(result.overlay), result.overlay))
-        if want["confidence"]:
-            self.pub_confidence.publish(
-                _image_msg(header, *image_codec.encode_float(result.confidence), result.confidence))
-        self.stats.frame_done(time.monotonic() - received)
+        jobs = [job for job in (self._prepare(frame, s) for frame in frames) if job is not None]
+        if not jobs:
+            return
+        self.batches[len(jobs)] += 1
+        options = [frame_options({**job.wanted, **({"color": False, "overlay": False}
+                                                   if inline else {})},
+                                 s, keep_scores=self.refiner is not None) for job in jobs]
+        try:
+            results = self.pipeline.segment_batch([(job.image, job.order) for job in jobs],
+                                                  options)
+        except Exception as exc:
+            for job in jobs:
+                self._frame_failed(job.frame, exc)
+            return
+        refine_later = []
+        for job, result in zip(jobs, results):
+            try:
+                if inline:
+                    refined = self.pipeline.refine(result, self.refiner,
+                                                   frame_options(job.wanted, s, False))
+                    result.labels, result.color, result.overlay = (
+                        refined.labels, refined.color, refined.overlay)
+                self._publish(job, result)
+            except Exception as exc:
+                self._frame_failed(job.frame, exc)
+                continue
+            if job.refine:
+                refine_later.append((job.frame.camera, result, job.frame.msg.header))
         if refine_later:  # after the raw outputs are out: refined ones follow on ~/*_refined
-            self.crf_worker.submit((result, header))
+            self.crf_worker.submit(refine_later)
+
+    def _prepare(self, frame: _Frame, s: Any) -> _Job | None:
+        """The decoded frame and what to compute for it; None when nothing is wanted (counted
+        idle) or the frame is bad (counted by kind)."""
+        camera = frame.camera
+        wanted = camera.raw.wanted(s)
+        refine = self.crf_worker is not None and any(camera.refined.wanted(s).values())
+        if not any(wanted.values()) and not refine:
+            camera.stats.frame_idle()
+            return None
+        msg = frame.msg
+        try:
+            if self.transport == "compressed":
+                image, order = image_codec.decode_compressed(msg.format, msg.data,
+                                                             max_pixels=s.max_input_pixels)
+            else:
+                image, order = image_codec.decode_image(msg.encoding, msg.height, msg.width,
+                                                        msg.step, msg.is_bigendian, msg.data,
+                                                        max_pixels=s.max_input_pixels)
+            self.pipeline.check_image(image, s.max_input_pixels)
+        except Exception as exc:
+            self._frame_failed(frame, exc)
+            return None
+        return _Job(frame, image, order, wanted, refine)
+
+    def _publish(self, job: _Job, result: Any) -> None:
+        camera, header = job.frame.camera, job.frame.msg.header
+        camera.raw.publish(result, header, job.wanted)
+        camera.publish_camera_info(header, job.image.shape[:2], result.labels.shape[:2])
+        camera.stats.frame_done(time.monotonic() - job.frame.received)
+
+    def _frame_failed(self, frame: _Frame, exc: Exception) -> None:
+        """Count a failed frame against its camera and say why (throttled, per kind)."""
+        where = f"{frame.camera.name} " if frame.camera.name else ""
+        if isinstance(exc, InputError):
+            frame.camera.stats.frame_failed(exc.kind, str(exc))
+            self._warn_throttled(exc.kind, f"skipped {where}frame (stamp {_stamp(frame.msg)}): "
+                                           f"{exc}")
+            return
+        frame.camera.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+        self._warn_throttled(PROCESSING_ERROR, f"{where}frame (stamp {_stamp(frame.msg)}) failed: "
+                                               f"{type(exc).__name__}: {exc}", error=True)
 
     def _warn_throttled(self, kind: str, text: str, error: bool = False) -> None:
         """At most one line per error kind every WARN_THROTTLE_S, saying how many were not shown."""
@@ -422,7 +491,7 @@ class SegmentParts:
         (self.get_logger().error if error else self.get_logger().warning)(text)
 
     # -- CRF refinement (docs/crf.md) ----------------------------------------------------
-    def _setup_crf(self, values: dict[str, Any], depth: int) -> None:
+    def _setup_crf(self, values: dict[str, Any]) -> None:
         """Refiner per the crf* parameters. Refined outputs go to ~/*_refined from a background
         worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels."""
         self.crf_mode = values["crf"]
@@ -435,36 +504,22 @@ class SegmentParts:
         if self.refiner is None:
             return
         if not replaces:
-            self.pub_labels_refined = self._output(Image, "~/labels_refined", output_qos(depth))
-            self.pub_color_refined = self._output(Image, "~/color_mask_refined", output_qos(depth))
-            self.pub_overlay_refined = self._output(Image, "~/overlay_refined", output_qos(depth))
             self.crf_worker = BackgroundRefiner(self._publish_refined, self._on_refine_error)
         self.get_logger().info(f"crf {self.crf_mode}: refined labels on "
                                + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined"))
 
-    def _refined_wanted(self, s: Settings) -> dict[str, bool]:
-        return {"labels": s.publish_labels and self.pub_labels_refined.get_subscription_count() > 0,
-                "color": s.publish_color_mask and self.pub_color_refined.get_subscription_count() > 0,
-                "overlay": s.publish_overlay and self.pub_overlay_refined.get_subscription_count() > 0}
-
-    def _publish_refined(self, item: tuple[Any, Any]) -> None:
-        """On the CRF worker thread: refine a raw result from its kept logits and publish."""
-        result, header = item
+    def _publish_refined(self, batch: list[tuple[Camera, Any, Any]]) -> None:
+        """On the CRF worker thread: refine a batch's raw results from their kept logits and
+        publish them; a batch replaces a waiting one, so every camera keeps its turn."""
         s = self.settings
-        want = self._refined_wanted(s)
-        refined = self.pipeline.refine(result, self.refiner, color=want["color"], overlay=want["overlay"],
-                                       overlay_alpha=s.overlay_alpha)
-        if want["labels"]:
-            self.pub_labels_refined.publish(
-                _image_msg(header, *image_codec.encode_labels(refined.labels), refined.labels))
-        if want["color"]:
-            self.pub_color_refined.publish(_image_msg(header, *image_codec.encode_rgb(refined.color), refined.color))
-        if want["overlay"]:
-            self.pub_overlay_refined.publish(
-                _image_msg(header, *image_codec.encode_rgb(refined.overlay), refined.overlay))
+        for camera, result, header in batch:
+            wanted = camera.refined.wanted(s)
+            refined = self.pipeline.refine(result, self.refiner, frame_options(wanted, s, False))
+            camera.refined.publish(refined, header, wanted)
 
-    def _on_refine_error(self, item: tuple[Any, Any], exc: Exception) -> None:
-        stamp = f"{item[1].stamp.sec}.{item[1].stamp.nanosec:09d}"
+    def _on_refine_error(self, batch: list[tuple[Camera, Any, Any]], exc: Exception) -> None:
+        header = batch[0][2]
+        stamp = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
         self._warn_throttled("crf_error", f"CRF refinement of frame (stamp {stamp}) failed: "
                                           f"{type(exc).__name__}: {exc}", error=True)
 
@@ -487,17 +542,56 @@ class SegmentParts:
                 ("input_transport", self.transport)]
 
     def _running_report(self) -> Report:
+        """The node's status: its one camera's statistics, or with several cameras the worst
+        camera's level and the batch sizes (each camera also gets a status of its own)."""
         s = self.settings
-        report = self.stats.report(s.stale_input_timeout, s.error_threshold, self.input_topic)
-        report.values += self._static_values() + self._crf_diagnostics()
+        if len(self.cameras) == 1:
+            report = self.cameras[0].stats.report(s.stale_input_timeout, s.error_threshold,
+                                                  self.input_topic)
+        else:
+            report = self._cameras_summary()
+        report.values += self._static_values() + self._crf_diagnostics() + self._batch_values()
         return report
 
+    def _camera_report(self, camera: Camera) -> Report:
+        s = self.settings
+        report = camera.stats.report(s.stale_input_timeout, s.error_threshold,
+                                     camera.input_topic)
+        report.values += [("camera", camera.name), ("input_topic", camera.input_topic)]
+        return report
+
+    def _cameras_summary(self) -> Report:
+        reports = [(camera.name, self._camera_report(camera)) for camera in self.cameras]
+        level = max(report.level for _, report in reports)
+        worst = [f"{name}: {report.message}" for name, report in reports if report.level == level]
+        message = (f"running, {len(reports)} cameras" if level == OK
+                   else "; ".join(worst))
+        values = [("cameras", ", ".join(name for name, _ in reports))]
+        values += [(f"{name}.{key}", reports_value) for name, report in reports
+                   for key, reports_value in report.values
+                   if key in ("frames_processed", "frames_dropped", "frames_failed",
+                              "latency_median_ms")]
+        return Report(level, message, values)
+
+    def _batch_values(self) -> list[tuple[str, str]]:
+        """How many frames each gathered batch held, and each forward pass."""
+        values = [(f"batches_of_{size}", str(n)) for size, n in sorted(self.batches.items())]
+        if self.pipeline is not None:
+            values += [(f"forward_passes_of_{size}", str(n))
+                       for size, n in sorted(self.pipeline.forward_batch_sizes.items())]
+        return values
+
+    def _status(self, name: str, report: Report) -> DiagnosticStatus:
+        return DiagnosticStatus(level=bytes([report.level]), name=name, message=report.message,
+                                hardware_id=self._hardware_id,
+                                values=[KeyValue(key=k, value=v) for k, v in report.values])
+
     def _publish_diagnostics(self) -> None:
-        report = self._health()
-        status = DiagnosticStatus(level=bytes([report.level]), name=self._diag_status_name,
-                                  message=report.message, hardware_id=self._hardware_id,
-                                  values=[KeyValue(key=k, value=v) for k, v in report.values])
-        msg = DiagnosticArray(status=[status])
+        statuses = [self._status(self._diag_status_name, self._health())]
+        if len(self.cameras) > 1 and self.frames is not None and not self.frames.closed:
+            statuses += [self._status(f"{self._diag_status_name}: {camera.name}",
+                                      self._camera_report(camera)) for camera in self.cameras]
+        msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(msg)
 
@@ -506,10 +600,10 @@ class SegmentNode(SegmentParts, Node):
     """The plain node: loads, warms up and takes frames from start-up to exit. Raises
     ConfigError / WeightsError (one clear message) when it cannot start."""
 
-    def __init__(self, **node_kwargs: Any) -> None:
+    def __init__(self, cli_args: list[str] | None = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.init_parts()
-        self.declare_node_parameters()
+        self.declare_node_parameters(cli_args)
         values = self.config_values()
         self.load(values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -538,19 +632,6 @@ class SegmentNode(SegmentParts, Node):
         self.release(timeout)
         self.remove_core_log_handler()
         return finished
-
-
-def _image_msg(header, encoding: str, step: int, data, array_2d) -> Image:
-    """An Image sharing ``header``; the pixels are copied once, into the array.array rclpy uses
-    (``check_fields=True`` makes the setter keep that array instead of copying it again)."""
-    msg = Image(check_fields=True)
-    msg.header = header
-    msg.height, msg.width = int(array_2d.shape[0]), int(array_2d.shape[1])
-    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, int(step)
-    buf = array.array("B")
-    buf.frombytes(data)
-    msg.data = buf
-    return msg
 
 
 def _stamp(msg) -> str:
@@ -597,7 +678,7 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
     code = 0
     finished = True
     try:
-        node = node_class()
+        node = node_class(cli_args=args)
         node.stop_requested = guard.requested
         executor = SingleThreadedExecutor()
         executor.add_node(node)
