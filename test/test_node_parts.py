@@ -104,3 +104,34 @@ def test_bare_off_reads_as_off_and_output_stride_reaches_the_model_only_when_set
     with pytest.raises(ValueError, match="boolean true"):
         P.unquoted_off("crf", True)
     assert P.model_options({"output_stride": 0}) == {} and P.model_options({"output_stride": 8}) == {"output_stride": 8}
+
+
+def test_settings_are_derived_from_the_parameter_table():
+    """Every run-time parameter of the table is a Settings field (none can be forgotten), and no
+    read-only one is."""
+    fields = {f.name for f in __import__("dataclasses").fields(P.Settings)}
+    runtime = {p.name for p in P.PARAMETERS if p.in_yaml and not p.read_only}
+    assert fields == runtime and "batch_timeout_ms" in fields and "model" not in fields
+    values = {p.name: p.default for p in P.PARAMETERS}
+    assert P.settings_from(values).overlay_alpha == 0.5
+
+
+@pytest.mark.parametrize("value, problem", [
+    ([], None), (["front", "rear/left"], None), (None, "string array"),
+    (["front", "front"], "repeat"), (["1st"], "camera names"), (["a b"], "camera names"),
+    ([f"c{i}" for i in range(17)], "at most 16")])
+def test_camera_names_are_checked(value, problem):
+    reason = P.validate("cameras", value)
+    assert (reason is None) if problem is None else (problem in reason), reason
+
+
+def test_unknown_overrides_from_the_command_line_and_params_files(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    overlay_alfa: 0.3\n    model: unet\n"
+                      "other_node:\n  ros__parameters:\n    not_ours: 1\n"
+                      "/perception/segment_node:\n  ros__parameters:\n    qos_overrides:\n"
+                      "      /x:\n        depth: 2\n    crf_iterations: 3\n    gamma: 1\n")
+    args = ["segment_node", "--ros-args", "--params-file", str(params), "-p", "typo:=1",
+            "-p", "other:foo:=1", "-p", "segment_node:bar:=2", "-p", "use_sim_time:=true"]
+    names = ["segment_node", "/perception/segment_node"]
+    assert P.unknown_overrides(args, names) == ["bar", "gamma", "overlay_alfa", "typo"]
