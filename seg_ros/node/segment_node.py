@@ -1,8 +1,8 @@
 """``segment_node``: the ROS 2 adapter over :class:`~seg_ros.pipeline.SegmentationPipeline`.
 
-Subscription callback -> :class:`FrameSlot` (latest frame wins) -> one worker thread that
-decodes (:mod:`seg_ros.image_codec`), segments and publishes. Everything that is not ROS glue
-lives in the ROS-free core, so the node, the tools and the tests share it.
+Subscription callback -> :class:`~seg_ros.worker.BackgroundWorker` (latest frame wins, one
+thread) that decodes (:mod:`seg_ros.image_codec`), segments and publishes. Everything that is
+not ROS glue lives in the ROS-free core, so the node, the tools and the tests share it.
 
 The node is built from :class:`SegmentParts` (declare parameters; load model, weights and
 publishers; warm up; subscribe; stop; release): :class:`SegmentNode` runs them all at start-up,
@@ -37,11 +37,11 @@ from ..memory import give_back_memory
 from ..pipeline import PipelineConfig, SegmentationPipeline
 from ..crf import CRFConfig, create_refiner
 from ..crf.worker import BackgroundRefiner
+from ..worker import BackgroundWorker
 from . import params as P
 from .class_info import class_info_json
 from .dds_transport import apply_transport_defaults
 from .diagnostics import NodeStats, Report
-from .frame_slot import FrameSlot
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .shutdown import SignalGuard
 
@@ -125,10 +125,8 @@ class SegmentParts:
         self.crf_mode = "off"
         self.refiner = None
         self.crf_worker: BackgroundRefiner | None = None
-        self.slot: FrameSlot[tuple[Any, float]] = FrameSlot()
-        self._stopping = threading.Event()
         self._subscription = None
-        self._worker: threading.Thread | None = None
+        self._worker: BackgroundWorker[tuple[Any, float]] | None = None
         self.startup_error: str | None = None
         # set by run() to its signal guard's event: long transitions give up when it is set
         self.stop_requested = threading.Event()
@@ -228,30 +226,24 @@ class SegmentParts:
             f"{self.info['device']} {self.info['precision']}; input {self.input_topic} "
             f"({self.transport}, {self._qos_reliability})")
 
-    def subscribe(self, first: Callable[[], bool] | None = None) -> None:
-        """Take frames: subscription callback -> FrameSlot -> a new worker thread, which runs
-        ``first`` (if given) before its first frame and ends at once when that returns False."""
-        self.slot = FrameSlot()
-        self._stopping = threading.Event()
+    def subscribe(self, first: Callable[[threading.Event], bool] | None = None) -> None:
+        """Take frames: subscription callback -> a new latest-wins worker thread, which runs
+        ``first(stopping)`` (if given) before its first frame and ends at once when that returns
+        False."""
+        self._worker = BackgroundWorker(self._handle_frame, self._on_frame_error,
+                                        name="segment_worker", first=first)
         qos = input_qos(self._qos_reliability, self._qos_depth)
         msg_type = CompressedImage if self.transport == "compressed" else Image
         self._subscription = self.create_subscription(msg_type, self.input_topic, self._on_frame, qos)
-        self._worker = threading.Thread(target=self._work, args=(first,), name="segment_worker",
-                                        daemon=True)
-        self._worker.start()
 
     def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
         """Stop taking frames: unsubscribe, and let the worker finish the frame in hand; wait for
         it at most ``timeout`` seconds (None: as long as that frame takes). False when it is still
         busy, e.g. in the warm-up trace, which cannot be interrupted."""
-        self._stopping.set()
-        self.slot.close()
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout)
-        return self._worker is None or not self._worker.is_alive()
+        return self._worker is None or self._worker.stop(timeout)
 
     def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Drop the CRF refiner, the output publishers and the model, and give the memory back
@@ -343,28 +335,23 @@ class SegmentParts:
 
     def _on_frame(self, msg) -> None:
         """Never blocks, never runs inference: the newest frame replaces a waiting one."""
-        self.stats.frame_received(self.slot.put((msg, time.monotonic())))
+        self.stats.frame_received(self._worker.submit((msg, time.monotonic())))
 
-    def _work(self, first: Callable[[], bool] | None) -> None:
-        slot, stopping = self.slot, self._stopping  # this activation's, even if another follows
-        if first is not None and not first():
+    def _handle_frame(self, item: tuple[Any, float]) -> None:
+        self._process(*item)
+
+    def _on_frame_error(self, item: tuple[Any, float], exc: Exception) -> None:
+        """Bad input: counted by kind; anything else: a processing error, unless ROS is gone."""
+        msg = item[0]
+        if isinstance(exc, InputError):
+            self.stats.frame_failed(exc.kind, str(exc))
+            self._warn_throttled(exc.kind, f"skipped frame (stamp {_stamp(msg)}): {exc}")
             return
-        while not stopping.is_set():
-            item = slot.take(timeout=0.5)
-            if item is None:
-                continue
-            msg, received = item
-            try:
-                self._process(msg, received)
-            except InputError as exc:
-                self.stats.frame_failed(exc.kind, str(exc))
-                self._warn_throttled(exc.kind, f"skipped frame (stamp {_stamp(msg)}): {exc}")
-            except Exception as exc:  # keep the node alive; one line per kind, throttled
-                if stopping.is_set() or not rclpy.ok(context=self.context):
-                    return
-                self.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
-                self._warn_throttled(PROCESSING_ERROR, f"frame (stamp {_stamp(msg)}) failed: "
-                                                       f"{type(exc).__name__}: {exc}", error=True)
+        if not rclpy.ok(context=self.context):
+            return
+        self.stats.frame_failed(PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+        self._warn_throttled(PROCESSING_ERROR, f"frame (stamp {_stamp(msg)}) failed: "
+                                               f"{type(exc).__name__}: {exc}", error=True)
 
     def _wanted(self, s: Settings) -> dict[str, bool]:
         return {"labels": s.publish_labels and self.pub_labels.get_subscription_count() > 0,
@@ -517,7 +504,7 @@ class SegmentNode(SegmentParts, Node):
         # subscribed before the warm-up: frames that arrive meanwhile are counted (as dropped)
         self.subscribe(first=self._warm_up_on_worker)
 
-    def _warm_up_on_worker(self) -> bool:
+    def _warm_up_on_worker(self, stopping: threading.Event) -> bool:
         """On the worker thread, while the subscription already counts frames: warm up, then
         announce readiness. A model that cannot run at all is a start-up error (exit code 2)."""
         try:
@@ -525,7 +512,7 @@ class SegmentNode(SegmentParts, Node):
         except Exception as exc:
             self.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
             return False
-        if self._stopping.is_set():
+        if stopping.is_set():
             return False
         self.announce_ready()
         return True
