@@ -1,13 +1,16 @@
 """The segmentation pipeline end to end on real computations."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from seg_ros.errors import ConfigError, InputError, WeightsError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import SHIPPED_WEIGHTS, SegmentationPipeline, inference_size
+from seg_ros.models.shipped import SHIPPED_WEIGHTS
+from seg_ros.pipeline import SegmentationPipeline, inference_size
 from seg_ros.sizes import KeptSizes
 
 
@@ -133,7 +136,9 @@ def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
         SegmentationPipeline(model="unet", device="cpu")
     with pytest.raises(WeightsError, match="weights is empty"):
         SegmentationPipeline(weights="", device="cpu")
-    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", "weights/unet_not_installed.pt")
+    not_installed = dataclasses.replace(SHIPPED_WEIGHTS["ddrnet23_slim"], model="unet",
+                                        file="weights/unet_not_installed.pt")
+    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", not_installed)
     with pytest.raises(WeightsError, match=r"unet_not_installed.pt\) are not installed"):
         SegmentationPipeline(model="unet", device="cpu")
     small = {"base_width": 8, "depth": 2}
