@@ -27,8 +27,6 @@ from .resources import share_path
 from .sizes import DEFAULT_MIN_FRAMES_PER_NEW_SIZE, KeptSizes
 
 log = logging.getLogger("seg_ros")
-# Frames from ROS buffers are read-only views; the pipeline never writes to its input.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -253,7 +251,9 @@ class SegmentationPipeline:
             image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
-        return torch.from_numpy(image)
+        with warnings.catch_warnings():  # ROS buffers are read-only views; never written to
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(image)
 
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
                    size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,6 +88,30 @@ def test_padded_view_input(pipe, road_image):
     padded[:, : road_image.shape[1]] = road_image
     view = padded[:, : road_image.shape[1]]
     assert np.array_equal(pipe(view, "rgb").labels, pipe(road_image, "rgb").labels)
+
+
+READ_ONLY_CHECK = """
+import sys, warnings
+import numpy as np
+from seg_ros.pipeline import SegmentationPipeline
+pipe = SegmentationPipeline(weights=sys.argv[1], device="cpu")
+frame = np.zeros((64, 96, 3), np.uint8)
+frame.flags.writeable = False
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")  # torch warns once per process: this is the first time
+    pipe(frame, "rgb")
+print([str(w.message) for w in caught if "not writable" in str(w.message)],
+      [f[1].pattern for f in warnings.filters if f[1] is not None and "writable" in f[1].pattern])
+"""
+
+
+@pytest.mark.slow
+def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
+    """A ROS buffer is a read-only view: torch's 'not writable' warning is silenced at the one
+    call that views it, not for the whole process (a fresh one: torch warns once per process)."""
+    out = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(weights_file)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[] []"  # no warning from the pipeline, no process-wide filter
 
 
 def test_flipped_view_input(pipe, road_image):
