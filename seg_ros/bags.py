@@ -438,8 +438,13 @@ def summarize(path: str | Path) -> dict[str, Any]:
                 "topics": {t: {"type": i.msgtype, "count": i.count} for t, i in bag.topics.items()}}
 
 
+def copy_message(bag: BagReader, writer: BagWriter, m: BagMessage) -> None:
+    """Pass one message through unchanged (declaring its topic with the recorded definition)."""
+    writer.add_like(m.connection, bag.store)
+    writer.write_raw(m.topic, m.timestamp, m.rawdata)
+
+
 def copy_messages(bag: BagReader, writer: BagWriter, messages: Iterable[BagMessage]) -> None:
     """Pass messages through unchanged (declaring their topics with the recorded definitions)."""
     for m in messages:
-        writer.add_like(m.connection, bag.store)
-        writer.write_raw(m.topic, m.timestamp, m.rawdata)
+        copy_message(bag, writer, m)

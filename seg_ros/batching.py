@@ -32,6 +32,8 @@ class LatestFrames(Generic[K, T]):
         self._items: dict[K, T] = {}
         self._last_put: dict[K, float] = {}
         self._closed = False
+        self.dropped = 0
+        self.wait_s = 0.0  # how long ``take`` waits for the other live cameras (settable)
         self._live_within_s = live_within_s
         self._clock = clock
 
@@ -40,6 +42,7 @@ class LatestFrames(Generic[K, T]):
         one."""
         with self._cond:
             replaced = key in self._items
+            self.dropped += int(replaced)
             self._items[key] = item
             self._last_put[key] = self._clock()
             self._cond.notify_all()
@@ -64,6 +67,11 @@ class LatestFrames(Generic[K, T]):
                 return {}
             batch = {key: self._items.pop(key) for key in self._keys if key in self._items}
             return batch
+
+    def take(self, timeout: float | None = None) -> dict[K, T] | None:
+        """:meth:`gather` with the current ``wait_s``, None when nothing came (a worker's
+        mailbox, :class:`seg_ros.worker.BackgroundWorker`)."""
+        return self.gather(timeout, self.wait_s) or None
 
     def _all_live_waiting(self) -> bool:
         now = self._clock()

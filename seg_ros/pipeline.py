@@ -22,7 +22,7 @@ from .backends.cuda_fast import PinnedUploader
 from .classes import ClassSet, load_classes
 from .device import resolve_device
 from .errors import ConfigError, InputError, WeightsError
-from .models import build_model, list_models, read_weights
+from .models import build_model, list_models, read_weights, shipped_weights
 from .models.optimize import prepare_for_inference
 from .models.weights import WeightsFile, apply_state_dict
 from .resources import share_path
@@ -33,8 +33,6 @@ log = logging.getLogger("seg_ros")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CLASSES = "camvid"
-# Weights shipped with the package, by model name (relative to the share directory).
-SHIPPED_WEIGHTS = {"ddrnet23_slim": "weights/ddrnet23_slim_camvid.pt"}
 COLOR_ORDERS = ("rgb", "bgr")
 OUTPUT_RESOLUTIONS = ("input", "inference")
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
@@ -52,10 +50,11 @@ def weights_file_for(model: str, weights: str) -> str | None:
     if weights == "none":
         return None
     if weights == "default":
-        shipped = SHIPPED_WEIGHTS.get(model)
-        if shipped is None:
+        entry = shipped_weights(model)
+        if entry is None:
             raise WeightsError(f"model {model!r} has no shipped weights (weights 'default'): "
                                f"{fix}")
+        shipped = entry.file  # relative to the share directory
         if not share_path(shipped).is_file():
             raise WeightsError(f"the shipped weights of {model!r} ({share_path(shipped)}) are not "
                                f"installed: reinstall seg_ros, or {fix}")
@@ -322,7 +321,7 @@ class SegmentationPipeline:
             image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
-        with warnings.catch_warnings():  # ROS buffers are read-only; the pipeline never writes
+        with warnings.catch_warnings():  # ROS buffers are read-only views; never written to
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.from_numpy(image)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +89,18 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def ros_domain_id(monkeypatch) -> int:
-    """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk."""
-    # 1..101: the IDs whose DDS ports stay clear of Linux's ephemeral port range
-    domain = random.Random(os.getpid() * 7919 + os.getppid() + random.getrandbits(32)).randint(1, 101)
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
-    monkeypatch.setenv("ROS_LOCALHOST_ONLY", "1")
+    """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk, with
+    discovery on this machine only (the tools' private_env), for this test's process and the
+    processes it starts."""
+    from seg_ros.cli.live_node import DISCOVERY_VARS, private_env, random_domain
+
+    domain = random_domain()
+    env = private_env(domain)
+    for name in DISCOVERY_VARS:
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
     return domain
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from seg_ros.cli.live_node import private_env
+
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRACEBACK = "Traceback (most recent call last)"
@@ -68,11 +70,8 @@ def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
     dump = subprocess.run(["bash", "-c", f". '{install}/setup.sh' && env -0"], capture_output=True,
                           check=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
                                                               f"{os.environ.get('PATH', '')}"))
-    env = dict(line.split("=", 1) for line in dump.stdout.decode().split("\0") if "=" in line)
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-    env.pop("ROS_LOCALHOST_ONLY", None)
-    return env
+    sourced = dict(line.split("=", 1) for line in dump.stdout.decode().split("\0") if "=" in line)
+    return dict(private_env(domain, base=sourced), ROS_LOG_DIR=str(log_dir))
 
 
 def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,

@@ -17,12 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from seg_ros.backends import create_backend, list_backends
+from seg_ros.backends import AUTO_BACKENDS, auto_backend_name, create_backend, list_backends
 from seg_ros.backends.cuda_fast import GraphedForward, capture_static_eager, graph_key
-from seg_ros.backends.onnx_export import (AdaptiveAvgPoolMatmul, OnnxCache, export_onnx, onnxruntime_logits,
-                                          pipeline_metadata, read_metadata, verify_against_torch)
+from seg_ros.backends.onnx_export import (AdaptiveAvgPoolMatmul, OnnxCache, export_onnx,
+                                          pipeline_metadata, read_metadata)
+from seg_ros.backends.optional import TENSORRT_REFUSAL as REFUSAL
+from seg_ros.backends.parity import onnxruntime_logits, verify_against_torch
 from seg_ros.backends.shape_cache import ShapeCache
-from seg_ros.backends.tensorrt_backend import (REFUSAL, CalibrationData, EngineCache, EngineKey, engine_key,
+from seg_ros.backends.tensorrt_backend import (CalibrationData, EngineCache, EngineKey, engine_key,
                                                list_images, load_engine_file)
 from seg_ros.cli.main import main as cli_main
 from seg_ros.errors import ConfigError
@@ -68,6 +70,9 @@ def test_shape_cache_lru_and_failures():
     strict = ShapeCache(build, fallback_on_error=False)
     with pytest.raises(RuntimeError, match="cannot capture"):
         strict.get("bad")
+    with pytest.raises(RuntimeError, match="no artefact for bad: RuntimeError: cannot capture"):
+        cache.require("bad")  # for backends without a fallback: an error, not None
+    assert cache.require("a") == "artefact-a"
 
 
 def test_graphed_forward_recaptures_per_shape_and_falls_back():
@@ -313,6 +318,14 @@ def test_onnxruntime_dynamic_and_onnx_path(tmp_path, weights_file, small_image):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="not a valid model"):
         _pipe(weights_file, backend="onnxruntime", backend_options={"onnx_path": str(tmp_path / "junk.onnx")})
+
+
+def test_auto_table_names_registered_backends_with_a_reason():
+    assert set(AUTO_BACKENDS) == {"cpu", "cuda"}
+    for kind, (name, why) in AUTO_BACKENDS.items():
+        assert name in list_backends() and name != "auto" and why
+        assert auto_backend_name(torch.device(kind)) == name
+    assert auto_backend_name(torch.device("meta")) == "torch"  # any other kind: torch
 
 
 def test_auto_backend_and_missing_onnxruntime(weights_file, monkeypatch):

@@ -24,8 +24,6 @@ pytestmark = pytest.mark.skipif(not DEMO_BAG.is_file(), reason=f"demo bag {DEMO_
 @pytest.mark.timeout(120)
 def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id, monkeypatch):
     pytest.importorskip("rclpy", reason="rclpy not installed: the live demo needs it")
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
     torch.manual_seed(0)
     weights = tmp_path / "seed0.pt"
     save_weights(weights, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})

@@ -5,10 +5,14 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from seg_ros import bags
 from seg_ros.classes import load_classes
 from seg_ros.cli.main import main as cli
+from seg_ros.errors import InputError
+from seg_ros.fleet.score import score_pairs
+from seg_ros.metrics import ConfusionAccumulator
 from seg_ros.pipeline import SegmentationPipeline
 
 from bag_helpers import write_legacy_bag
@@ -86,10 +90,17 @@ def test_bad_inputs_are_reported(tmp_path, road_image, weights_file, capsys):
     cv2.imwrite(str(imgs / "c.png"), img)
     cv2.imwrite(str(gts / "a.png"), np.zeros((H, W), np.uint8))
     cv2.imwrite(str(gts / "b.png"), img)  # colour-coded label: refused with a reason
+    (imgs / "d.png").write_bytes(b"not a PNG")  # unreadable image: skipped, counted
+    cv2.imwrite(str(gts / "d.png"), np.zeros((H, W), np.uint8))
     common = ["--weights", str(weights_file), "--device", "cpu", "--figure", str(tmp_path / "f.png")]
-    assert cli(["eval", "--images", str(imgs), "--labels", str(gts), *common]) == 0
-    err = capsys.readouterr().err
-    assert "3 channels" in err and "no label file c" in err
+    report = tmp_path / "bad.json"
+    assert cli(["eval", "--images", str(imgs), "--labels", str(gts), *common,
+                "--json", str(report)]) == 0
+    out, err = capsys.readouterr()
+    assert "3 channels" in err and "no label file c" in err and "d.png cannot be read" in err
+    rep = json.loads(report.read_text())
+    assert rep["images"] == 1 and rep["skipped_frames"] == 3 == len(rep["skipped"])
+    assert "skipped       3 frames" in out
     assert cli(["eval", "--images", str(imgs), "--labels", str(tmp_path / "missing"), *common]) == 2
     assert "label folder" in capsys.readouterr().err
 
@@ -111,3 +122,24 @@ def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file
                 "--weights", str(weights_file), "--device", "cpu", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["images"] == 2 and rep["miou"] == 1.0 and rep["counted_pixels"] == 2 * H * W
+
+
+def test_a_bug_is_not_a_skipped_frame(weights_file):
+    """Only input errors skip a pair; any other error propagates instead of silently shrinking
+    the scored set while the command exits 0."""
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
+    acc = ConfusionAccumulator(pipe.classes.num_classes, pipe.classes.ignore_id)
+    image = np.zeros((H, W, 3), np.uint8)
+
+    def bad_input():
+        raise InputError("bad_label", "label file x.png has 3 channels")
+
+    def bug():
+        raise ValueError("a bug")
+
+    skipped: list[str] = []
+    score_pairs([("a", bad_input), ("b", lambda: (image, "rgb", np.zeros((H, W), np.uint8)))],
+                pipe, None, acc, None, skipped)
+    assert skipped == ["a: label file x.png has 3 channels"] and acc.images == 1
+    with pytest.raises(ValueError, match="a bug"):
+        score_pairs([("c", bug)], pipe, None, acc, None, skipped)

@@ -29,6 +29,7 @@ from test_ros2_cli import assert_stopped_cleanly, domain_for, readme_commands, s
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
+from seg_ros.cli.live_node import ros_env_here  # noqa: E402
 from seg_ros.memory import resident_bytes  # noqa: E402
 from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
@@ -185,11 +186,9 @@ def managed_node(workspace, tmp_path, weights, *params: str):
     exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_lifecycle_node"
     domain = domain_for(tmp_path.name)
     env = sourced_env(workspace, domain, tmp_path / "log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        command = node_command(weights, "diagnostics_period:=0.25", *params)
-        node = NodeProcess([str(exe), *command[1:]], env)
+    command = node_command(weights, "diagnostics_period:=0.25", *params)
+    node = NodeProcess([str(exe), *command[1:]], env)
+    with ros_env_here(env):
         peer = Peer(domain)
     try:
         wait_line(node, UNCONFIGURED, 120)

@@ -30,6 +30,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from seg_ros.cli.live_node import NodeProcess as LiveNodeProcess  # noqa: E402
+from seg_ros.cli.live_node import private_env, ros_env_here  # noqa: E402
 from seg_ros.cli.live_node import rss_kib, spin_in_background  # noqa: E402, F401
 from seg_ros.image_codec import decode_image  # noqa: E402
 from seg_ros.node.params import SPECS  # noqa: E402
@@ -53,10 +54,7 @@ def module_domain() -> int:
 
 
 def node_env(domain: int) -> dict[str, str]:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy, conflicts with the range above
-    return env
+    return private_env(domain)
 
 
 def node_command(weights: str | Path, *params: str, backend: str | None = "torch") -> list[str]:
@@ -214,10 +212,9 @@ def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
     """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
     both are stopped on exit. Yields (node process, peer)."""
     domain = module_domain()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        node = NodeProcess(cmd, node_env(domain))
+    env = node_env(domain)
+    node = NodeProcess(cmd, env)
+    with ros_env_here(env):
         peer = (peer_type or Peer)(domain, **peer_kwargs)
     try:
         peer.wait_ready(node)

@@ -73,14 +73,12 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,
                                        image_message, isolated_env, node_command, random_domain,
-                                       settle, stream, use_env_here, warm_up)
+                                       settle, stream, warm_up)
 
-    domain = random_domain()
-    env = isolated_env(domain)  # no FASTRTPS_DEFAULT_PROFILES_FILE, no FASTDDS_BUILTIN_TRANSPORTS
-    use_env_here(env)
+    env = isolated_env(random_domain())  # no FASTRTPS_DEFAULT_PROFILES_FILE, no ..._TRANSPORTS
     node = NodeProcess(node_command(f"weights:={weights_file}", "backend:=torch", "device:=cpu",
                                     "diagnostics_period:=0.25"), env)
-    client = LiveClient(domain, ("labels", "color_mask", "overlay"))
+    client = LiveClient(env, ("labels", "color_mask", "overlay"))
     try:
         client.wait_ready(node)
         frame = np.ascontiguousarray(cv2.resize(road_image, (480, 360),

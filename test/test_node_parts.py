@@ -1,36 +1,10 @@
-"""The node's ROS-free parts: the latest-frame slot and the diagnostics summary."""
+"""The node's ROS-free parts: the diagnostics summary and the parameter table."""
 from __future__ import annotations
-
-import threading
-import time
 
 import pytest
 
 from seg_ros.node import params as P
 from seg_ros.node.diagnostics import ERROR, OK, WARN, NodeStats
-from seg_ros.node.frame_slot import FrameSlot
-
-
-def test_slot_keeps_only_the_newest_and_counts_drops():
-    slot: FrameSlot[int] = FrameSlot()
-    assert slot.put(1) is False
-    assert slot.put(2) is True and slot.put(3) is True
-    assert slot.dropped == 2
-    assert slot.take(0) == 3
-    assert slot.take(0.01) is None
-
-
-def test_slot_close_wakes_a_waiting_worker():
-    slot: FrameSlot[int] = FrameSlot()
-    got = []
-    worker = threading.Thread(target=lambda: got.append(slot.take(10)))
-    worker.start()
-    time.sleep(0.05)
-    slot.close()
-    worker.join(2)
-    assert not worker.is_alive() and got == [None]
-    slot.put(5)
-    assert slot.take(0) is None
 
 
 class FakeClock:

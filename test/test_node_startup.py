@@ -15,6 +15,7 @@ from conftest import save_test_weights
 from test_node import (PARAMS_FILE, NodeProcess, Peer, image_msg, module_domain, node_command,  # noqa: F401
                        node_env, rclpy)
 
+from seg_ros.cli.live_node import ros_env_here
 from seg_ros.models import build_model, save_weights
 
 pytestmark = pytest.mark.timeout(180)
@@ -108,11 +109,10 @@ def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_f
     """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
     replaced ones count as dropped and the newest is segmented once the model is warm."""
     domain = module_domain()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-        node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]", "diagnostics_period:=0.25"),
-                           node_env(domain))
+    env = node_env(domain)
+    node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]", "diagnostics_period:=0.25"),
+                       env)
+    with ros_env_here(env):
         peer = Peer(domain)
     try:
         frame = cv2.resize(road_image, (480, 360))

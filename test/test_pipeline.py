@@ -1,13 +1,18 @@
 """The segmentation pipeline end to end on real computations."""
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from seg_ros.errors import ConfigError, InputError, WeightsError
 from seg_ros.models import build_model, save_weights
-from seg_ros.pipeline import SHIPPED_WEIGHTS, SegmentationPipeline, inference_size
+from seg_ros.models.shipped import SHIPPED_WEIGHTS
+from seg_ros.pipeline import SegmentationPipeline, inference_size
 from seg_ros.sizes import KeptSizes
 
 
@@ -85,6 +90,30 @@ def test_padded_view_input(pipe, road_image):
     assert np.array_equal(pipe(view, "rgb").labels, pipe(road_image, "rgb").labels)
 
 
+READ_ONLY_CHECK = """
+import sys, warnings
+import numpy as np
+from seg_ros.pipeline import SegmentationPipeline
+pipe = SegmentationPipeline(weights=sys.argv[1], device="cpu")
+frame = np.zeros((64, 96, 3), np.uint8)
+frame.flags.writeable = False
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")  # torch warns once per process: this is the first time
+    pipe(frame, "rgb")
+print([str(w.message) for w in caught if "not writable" in str(w.message)],
+      [f[1].pattern for f in warnings.filters if f[1] is not None and "writable" in f[1].pattern])
+"""
+
+
+@pytest.mark.slow
+def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
+    """A ROS buffer is a read-only view: torch's 'not writable' warning is silenced at the one
+    call that views it, not for the whole process (a fresh one: torch warns once per process)."""
+    out = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(weights_file)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[] []"  # no warning from the pipeline, no process-wide filter
+
+
 def test_flipped_view_input(pipe, road_image):
     """Negative-stride views (a mirrored camera, a BGR view by ``[..., ::-1]``) work like copies."""
     mirrored = road_image[:, ::-1]
@@ -133,7 +162,9 @@ def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
         SegmentationPipeline(model="unet", device="cpu")
     with pytest.raises(WeightsError, match="weights is empty"):
         SegmentationPipeline(weights="", device="cpu")
-    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", "weights/unet_not_installed.pt")
+    not_installed = dataclasses.replace(SHIPPED_WEIGHTS["ddrnet23_slim"], model="unet",
+                                        file="weights/unet_not_installed.pt")
+    monkeypatch.setitem(SHIPPED_WEIGHTS, "unet", not_installed)
     with pytest.raises(WeightsError, match=r"unet_not_installed.pt\) are not installed"):
         SegmentationPipeline(model="unet", device="cpu")
     small = {"base_width": 8, "depth": 2}

@@ -22,8 +22,6 @@ CLI = [sys.executable, "-m", "seg_ros.cli.main"]
 
 @pytest.fixture()
 def dds_env(ros_domain_id, monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)  # deprecated in Jazzy; the range replaces it
     return dict(os.environ)
 
 

@@ -22,27 +22,17 @@ from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .optional import require_onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 METADATA_PREFIX = "seg_ros."
 log = logging.getLogger("seg_ros")
-
-
-def require_onnx():
-    """The ``onnx`` module, or a ConfigError naming the missing package."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ConfigError(f"ONNX export needs the 'onnx' package ({exc}); install it with "
-                          f"`pip install onnx` or `pip install seg_ros[onnx]`") from None
-    return onnx
 
 
 def default_cache_root() -> Path:
@@ -173,34 +163,6 @@ def check_onnx_file(path: str | os.PathLike) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # checker raises ValidationError, decode errors, OSError
         raise ConfigError(f"ONNX file {path} is not a valid model: {str(exc).splitlines()[0]}") from None
-
-
-def onnxruntime_logits(path: str | os.PathLike, x: torch.Tensor, threads: int = 0) -> np.ndarray:
-    """Run an ONNX file once with onnxruntime's CPU provider (for verification)."""
-    from .onnxruntime_backend import require_onnxruntime
-    ort = require_onnxruntime()
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
-
-
-def verify_against_torch(pipe: Any, path: str | os.PathLike, image: np.ndarray,
-                         size: tuple[int, int] | None = None) -> float:
-    """Max abs logit difference between the ONNX file (onnxruntime, CPU) and the pipeline's own
-    torch model on ``image``, preprocessed by the pipeline (resized to ``size`` when given)."""
-    import cv2
-    if size is not None and tuple(image.shape[:2]) != tuple(size):
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    with torch.inference_mode():
-        x = pipe.network_input(image)
-        ref = pipe.model(x).float().cpu().numpy()
-    got = onnxruntime_logits(path, x)
-    if got.shape != ref.shape:
-        raise ConfigError(f"ONNX file {path} returns logits of shape {got.shape}, torch {ref.shape} "
-                          f"for a {tuple(x.shape)} input")
-    return float(np.abs(got - ref).max())
 
 
 def onnx_cache_name(model_name: str, digest: str, shape: tuple[int, int] | None, opset: int) -> str:

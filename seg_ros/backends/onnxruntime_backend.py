@@ -18,23 +18,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import register_backend
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxCache, check_onnx_file
+from .optional import require_onnxruntime
+from .registry import register_backend
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
 DYNAMIC = "dynamic"
-
-
-def require_onnxruntime():
-    """The ``onnxruntime`` module, or a ConfigError naming the missing package."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ConfigError(f"backend onnxruntime needs the 'onnxruntime' package ({exc}); install it with "
-                          f"`pip install onnxruntime onnx` (onnxruntime-gpu for CUDA) or "
-                          f"`pip install seg_ros[onnx]`") from None
-    return onnxruntime
 
 
 class _Session:
@@ -147,9 +137,7 @@ class OnnxRuntimeBackend:
                                   f"frame needs {shape[0]}x{shape[1]}: set input_size to {fixed[0]}x{fixed[1]} "
                                   f"with keep_aspect false, or export with --dynamic")
             return self._fixed
-        session = self._sessions.get(DYNAMIC if self.dynamic else tuple(shape))
-        assert session is not None
-        return session
+        return self._sessions.require(DYNAMIC if self.dynamic else tuple(shape))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.session_for(tuple(x.shape[-2:]))(x)

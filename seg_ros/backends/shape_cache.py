@@ -76,6 +76,15 @@ class ShapeCache(Generic[V]):
             self._evict_oldest()
         return value
 
+    def require(self, key: Hashable, *build_args: Any) -> V:
+        """Like :meth:`get`, for callers that have no fallback: RuntimeError when there is no
+        artefact for ``key`` (its build failed earlier under ``fallback_on_error``)."""
+        value = self.get(key, *build_args)
+        if value is None:
+            raise RuntimeError(f"no {self.what} for {key}: "
+                               f"{self.failed.get(key, 'its build returned nothing')}")
+        return value
+
     def _evict_oldest(self) -> None:
         while len(self._entries) > self.max_entries:
             old, _ = self._entries.popitem(last=False)  # the artefact's last reference goes here

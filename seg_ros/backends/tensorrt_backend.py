@@ -26,30 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from . import register_backend
 from .onnx_export import INPUT_NAME, OnnxCache, default_cache_root, file_digest
+from .optional import require_tensorrt
+from .registry import register_backend
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
-REFUSAL = "backend tensorrt needs the TensorRT Python package and a CUDA GPU: "
 Progress = Callable[[str], None]
-
-
-def require_tensorrt(device: torch.device | None = None):
-    """The ``tensorrt`` module, or a ConfigError saying what is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ConfigError(REFUSAL + f"the 'tensorrt' package is not importable ({exc}); on a Jetson it "
-                          "comes with JetPack (python3-libnvinfer), on x86 `pip install tensorrt`") from None
-    if not torch.cuda.is_available():
-        raise ConfigError(REFUSAL + f"TensorRT {trt.__version__} is installed but torch sees no CUDA device "
-                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
-    if device is not None and device.type != "cuda":
-        raise ConfigError(REFUSAL + f"the pipeline runs on {device}; use device cuda (or auto)")
-    return trt
 
 
 # -- cache keys ------------------------------------------------------------------------------
@@ -412,8 +397,7 @@ class TensorRTBackend:
         return EngineKey("", self.trt.__version__, self.gpu, self.cc, self.precision, tuple(shape))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        engine = self._engines.get(tuple(int(v) for v in x.shape[-2:]))
-        assert engine is not None
+        engine = self._engines.require(tuple(int(v) for v in x.shape[-2:]))
         return engine(x).to(self.out_dtype)
 
     def describe(self) -> dict[str, Any]:

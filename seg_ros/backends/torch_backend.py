@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import register_backend
+from .registry import register_backend
 from .cpu_fusion import FusedCpuForward
 from .cuda_fast import GraphedForward, describe_cuda, on_stream
 

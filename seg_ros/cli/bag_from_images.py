@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import bags
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 ENCODINGS = ("rgb8", "bgr8", "mono8", "jpeg", "png")
@@ -33,7 +33,7 @@ def list_images(folder: Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ConfigError(f"image {path} cannot be read")
+        raise InputError("unreadable_image", f"image {path} cannot be read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -37,7 +37,7 @@ from ..sample import sample_road_image
 from .common import parse_size
 from .live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters, image_message,
                         isolated_env, node_command, random_domain, roundtrip, settle, stream,
-                        use_env_here, warm_up)
+                        warm_up)
 from .segment import read_image_rgb
 
 OUTPUT_SETS = {"labels": ("labels",), "all": ("labels", "color_mask", "overlay")}
@@ -149,11 +149,9 @@ def delivery(args: argparse.Namespace, client: LiveClient, frame: np.ndarray,
 
 def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient]:
     """The node (its own environment per --node-env) and this process's client, ready."""
-    domain = random_domain()
-    env = isolated_env(domain)
+    env = isolated_env(random_domain())
     if args.fastdds_profile:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile
-    use_env_here(env)
     node_env = dict(env)
     for key, _, value in (kv.partition("=") for kv in args.node_env):
         node_env.pop(key, None) if not value else node_env.update({key: value})
@@ -161,7 +159,7 @@ def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient]:
                                     "device:=cpu", f"num_threads:={args.threads}",
                                     f"backend:={args.backend}", "diagnostics_period:=0.25"),
                        node_env)
-    client = LiveClient(domain, OUTPUT_SETS[args.outputs[0]])
+    client = LiveClient(env, OUTPUT_SETS[args.outputs[0]])
     try:
         client.wait_ready(node)
     except RuntimeError:

@@ -9,7 +9,8 @@ import argparse
 import json
 import time
 
-from ..backends.tensorrt_backend import PRECISIONS, require_tensorrt
+from ..backends.optional import require_tensorrt
+from ..backends.tensorrt_backend import PRECISIONS
 from ..device import resolve_device
 from .common import add_pipeline_args, parse_size, pipeline_from_args
 

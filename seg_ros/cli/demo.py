@@ -26,7 +26,7 @@ from .. import bags, image_codec
 from ..errors import ConfigError
 from ..pipeline import weights_file_for
 from ..resources import share_path
-from .live_node import node_executable
+from .live_node import node_executable, private_env, ros_env_here
 from .replay import VideoSink, format_latency, latency_summary
 
 DEMO_BAG = ("demo", "camvid_val_30.mcap")
@@ -136,17 +136,21 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait()
 
 
+def demo_env() -> dict[str, str]:
+    """The user's ROS_DOMAIN_ID and discovery range, else a random domain in 50..101 (off a
+    robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only."""
+    domain = os.environ.get("ROS_DOMAIN_ID") or random.randint(50, 101)
+    return private_env(int(domain), discovery_range=os.environ.get(
+        "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
+
+
 def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: Path) -> dict[str, Any]:
     """Node + player as processes over DDS; this process records and measures."""
     from rclpy.executors import SingleThreadedExecutor
     from .play import init_ros, shutdown_ros
     from .record import Recorder
 
-    env = dict(os.environ)
-    if "ROS_DOMAIN_ID" not in env:  # off a real robot's domain 0; <= 101 keeps DDS ports off ephemeral ones
-        env["ROS_DOMAIN_ID"] = str(random.randint(50, 101))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    env = demo_env()
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, starting {NODE} and the player over DDS")
 
     node_log = (log_dir / "node.log").open("w")
@@ -156,7 +160,8 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
     node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
     player = None
     stats = LiveStats()
-    ctx, ros_node = init_ros("seg_ros_demo_recorder")
+    with ros_env_here(env):  # the recorder in this process joins the same graph
+        ctx, ros_node = init_ros("seg_ros_demo_recorder")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(ros_node)
     deadline = time.monotonic() + args.timeout

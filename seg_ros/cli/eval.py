@@ -85,7 +85,7 @@ def folder_pairs(images: Path, labels: Path, suffix: str, skipped: list[str]) ->
 
 
 # -- report ------------------------------------------------------------------------------------
-def print_table(scores: Scores, names: list[str], images: int) -> None:
+def print_table(scores: Scores, names: list[str], images: int, skipped: int) -> None:
     gt_pixels = scores.confusion.sum(axis=1)
     width = max(12, *(len(n) for n in names))
     print(f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}  {'gt pixels':>11}")
@@ -98,6 +98,7 @@ def print_table(scores: Scores, names: list[str], images: int) -> None:
           f"present in prediction or ground truth)")
     print(f"{'pixel acc':<{width}}  {100 * scores.pixel_accuracy:6.2f}%  over {scores.counted_pixels} "
           f"scored pixels in {images} images")
+    print(f"{'skipped':<{width}}  {skipped} frames (bad input, not scored)")
 
 
 def write_figure(path: Path, scores: Scores, names: list[str], title: str) -> None:
@@ -176,7 +177,7 @@ def run_many(args: argparse.Namespace) -> int:
     if "json" in outcome.reports:
         rep = json.loads(outcome.reports["json"].read_text())
         scores = scores_from_confusion(np.asarray(rep["confusion"]))
-        print_table(scores, rep["class_names"], rep["images"])
+        print_table(scores, rep["class_names"], rep["images"], rep["skipped_frames"])
     print_outcome(outcome, "eval")
     return outcome.exit_code
 
@@ -223,7 +224,7 @@ def run_single(args: argparse.Namespace) -> int:
     if acc.images == 0:
         raise ConfigError("no image could be scored: " + ("; ".join(skipped[:3]) or "no data"))
     scores = acc.scores()
-    print_table(scores, names, acc.images)
+    print_table(scores, names, acc.images, len(skipped))
     if boundary is not None:
         b = boundary.scores()
         print(f"boundary F  {100 * b['boundary_f']:6.2f}%  (precision {100 * b['boundary_precision']:.2f}%, "
@@ -235,7 +236,8 @@ def run_single(args: argparse.Namespace) -> int:
 
     d = pipe.describe()
     report = scores.to_dict(names)
-    report.update({"images": acc.images, "skipped": skipped, "ignore_id": ignore, "model": d,
+    report.update({"images": acc.images, "skipped_frames": len(skipped), "skipped": skipped,
+                   "ignore_id": ignore, "model": d,
                    "trained": bool(pipe.trained), "crf": args.crf,
                    **(boundary.scores() if boundary is not None else {}),
                    "source": str(args.bag) if use_bag else {"images": str(args.images), "labels": str(args.labels)}})

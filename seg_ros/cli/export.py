@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..backends.onnx_export import DEFAULT_OPSET, export_onnx, pipeline_metadata, read_metadata, verify_against_torch
+from ..backends.onnx_export import DEFAULT_OPSET, export_onnx, pipeline_metadata, read_metadata
+from ..backends.parity import verify_against_torch
 from ..sample import sample_road_image
 from .common import add_pipeline_args, parse_size, pipeline_from_args
 from .segment import read_image_rgb

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -51,26 +52,51 @@ def random_domain() -> int:
     return random.Random(os.getpid() * 1000003 + time.monotonic_ns()).randint(1, 101)
 
 
-def isolated_env(domain: int) -> dict[str, str]:
-    """This environment on ``domain`` with localhost-only discovery and without the user's Fast
-    DDS settings, so node and client run as with a default environment."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+DISCOVERY_VARS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
+
+
+def private_env(domain: int, base: Mapping[str, str] | None = None,
+                discovery_range: str = "LOCALHOST") -> dict[str, str]:
+    """``base`` (default: this process's environment) for processes of one ROS graph: domain
+    ``domain``, discovery ``discovery_range`` (this machine only by default), output unbuffered.
+    ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the range."""
+    env = dict(os.environ if base is None else base, ROS_DOMAIN_ID=str(domain),
+               ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range,
                PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy, conflicts with the range above
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
+def isolated_env(domain: int) -> dict[str, str]:
+    """:func:`private_env` without the user's Fast DDS settings, so node and client run as with
+    a default environment."""
+    env = private_env(domain)
     for name in FASTDDS_USER_VARS:
         env.pop(name, None)
     return env
 
 
-def use_env_here(env: dict[str, str]) -> None:
-    """Make this process's DDS settings those of ``env``. Fast DDS reads its profile variables
-    once per process, at its first participant: call this before the first ROS context."""
-    names = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
-    for name in (*names, *FASTDDS_USER_VARS):
-        if name in env:
-            os.environ[name] = env[name]
-        else:
-            os.environ.pop(name, None)
+@contextmanager
+def ros_env_here(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's DDS variables as in ``env`` only while the block creates a ROS context and
+    its first node, restored after. rclpy takes a domain id but no discovery range or Fast DDS
+    profile: rcl reads those from the environment at init, Fast DDS at the first participant."""
+    names = (*DISCOVERY_VARS, *FASTDDS_USER_VARS)
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        for name in names:
+            _set_or_unset(name, env.get(name))
+        yield
+    finally:
+        for name, value in saved.items():
+            _set_or_unset(name, value)
+
+
+def _set_or_unset(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def rss_kib(pid: int) -> int:
@@ -159,8 +185,9 @@ def spin_in_background(node, context):
 class LiveClient:
     """Publishes frames to the node and records, per output, each frame's delivery latency."""
 
-    def __init__(self, domain: int, outputs: tuple[str, ...] = OUTPUTS, namespace: str = "/bench",
-                 input_topic: str = "/bench/image", output_depth: int = 10) -> None:
+    def __init__(self, env: Mapping[str, str], outputs: tuple[str, ...] = OUTPUTS,
+                 namespace: str = "/bench", input_topic: str = "/bench/image",
+                 output_depth: int = 10) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
@@ -172,8 +199,9 @@ class LiveClient:
         self.node_name = f"{namespace.rstrip('/')}/{NODE}"
         self.output_depth = output_depth
         self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
-        self.node = rclpy.create_node("seg_ros_live_client", context=self.ctx)
+        with ros_env_here(env):  # the node's domain, discovery range and Fast DDS settings
+            rclpy.init(context=self.ctx, domain_id=int(env["ROS_DOMAIN_ID"]))
+            self.node = rclpy.create_node("seg_ros_live_client", context=self.ctx)
         self.pub = self.node.create_publisher(Image, input_topic, output_qos(1))
         self.cond = threading.Condition()
         self.latency: dict[str, dict[str, float]] = {}  # output -> frame_id -> seconds

@@ -30,7 +30,7 @@ from ..sample import sample_road_image
 from .common import parse_size
 from .live_node import (OUTPUTS, LiveClient, NodeProcess, idle_counters, image_message,
                         isolated_env, latency_percentiles, node_command, random_domain, settle,
-                        stream, use_env_here, warm_up)
+                        stream, warm_up)
 
 # how a good rgb8 frame is spoilt -> the kind the node must count it under (errors.<kind>)
 EXPECTED_KIND = {"unknown_encoding": "unknown_encoding", "empty": "empty",
@@ -190,16 +190,14 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     h, w = args.size
     frames = [sample_road_image(h, w, seed=s) for s in range(4)]
     plan = frame_plan(args.frames, args.malformed_every)
-    domain = random_domain()
-    env = isolated_env(domain)
-    use_env_here(env)
+    env = isolated_env(random_domain())
     args.out.mkdir(parents=True, exist_ok=True)
     node = NodeProcess(node_command(f"weights:={args.weights}", f"model:={args.model}",
                                     "device:=cpu", f"num_threads:={args.threads}",
                                     "publish_confidence:=true", "diagnostics_period:=0.5",
                                     "stale_input_timeout:=30.0"),
                        env, log_path=args.out / "node.log")
-    client = LiveClient(domain, OUTPUTS)
+    client = LiveClient(env, OUTPUTS)
     sampler = None
     try:
         client.wait_ready(node)

@@ -34,6 +34,7 @@ def fleet_report(bag_reports: Sequence[dict[str, Any]],
     report.update({
         "bags_scored": len(bag_reports), "bags_failed": len(failed),
         "images": int(sum(r["images"] for r in bag_reports)),
+        "skipped_frames": int(sum(len(r["skipped"]) for r in bag_reports)),
         "model": bag_reports[0].get("model"),
         "trained": all(r.get("trained") for r in bag_reports),
         "crf": bag_reports[0].get("crf"), "ignore_id": bag_reports[0].get("ignore_id"),
@@ -57,7 +58,8 @@ def markdown(report: dict[str, Any], figure: str | None = None) -> str:
     m = report.get("model") or {}
     lines = [f"# Fleet evaluation: {m.get('model', '?')} ({m.get('weights', '?')})", "",
              f"{report['bags_scored']} bags scored, {report['bags_failed']} failed; "
-             f"{report['images']} images; **mIoU {_pct(report['miou'])} %**, pixel accuracy "
+             f"{report['images']} images ({report['skipped_frames']} frames skipped: bad input); "
+             f"**mIoU {_pct(report['miou'])} %**, pixel accuracy "
              f"{_pct(report['pixel_accuracy'])} % (from the confusion matrices of all bags "
              f"summed).", ""]
     if not report.get("trained", True):

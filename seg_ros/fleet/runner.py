@@ -363,7 +363,8 @@ class FleetRunner:
                                work=work)
         rep = acc.scores().to_dict(results[0].class_names)
         rep.update({"bag": work.rel, "input": str(work.source.path), "images": acc.images,
-                    "frames": frames, "skipped": skipped, "ignore_id": first.ignore_id,
+                    "frames": frames, "skipped_frames": len(skipped), "skipped": skipped,
+                    "ignore_id": first.ignore_id,
                     "model": results[0].pipeline, "trained": results[0].trained,
                     "crf": self.job.spec.crf, "image_topic": work.plan.topics[0]})
         path = self._outputs(work.source.rel)["report"]

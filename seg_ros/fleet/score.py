@@ -77,7 +77,9 @@ def check_sizes(gt: np.ndarray, image_hw: tuple[int, ...]) -> None:
 def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAccumulator,
                 boundary: BoundaryAccumulator | None, skipped: list[str],
                 limit: int | None = None) -> None:
-    """Segment and score each (image, ground truth) pair; a bad pair is skipped with its reason."""
+    """Segment and score each (image, ground truth) pair; a pair with bad input (InputError) is
+    skipped with its reason. Anything else is a bug and propagates: it must not shrink the scored
+    set while the command succeeds."""
     for name, load in pairs:
         if limit and acc.images >= limit:
             break
@@ -88,7 +90,7 @@ def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAc
             acc.add(gt, pred)
             if boundary is not None:
                 boundary.add(gt, pred)
-        except (InputError, ConfigError, ValueError) as exc:
+        except InputError as exc:
             skipped.append(f"{name}: {exc}")
 
 
@@ -228,6 +230,8 @@ def pair_leftovers(parts: Iterable[EvalPart], acc: ConfusionAccumulator, skipped
                            f"{label_topic}")
             continue
         try:
-            acc.add(gts[stamp], preds[stamp])
-        except ValueError as exc:
+            check_sizes(gts[stamp], preds[stamp].shape)
+        except InputError as exc:
             skipped.append(f"stamp {stamp}: {exc}")
+            continue
+        acc.add(gts[stamp], preds[stamp])

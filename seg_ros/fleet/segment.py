@@ -130,8 +130,7 @@ def _copy_and_segment(bag: bags.BagReader, out: bags.BagWriter, pipe: Any, optio
         is_frame = m.topic in part.topics
         if is_frame and options.max_frames is not None and part.frames >= options.max_frames:
             break  # the output is the input's prefix up to the last frame asked for
-        out.add_like(m.connection, bag.store)
-        out.write_raw(m.topic, m.timestamp, m.rawdata)
+        bags.copy_message(bag, out, m)
         if not is_frame:
             continue
         control.frame()

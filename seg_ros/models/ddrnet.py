@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SegmentationModel
+from .shipped import ShippedWeights
 
 BN_MOMENTUM = 0.1
 
@@ -290,3 +291,12 @@ def ddrnet23(num_classes: int, aux_loss: bool = True) -> DualResNet:
 
 def ddrnet39(num_classes: int, aux_loss: bool = True) -> DualResNet39:
     return DualResNet39([3, 4, 6, 3], num_classes, planes=64, spp_planes=128, head_planes=256, aux_loss=aux_loss)
+
+
+# The shipped default of ddrnet23_slim (model card: docs/training.md).
+DDRNET23_SLIM_CAMVID = ShippedWeights(
+    file="weights/ddrnet23_slim_camvid.pt", model="ddrnet23_slim", classes="camvid",
+    num_classes=11, ignore_id=11, input_size=(360, 480),
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),  # ImageNet's
+    metrics={"val_miou": 0.602, "val_pixel_accuracy": 0.917},
+    card="docs/training.md")

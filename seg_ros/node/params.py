@@ -47,8 +47,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               True),
     ParamSpec("classes", "", "classes YAML file or built-in name (camvid, cityscapes); "
               "empty = from the weights file, else camvid", True),
-    ParamSpec("backend", "auto", "inference backend; auto = the fastest measured for the device (torch, "
-              "on CPU and CUDA; docs/backends.md)", True, choices=BACKENDS),
+    ParamSpec("backend", "auto", "inference backend; auto = torch (measured fastest on CPU, "
+              "not measured on CUDA; docs/backends.md)", True, choices=BACKENDS),
     ParamSpec("device", "auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", True),
     ParamSpec("precision", "fp32", "fp32, or fp16 (CUDA only)", True, choices=PRECISION_CHOICES),
     ParamSpec("output_stride", 0, "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "

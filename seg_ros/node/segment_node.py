@@ -41,6 +41,7 @@ from ..crf.worker import BackgroundRefiner
 from ..errors import ConfigError, InputError, SegRosError
 from ..memory import give_back_memory
 from ..pipeline import PipelineConfig, SegmentationPipeline
+from ..worker import BackgroundWorker
 from . import params as P
 from .cameras import Camera, frame_options
 from .class_info import class_info_json
@@ -136,9 +137,8 @@ class SegmentParts:
         self.frames: LatestFrames[int, tuple[Any, float]] | None = None
         self.batches: Counter[int] = Counter()  # frames per gathered batch -> how often
         self._first_camera = 0  # round robin: which camera's frame goes first in a batch
-        self._stopping = threading.Event()
         self._input_subscriptions: list[Any] = []
-        self._worker: threading.Thread | None = None
+        self._worker: BackgroundWorker[dict[int, tuple[Any, float]]] | None = None
         self.startup_error: str | None = None
         # set by run() to its signal guard's event: long transitions give up when it is set
         self.stop_requested = threading.Event()
@@ -254,12 +254,15 @@ class SegmentParts:
             f"{self.info['device']} {self.info['precision']}; input {self.input_topic} "
             f"({self.transport}, {self._qos_reliability})")
 
-    def subscribe(self, first: Callable[[], bool] | None = None) -> None:
-        """Take frames: subscription callbacks -> LatestFrames -> a new worker thread, which runs
-        ``first`` (if given) before its first frame and ends at once when that returns False.
-        Each camera's camera_info is kept for republishing with its labels."""
+    def subscribe(self, first: Callable[[threading.Event], bool] | None = None) -> None:
+        """Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
+        -> a new worker thread, which runs ``first(stopping)`` (if given) before its first batch
+        and ends at once when that returns False. Each camera's camera_info is kept for
+        republishing with its labels."""
         self.frames = LatestFrames(list(range(len(self.cameras))))
-        self._stopping = threading.Event()
+        self.frames.wait_s = self.settings.batch_timeout_ms / 1e3
+        self._worker = BackgroundWorker(self._handle_batch, self._on_batch_error,
+                                        name="segment_worker", first=first, mailbox=self.frames)
         qos = input_qos(self._qos_reliability, self._qos_depth)
         msg_type = CompressedImage if self.transport == "compressed" else Image
         for index, camera in enumerate(self.cameras):
@@ -268,23 +271,15 @@ class SegmentParts:
                                          functools.partial(self._on_frame, index), qos),
                 self.create_subscription(CameraInfo, camera.info_topic, camera.on_camera_info,
                                          qos)]
-        self._worker = threading.Thread(target=self._work, args=(first,), name="segment_worker",
-                                        daemon=True)
-        self._worker.start()
 
     def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
-        """Stop taking frames: unsubscribe, and let the worker finish the frame in hand; wait for
-        it at most ``timeout`` seconds (None: as long as that frame takes). False when it is still
-        busy, e.g. in the warm-up trace, which cannot be interrupted."""
-        self._stopping.set()
-        if self.frames is not None:
-            self.frames.close()
+        """Stop taking frames: unsubscribe, and let the worker finish the batch in hand; wait for
+        it at most ``timeout`` seconds (None: as long as that batch takes). False when it is
+        still busy, e.g. in the warm-up trace, which cannot be interrupted."""
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions = []
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout)
-        return self._worker is None or not self._worker.is_alive()
+        return self._worker is None or self._worker.stop(timeout)
 
     def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Drop the CRF refiner, the output publishers and the model, and give the memory back
@@ -378,21 +373,16 @@ class SegmentParts:
         dropped = self.frames.put(camera, (msg, time.monotonic()))
         self.cameras[camera].stats.frame_received(dropped)
 
-    def _work(self, first: Callable[[], bool] | None) -> None:
-        frames, stopping = self.frames, self._stopping  # this activation's, even if another follows
-        if first is not None and not first():
-            return
-        while not stopping.is_set():
-            batch = frames.gather(timeout=0.5, wait_s=self.settings.batch_timeout_ms / 1e3)
-            if not batch:
-                continue
-            try:
-                self._process(self._round_robin(batch))
-            except Exception as exc:  # a bug between frames: keep the node alive, say it once
-                if stopping.is_set() or not rclpy.ok(context=self.context):
-                    return
-                self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: "
-                                                       f"{exc}", error=True)
+    def _handle_batch(self, batch: dict[int, tuple[Any, float]]) -> None:
+        self.frames.wait_s = self.settings.batch_timeout_ms / 1e3  # for the next batch
+        self._process(self._round_robin(batch))
+
+    def _on_batch_error(self, batch: dict[int, tuple[Any, float]], exc: Exception) -> None:
+        """A failure outside any one frame's handling: said once (throttled), unless ROS is
+        gone (shutting down)."""
+        if rclpy.ok(context=self.context):
+            self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: {exc}",
+                                 error=True)
 
     def _round_robin(self, batch: dict[int, tuple[Any, float]]) -> list[_Frame]:
         """The batch's frames, a different camera first each time (its group runs first)."""
@@ -611,7 +601,7 @@ class SegmentNode(SegmentParts, Node):
         # subscribed before the warm-up: frames that arrive meanwhile are counted (as dropped)
         self.subscribe(first=self._warm_up_on_worker)
 
-    def _warm_up_on_worker(self) -> bool:
+    def _warm_up_on_worker(self, stopping: threading.Event) -> bool:
         """On the worker thread, while the subscription already counts frames: warm up, then
         announce readiness. A model that cannot run at all is a start-up error (exit code 2)."""
         try:
@@ -619,7 +609,7 @@ class SegmentNode(SegmentParts, Node):
         except Exception as exc:
             self.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
             return False
-        if self._stopping.is_set():
+        if stopping.is_set():
             return False
         self.announce_ready()
         return True

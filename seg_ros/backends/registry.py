@@ -1,0 +1,72 @@
+"""The backend registry: backends register a factory by name; the pipeline creates one by name.
+
+A backend takes the normalised (1, 3, h, w) input tensor on the pipeline's device and returns
+the logits (1, C, h', w') as a torch tensor on the same device, so the pipeline's pre- and
+post-processing are shared by every backend. One that cannot run here (missing library, no GPU)
+raises a ConfigError saying why.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class Backend(Protocol):
+    """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
+    session or engine that takes long to build); None when any shape runs without one."""
+
+    name: str
+    max_shapes: int | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+BackendFactory = Callable[..., Backend]
+_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Class or function decorator: ``create_backend(name, ...)`` calls the decorated factory."""
+    def wrap(factory: BackendFactory) -> BackendFactory:
+        _BACKENDS[name] = factory
+        return factory
+    return wrap
+
+
+def list_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def create_backend(name: str, model: nn.Module, device: torch.device, half: bool,
+                   **options: Any) -> Backend:
+    """Build backend ``name`` around a model already prepared for inference on ``device``."""
+    if name not in _BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; known backends: "
+                          f"{', '.join(list_backends())}")
+    return _BACKENDS[name](model=model, device=device, half=half, **options)
+
+
+# ``auto`` per device kind: the backend and why (the measurements are in docs/backends.md).
+AUTO_BACKENDS: dict[str, tuple[str, str]] = {
+    "cpu": ("torch", "measured 2026-11-23, DDRNet-23-slim on 2 cores: torch's whole pipeline "
+                     "1.10-1.67x faster than onnxruntime's (docs/backends.md, Benchmarks)"),
+    "cuda": ("torch", "not measured: torch (CUDA graphs, fp16) is the one CUDA backend always "
+                      "installed; tensorrt needs TensorRT and a prebuilt engine to be faster"),
+}
+AUTO_FALLBACK = "torch"  # any other device kind: the one backend that runs everywhere
+
+
+def auto_backend_name(device: torch.device) -> str:
+    """The backend ``auto`` picks for ``device``: the :data:`AUTO_BACKENDS` entry of its kind."""
+    return AUTO_BACKENDS.get(device.type, (AUTO_FALLBACK, ""))[0]
+
+
+@register_backend("auto")
+def _auto_backend(model: nn.Module, device: torch.device, half: bool, **options: Any) -> Backend:
+    return create_backend(auto_backend_name(device), model, device, half, **options)
