@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .backends import create_backend, list_backends
+from .backends import BackendContext, create_backend, list_backends
+from .backends.onnx_export import pipeline_metadata
 from .backends.cuda_fast import PinnedUploader
 from .classes import ClassSet, load_classes
 from .device import resolve_device
@@ -245,10 +246,6 @@ class SegmentationPipeline:
         self.model = prepare_for_inference(model, self.device, half=self.half)
         self.dtype = torch.float16 if self.half else torch.float32
         self._uploader = PinnedUploader(self.device) if self.device.type == "cuda" else None
-        backend_options = {"max_shapes": SHAPES_PER_BATCH_SIZE * int(config.max_batch),
-                           **config.backend_options}
-        self.backend = create_backend(config.backend, self.model, self.device, self.half,
-                                      pipeline=self, **backend_options)
         self.sizes = KeptSizes(int(config.min_frames_per_new_size))
         self.forward_batch_sizes: Counter[int] = Counter()  # frames per forward pass -> passes
 
@@ -260,6 +257,10 @@ class SegmentationPipeline:
         self._bgr_to_rgb = torch.tensor([2, 1, 0], device=self.device)
         self._palette = torch.from_numpy(self.classes.colors.copy()).to(self.device)
         self._label_dtype = torch.uint8 if self.classes.label_dtype == np.uint8 else torch.int32
+        backend_options = {"max_shapes": SHAPES_PER_BATCH_SIZE * int(config.max_batch),
+                           **config.backend_options}
+        self.backend = create_backend(config.backend, self.model, self.device, self.half,
+                                      self.backend_context(), **backend_options)
         size = config.input_size or meta.get("input_size")
         self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
         if not self.trained:
@@ -271,6 +272,15 @@ class SegmentationPipeline:
             log.warning(note)
 
     # -- construction helpers -------------------------------------------------------------
+    def backend_context(self) -> BackendContext:
+        """What the backend may know of this pipeline (see :class:`BackendContext`)."""
+        return BackendContext(model_name=self.config.model,
+                              num_classes=self.classes.num_classes,
+                              size_divisor=self.size_divisor, trained=self.trained,
+                              num_threads=self.config.num_threads,
+                              metadata=pipeline_metadata(self),
+                              network_input=self.network_input)
+
     def _read_weights(self) -> WeightsFile | None:
         path = weights_file_for(self.config.model, self.config.weights)
         return read_weights(path) if path is not None else None

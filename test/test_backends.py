@@ -295,7 +295,8 @@ def test_onnxruntime_pipeline_matches_torch_and_caches(tmp_path, weights_file, s
 
 
 def test_onnxruntime_cache_rejects_a_file_without_its_key(tmp_path, weights_file, small_image):
-    cache = OnnxCache(_pipe(weights_file).model, _pipe(weights_file), tmp_path)
+    pipe = _pipe(weights_file)
+    cache = OnnxCache(pipe.model, pipe.backend_context(), tmp_path)
     path = cache.path_for((64, 96))
     export_onnx(cache.model, path, (64, 96))  # right name, no cache_key inside (e.g. copied by hand)
     assert cache.get((64, 96)) == path and read_metadata(path)["cache_key"] == path.stem
@@ -417,7 +418,7 @@ def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
         cv2.imwrite(str(folder / ("sub" if i % 2 else "") / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     (folder / "notes.txt").write_text("not an image")
     pipe = _pipe(weights_file)
-    data = CalibrationData(pipe, folder, (64, 96), batch_size=2)
+    data = CalibrationData(pipe.network_input, folder, (64, 96), batch_size=2)
     assert len(data.files) == 5 and len(data) == 3
     batches = list(data.batches())
     assert [tuple(b.shape) for b in batches] == [(2, 3, 64, 96), (2, 3, 64, 96), (1, 3, 64, 96)]
@@ -428,14 +429,15 @@ def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
     assert data.files[0].name == "f0.png"
     torch.testing.assert_close(batches[0][:1], want.float().contiguous(), atol=2e-2, rtol=0)
     assert len(list_images(folder, max_images=2)) == 2
-    sized = CalibrationData(_pipe(weights_file, input_size=(96, 128)), folder, (64, 96))  # maps to 88x128
+    sized = CalibrationData(_pipe(weights_file, input_size=(96, 128)).network_input, folder,
+                            (64, 96))  # maps to 88x128
     assert tuple(next(sized.batches()).shape) == (1, 3, 64, 96)  # still the engine's shape
     digest = data.digest
     cv2.imwrite(str(folder / "f0.png"), np.zeros((8, 8, 3), np.uint8))
-    assert CalibrationData(pipe, folder, (64, 96)).digest != digest
+    assert CalibrationData(pipe.network_input, folder, (64, 96)).digest != digest
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no images"):
-        CalibrationData(pipe, tmp_path / "empty", (64, 96))
+        CalibrationData(pipe.network_input, tmp_path / "empty", (64, 96))
     with pytest.raises(ConfigError, match="does not exist"):
         list_images(tmp_path / "nope")
 

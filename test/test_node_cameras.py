@@ -253,3 +253,25 @@ def test_a_fast_camera_does_not_starve_the_others(cams, road_image):
         assert len(done) >= len(sent[camera]) - 2, (camera, len(done), len(sent[camera]))
     front_done = [f for f in sent["front"] if f in peer.by_camera["front"]]
     assert front_done and front_done[-1] == sent["front"][-1]
+
+
+def test_bench_node_compares_one_batched_node_with_separate_nodes(tmp_path):
+    """`seg-ros bench-node --cameras 2` runs both set-ups in one go and reports throughput,
+    per-camera latency and memory for each."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "cams.json"
+    exe = Path(sys.executable).with_name("seg-ros")
+    done = subprocess.run([str(exe), "bench-node", "--cameras", "2", "--sizes", "96x128",
+                           "--seconds", "2", "--warmup-seconds", "1", "--camera-rate", "5",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setup"] for r in rows] == ["1 node, 2 cameras", "2 nodes, 1 camera each"]
+    for row in rows:
+        assert row["labels_per_s"] > 0 and row["rss_mib"] > 100, row
+        assert len(row["cameras"]) == 2 and all(c["labels"] > 0 for c in row["cameras"]), row
+    assert rows[0]["processes"] == 1 and rows[1]["processes"] == 2

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .optional import require_onnx
+from .registry import BackendContext
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -96,7 +97,8 @@ def exportable_copy(model: nn.Module) -> nn.Module:
 
 
 def pipeline_metadata(pipe: Any) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: classes, normalisation, sizes."""
+    """What a consumer of the ONNX file needs besides the graph: classes, normalisation, sizes
+    (the pipeline's :class:`~seg_ros.backends.registry.BackendContext` carries it)."""
     return {
         "model": pipe.config.model,
         "classes": json.dumps(pipe.classes.to_dicts()),
@@ -178,14 +180,14 @@ class OnnxCache:
     and exporter version. Untrained (random-init) models export into a temporary directory
     unless ``cache_dir`` is given, so throwaway weights never fill the persistent cache."""
 
-    def __init__(self, model: nn.Module, pipeline: Any = None, cache_dir: str | os.PathLike | None = None,
-                 opset: int = DEFAULT_OPSET) -> None:
-        self.model, self.pipeline, self.opset = model, pipeline, int(opset)
-        self.model_name = getattr(getattr(pipeline, "config", None), "model", type(model).__name__)
+    def __init__(self, model: nn.Module, context: BackendContext | None = None,
+                 cache_dir: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> None:
+        self.model, self.context, self.opset = model, context, int(opset)
+        self.model_name = context.model_name if context else type(model).__name__
         self._tmp: tempfile.TemporaryDirectory | None = None
         if cache_dir:
             self.cache_dir = Path(cache_dir).expanduser()
-        elif pipeline is not None and not getattr(pipeline, "trained", True):
+        elif context is not None and not context.trained:
             self._tmp = tempfile.TemporaryDirectory(prefix="seg_ros_onnx_")
             self.cache_dir = Path(self._tmp.name)
         else:
@@ -215,12 +217,12 @@ class OnnxCache:
         log.info("exporting %s to ONNX (%s) at %s", self.model_name,
                  "dynamic H/W" if shape is None else f"{hw[0]}x{hw[1]}", path)
         start = time.perf_counter()
-        meta = pipeline_metadata(self.pipeline) if self.pipeline is not None else {"model": self.model_name}
+        meta = dict(self.context.metadata) if self.context else {"model": self.model_name}
         export_onnx(self.model, path, hw, dynamic=shape is None, opset=self.opset,
                     metadata={**meta, "cache_key": path.stem})
         log.info("ONNX export took %.1f s", time.perf_counter() - start)
         return path
 
     def example_shape(self) -> tuple[int, int]:
-        div = int(getattr(self.pipeline, "size_divisor", 8) or 8)
+        div = self.context.size_divisor if self.context else 8
         return (div * 8, div * 12)

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, OnnxCache, check_onnx_file
 from .optional import require_onnxruntime
-from .registry import register_backend
+from .registry import BackendContext, register_backend
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
@@ -78,7 +78,8 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool, pipeline: Any = None,
+    def __init__(self, model: nn.Module, device: torch.device, half: bool,
+                 context: BackendContext | None = None,
                  onnx_path: str | None = None, cache_dir: str | None = None, num_threads: int | None = None,
                  dynamic: bool = False, max_shapes: int = 4, opset: int = DEFAULT_OPSET, **_: Any) -> None:
         self.ort = require_onnxruntime()
@@ -94,14 +95,14 @@ class OnnxRuntimeBackend:
                                     "CPUExecutionProvider"]
         else:
             self.providers = ["CPUExecutionProvider"]
-        self.model, self.device, self.pipeline = model, device, pipeline
-        threads = num_threads if num_threads is not None else getattr(getattr(pipeline, "config", None),
-                                                                      "num_threads", 0)
+        self.model, self.device, self.context = model, device, context
+        threads = num_threads if num_threads is not None else (context.num_threads if context
+                                                               else 0)
         self.threads = int(threads or 0)
         self.dynamic = bool(dynamic)
         self.opset = int(opset)
         self.onnx_path = Path(onnx_path).expanduser() if onnx_path else None
-        self.exports = OnnxCache(model, pipeline, cache_dir, opset)
+        self.exports = OnnxCache(model, context, cache_dir, opset)
         self.cache_dir = self.exports.cache_dir
         self._fixed: _Session | None = None
         if self.onnx_path is not None:
@@ -116,7 +117,7 @@ class OnnxRuntimeBackend:
     # -- sessions ---------------------------------------------------------------------------
     def _open(self, path: Path) -> _Session:
         sess = _Session(self.ort, path, self.providers, self.threads, self.device)
-        want = getattr(getattr(self.pipeline, "classes", None), "num_classes", None)
+        want = self.context.num_classes if self.context else None
         got = sess.num_classes()
         if want is not None and got is not None and got != want:
             raise ConfigError(f"ONNX file {path} outputs {got} classes, the pipeline's classes have {want}")

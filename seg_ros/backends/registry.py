@@ -7,8 +7,10 @@ raises a ConfigError saying why.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +27,21 @@ class Backend(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend may know of the pipeline it serves, instead of the pipeline itself:
+    ``metadata`` goes into the files it exports (ONNX metadata_props); ``network_input(frame,
+    color_order)`` preprocesses a uint8 frame exactly as the pipeline does (INT8 calibration)."""
+
+    model_name: str
+    num_classes: int
+    size_divisor: int = 8
+    trained: bool = True
+    num_threads: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    network_input: Callable[[np.ndarray, str], torch.Tensor] | None = None
 
 
 BackendFactory = Callable[..., Backend]
@@ -44,12 +61,13 @@ def list_backends() -> list[str]:
 
 
 def create_backend(name: str, model: nn.Module, device: torch.device, half: bool,
-                   **options: Any) -> Backend:
-    """Build backend ``name`` around a model already prepared for inference on ``device``."""
+                   context: BackendContext | None = None, **options: Any) -> Backend:
+    """Build backend ``name`` around a model already prepared for inference on ``device``;
+    ``options`` are the backend's own (``max_shapes`` is understood by all)."""
     if name not in _BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; known backends: "
                           f"{', '.join(list_backends())}")
-    return _BACKENDS[name](model=model, device=device, half=half, **options)
+    return _BACKENDS[name](model=model, device=device, half=half, context=context, **options)
 
 
 # ``auto`` per device kind: the backend and why (the measurements are in docs/backends.md).
@@ -68,5 +86,6 @@ def auto_backend_name(device: torch.device) -> str:
 
 
 @register_backend("auto")
-def _auto_backend(model: nn.Module, device: torch.device, half: bool, **options: Any) -> Backend:
-    return create_backend(auto_backend_name(device), model, device, half, **options)
+def _auto_backend(model: nn.Module, device: torch.device, half: bool,
+                  context: BackendContext | None = None, **options: Any) -> Backend:
+    return create_backend(auto_backend_name(device), model, device, half, context, **options)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +29,7 @@ from torch import nn
 from ..errors import ConfigError
 from .onnx_export import INPUT_NAME, OnnxCache, default_cache_root, file_digest
 from .optional import require_tensorrt
-from .registry import register_backend
+from .registry import BackendContext, register_backend
 from .shape_cache import ShapeCache
 
 log = logging.getLogger("seg_ros")
@@ -164,9 +165,11 @@ class CalibrationData:
     """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device, made from an
     image folder by the pipeline's own preprocessing, so int8 ranges match what the engine sees."""
 
-    def __init__(self, pipeline: Any, folder: str | os.PathLike, shape: tuple[int, int],
+    def __init__(self, network_input: Callable[[np.ndarray, str], torch.Tensor],
+                 folder: str | os.PathLike, shape: tuple[int, int],
                  batch_size: int = 1, max_images: int | None = 64) -> None:
-        self.pipeline, self.shape, self.batch_size = pipeline, (int(shape[0]), int(shape[1])), int(batch_size)
+        self.network_input = network_input  # the pipeline's preprocessing
+        self.shape, self.batch_size = (int(shape[0]), int(shape[1])), int(batch_size)
         self.files = list_images(folder, max_images)
         self.digest = images_digest(self.files)
 
@@ -181,7 +184,7 @@ class CalibrationData:
         h, w = self.shape
         frame = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
         with torch.inference_mode():
-            x = self.pipeline.network_input(frame, "bgr")
+            x = self.network_input(frame, "bgr")
             if tuple(x.shape[-2:]) != self.shape:  # input_size/keep_aspect mapped it elsewhere
                 x = F.interpolate(x.float(), size=self.shape, mode="bilinear", align_corners=False)
             return x.float().contiguous()
@@ -329,7 +332,8 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool, pipeline: Any = None,
+    def __init__(self, model: nn.Module, device: torch.device, half: bool,
+                 context: BackendContext | None = None,
                  precision: str | None = None, calib_images: str | None = None, calib_max_images: int = 64,
                  onnx_path: str | None = None, engine_path: str | None = None, cache_dir: str | None = None,
                  workspace_mb: int = 4096, max_shapes: int = 4, **_: Any) -> None:
@@ -340,13 +344,13 @@ class TensorRTBackend:
         if self.precision == "int8" and not calib_images and not engine_path:
             raise ConfigError("TensorRT precision int8 needs calib_images (a folder of frames like the "
                               "camera's) to calibrate with")
-        self.model, self.device, self.pipeline = model, device, pipeline
+        self.model, self.device, self.context = model, device, context
         self.out_dtype = torch.float16 if half else torch.float32
         self.calib_images, self.calib_max_images = calib_images, calib_max_images
         self.onnx_path = Path(onnx_path).expanduser() if onnx_path else None
         self.engine_path = Path(engine_path).expanduser() if engine_path else None
         root = Path(cache_dir).expanduser() if cache_dir else None
-        self.exports = OnnxCache(model, pipeline, root / "onnx" if root else None)
+        self.exports = OnnxCache(model, context, root / "onnx" if root else None)
         self.engines_cache = EngineCache(root / "engines" if root else None)
         self.gpu, self.cc = gpu_identity(device)
         self.workspace_mb = int(workspace_mb)
@@ -374,7 +378,11 @@ class TensorRTBackend:
         onnx_path = self.onnx_path or self.exports.get(tuple(shape))
         data_set = None
         if self.precision == "int8":
-            data_set = CalibrationData(self.pipeline, self.calib_images, shape, max_images=self.calib_max_images)
+            if self.context is None or self.context.network_input is None:
+                raise ConfigError("TensorRT int8 calibration needs the pipeline's preprocessing "
+                                  "(create the backend through SegmentationPipeline)")
+            data_set = CalibrationData(self.context.network_input, self.calib_images, shape,
+                                       max_images=self.calib_max_images)
         key = self.key_for(onnx_path, shape, data_set.digest if data_set else "")
         name = self.exports.model_name
         cached = self.engines_cache.load(key, name)

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image
 from ..node.qos import output_qos
 from ..sample import sample_road_image
 from .live_node import (NodeProcess, image_message, isolated_env, node_command, random_domain,
-                        spin_in_background, use_env_here)
+                        ros_env_here, spin_in_background)
 
 NAMESPACE = "/bench"
 
@@ -71,10 +71,11 @@ def start_separate(n: int, size: tuple[int, int], common: list[str],
 class Cameras:
     """This process's side: one publisher per camera, one labels subscription per camera."""
 
-    def __init__(self, domain: int, setup: Setup) -> None:
+    def __init__(self, env: dict[str, str], setup: Setup) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node("bench_cameras", context=self.context)
+        with ros_env_here(env):
+            rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+            self.node = rclpy.create_node("bench_cameras", context=self.context)
         self.pubs = [self.node.create_publisher(Image, t, output_qos(1))
                      for t in setup.image_topics]
         self.latencies: list[list[float]] = [[] for _ in setup.labels_topics]
@@ -112,9 +113,9 @@ class Cameras:
         rclpy.try_shutdown(context=self.context)
 
 
-def measure(setup: Setup, domain: int, frame: np.ndarray, args: Any) -> dict[str, Any]:
+def measure(setup: Setup, env: dict[str, str], frame: np.ndarray, args: Any) -> dict[str, Any]:
     """Wait until ready, warm up, then run all cameras for ``args.seconds``."""
-    cams = Cameras(domain, setup)
+    cams = Cameras(env, setup)
     try:
         deadline = time.monotonic() + 300
         while not cams.ready(setup):
@@ -140,9 +141,7 @@ def measure(setup: Setup, domain: int, frame: np.ndarray, args: Any) -> dict[str
 
 
 def run(args: Any) -> int:
-    domain = random_domain()
-    env = isolated_env(domain)
-    use_env_here(env)
+    env = isolated_env(random_domain())
     common = [f"weights:={args.weights}", f"model:={args.model}", "device:=cpu",
               f"num_threads:={args.threads}", f"backend:={args.backend}",
               "publish_color_mask:=false", "publish_overlay:=false"]
@@ -153,7 +152,7 @@ def run(args: Any) -> int:
             for start in (start_batched, start_separate):
                 setup = start(n, size, common, env)
                 try:
-                    row = measure(setup, domain, frame, args)
+                    row = measure(setup, env, frame, args)
                 finally:
                     setup.stop()
                 row.update(size=f"{size[0]}x{size[1]}", n=n)
