@@ -109,3 +109,15 @@ def test_unknown_overrides_from_the_command_line_and_params_files(tmp_path):
             "-p", "other:foo:=1", "-p", "segment_node:bar:=2", "-p", "use_sim_time:=true"]
     names = ["segment_node", "/perception/segment_node"]
     assert P.unknown_overrides(args, names) == ["bar", "gamma", "overlay_alfa", "typo"]
+
+
+def test_params_files_written_by_launch_ros_are_read(tmp_path):
+    """launch_ros dumps list parameters as !!python/tuple; rcl ignores the tag, and so do the
+    node's own checks of its params files."""
+    params = tmp_path / "launch_params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    cameras: !!python/tuple\n    - front\n"
+                      "    - rear\n    typo: 1\n")
+    data = P.load_params_file(str(params))
+    assert data["/**"]["ros__parameters"]["cameras"] == ["front", "rear"]
+    assert P.unknown_overrides(["--ros-args", "--params-file", str(params)], ["segment_node"]) \
+        == ["typo"]

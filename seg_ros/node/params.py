@@ -247,12 +247,33 @@ def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[
     return found
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as rcl reads it: tags are ignored. launch_ros writes list parameters as
+    ``!!python/tuple`` (it dumps tuples), which a plain safe loader refuses."""
+
+
+def _untagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_ParamsLoader.add_multi_constructor("", _untagged)
+
+
+def load_params_file(path: str) -> Any:
+    """A ROS params file's content; OSError or yaml.YAMLError when it cannot be read."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_ParamsLoader)  # noqa: S506 - a safe loader, tags ignored
+
+
 def params_file_names(path: str, node_names: Sequence[str]) -> list[str]:
     """The parameter names a params file sets for a node called one of ``node_names`` (by its
     name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        data = load_params_file(path) or {}
     except (OSError, yaml.YAMLError):
         return []  # reported by the node's start-up check of its params files
     names: list[str] = []

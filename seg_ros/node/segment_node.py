@@ -639,8 +639,7 @@ def _check_params_files(args: list[str]) -> str | None:
         if flag != "--params-file":
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                yaml.safe_load(f)
+            P.load_params_file(path)
         except OSError as exc:
             return f"params file {path} cannot be read: {exc.strerror or exc}"
         except yaml.YAMLError as exc:
