@@ -399,9 +399,10 @@ class SegmentationPipeline:
             size = self._chosen_size(tuple(frame.shape[:2]), opts.keep_aspect)
             groups.setdefault(size, []).append(i)
         results: list[SegmentationResult | None] = [None] * len(frames)
+        limit = self.batch_limit()
         for size, members in groups.items():
-            for start in range(0, len(members), int(self.config.max_batch)):
-                chunk = members[start:start + int(self.config.max_batch)]
+            for start in range(0, len(members), limit):
+                chunk = members[start:start + limit]
                 profile = any(per_frame[i].profile for i in chunk)
                 clock = _StageClock(profile, self.device)
                 x = self._batch([self.preprocess(uploads[i], frames[i][1], size) for i in chunk])
@@ -414,6 +415,12 @@ class SegmentationPipeline:
                                               per_frame[i], _StageClock(profile, self.device),
                                               dict(clock.times))
         return results  # type: ignore[return-value]
+
+    def batch_limit(self) -> int:
+        """The most frames one forward pass takes: ``max_batch``, or less when the backend
+        takes fewer (onnxruntime and TensorRT run one frame per pass)."""
+        limit = int(self.config.max_batch)
+        return min(limit, self.backend.max_batch) if self.backend.max_batch else limit
 
     @staticmethod
     def _batch(inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -496,7 +503,7 @@ class SegmentationPipeline:
             return None
         h, w = self.input_size
         blank = np.zeros((h, w, 3), np.uint8)
-        for batch in batch_sizes:
+        for batch in sorted({min(int(b), self.batch_limit()) for b in batch_sizes}):
             self.segment_batch([(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True))
         return h, w
 

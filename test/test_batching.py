@@ -126,3 +126,17 @@ def test_config_is_frozen_and_overrides_leave_the_callers_object_alone(weights_f
         SegmentationPipeline(config, max_batch=0)
     with pytest.raises(ConfigError, match="overlay_alpha"):
         pipe(np.zeros((8, 8, 3), np.uint8), "rgb", overlay_alpha=2.0)
+
+
+def test_a_backend_that_takes_one_frame_per_pass_gets_one(weights_file, small_image):
+    """onnxruntime's exported graphs have a batch of 1: a batch of 3 runs as 3 passes, with the
+    same labels as one frame at a time."""
+    pytest.importorskip("onnxruntime")
+    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", backend="onnxruntime",
+                                max_batch=3)
+    assert pipe.batch_limit() == 1
+    results = pipe.segment_batch([(small_image, "rgb")] * 3, FrameOptions())
+    assert dict(pipe.forward_batch_sizes) == {1: 3}
+    alone = pipe(small_image, "rgb").labels
+    for result in results:
+        np.testing.assert_array_equal(result.labels, alone)

@@ -77,6 +77,7 @@ class OnnxRuntimeBackend:
     (one dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``."""
 
     name = "onnxruntime"
+    max_batch = 1  # the exported graphs have a fixed batch of 1
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool,
                  context: BackendContext | None = None,

@@ -19,10 +19,13 @@ from ..errors import ConfigError
 
 class Backend(Protocol):
     """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
-    session or engine that takes long to build); None when any shape runs without one."""
+    session or engine that takes long to build); None when any shape runs without one.
+    ``max_batch``: the most frames one call takes (the pipeline splits larger batches); None:
+    any number."""
 
     name: str
     max_shapes: int | None
+    max_batch: int | None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 

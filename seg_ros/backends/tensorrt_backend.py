@@ -331,6 +331,7 @@ class TensorRTBackend:
     must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``."""
 
     name = "tensorrt"
+    max_batch = 1  # engines are built for a batch of 1 (one optimisation profile per size)
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool,
                  context: BackendContext | None = None,

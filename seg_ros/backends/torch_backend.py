@@ -25,6 +25,7 @@ def _flag(value: Any) -> bool:
 @register_backend("torch")
 class TorchBackend:
     name = "torch"
+    max_batch = None  # eager, fused CPU graphs and CUDA graphs all take any batch size
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool, cuda_graphs: Any = True,
                  dedicated_stream: Any = True, cudnn_benchmark: Any = True, max_shapes: int = 4,
