@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CAMVID, REPO, requires_camvid
+from helpers import CAMVID, REPO, requires_camvid
 from seg_ros.classes import load_classes
 from seg_ros.metrics import ConfusionAccumulator
 from seg_ros.models import list_shipped_weights, read_weights, shipped_weights
