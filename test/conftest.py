@@ -55,7 +55,7 @@ def small_image(road_image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """install/ of a colcon workspace holding a clean copy of this repository (helpers.build_workspace)."""
+    """install/ of a colcon workspace holding a clean copy of this repository."""
     require_ros2_cli()
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     return build_workspace(tmp_path_factory.mktemp("ros2_ws"))

@@ -26,6 +26,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from seg_ros import bags
 from seg_ros.cli.live_node import NodeProcess as LiveNodeProcess
+from seg_ros.cli.live_node import node_command as live_node_command
 from seg_ros.cli.live_node import private_env, random_domain, ros_env_here, spin_in_background
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +174,6 @@ def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqli
 
 
 # -- the node as a process, and a test peer over DDS (test_node*.py, test_lifecycle_node.py) --
-NODE_EXE = Path(sys.executable).parent / "segment_node"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 INPUT = "/cam/image_raw"
 NODE = "/perception/segment_node"
@@ -183,15 +183,14 @@ def node_env(domain: int) -> dict[str, str]:
     return private_env(domain)
 
 
-def node_command(weights: str | Path, *params: str, backend: str | None = "torch") -> list[str]:
-    """The command line the launch file produces (params file, remap, namespace). ``backend`` is set
-    to torch, the offline reference's backend, unless None (the node's default, auto)."""
-    cmd = [str(NODE_EXE), "--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"weights:={weights}"]
-    if backend:
-        cmd += ["-p", f"backend:={backend}"]
-    for p in params:
-        cmd += ["-p", p]
-    return cmd + ["-r", f"image:={INPUT}", "-r", "__ns:=/perception"]
+def node_command(weights: str | Path, *params: str, backend: str | None = "torch",
+                 executable: list[str] | None = None) -> list[str]:
+    """The tools' command line (live_node.node_command) for the node under test: this checkout's
+    params file, ``weights``, ``INPUT`` remapped, namespace /perception. ``backend`` is set to
+    torch, the offline reference's backend, unless None (the node's default, auto)."""
+    first = [f"weights:={weights}", *([f"backend:={backend}"] if backend else [])]
+    return live_node_command(*first, *params, namespace="/perception", input_topic=INPUT,
+                             params_file=PARAMS_FILE, executable=executable)
 
 
 class NodeProcess(LiveNodeProcess):

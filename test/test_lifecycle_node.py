@@ -185,8 +185,8 @@ def managed_node(workspace, tmp_path, weights, *params: str):
     exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_lifecycle_node"
     domain = random_domain()
     env = sourced_env(workspace, domain, tmp_path / "log")
-    command = node_command(weights, "diagnostics_period:=0.25", *params)
-    node = NodeProcess([str(exe), *command[1:]], env)
+    node = NodeProcess(node_command(weights, "diagnostics_period:=0.25", *params,
+                                    executable=[str(exe)]), env)
     with ros_env_here(env):
         peer = Peer(domain)
     try:

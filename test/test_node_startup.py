@@ -108,8 +108,8 @@ def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_f
     replaced ones count as dropped and the newest is segmented once the model is warm."""
     domain = random_domain()
     env = node_env(domain)
-    node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]", "diagnostics_period:=0.25"),
-                       env)
+    node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]",
+                                    "diagnostics_period:=0.25"), env)
     with ros_env_here(env):
         peer = Peer(domain)
     try:
