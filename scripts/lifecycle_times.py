@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
-from ros2_tools import (LifecycleClient, Ros2Process, build_workspace, child_pid,  # noqa: E402
-                        sourced_env)
+from helpers import (LifecycleClient, Ros2Process, build_workspace, child_pid,  # noqa: E402
+                     sourced_env)
 
 from seg_ros.memory import resident_bytes  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
-from ros2_tools import build_workspace, ctrl_c_race, sourced_env  # noqa: E402
+from helpers import build_workspace, ctrl_c_race, sourced_env  # noqa: E402
 
 
 def main() -> int:

@@ -1,35 +1,14 @@
-"""Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains."""
+"""Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains.
+The functions behind them, and everything else test modules share, are in helpers.py."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CAMVID = Path(os.environ.get("SEG_ROS_CAMVID", REPO.parent / "shared" / "datasets" / "camvid"))
-
-
-def camvid_available() -> bool:
-    return (CAMVID / "val").is_dir() and (CAMVID / "valannot").is_dir()
-
-
-requires_camvid = pytest.mark.skipif(not camvid_available(),
-                                     reason=f"CamVid not found at {CAMVID} (../shared absent)")
-
-
-def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Path:
-    """Random (seed 0) weights for ``model`` with CamVid class metadata: the same tensors every time."""
-    import torch
-    from seg_ros.classes import load_classes
-    from seg_ros.models import build_model, save_weights
-    classes = load_classes("camvid")
-    torch.manual_seed(0)
-    save_weights(path, build_model(model, classes.num_classes, **options),
-                 {"arch": model, "classes": classes.to_dicts(), "classes_name": classes.name,
-                  "num_classes": classes.num_classes, "ignore_id": classes.ignore_id})
-    return path
+from helpers import (CAMVID, SMALL, build_workspace, camvid_available, require_ros2_cli,
+                     save_test_weights)
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +40,6 @@ def road_image() -> np.ndarray:
     return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
 
 
-SMALL = (120, 160)  # (height, width) of the small frames the node tests send
-
-
 @pytest.fixture(scope="module")
 def offline(weights_file):
     """The offline reference: the pipeline on the test weights, as the node under test loads them."""
@@ -79,9 +55,7 @@ def small_image(road_image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """install/ of a colcon workspace holding a clean copy of this repository (ros2_tools)."""
-    from ros2_tools import build_workspace, require_ros2_cli
-
+    """install/ of a colcon workspace holding a clean copy of this repository."""
     require_ros2_cli()
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
@@ -113,21 +87,3 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility tests
-Layout = dict[str, tuple[int, ...]]
-
-
-def conv_layout(name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False) -> Layout:
-    """Keys and shapes of a (transposed) convolution as nn.Conv2d / nn.ConvTranspose2d store them."""
-    out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
-    if bias:
-        out[f"{name}.bias"] = (cout,)
-    return out
-
-
-def bn_layout(name: str, c: int) -> Layout:
-    """Keys and shapes of an nn.BatchNorm2d."""
-    return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-            f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}

@@ -13,7 +13,7 @@ import pytest
 from seg_ros import bags
 from seg_ros.cli.main import main as cli
 
-from bag_helpers import write_legacy_bag
+from helpers import write_legacy_bag
 
 
 def _frames(n: int = 4, h: int = 24, w: int = 32) -> list[np.ndarray]:
@@ -159,6 +159,7 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
     assert bags.summarize(copy)["topics"]["/cam"] == {"type": bags.IMAGE_TYPE, "count": 3}
 
 
+@pytest.mark.slow  # a writer process killed half-way
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
 def test_a_bag_appears_only_when_complete(tmp_path, name):
     """A writer killed half-way (never closed) leaves no half bag at the path; the next writer of

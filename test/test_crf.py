@@ -311,6 +311,7 @@ def test_background_refiner_latest_wins_and_reports_errors():
 ISOLATE = True  # False shows the stall this test exists to catch
 
 
+@pytest.mark.slow  # a helper process
 @needs_dense
 def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(scene):
     """The node's dense CRF runs in a helper process: same labels, and this process's threads

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not DEMO_BAG.is_file(), reason=f"demo bag {DEMO_
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id, monkeypatch):
+def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id):
     pytest.importorskip("rclpy", reason="rclpy not installed: the live demo needs it")
     torch.manual_seed(0)
     weights = tmp_path / "seed0.pt"

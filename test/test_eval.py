@@ -15,7 +15,7 @@ from seg_ros.fleet.score import score_pairs
 from seg_ros.metrics import ConfusionAccumulator
 from seg_ros.pipeline import SegmentationPipeline
 
-from bag_helpers import write_legacy_bag
+from helpers import write_legacy_bag
 
 H, W = 64, 96
 

@@ -25,7 +25,7 @@ from seg_ros.fleet.sources import find_bags, plan_bag, spans
 from seg_ros.fleet.tasks import REPLAY, PipelineSpec, worker_name
 from seg_ros.pipeline import PipelineConfig, SegmentationPipeline
 
-from bag_helpers import write_legacy_bag
+from helpers import write_legacy_bag
 
 H, W = 32, 48
 PERIOD = 10**8  # 10 Hz recorded timing

@@ -1,7 +1,7 @@
 """seg_ros.image_codec: every encoding against a known RGB image, padding, endianness, bad input.
 
-The test encoders below are written from the ROS encoding definitions (byte layouts), not with
-the module's own code, so a wrong channel order or Bayer pattern mapping fails here.
+The test encoders (helpers.py) are written from the ROS encoding definitions (byte layouts), not
+with the module's own code, so a wrong channel order or Bayer pattern mapping fails here.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import corrupt_entropy, damaged_files, mosaic, pack_yuv422
 from seg_ros.errors import InputError
 from seg_ros.image_codec import (BYTES_PER_PIXEL, ERROR_KINDS, SUPPORTED_ENCODINGS,
                                  decode_compressed, decode_image, encode_float, encode_labels,
@@ -43,36 +44,6 @@ def pad_rows(rows: np.ndarray, extra: int) -> tuple[bytes, int]:
 
 def as_rows(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr).reshape(arr.shape[0], -1).view(np.uint8)
-
-
-# -- BT.601 limited range (the convention of UYVY/YUY2 cameras and of OpenCV's decoder) ---------
-def rgb_to_yuv(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r, g, b = (img[..., i].astype(np.float64) for i in range(3))
-    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
-    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
-    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
-    return tuple(np.clip(np.round(c), 0, 255).astype(np.uint8) for c in (y, u, v))
-
-
-def pack_yuv422(img: np.ndarray, order: str) -> np.ndarray:
-    """``order`` 'uyvy' (ROS yuv422) or 'yuyv' (ROS yuv422_yuy2); chroma from the left pixel."""
-    y, u, v = rgb_to_yuv(img)
-    h, w = y.shape
-    out = np.empty((h, w // 2, 4), np.uint8)
-    planes = {"y0": y[:, 0::2], "y1": y[:, 1::2], "u": u[:, 0::2], "v": v[:, 0::2]}
-    layout = ("u", "y0", "v", "y1") if order == "uyvy" else ("y0", "u", "y1", "v")
-    for i, name in enumerate(layout):
-        out[:, :, i] = planes[name]
-    return out.reshape(h, w * 2)
-
-
-def mosaic(img: np.ndarray, pattern: str) -> np.ndarray:
-    """Bayer mosaic: ``pattern`` names the colours of pixels (0,0) (0,1) (1,0) (1,1)."""
-    idx = {"r": 0, "g": 1, "b": 2}
-    out = np.empty(img.shape[:2], np.uint8)
-    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        out[dy::2, dx::2] = img[dy::2, dx::2, idx[pattern[k]]]
-    return out
 
 
 def smooth_image(h: int = H, w: int = W) -> np.ndarray:
@@ -498,22 +469,6 @@ def photo_jpeg(road_image) -> bytes:
     return encoded(road_image, ".jpg")
 
 
-def scan_range(jpeg: bytes) -> tuple[int, int]:
-    """Byte range of the entropy-coded data (after the SOS segment, before EOI)."""
-    sos = jpeg.index(b"\xff\xda")
-    return sos + 2 + int.from_bytes(jpeg[sos + 2: sos + 4], "big"), len(jpeg) - 2
-
-
-def corrupt_entropy(jpeg: bytes, seed: int, n: int = 64) -> bytes:
-    """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes: every marker
-    stays intact (OpenCV decodes this silently into grey and garbage blocks)."""
-    start, end = scan_range(jpeg)
-    at = (start + end) // 2
-    data = bytearray(jpeg)
-    data[at: at + n] = np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8).tobytes()
-    return bytes(data)
-
-
 def markers(jpeg: bytes) -> list[int]:
     b = np.frombuffer(jpeg, np.uint8)
     at = np.flatnonzero((b[:-1] == 0xFF) & (b[1:] != 0) & ((b[1:] < 0xD0) | (b[1:] > 0xD7)))
@@ -527,22 +482,6 @@ def test_jpeg_with_corrupt_entropy_data_is_refused(photo_jpeg, seed):
     with pytest.raises(InputError) as info:
         decode_compressed("jpeg", bad)
     assert info.value.kind == "corrupt_compressed" and "Corrupt JPEG data" in str(info.value)
-
-
-def damaged_files(jpeg: bytes, png: bytes) -> dict[str, bytes]:
-    """Each kind of damage that made OpenCV's libjpeg/libpng print to stderr."""
-    start, end = scan_range(jpeg)
-    flipped = bytearray(png)
-    flipped[len(png) // 2] ^= 0x10  # caught by the chunk CRC / zlib checksum
-    filters = bytearray(png)
-    idat = png.index(b"IDAT")
-    filters[idat + 4: idat + 64] = bytes(60)
-    return {"entropy": corrupt_entropy(jpeg, 7), "truncated_jpeg": jpeg[: len(jpeg) // 2],
-            "truncated_jpeg_with_eoi": jpeg[: (start + end) // 2] + b"\xff\xd9",
-            "junk_before_eoi": jpeg[:-2] + bytes(range(1, 33)) + b"\xff\xd9",
-            "jpeg_garbage_after_soi": jpeg[:3] + bytes(500),
-            "truncated_png": png[: len(png) // 2], "png_bit_flip": bytes(flipped),
-            "png_bad_filters": bytes(filters)}
 
 
 def test_damaged_files_are_refused_and_nothing_is_printed(capfd, photo_jpeg, road_image):

@@ -20,23 +20,22 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from conftest import save_test_weights
-from ros2_tools import (GOAL_STATES, STOP_WITHIN_S, TRACEBACK, FramePeer, LifecycleClient,
-                        Ros2Process, child_pid, ros2, sourced_env)
-from test_node import (NODE, SMALL, NodeProcess, Peer, check_outputs, image_msg, node_command,
-                       rclpy)
-from test_ros2_cli import assert_stopped_cleanly, domain_for, readme_commands, small_frame
+from helpers import (GOAL_STATES, NODE, READY, SMALL, STOP_WITHIN_S, TRACEBACK, FramePeer,
+                     LifecycleClient, NodeProcess, Peer, Ros2Process, assert_stopped_cleanly,
+                     check_outputs, child_pid, image_msg, node_command, readme_commands, ros2,
+                     save_test_weights, small_frame, sourced_env)
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
-from seg_ros.cli.live_node import ros_env_here  # noqa: E402
+from seg_ros.cli.live_node import random_domain, ros_env_here  # noqa: E402
 from seg_ros.memory import resident_bytes  # noqa: E402
 from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 UNCONFIGURED = r"segment_node\]: unconfigured: parameters declared"
-READY = r"segment_node\]: ready: "
 STATE_IDS = {"unconfigured": 1, "inactive": 2, "active": 3, "finalized": 4}
 RSS_FALL_MIB = 16  # the model, its fused graph and buffers: far more than this on every model
 
@@ -110,7 +109,7 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
     transitions = [shlex.split(c)[-1] for c in lifecycle if " set " in c]
     assert transitions == list(GOAL_STATES), transitions
     input_topic = re.search(r"image:=(\S+)", run).group(1)
-    env = sourced_env(workspace, domain_for(tmp_path.name), tmp_path / "log")
+    env = sourced_env(workspace, random_domain(), tmp_path / "log")
 
     proc = Ros2Process(env, *shlex.split(run)[1:])
     peer = None
@@ -184,10 +183,10 @@ def managed_node(workspace, tmp_path, weights, *params: str):
     """The installed segment_lifecycle_node, started as the launch file does (params file,
     remap, namespace), unconfigured; with the test peer and its lifecycle client."""
     exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_lifecycle_node"
-    domain = domain_for(tmp_path.name)
+    domain = random_domain()
     env = sourced_env(workspace, domain, tmp_path / "log")
-    command = node_command(weights, "diagnostics_period:=0.25", *params)
-    node = NodeProcess([str(exe), *command[1:]], env)
+    node = NodeProcess(node_command(weights, "diagnostics_period:=0.25", *params,
+                                    executable=[str(exe)]), env)
     with ros_env_here(env):
         peer = Peer(domain)
     try:
@@ -327,7 +326,7 @@ def test_error_processing_releases_everything(weights_file, capfd):
             super().subscribe(first)
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_for("error"),
+    rclpy.init(context=context, domain_id=random_domain(),
                args=["test", "--ros-args", "-p", f"weights:={weights_file}",
                      "-p", "backend:=torch"])
     node = CameraGone(context=context)
@@ -359,7 +358,7 @@ def test_launch_managed(workspace, tmp_path, autostart):
     """`ros2 launch ... managed:=true`: autostart:=true configures and activates it through
     launch's lifecycle events; autostart:=false leaves it unconfigured until a manager (here
     `ros2 lifecycle set`) moves it. Ctrl-C stops either cleanly."""
-    env = sourced_env(workspace, domain_for(tmp_path.name), tmp_path / "log")
+    env = sourced_env(workspace, random_domain(), tmp_path / "log")
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "managed:=true",
                        f"autostart:={autostart}", "input_topic:=/cam")
     peer = None

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import Layout, bn_layout, conv_layout
+from helpers import Layout, bn_layout, conv_layout
 from seg_ros.errors import ConfigError
 from seg_ros.models import build_model, list_models
 from seg_ros.models.fcn import bilinear_upsampling

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Layout, bn_layout, conv_layout
+from helpers import Layout, bn_layout, conv_layout
 from seg_ros.errors import ConfigError, WeightsError
 from seg_ros.models import build_model, list_models, load_weights
 from seg_ros.models.optimize import fold_batchnorm

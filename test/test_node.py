@@ -7,15 +7,8 @@ One node per module (start-up costs seconds), each module on its own ROS_DOMAIN_
 """
 from __future__ import annotations
 
-import json
-import os
-import random
 import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,205 +16,14 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
-from seg_ros.cli.live_node import NodeProcess as LiveNodeProcess  # noqa: E402
-from seg_ros.cli.live_node import private_env, ros_env_here  # noqa: E402
-from seg_ros.cli.live_node import rss_kib, spin_in_background  # noqa: E402, F401
+from helpers import (SMALL, check_outputs, image_msg, mosaic,  # noqa: E402
+                     node_command, pack_yuv422, running_node)
+from seg_ros.cli.live_node import rss_kib  # noqa: E402
 from seg_ros.image_codec import decode_image  # noqa: E402
 from seg_ros.node.params import SPECS  # noqa: E402
-from seg_ros.node.qos import diagnostics_qos, latched_qos, output_qos  # noqa: E402
 from seg_ros.pipeline import SegmentationPipeline  # noqa: E402
 
-pytestmark = pytest.mark.timeout(180)
-
-REPO = Path(__file__).resolve().parent.parent
-NODE_EXE = Path(sys.executable).parent / "segment_node"
-PARAMS_FILE = REPO / "config" / "segment.yaml"
-INPUT = "/cam/image_raw"
-NODE = "/perception/segment_node"
-from conftest import SMALL  # noqa: E402  (the small frame size of the shared fixtures)
-
-
-# -- helpers shared by the node test modules -------------------------------------------------
-def module_domain() -> int:
-    """A ROS_DOMAIN_ID for one test module: random, so parallel runs do not cross-talk."""
-    return random.Random(os.getpid() * 1000003 + time.monotonic_ns()).randint(1, 101)
-
-
-def node_env(domain: int) -> dict[str, str]:
-    return private_env(domain)
-
-
-def node_command(weights: str | Path, *params: str, backend: str | None = "torch") -> list[str]:
-    """The command line the launch file produces (params file, remap, namespace). ``backend`` is set
-    to torch, the offline reference's backend, unless None (the node's default, auto)."""
-    cmd = [str(NODE_EXE), "--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"weights:={weights}"]
-    if backend:
-        cmd += ["-p", f"backend:={backend}"]
-    for p in params:
-        cmd += ["-p", p]
-    return cmd + ["-r", f"image:={INPUT}", "-r", "__ns:=/perception"]
-
-
-class NodeProcess(LiveNodeProcess):
-    """The node under test (seg_ros/cli/live_node.py), run from the repository root; its output
-    is collected for the log assertions."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        super().__init__(cmd, env, cwd=REPO)
-
-
-class Peer:
-    """The test side: a ROS node in this process, spun in a background thread."""
-
-    def __init__(self, domain: int, transport: str = "raw") -> None:
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
-        self.node = rclpy.create_node("segment_node_test_peer", context=self.ctx)
-        self.cond = threading.Condition()
-        self.received: dict[str, dict[str, object]] = {t: {} for t in ("labels", "color_mask", "overlay",
-                                                                        "confidence")}
-        self.received_at: dict[str, float] = {}
-        self.class_info: dict | None = None
-        self.diagnostics: list[tuple[float, object]] = []
-        if transport == "compressed":
-            self.pub = self.node.create_publisher(CompressedImage, INPUT + "/compressed", output_qos(1))
-        else:
-            self.pub = self.node.create_publisher(Image, INPUT, output_qos(1))
-        self.subs = [self.node.create_subscription(Image, f"{NODE}/{topic}", self._collector(topic),
-                                                   output_qos(10)) for topic in self.received]
-        self.node.create_subscription(String, f"{NODE}/class_info", self._on_class_info, latched_qos())
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos())
-        self.params = AsyncParameterClient(self.node, NODE)
-        self.executor = spin_in_background(self.node, self.ctx)
-
-    def _collector(self, topic: str):
-        def store(msg: Image) -> None:
-            with self.cond:
-                self.received[topic][msg.header.frame_id] = msg
-                if topic == "labels":
-                    self.received_at[msg.header.frame_id] = time.monotonic()
-                self.cond.notify_all()
-        return store
-
-    def _on_class_info(self, msg: String) -> None:
-        with self.cond:
-            self.class_info = json.loads(msg.data)
-            self.cond.notify_all()
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == f"seg_ros: {NODE}":
-                with self.cond:
-                    self.diagnostics.append((time.monotonic(), status))
-                    self.cond.notify_all()
-
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not (result := predicate()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-                self.cond.wait(left)
-        return result
-
-    def wait_ready(self, node: NodeProcess, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.class_info is None or self.pub.get_subscription_count() < 1:
-            if node.proc.poll() is not None:
-                raise AssertionError(f"node exited with {node.proc.returncode}:\n{node.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node not ready after {timeout} s:\n{node.log}")
-            time.sleep(0.1)
-
-    def roundtrip(self, msg, topics=("labels",), timeout: float = 30.0) -> dict[str, Image]:
-        """Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
-        have discovered this process's subscriptions; a repeated frame is harmless)."""
-        fid = msg.header.frame_id
-        deadline = time.monotonic() + timeout
-        while True:
-            self.pub.publish(msg)
-            try:
-                self.wait(lambda: all(fid in self.received[t] for t in topics), 1.5, fid)
-                return {t: self.received[t][fid] for t in topics}
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-
-    def latest_diag(self, after: float = 0.0):
-        return self.wait(lambda: next((s for t, s in reversed(self.diagnostics) if t > after), None),
-                         10.0, "diagnostics")
-
-    def diag_values(self, after: float = 0.0) -> dict[str, str]:
-        return {kv.key: kv.value for kv in self.latest_diag(after).values}
-
-    def set_params(self, **values):
-        future = self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-        deadline = time.monotonic() + 10
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert future.done(), "set_parameters timed out"
-        return future.result().results
-
-    def get_params(self, *names):
-        self.params.wait_for_services(10.0)
-        future = self.params.get_parameters(list(names))
-        deadline = time.monotonic() + 10
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return future.result().values
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.ctx)
-
-
-_counter = iter(range(1, 1 << 30))
-
-
-def header_for(msg, tag: str) -> str:
-    n = next(_counter)
-    msg.header.frame_id = f"{tag}_{n}"
-    msg.header.stamp.sec = 1_700_000_000 + n
-    msg.header.stamp.nanosec = 123_456_789 - n
-    return msg.header.frame_id
-
-
-def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendian: int = 0,
-              extra: int = 0, tag: str | None = None) -> Image:
-    """An Image with ``extra`` padding bytes after every row."""
-    rows = np.ascontiguousarray(rows).reshape(height, -1).view(np.uint8)
-    padded = np.full((height, rows.shape[1] + extra), 0xEE, np.uint8)
-    padded[:, :rows.shape[1]] = rows
-    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=bigendian,
-                step=padded.shape[1])
-    msg.data = padded.tobytes()
-    header_for(msg, tag or encoding)
-    return msg
-
-
-@contextmanager
-def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
-    """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
-    both are stopped on exit. Yields (node process, peer)."""
-    domain = module_domain()
-    env = node_env(domain)
-    node = NodeProcess(cmd, env)
-    with ros_env_here(env):
-        peer = (peer_type or Peer)(domain, **peer_kwargs)
-    try:
-        peer.wait_ready(node)
-        yield node, peer
-    finally:
-        peer.close()
-        node.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # a node process over DDS
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -267,28 +69,6 @@ def test_unknown_parameter_is_reported(ros):
     assert "WARN" in line and "not a segment_node parameter" in line
 
 
-def check_outputs(out: dict[str, Image], sent: Image, expected, offline) -> None:
-    h, w = expected.labels.shape
-    for topic, msg in out.items():
-        assert msg.header.frame_id == sent.header.frame_id
-        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (sent.header.stamp.sec,
-                                                                     sent.header.stamp.nanosec)
-        assert (msg.height, msg.width, msg.is_bigendian) == (h, w, 0)
-    labels = out["labels"]
-    assert labels.encoding == "mono8" and labels.step == w
-    got = np.frombuffer(labels.data, np.uint8).reshape(h, w)
-    np.testing.assert_array_equal(got, expected.labels)
-    if "color_mask" in out:
-        cm = out["color_mask"]
-        assert cm.encoding == "rgb8" and cm.step == w * 3
-        np.testing.assert_array_equal(np.frombuffer(cm.data, np.uint8).reshape(h, w, 3),
-                                      offline.classes.colors[expected.labels])
-    if "overlay" in out:
-        ov = out["overlay"]
-        assert ov.encoding == "rgb8" and ov.step == w * 3
-        np.testing.assert_array_equal(np.frombuffer(ov.data, np.uint8).reshape(h, w, 3), expected.overlay)
-
-
 def test_full_camvid_frame(ros, offline, road_image):
     """A real 360x480 frame: labels, colour mask and overlay equal the offline pipeline's."""
     node, peer = ros
@@ -300,7 +80,6 @@ def test_full_camvid_frame(ros, offline, road_image):
 
 def _encode(encoding: str, rgb: np.ndarray) -> tuple[np.ndarray, int]:
     """Rows of ``rgb`` in ``encoding`` (from the ROS byte layouts) and is_bigendian."""
-    from test_image_codec import mosaic, pack_yuv422
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if encoding in ("rgb8", "bgr8"):
         return (rgb if encoding == "rgb8" else rgb[..., ::-1]), 0

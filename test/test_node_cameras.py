@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from seg_ros.node.qos import diagnostics_qos, output_qos  # noqa: E402
-from test_node import NODE, Peer, image_msg, node_command, running_node  # noqa: E402
+from helpers import NODE, Peer, image_msg, node_command, running_node  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from test_image_codec import corrupt_entropy, damaged_files
-from test_node import (INPUT, SMALL, check_outputs, header_for, node_command, rclpy,  # noqa: F401
-                       running_node)
+from helpers import (INPUT, SMALL, check_outputs, corrupt_entropy, damaged_files, header_for,
+                     node_command, running_node)
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 

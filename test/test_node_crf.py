@@ -15,9 +15,9 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from seg_ros.crf import CRFConfig, create_refiner  # noqa: E402
 from seg_ros.node.qos import output_qos  # noqa: E402
-from test_node import NODE, Peer, image_msg, node_command, running_node  # noqa: E402
+from helpers import NODE, Peer, image_msg, node_command, running_node  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # node processes over DDS
 REFINED = ("labels_refined", "color_mask_refined", "overlay_refined")
 # a slow CRF on purpose (full resolution, many iterations; seconds on a small CPU): if it ran on
 # the raw stream's path, the raw latency would grow by its whole cost

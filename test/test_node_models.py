@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from conftest import save_test_weights  # noqa: E402
-from test_node import check_outputs, image_msg, node_command, running_node  # noqa: E402
+from helpers import (check_outputs, image_msg, node_command, running_node,  # noqa: E402
+                     save_test_weights)
 
 from seg_ros.pipeline import PipelineConfig, SegmentationPipeline  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # node processes over DDS
 
 
 def small_frame(road_image: np.ndarray) -> np.ndarray:

@@ -11,14 +11,13 @@ import cv2
 import pytest
 import torch
 
-from conftest import save_test_weights
-from test_node import (PARAMS_FILE, NodeProcess, Peer, image_msg, module_domain, node_command,  # noqa: F401
-                       node_env, rclpy)
-
-from seg_ros.cli.live_node import ros_env_here
+from helpers import (PARAMS_FILE, NodeProcess, Peer, image_msg, node_command, node_env,
+                     save_test_weights)
+from seg_ros.cli.live_node import random_domain, ros_env_here
 from seg_ros.models import build_model, save_weights
 
-pytestmark = pytest.mark.timeout(180)
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # node processes
 
 
 def with_params_file(cmd: list[str], path: Path) -> list[str]:
@@ -68,7 +67,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
     tmp = tmp_path_factory.mktemp("startup")
-    env = node_env(module_domain())
+    env = node_env(random_domain())
     cases = _cases(tmp)
     procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, (cmd, _) in cases.items()}
@@ -104,14 +103,13 @@ def test_startup_error(outcomes, case):
         assert word in errors[0], f"{word!r} not in {errors[0]!r}"
 
 
-@pytest.mark.slow
 def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):
     """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
     replaced ones count as dropped and the newest is segmented once the model is warm."""
-    domain = module_domain()
+    domain = random_domain()
     env = node_env(domain)
-    node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]", "diagnostics_period:=0.25"),
-                       env)
+    node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]",
+                                    "diagnostics_period:=0.25"), env)
     with ros_env_here(env):
         peer = Peer(domain)
     try:

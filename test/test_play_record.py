@@ -12,16 +12,17 @@ import pytest
 
 from seg_ros import bags
 
-from bag_helpers import write_legacy_bag
+from helpers import write_legacy_bag
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: live DDS tests need it")
+pytestmark = pytest.mark.slow  # player and recorder processes over DDS
 
 N = 20
 CLI = [sys.executable, "-m", "seg_ros.cli.main"]
 
 
 @pytest.fixture()
-def dds_env(ros_domain_id, monkeypatch):
+def dds_env(ros_domain_id):
     return dict(os.environ)
 
 
@@ -48,7 +49,6 @@ def small_bag(tmp_path):
     return _small_bag(tmp_path / "in.db3")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("spelling", ["current", "legacy"])
 def test_play_delivers_every_message_in_order(tmp_path, dds_env, spelling):
     from rclpy.context import Context

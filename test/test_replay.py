@@ -11,7 +11,7 @@ from seg_ros import bags
 from seg_ros.cli.main import main as cli
 from seg_ros.pipeline import SegmentationPipeline
 
-from bag_helpers import write_legacy_bag
+from helpers import write_legacy_bag
 
 H, W = 64, 96
 

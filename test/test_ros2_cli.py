@@ -13,57 +13,22 @@ import shlex
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from ros2_tools import (STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process, ctrl_c_race,
-                        process_gone, ros2, sourced_env)
+from helpers import (READY, REPO, STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process,
+                     assert_stopped_cleanly, ctrl_c_race, process_gone, readme_commands, ros2,
+                     small_frame, sourced_env)
+from seg_ros.cli.live_node import random_domain
 from seg_ros.node.params import PARAMETERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parent.parent
-READY = r"segment_node\]: ready: "
-
-
-def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
-    """The command lines of the first bash block under the README's ``heading`` (comments
-    dropped)."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index(heading):]
-    block = section[section.index("```bash") + len("```bash"):]
-    block = block[:block.index("```")]
-    return [line.split("  #")[0].strip() for line in block.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-def domain_for(name: str) -> int:
-    return 1 + (hash((name, time.monotonic_ns())) % 101)
-
-
-def small_frame() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-
-
-def assert_stopped_cleanly(proc: Ros2Process, launched: bool) -> None:
-    """Exit code 0 within STOP_WITHIN_S, no traceback, no process left behind."""
-    code, seconds = proc.wait(STOP_WITHIN_S + 10)
-    log = proc.log
-    assert code == 0, f"exit code {code}:\n{log}"
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
-    assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
-    if launched:
-        assert "process has finished cleanly" in log, log
-    assert all(process_gone(pid) for pid in proc.node_pids()), f"left running:\n{log}"
-
-
 @pytest.fixture()
 def env(workspace, tmp_path) -> dict[str, str]:
-    return sourced_env(workspace, domain_for(tmp_path.name), tmp_path / "log")
+    return sourced_env(workspace, random_domain(), tmp_path / "log")
 
 
 def test_colcon_build_installs_the_package(workspace, env):
@@ -153,7 +118,7 @@ def launched(workspace, tmp_path_factory):
                                             publish_confidence=True)
     params_file = tmp / "my_params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    env = sourced_env(workspace, domain_for(tmp.name), tmp / "log")
+    env = sourced_env(workspace, random_domain(), tmp / "log")
     args = [f"{k}:={v}" for k, v in LAUNCH_ARGUMENTS.items()] + [f"params_file:={params_file}"]
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", *args)
     try:

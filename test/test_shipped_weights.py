@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CAMVID, REPO, requires_camvid
+from helpers import CAMVID, REPO, requires_camvid
 from seg_ros.classes import load_classes
 from seg_ros.metrics import ConfusionAccumulator
 from seg_ros.models import list_shipped_weights, read_weights, shipped_weights
@@ -35,7 +35,8 @@ def test_registry_entry_agrees_with_the_file_it_names(entry):
     assert tuple(meta["input_size"]) == entry.input_size
     assert tuple(meta["mean"]) == pytest.approx(entry.mean)
     assert tuple(meta["std"]) == pytest.approx(entry.std)
-    assert meta["val_miou"] == pytest.approx(entry.metrics["val_miou"], abs=5e-4)  # card: 1 decimal %
+    # the model card gives one decimal of a percent
+    assert meta["val_miou"] == pytest.approx(entry.metrics["val_miou"], abs=5e-4)
     assert meta["classes"] == load_classes(entry.classes).to_dicts()
     assert entry.card and entry.file in (REPO / entry.card).read_text(encoding="utf-8")
 

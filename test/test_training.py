@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CAMVID, camvid_available
+from helpers import CAMVID, camvid_available
 from seg_ros.pipeline import SegmentationPipeline
 from seg_ros.training.loss import SegLoss
 from seg_ros.training.trainer import TrainConfig, Trainer, export_checkpoint

@@ -178,34 +178,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = SegmentationPipeline(PipelineConfig(model=args.model, weights=args.weights,
                                                device="cpu", num_threads=args.threads,
                                                backend=args.backend))
-    describe = pipe.describe()
-    rows = []
     node, client = _start(args)
     try:
-        for size in args.sizes:
-            frame = _frame(args, *size)
-            for outputs in args.outputs:
-                client.set_outputs(OUTPUT_SETS[outputs])
-                time.sleep(1.0)  # let the node discover the subscriptions
-                key = f"{size[0]}x{size[1]}-{outputs}"
-                row: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "outputs": outputs}
-                if args.frames > 0:
-                    row.update(end_to_end(args, client, pipe, frame, key, outputs == "all"))
-                if args.stream_frames > 0:
-                    row["delivery"] = delivery(args, client, frame, key)
-                rows.append(row)
-                print(f"{key}: {json.dumps(row)}", flush=True)
+        rows = measure(args, client, pipe)
     finally:
         client.close()
         node.stop()
-    report = {"date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "torch_threads": torch.get_num_threads(), "model": describe["model"],
-              "backend": describe["backend"], "device": describe["device"],
-              "weights": describe["weights"], "fastdds_profile": args.fastdds_profile or "default",
-              "node_env": args.node_env,
-              "node_dds": next((line for line in node.lines if "DDS:" in line), ""),
-              "rate_hz": args.rate, "rows": rows}
+    report = build_report(args, pipe.describe(), node, rows)
     print_tables(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +193,39 @@ def run(args: argparse.Namespace) -> int:
     ok = [r["meets_target"] for r in rows if "meets_target" in r]
     ok += [r["delivery"]["ok"] for r in rows if "delivery" in r]
     return 0 if all(ok) else 1
+
+
+def measure(args: argparse.Namespace, client: LiveClient,
+            pipe: SegmentationPipeline) -> list[dict[str, Any]]:
+    """One row per size and output set: end-to-end vs the pipeline, and delivery of a stream."""
+    rows = []
+    for size in args.sizes:
+        frame = _frame(args, *size)
+        for outputs in args.outputs:
+            client.set_outputs(OUTPUT_SETS[outputs])
+            time.sleep(1.0)  # let the node discover the subscriptions
+            key = f"{size[0]}x{size[1]}-{outputs}"
+            row: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "outputs": outputs}
+            if args.frames > 0:
+                row.update(end_to_end(args, client, pipe, frame, key, outputs == "all"))
+            if args.stream_frames > 0:
+                row["delivery"] = delivery(args, client, frame, key)
+            rows.append(row)
+            print(f"{key}: {json.dumps(row)}", flush=True)
+    return rows
+
+
+def build_report(args: argparse.Namespace, describe: dict[str, Any], node: NodeProcess,
+                 rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The --json report: when, where, what ran, and the rows."""
+    return {"date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "torch_threads": torch.get_num_threads(), "model": describe["model"],
+            "backend": describe["backend"], "device": describe["device"],
+            "weights": describe["weights"], "fastdds_profile": args.fastdds_profile or "default",
+            "node_env": args.node_env,
+            "node_dds": next((line for line in node.lines if "DDS:" in line), ""),
+            "rate_hz": args.rate, "rows": rows}
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from .. import bags, image_codec
 from ..errors import ConfigError
 from ..pipeline import weights_file_for
 from ..resources import share_path
-from .live_node import node_executable, private_env, ros_env_here
+from .live_node import NodeProcess, node_command, private_env, ros_env_here
 from .replay import VideoSink, format_latency, latency_summary
 
 DEMO_BAG = ("demo", "camvid_val_30.mcap")
@@ -125,17 +124,6 @@ class LiveStats:
             self.overlays.append((stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1])))
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def demo_env() -> dict[str, str]:
     """The user's ROS_DOMAIN_ID and discovery range, else a random domain in 50..101 (off a
     robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only."""
@@ -144,7 +132,71 @@ def demo_env() -> dict[str, str]:
         "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
 
 
-def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: Path) -> dict[str, Any]:
+class LiveSession:
+    """What ``run_live`` drives: the node process, this process's recorder and the clock. Every
+    wait spins the recorder and gives up, with the node's log named, when the node exits or the
+    demo's time is up."""
+
+    def __init__(self, node: NodeProcess, rec: Any, executor: Any, deadline: float,
+                 log: Path) -> None:
+        self.node, self.rec, self.executor, self.deadline, self.log = (node, rec, executor,
+                                                                       deadline, log)
+
+    def spin(self, seconds: float, timeout_s: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rec.poll_topics()
+            self.executor.spin_once(timeout_sec=0.02)
+            if self.node.proc.poll() is not None:
+                raise ConfigError(f"{NODE} exited with code {self.node.proc.returncode}; "
+                                  f"see {self.log}")
+            if time.monotonic() > self.deadline:
+                raise ConfigError(f"demo timed out after {timeout_s:g} s; see {self.log}")
+
+    def node_matched(self) -> bool:
+        """The node is up once its output publishers are matched with our subscriptions."""
+        rec = self.rec
+        return not (any(f"/{NODE}/{k}" in rec.pending for k in OUTPUTS)
+                    or any(s.get_publisher_count() == 0
+                           for t, s in rec.subscriptions.items() if NODE in t))
+
+
+def player_command(args: argparse.Namespace, bag_path: Path) -> list[str]:
+    """``seg-ros play`` of the camera topic, waiting for two subscribers: the node and us."""
+    cmd = [sys.executable, "-m", "seg_ros.cli.play", str(bag_path), "--topics", args.topic,
+           "--remap", f"{args.topic}:={CAMERA}", "--rate", str(args.rate),
+           "--wait-subscribers", "2", "--wait-timeout", "60", "--start-delay", "0.5"]
+    return cmd + (["--max-messages", str(args.max_frames)] if args.max_frames else [])
+
+
+def play_and_drain(session: LiveSession, stats: "LiveStats", args: argparse.Namespace,
+                   bag_path: Path, env: dict[str, str]) -> tuple[str, float]:
+    """Wait for the node, play the bag, wait for the node's last outputs and final counters;
+    (the player's output, seconds from the start of playing)."""
+    while not session.node_matched():
+        session.spin(0.1, args.timeout)
+    player = subprocess.Popen(player_command(args, bag_path), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        t_play = time.monotonic()
+        while player.poll() is None:
+            session.spin(0.1, args.timeout)
+    finally:
+        if player.poll() is None:
+            player.kill()
+    play_out = player.stdout.read()
+    if player.returncode != 0:
+        raise ConfigError(f"player failed (exit {player.returncode}): {play_out.strip()[-500:]}")
+    stats.last_output = max(stats.last_output, time.monotonic())  # the node may still work
+    while (stats.outputs["labels"] < len(stats.inputs) and not stats.node_done()
+           and time.monotonic() - stats.last_output < 5.0):
+        session.spin(0.1, args.timeout)
+    session.spin(1.1, args.timeout)  # one more /diagnostics period, for the final counters
+    return play_out, time.monotonic() - t_play
+
+
+def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path,
+             log_dir: Path) -> dict[str, Any]:
     """Node + player as processes over DDS; this process records and measures."""
     from rclpy.executors import SingleThreadedExecutor
     from .play import init_ros, shutdown_ros
@@ -152,73 +204,42 @@ def run_live(args: argparse.Namespace, bag_path: Path, out_bag: Path, log_dir: P
 
     env = demo_env()
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, starting {NODE} and the player over DDS")
-
-    node_log = (log_dir / "node.log").open("w")
-    node_cmd = [*node_executable(), "--ros-args", "-r", f"image:={CAMERA}",
-                "--params-file", str(share_path("config", "segment.yaml")),
-                "-p", f"model:={args.model}", "-p", f"weights:={args.weights}", "-p", f"device:={args.device}", "-p", f"num_threads:={args.threads}"]
-    node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
-    player = None
+    log = log_dir / "node.log"
+    node = NodeProcess(node_command(f"model:={args.model}", f"weights:={args.weights}",
+                                    f"device:={args.device}", f"num_threads:={args.threads}",
+                                    namespace=None, input_topic=CAMERA), env, log_path=log)
     stats = LiveStats()
     with ros_env_here(env):  # the recorder in this process joins the same graph
         ctx, ros_node = init_ros("seg_ros_demo_recorder")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(ros_node)
-    deadline = time.monotonic() + args.timeout
     topics = [CAMERA, *(f"/{NODE}/{k}" for k in OUTPUTS), "/diagnostics"]
     try:
         with bags.BagWriter(out_bag, overwrite=True) as writer:
             rec = Recorder(ros_node, writer, topics, on_message=stats.on_message)
-
-            def spin(seconds: float) -> None:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    rec.poll_topics()
-                    executor.spin_once(timeout_sec=0.02)
-                    if node.poll() is not None:
-                        raise ConfigError(f"{NODE} exited with code {node.returncode}; see {log_dir / 'node.log'}")
-                    if time.monotonic() > deadline:
-                        raise ConfigError(f"demo timed out after {args.timeout:g} s; see {log_dir / 'node.log'}")
-
-            # 1. the node is up once its output publishers are matched with our subscriptions
-            while any(f"/{NODE}/{k}" in rec.pending for k in OUTPUTS) or \
-                    any(s.get_publisher_count() == 0 for t, s in rec.subscriptions.items() if NODE in t):
-                spin(0.1)
-            # 2. the player waits for two subscribers on the camera topic: the node and us
-            play_cmd = [sys.executable, "-m", "seg_ros.cli.play", str(bag_path), "--topics", args.topic,
-                        "--remap", f"{args.topic}:={CAMERA}", "--rate", str(args.rate),
-                        "--wait-subscribers", "2", "--wait-timeout", "60", "--start-delay", "0.5"]
-            if args.max_frames:
-                play_cmd += ["--max-messages", str(args.max_frames)]
-            player = subprocess.Popen(play_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            t_play = time.monotonic()
-            while player.poll() is None:
-                spin(0.1)
-            play_out = player.stdout.read()
-            if player.returncode != 0:
-                raise ConfigError(f"player failed (exit {player.returncode}): {play_out.strip()[-500:]}")
-            # 3. drain: the node may still be working on its last frame
-            stats.last_output = max(stats.last_output, time.monotonic())
-            while (stats.outputs["labels"] < len(stats.inputs) and not stats.node_done()
-                   and time.monotonic() - stats.last_output < 5.0):
-                spin(0.1)
-            spin(1.1)  # one more /diagnostics period, for the node's final counters
-            wall = time.monotonic() - t_play
+            session = LiveSession(node, rec, executor, time.monotonic() + args.timeout, log)
+            play_out, wall = play_and_drain(session, stats, args, bag_path, env)
     finally:
-        if player is not None and player.poll() is None:
-            player.kill()
-        stop_process(node)
-        node_log.close()
+        node.stop(timeout=10.0, strict=False)
         executor.shutdown()
         shutdown_ros(ctx, ros_node)
-    published = int(play_out.split("published ", 1)[1].split()[0]) if "published " in play_out else None
+    return live_summary(args, stats, play_out, wall)
+
+
+def live_summary(args: argparse.Namespace, stats: "LiveStats", play_out: str,
+                 wall: float) -> dict[str, Any]:
+    published = (int(play_out.split("published ", 1)[1].split()[0])
+                 if "published " in play_out else None)
     frames_in, frames_out = len(stats.inputs), stats.outputs["labels"]
+    trained = stats.diagnostics.get("trained",
+                                    str(expect_trained(args.model, args.weights)).lower())
     return {"mode": "live (segment_node + seg-ros play over DDS)", "frames_published": published,
             "frames_in": frames_in, "frames_out": frames_out, "drops": frames_in - frames_out,
-            "outputs": stats.outputs, "wall_s": wall, "latency_ms": latency_summary(stats.latencies_ms),
+            "outputs": stats.outputs, "wall_s": wall,
+            "latency_ms": latency_summary(stats.latencies_ms),
             "latency_note": "camera message received -> labels received, both in the recorder",
             "node_diagnostics": stats.diagnostics, "overlays": stats.overlays,
-            "trained": stats.diagnostics.get("trained", str(expect_trained(args.model, args.weights)).lower()) == "true"}
+            "trained": trained == "true"}
 
 
 def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict[str, Any]:
@@ -264,58 +285,83 @@ def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: i
     cv2.imwrite(str(path), cv2.cvtColor(np.hstack(row), cv2.COLOR_RGB2BGR))
 
 
-def run(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace) -> Path:
+    """The bag to play; ConfigError for options that cannot work."""
     bag_path = args.bag or share_path(*DEMO_BAG)
     if not bag_path.exists():
-        raise ConfigError(f"demo bag {bag_path} not found (is the package installed with its share/demo data?)")
+        raise ConfigError(f"demo bag {bag_path} not found (is the package installed with its "
+                          f"share/demo data?)")
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.rate <= 0:
         raise ConfigError(f"--rate must be > 0, got {args.rate}")
+    return bag_path
+
+
+def run(args: argparse.Namespace) -> int:
+    bag_path = check_args(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     out_bag = out / "demo_output.mcap"
     if not expect_trained(args.model, args.weights):
-        print(f"demo: NOTE: the model {args.model} has NO trained weights yet (weights '{args.weights}'): it runs "
-              f"with random initialisation, so the colours are meaningless. The demo shows the tooling working.")
+        print(f"demo: NOTE: the model {args.model} has NO trained weights yet (weights "
+              f"'{args.weights}'): it runs with random initialisation, so the colours are "
+              f"meaningless. The demo shows the tooling working.")
     why_not = "--offline given" if args.offline else node_available()
     if why_not is None:
         summary = run_live(args, bag_path, out_bag, out)
     else:
-        print(f"demo: the live node cannot run here ({why_not}); replaying the bag offline through the "
-              f"same pipeline instead")
+        print(f"demo: the live node cannot run here ({why_not}); replaying the bag offline "
+              f"through the same pipeline instead")
         summary = run_offline(args, bag_path, out_bag)
-    overlays = [img for _, img in sorted(summary.pop("overlays"), key=lambda x: x[0])]
-    files = {"bag": str(out_bag)}
-    if overlays:
-        label = None if summary["trained"] else "UNTRAINED MODEL (random weights)"
-        write_strip(out / "overlay_strip.png", overlays, label=label)
-        frame = stamp_label(overlays[len(overlays) // 2], label)
-        cv2.imwrite(str(out / "overlay_frame.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        files.update(strip=str(out / "overlay_strip.png"), frame=str(out / "overlay_frame.png"))
-        video = VideoSink(out / "overlay.mp4", fps=10.0 * args.rate)
-        for img in overlays:
-            video.add(img)
-        video.close()
-        if not video.error:
-            files["video"] = str(out / "overlay.mp4")
-    summary.update(input_bag=str(bag_path), files=files)
+    files = write_pictures(summary.pop("overlays"), summary["trained"], out, args.rate)
+    summary.update(input_bag=str(bag_path), files={"bag": str(out_bag), **files})
+    report(summary, args, bag_path, out)
+    return 0 if summary["frames_out"] > 0 else 1
+
+
+def write_pictures(stamped: list[tuple[int, np.ndarray]], trained: bool, out: Path,
+                   rate: float) -> dict[str, str]:
+    """Overlay strip, one overlay frame and the overlay video, in stamp order; their paths."""
+    overlays = [img for _, img in sorted(stamped, key=lambda x: x[0])]
+    if not overlays:
+        return {}
+    label = None if trained else "UNTRAINED MODEL (random weights)"
+    write_strip(out / "overlay_strip.png", overlays, label=label)
+    frame = stamp_label(overlays[len(overlays) // 2], label)
+    cv2.imwrite(str(out / "overlay_frame.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    files = {"strip": str(out / "overlay_strip.png"), "frame": str(out / "overlay_frame.png")}
+    video = VideoSink(out / "overlay.mp4", fps=10.0 * rate)
+    for img in overlays:
+        video.add(img)
+    video.close()
+    if not video.error:
+        files["video"] = str(out / "overlay.mp4")
+    return files
+
+
+def report(summary: dict[str, Any], args: argparse.Namespace, bag_path: Path, out: Path) -> None:
+    """stats.json, and the summary printed and written to stats.txt."""
     (out / "stats.json").write_text(json.dumps(summary, indent=2))
+    files = summary["files"]
+    published = summary["frames_published"]
     lines = [f"demo summary ({summary['mode']})",
-             f"  input:     {bag_path}" + (f" (first {args.max_frames} frames)" if args.max_frames else ""),
-             f"  frames:    {summary['frames_in']} in, {summary['frames_out']} out, {summary['drops']} dropped"
-             + (f" ({summary['frames_published']} published)" if summary["frames_published"] is not None else ""),
+             f"  input:     {bag_path}"
+             + (f" (first {args.max_frames} frames)" if args.max_frames else ""),
+             f"  frames:    {summary['frames_in']} in, {summary['frames_out']} out, "
+             f"{summary['drops']} dropped"
+             + (f" ({published} published)" if published is not None else ""),
              f"  latency:   {format_latency(summary['latency_ms'])} ({summary['latency_note']})"]
     diag = summary["node_diagnostics"]
     if diag:
-        lines.append(f"  node:      {diag.get('model')} on {diag.get('device')}, weights {diag.get('weights')}; "
-                     f"received {diag.get('frames_received')}, processed {diag.get('frames_processed')}, "
-                     f"dropped {diag.get('frames_dropped')}, failed {diag.get('frames_failed')}")
+        lines.append(f"  node:      {diag.get('model')} on {diag.get('device')}, weights "
+                     f"{diag.get('weights')}; received {diag.get('frames_received')}, processed "
+                     f"{diag.get('frames_processed')}, dropped {diag.get('frames_dropped')}, "
+                     f"failed {diag.get('frames_failed')}")
     lines += [f"  outputs:   {', '.join(f'{k}: {v}' for k, v in files.items())}",
               f"  stats:     {out / 'stats.json'}"]
     if not summary["trained"]:
-        lines.append("  NOTE: UNTRAINED model (random initialisation): the segmentation is meaningless; "
-                     "train or install weights to see real results")
+        lines.append("  NOTE: UNTRAINED model (random initialisation): the segmentation is "
+                     "meaningless; train or install weights to see real results")
     print("\n".join(lines))
     (out / "stats.txt").write_text("\n".join(lines) + "\n")
-    return 0 if summary["frames_out"] > 0 else 1

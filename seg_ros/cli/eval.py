@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -184,30 +186,57 @@ def run_many(args: argparse.Namespace) -> int:
 
 def run_single(args: argparse.Namespace) -> int:
     """One labelled bag (--bag) or an image folder with its label folder."""
+    check_single_args(args)
+    pipe = pipeline_from_args(args)
+    banner = untrained_banner(pipe)
+    if banner:
+        print(banner, file=sys.stderr)
+    result = score_single(args, pipe)
+    report_single(args, pipe, result)
+    if banner:
+        print(banner)
+    return 0
+
+
+def check_single_args(args: argparse.Namespace) -> None:
+    """ConfigError for a data source or option that cannot work, before the model loads."""
     use_bag = args.bag is not None
     if use_bag == (args.images is not None or args.labels is not None):
-        raise ConfigError("give either --images and --labels, or --bag with --image-topic and --label-topic")
+        raise ConfigError("give either --images and --labels, or --bag with --image-topic and "
+                          "--label-topic")
     if use_bag and not (args.image_topic and args.label_topic):
         raise ConfigError("--bag needs --image-topic and --label-topic")
     if not use_bag and not (args.images and args.labels):
         raise ConfigError("--images and --labels are both needed")
     for folder in (args.images, args.labels):
         if folder is not None and not folder.is_dir():
-            raise ConfigError(f"{'image' if folder is args.images else 'label'} folder {folder} does not "
-                              f"exist or is not a directory")
+            kind = "image" if folder is args.images else "label"
+            raise ConfigError(f"{kind} folder {folder} does not exist or is not a directory")
     if use_bag and not args.bag.exists():
         raise ConfigError(f"bag {args.bag} does not exist")
     if args.boundary_tolerance < 0:
         raise ConfigError(f"--boundary-tolerance must be >= 0, got {args.boundary_tolerance}")
-    pipe = pipeline_from_args(args)
-    banner = untrained_banner(pipe)
-    if banner:
-        print(banner, file=sys.stderr)
+
+
+@dataclass
+class SingleResult:
+    """What scoring one source gives: the summed confusion, the boundary scores if asked for,
+    the frames skipped with their reasons, and the ignore id used."""
+
+    acc: ConfusionAccumulator
+    boundary: BoundaryAccumulator | None
+    skipped: list[str]
+    ignore_id: int | None
+
+
+def score_single(args: argparse.Namespace, pipe: Any) -> SingleResult:
+    """Segment and score every pair of the bag or the folders (the refined labels with --crf)."""
     names = list(pipe.classes.names)
     ignore = args.ignore_id if args.ignore_id is not None else pipe.classes.ignore_id
-    boundary = BoundaryAccumulator(args.boundary_tolerance, ignore, len(names)) if args.boundary_f else None
+    boundary = (BoundaryAccumulator(args.boundary_tolerance, ignore, len(names))
+                if args.boundary_f else None)
     refiner = refiner_from_args(args, pipe)  # --crf: the refined labels are scored
-    if use_bag:
+    if args.bag is not None:
         options = EvalOptions(args.image_topic, args.label_topic, ignore_id=ignore,
                               max_frames=args.max_images)
         with tqdm(desc="eval", unit="img", disable=None) as bar:
@@ -219,16 +248,24 @@ def run_single(args: argparse.Namespace) -> int:
         pairs = folder_pairs(args.images, args.labels, args.label_suffix, skipped)
         pairs = pairs[: args.max_images]
         acc = ConfusionAccumulator(len(names), ignore)
-        score_pairs(tqdm(pairs, desc="eval", unit="img", disable=None), pipe, refiner, acc, boundary,
-                    skipped, args.max_images)
+        score_pairs(tqdm(pairs, desc="eval", unit="img", disable=None), pipe, refiner, acc,
+                    boundary, skipped, args.max_images)
     if acc.images == 0:
         raise ConfigError("no image could be scored: " + ("; ".join(skipped[:3]) or "no data"))
+    return SingleResult(acc, boundary, skipped, ignore)
+
+
+def report_single(args: argparse.Namespace, pipe: Any, result: SingleResult) -> None:
+    """The table, skipped frames (stderr), the figure and the --json report."""
+    names = list(pipe.classes.names)
+    acc, boundary, skipped = result.acc, result.boundary, result.skipped
     scores = acc.scores()
     print_table(scores, names, acc.images, len(skipped))
     if boundary is not None:
         b = boundary.scores()
-        print(f"boundary F  {100 * b['boundary_f']:6.2f}%  (precision {100 * b['boundary_precision']:.2f}%, "
-              f"recall {100 * b['boundary_recall']:.2f}%, within {b['tolerance_px']} px)")
+        print(f"boundary F  {100 * b['boundary_f']:6.2f}%  (precision "
+              f"{100 * b['boundary_precision']:.2f}%, recall {100 * b['boundary_recall']:.2f}%, "
+              f"within {b['tolerance_px']} px)")
     for s in skipped[:10]:
         print(f"skipped {s}", file=sys.stderr)
     if len(skipped) > 10:
@@ -237,13 +274,17 @@ def run_single(args: argparse.Namespace) -> int:
     d = pipe.describe()
     report = scores.to_dict(names)
     report.update({"images": acc.images, "skipped_frames": len(skipped), "skipped": skipped,
-                   "ignore_id": ignore, "model": d,
+                   "ignore_id": result.ignore_id, "model": d,
                    "trained": bool(pipe.trained), "crf": args.crf,
                    **(boundary.scores() if boundary is not None else {}),
-                   "source": str(args.bag) if use_bag else {"images": str(args.images), "labels": str(args.labels)}})
-    figure = args.figure or (args.json.with_suffix(".png") if args.json else Path("eval_report.png"))
-    title = (f"{d['model']} ({d['weights']}{', crf ' + args.crf if args.crf != 'off' else ''}) on {acc.images} images: mIoU {scores.miou:.3f}, "
-             f"pixel acc {scores.pixel_accuracy:.3f}" + ("  [UNTRAINED MODEL]" if not pipe.trained else ""))
+                   "source": str(args.bag) if args.bag is not None
+                   else {"images": str(args.images), "labels": str(args.labels)}})
+    figure = args.figure or (args.json.with_suffix(".png") if args.json
+                             else Path("eval_report.png"))
+    crf = f", crf {args.crf}" if args.crf != "off" else ""
+    title = (f"{d['model']} ({d['weights']}{crf}) on {acc.images} images: mIoU "
+             f"{scores.miou:.3f}, pixel acc {scores.pixel_accuracy:.3f}"
+             + ("  [UNTRAINED MODEL]" if not pipe.trained else ""))
     write_figure(figure, scores, names, title)
     report["figure"] = str(figure)
     print(f"figure: {figure}")
@@ -251,6 +292,3 @@ def run_single(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         print(f"report: {args.json}")
-    if banner:
-        print(banner)
-    return 0

@@ -115,46 +115,69 @@ def run(args: argparse.Namespace) -> int:
         topics = bag.select_topics(args.topics)
         ctx, node = init_ros("seg_ros_player")
         try:
-            publishers: dict[str, Any] = {}
-            for t in topics:
-                cls = ros_message_class(bag.topics[t].msgtype)
-                if cls is None:
-                    print(f"play: skipping {t}: message type {bag.topics[t].msgtype} is not installed",
-                          file=sys.stderr)
-                    continue
-                publishers[t] = node.create_publisher(cls, remaps.get(t, t), qos_profile(args.qos, args.depth))
-            if not publishers:
-                raise ConfigError(f"bag {args.bag}: no playable topic")
+            publishers = create_publishers(node, bag, topics, remaps, args)
             if args.wait_subscribers > 0:
                 wait_for_subscribers(publishers, args.wait_subscribers, args.wait_timeout, stop)
             if args.start_delay > 0:
                 time.sleep(args.start_delay)
-            counts = {t: 0 for t in publishers}
-            total, t_begin = 0, time.monotonic()
-            while not stop.stop:
-                t0_wall, t0_bag = time.monotonic(), None
-                for m in bag.messages(list(publishers)):
-                    if stop.stop or (args.max_messages is not None and total >= args.max_messages):
-                        break
-                    t0_bag = m.timestamp if t0_bag is None else t0_bag
-                    delay = t0_wall + (m.timestamp - t0_bag) / 1e9 / args.rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    publishers[m.topic].publish(m.rawdata)
-                    counts[m.topic] += 1
-                    total += 1
-                if not args.loop or (args.max_messages is not None and total >= args.max_messages):
-                    break
+            t_begin = time.monotonic()
+            counts = play_messages(bag, publishers, args, stop)
             if args.qos == "reliable":
-                from rclpy.duration import Duration
-                for pub in publishers.values():  # let reliable readers get the tail before we leave
-                    pub.wait_for_all_acked(Duration(seconds=2.0))
+                wait_acked(publishers)
             elapsed = time.monotonic() - t_begin
         finally:
             shutdown_ros(ctx, node)
     detail = ", ".join(f"{remaps.get(t, t)}: {n}" for t, n in counts.items())
-    print(f"published {total} messages in {elapsed:.1f} s ({detail})" + (" [interrupted]" if stop.stop else ""))
+    print(f"published {sum(counts.values())} messages in {elapsed:.1f} s ({detail})"
+          + (" [interrupted]" if stop.stop else ""))
     return 0
+
+
+def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
+                      remaps: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """A publisher per playable topic (under its remapped name); ConfigError when none is."""
+    publishers: dict[str, Any] = {}
+    for t in topics:
+        cls = ros_message_class(bag.topics[t].msgtype)
+        if cls is None:
+            print(f"play: skipping {t}: message type {bag.topics[t].msgtype} is not installed",
+                  file=sys.stderr)
+            continue
+        publishers[t] = node.create_publisher(cls, remaps.get(t, t),
+                                              qos_profile(args.qos, args.depth))
+    if not publishers:
+        raise ConfigError(f"bag {args.bag}: no playable topic")
+    return publishers
+
+
+def play_messages(bag: bags.BagReader, publishers: dict[str, Any], args: argparse.Namespace,
+                  stop: StopFlag) -> dict[str, int]:
+    """Publish the recorded messages with their recorded timing (scaled by --rate), once or
+    --loop, at most --max-messages; the count per topic."""
+    counts = {t: 0 for t in publishers}
+    total = 0
+    while not stop.stop:
+        t0_wall, t0_bag = time.monotonic(), None
+        for m in bag.messages(list(publishers)):
+            if stop.stop or (args.max_messages is not None and total >= args.max_messages):
+                break
+            t0_bag = m.timestamp if t0_bag is None else t0_bag
+            delay = t0_wall + (m.timestamp - t0_bag) / 1e9 / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publishers[m.topic].publish(m.rawdata)
+            counts[m.topic] += 1
+            total += 1
+        if not args.loop or (args.max_messages is not None and total >= args.max_messages):
+            break
+    return counts
+
+
+def wait_acked(publishers: dict[str, Any], seconds: float = 2.0) -> None:
+    """Let reliable readers get the tail before we leave."""
+    from rclpy.duration import Duration
+    for pub in publishers.values():
+        pub.wait_for_all_acked(Duration(seconds=seconds))
 
 
 def main(argv: list[str] | None = None) -> int:

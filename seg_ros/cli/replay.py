@@ -160,16 +160,22 @@ def run_single(args: argparse.Namespace, bag: Path) -> int:
     finally:
         if video is not None:
             video.close()
+    report_single(args, summary, video)
+    if banner:
+        print(banner)
+    return 0 if summary["segmented"] or not summary["frames"] else 1
+
+
+def report_single(args: argparse.Namespace, summary: dict[str, Any],
+                  video: VideoSink | None) -> None:
+    """The printed summary, the video written, and the --json summary."""
     if video is not None and not video.error:
         summary["video"] = str(args.video)
         print(f"wrote {video.frames} overlay frames to {args.video}")
     print_summary(summary)
-    if banner:
-        print(banner)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
-    return 0 if summary["segmented"] or not summary["frames"] else 1
 
 
 def run_many(args: argparse.Namespace) -> int:
