@@ -75,14 +75,16 @@ def _camera_names(text: str) -> list[str]:
 
 def _camera_info_topic(image_topic: str) -> str:
     """The camera_info topic beside an image topic (image_transport's rule: the last name
-    replaced), e.g. /camera/image_raw -> /camera/camera_info."""
+    replaced), e.g. /camera/image_raw -> /camera/camera_info.
+    """
     parent = image_topic.rstrip("/").rpartition("/")[0]
     return f"{parent}/camera_info" if parent or image_topic.startswith("/") else "camera_info"
 
 
 def _autostart(node: LifecycleNode) -> list:
-    """configure now; activate once configure has succeeded (configuring -> inactive only: a
-    manager's later deactivate, active -> inactive, is left alone)."""
+    """Configure now; activate once configure has succeeded (configuring -> inactive only: a
+    manager's later deactivate, active -> inactive, is left alone).
+    """
     def change(transition_id: int) -> EmitEvent:
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                            transition_id=transition_id))

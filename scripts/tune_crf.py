@@ -68,7 +68,7 @@ def _score_one(args) -> np.ndarray:
 
 
 def score(frames, config: dict | None, num_classes: int, ignore_id, workers: int) -> float:
-    """mIoU % of ``config`` (None: the raw network) over ``frames``, split across workers."""
+    """Mean IoU % of ``config`` (None: the raw network) over ``frames``, split across workers."""
     if config is None:
         acc = ConfusionAccumulator(num_classes, ignore_id)
         for _, _, gt, labels in frames:

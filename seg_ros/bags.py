@@ -31,7 +31,8 @@ def normalize_type(msgtype: str) -> str:
 
     Bags recorded by earlier ROS 2 releases and by other tools write 'pkg/Name'; ROS 2 accepts it
     as the same type. BagReader applies this to every connection once, so every tool (replay, eval,
-    play, bench, the demo) sees one spelling. Other names are returned unchanged."""
+    play, bench, the demo) sees one spelling. Other names are returned unchanged.
+    """
     parts = msgtype.split("/")
     return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 and all(parts) else msgtype
 
@@ -43,7 +44,8 @@ class BagError(SegRosError):
 @lru_cache(maxsize=None)
 def typestore(distro: str = "jazzy") -> Any:
     """Message definitions of a ROS 2 distro (sensor_msgs, std_msgs, ... are identical for
-    Humble and Jazzy image messages; Jazzy adds the type hashes newer bags record)."""
+    Humble and Jazzy image messages; Jazzy adds the type hashes newer bags record).
+    """
     from rosbags.typesys import Stores, get_typestore
     if distro not in DISTROS:
         raise BagError(f"unknown ROS distro {distro!r}; known: {', '.join(DISTROS)}")
@@ -132,7 +134,8 @@ class BagReader:
     @property
     def reader(self) -> Any:
         """The open ``rosbags`` reader (BagError when closed); its connections keep the recorded
-        type spelling: use :attr:`connections`."""
+        type spelling: use :attr:`connections`.
+        """
         if self._reader is None:
             raise BagError(f"bag {self.path} is not open")
         return self._reader
@@ -183,7 +186,8 @@ class BagReader:
                  stop: int | None = None) -> Iterator[BagMessage]:
         """Messages of ``topics`` (all when None) in timestamp order, only those with
         ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage found while
-        reading (a truncated file) raises BagError naming the file."""
+        reading (a truncated file) raises BagError naming the file.
+        """
         conns = {c.id: c for c in self.connections if not topics or c.topic in topics}
         if topics and not conns:
             return
@@ -219,7 +223,8 @@ def decode_image_msg(msg: Any, msgtype: str, max_pixels: int | None = None) -> t
 
 def labels_from_msg(msg: Any) -> np.ndarray:
     """A ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
-    Class ids are not colours, so this is a plain reshape, never a colour conversion."""
+    Class ids are not colours, so this is a plain reshape, never a colour conversion.
+    """
     enc = str(msg.encoding).lower()
     dtypes = {"mono8": np.uint8, "8uc1": np.uint8, "mono16": np.uint16, "16uc1": np.uint16}
     if enc not in dtypes:
@@ -237,7 +242,8 @@ def labels_from_msg(msg: Any) -> np.ndarray:
 @dataclass
 class BagFrame:
     """One image message of a bag, decoded. ``image`` is None and ``error`` says why when the
-    frame cannot be decoded; ``decode_ms`` is deserialise + decode time."""
+    frame cannot be decoded; ``decode_ms`` is deserialise + decode time.
+    """
 
     topic: str
     msgtype: str
@@ -279,7 +285,8 @@ def frames_from_reader(bag: BagReader, topics: Sequence[str] | None = None,
 def iter_bag_frames(path: str | Path, topics: Sequence[str] | None = None, max_frames: int | None = None,
                     max_pixels: int | None = None) -> Iterator[BagFrame]:
     """Open ``path`` and yield its decoded image frames (the entry point for bench and scripts).
-    Undecodable frames are yielded with ``error`` set rather than stopping the iteration."""
+    Undecodable frames are yielded with ``error`` set rather than stopping the iteration.
+    """
     with BagReader(path) as bag:
         yield from frames_from_reader(bag, topics, max_frames, max_pixels)
 
@@ -327,7 +334,8 @@ def storage_of(path: str | Path, storage: str | None = None) -> str:
 class BagWriter:
     """Writes a new rosbag2 (context manager). A path ending in ``.mcap`` / ``.db3`` becomes that
     single storage file; any other path a standard bag directory. The bag appears at its path
-    when it is closed (see :func:`staging_dir`). Never overwrites unless asked."""
+    when it is closed (see :func:`staging_dir`). Never overwrites unless asked.
+    """
 
     def __init__(self, path: str | Path, storage: str | None = None, overwrite: bool = False,
                  compress: bool = False) -> None:
@@ -410,13 +418,15 @@ class BagWriter:
 
 def staging_dir(path: Path) -> Path:
     """Where BagWriter writes ``path`` until the bag is complete: a hidden folder beside it, so a
-    write that is interrupted or killed never leaves a half-written bag at ``path``."""
+    write that is interrupted or killed never leaves a half-written bag at ``path``.
+    """
     return path.with_name(f".{path.name}.partial")
 
 
 def remove_bag(path: str | Path) -> None:
     """Delete a bag file or bag directory (only things that look like bags), and what a killed
-    writer left of it."""
+    writer left of it.
+    """
     p = Path(path)
     shutil.rmtree(staging_dir(p), ignore_errors=True)
     if p.is_dir():

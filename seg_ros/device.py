@@ -20,7 +20,8 @@ class DeviceChoice:
 
 def resolve_device(device: str, precision: str = "fp32") -> DeviceChoice:
     """``auto`` picks CUDA when present and says so when it falls back to the CPU;
-    an explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError."""
+    an explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError.
+    """
     notes: list[str] = []
     base = device.split(":", 1)[0]
     if base not in DEVICE_CHOICES:

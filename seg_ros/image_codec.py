@@ -61,7 +61,8 @@ _YUV_TO_RGB = {
 
 def as_uint8_buffer(data: Any) -> np.ndarray:
     """A flat uint8 view of a message's ``data`` (bytes, bytearray, memoryview, array.array,
-    numpy array); copies only for plain sequences such as lists."""
+    numpy array); copies only for plain sequences such as lists.
+    """
     if isinstance(data, np.ndarray):
         if data.dtype == np.uint8 and data.ndim == 1:
             return data
@@ -119,7 +120,8 @@ def _keep_high_byte(buf: np.ndarray, height: int, width: int, step: int, pixel_b
                     channels: int, is_bigendian: bool) -> np.ndarray:
     """The one 16-bit -> 8-bit rule (raw rgb16/bgr16/mono16 and 16-bit PNG): keep the most
     significant byte of each of the first ``channels`` samples of every pixel (value >> 8). A
-    strided view of those bytes, made C-contiguous: one copy."""
+    strided view of those bytes, made C-contiguous: one copy.
+    """
     high = np.ndarray(shape=(height, width, channels), dtype=np.uint8, buffer=buf,
                       offset=0 if is_bigendian else 1, strides=(step, pixel_bytes, 2))
     return np.ascontiguousarray(high)
@@ -232,7 +234,8 @@ def _parse_format(fmt: str) -> tuple[str, str]:
 
     image_transport's compressed subscriber: without ';' or with 'compressed bgr' after it the
     publisher encoded a BGR image with OpenCV, so the file is an ordinary RGB image file; else
-    (older publishers) it encoded RGB pixels as if they were BGR, so the file's R holds blue."""
+    (older publishers) it encoded RGB pixels as if they were BGR, so the file's R holds blue.
+    """
     lower = fmt.lower()
     if "compresseddepth" in lower:
         raise InputError(KIND_UNSUPPORTED_FORMAT, f"compressed format {fmt!r} is a depth image "
@@ -299,7 +302,8 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
     """(H, W) from the JPEG start-of-frame header, walking the marker segments from SOI; None
     when the walk breaks or reaches the scan first. Without an image library, so none of its
     own size limits or warnings come in; stricter than libjpeg (no skipping of stray bytes), so
-    a size this walk cannot read is never decoded."""
+    a size this walk cannot read is never decoded.
+    """
     b = memoryview(buf)
     i, n = 2, len(b)
     while i + 9 < n:
@@ -329,7 +333,8 @@ def _decode_jpeg(buf: np.ndarray, what: str) -> np.ndarray:
     tell; a skipped, counted frame is what the node's contract promises for bad input. (strict:
     TurboJPEG raises on libjpeg's first warning, with its message.) A camera that appends junk
     to every frame is thus refused frame by frame, visibly (errors.corrupt_compressed, the ERROR
-    diagnostic quoting libjpeg), not silently."""
+    diagnostic quoting libjpeg), not silently.
+    """
     try:
         return simplejpeg.decode_jpeg(buf, colorspace="RGB", strict=True)
     except ValueError as exc:
@@ -346,7 +351,8 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.er
 
 def _decode_png(buf: np.ndarray, what: str, encoding: str, order: str) -> tuple[np.ndarray, str]:
     """(H, W, 3) uint8 and its order; PngImageFile, not Image.open: no other decoder is tried
-    and max_pixels (checked before) is the only size limit."""
+    and max_pixels (checked before) is the only size limit.
+    """
     try:
         with PngImagePlugin.PngImageFile(io.BytesIO(buf.tobytes())) as im:
             im.load()

@@ -34,7 +34,8 @@ def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool 
     pages to the system (``malloc_trim``), so that the process's RSS falls. ``forget_graphs``:
     also free the fused CPU graphs that torch itself keeps (see
     :func:`~seg_ros.backends.cpu_fusion.forget_released_graphs`; only in a process with no
-    other TorchScript user)."""
+    other TorchScript user).
+    """
     gc.collect()
     if forget_graphs:
         from .backends.cpu_fusion import forget_released_graphs
@@ -50,8 +51,9 @@ def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool 
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    """glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay); None
-    where there is none (not Linux, or not glibc)."""
+    """Glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay); None
+    where there is none (not Linux, or not glibc).
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -17,7 +17,8 @@ import numpy as np
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
                      ignore_id: int | None = None) -> np.ndarray:
     """(K, K) int64 counts for one image. Ground truth outside 0..K-1 (and ``ignore_id``) is skipped;
-    a prediction outside 0..K-1 on a counted pixel is a caller bug and raises ValueError."""
+    a prediction outside 0..K-1 on a counted pixel is a caller bug and raises ValueError.
+    """
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
     gt = np.asarray(gt).astype(np.int64, copy=False).ravel()
@@ -102,7 +103,8 @@ class ConfusionAccumulator:
 # -- boundary F-score ---------------------------------------------------------------------------
 def label_boundaries(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Pixels whose right or lower neighbour has another label (both pixels ``valid``), so a
-    change between two classes marks one pixel on each side's first row/column."""
+    change between two classes marks one pixel on each side's first row/column.
+    """
     lab = np.asarray(labels)
     b = np.zeros(lab.shape, bool)
     right = lab[:, 1:] != lab[:, :-1]
@@ -132,7 +134,8 @@ def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
 class BoundaryAccumulator:
     """Boundary F-score over a dataset: a predicted boundary pixel is correct when a ground-truth
     boundary lies within ``tolerance`` pixels (precision), and vice versa (recall); counts are
-    summed over images. Boundaries touching ignored ground truth are not scored."""
+    summed over images. Boundaries touching ignored ground truth are not scored.
+    """
 
     def __init__(self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None) -> None:
         self.tolerance, self.ignore_id, self.num_classes = tolerance, ignore_id, num_classes

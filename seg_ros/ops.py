@@ -92,7 +92,7 @@ def _source_index(in_size: int, out_size: int, device: torch.device):
 
 
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], label_dtype: torch.dtype) -> torch.Tensor:
-    """argmax of bilinearly upsampled logits without upsampling all of them.
+    """Argmax of bilinearly upsampled logits without upsampling all of them.
 
     A bilinear output is a convex combination of its four source pixels, so where those four share
     one argmax class the output has that class too (if c beats k at every corner it beats k in any

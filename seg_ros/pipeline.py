@@ -45,7 +45,8 @@ SHAPES_PER_BATCH_SIZE = 4
 def weights_file_for(model: str, weights: str) -> str | None:
     """The weights file a pipeline loads for ``model`` given the ``weights`` setting, or None for
     random initialisation, which only an explicit ``"none"`` gives: a vehicle must not drive on a
-    model that silently fell back to random weights (WeightsError naming the fix instead)."""
+    model that silently fell back to random weights (WeightsError naming the fix instead).
+    """
     fix = ("give a weights file (node parameter 'weights', tool option --weights), or weights "
            "'none' to run on random weights on purpose (tests, benchmarks: labels meaningless)")
     if weights == "none":
@@ -78,7 +79,8 @@ class PipelineConfig:
     pass (the node's camera count); backends keep graphs for every batch size up to it.
     ``keep_aspect``, ``output_resolution`` and ``max_input_pixels`` are defaults that
     :class:`FrameOptions` may override per frame. Frozen: a pipeline's configuration never changes
-    under it (``dataclasses.replace`` makes a changed copy)."""
+    under it (``dataclasses.replace`` makes a changed copy).
+    """
 
     model: str = "ddrnet23_slim"
     weights: str = "default"
@@ -127,7 +129,8 @@ class FrameOptions:
     fixed with the pipeline. Labels are always computed; ``color``, ``overlay`` and ``confidence``
     only when asked. ``keep_scores`` keeps the logits on the result (no extra work) so
     :meth:`SegmentationPipeline.refine` can run a CRF on them later. ``keep_aspect``,
-    ``output_resolution`` and ``max_input_pixels``: None takes the pipeline configuration's."""
+    ``output_resolution`` and ``max_input_pixels``: None takes the pipeline configuration's.
+    """
 
     color: bool = False
     overlay: bool = False
@@ -151,7 +154,8 @@ class FrameOptions:
 @dataclass
 class SegmentationResult:
     """uint8/uint16 labels (H, W); optional RGB colour mask and overlay (H, W, 3) uint8 and
-    confidence (H, W) float32; ``timings_ms`` per stage when profiling was requested."""
+    confidence (H, W) float32; ``timings_ms`` per stage when profiling was requested.
+    """
 
     labels: np.ndarray
     color: np.ndarray | None = None
@@ -165,7 +169,8 @@ class SegmentationResult:
 @dataclass(frozen=True)
 class RefineInput:
     """What :meth:`SegmentationPipeline.refine` needs of a segmented frame, on the device: its
-    class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels' size."""
+    class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels' size.
+    """
 
     logits: torch.Tensor
     rgb: torch.Tensor
@@ -338,7 +343,8 @@ class SegmentationPipeline:
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
                    size: tuple[int, int] | None = None) -> torch.Tensor:
         """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w), at
-        ``size`` (default: the frame's own inference size)."""
+        ``size`` (default: the frame's own inference size).
+        """
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
         size = size or self.inference_size_for(tuple(frame.shape[:2]))
@@ -349,14 +355,16 @@ class SegmentationPipeline:
     def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
         """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
         in ``__call__``: benchmarks, export checks and INT8 calibration use it, so every backend
-        sees the same input."""
+        sees the same input.
+        """
         self.check_image(image)
         return self.preprocess(self._upload(image), color_order)
 
     def _chosen_size(self, frame_hw: tuple[int, int], keep_aspect: bool | None) -> tuple[int, int]:
         """The size a frame runs at: its own inference size, or the kept size
         :class:`KeptSizes` chooses when frames come in more sizes than the backend keeps graphs
-        for (its capacity shared by the batch sizes in use)."""
+        for (its capacity shared by the batch sizes in use).
+        """
         capacity = self.backend.max_shapes
         if capacity is not None:
             capacity = max(1, capacity // int(self.config.max_batch))
@@ -373,7 +381,8 @@ class SegmentationPipeline:
     def __call__(self, image: np.ndarray, color_order: str = "rgb",
                  options: FrameOptions | None = None, **fields: Any) -> SegmentationResult:
         """Segment one frame. Only the outputs asked for are computed: ``options`` and/or its
-        fields as keywords (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`)."""
+        fields as keywords (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`).
+        """
         return self.segment_batch([(image, color_order)], self.frame_options(options, **fields))[0]
 
     @torch.inference_mode()
@@ -383,7 +392,8 @@ class SegmentationPipeline:
         whose network input sizes agree share one forward pass, at most ``max_batch`` at a time;
         each keeps its own options (one for all, or one per frame). Results in input order. An
         invalid frame raises InputError before anything runs: check frames first
-        (:meth:`check_image`) when one bad camera must not cost the others their frame."""
+        (:meth:`check_image`) when one bad camera must not cost the others their frame.
+        """
         per_frame = (list(options) if not isinstance(options, FrameOptions)
                      else [options] * len(frames))
         if len(per_frame) != len(frames):
@@ -418,14 +428,16 @@ class SegmentationPipeline:
 
     def batch_limit(self) -> int:
         """The most frames one forward pass takes: ``max_batch``, or less when the backend
-        takes fewer (onnxruntime and TensorRT run one frame per pass)."""
+        takes fewer (onnxruntime and TensorRT run one frame per pass).
+        """
         limit = int(self.config.max_batch)
         return min(limit, self.backend.max_batch) if self.backend.max_batch else limit
 
     @staticmethod
     def _batch(inputs: list[torch.Tensor]) -> torch.Tensor:
         """One network input of several; a single frame's is used as it is (its strides, which
-        key the per-shape graphs, stay those of the one-frame path)."""
+        key the per-shape graphs, stay those of the one-frame path).
+        """
         if len(inputs) == 1:
             return inputs[0]
         return torch.cat(inputs).contiguous(memory_format=torch.channels_last)
@@ -480,7 +492,8 @@ class SegmentationPipeline:
                **fields: Any) -> SegmentationResult:
         """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``,
         from its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
-        run on another thread while the next frame goes through ``__call__``."""
+        run on another thread while the next frame goes through ``__call__``.
+        """
         if result.refine_input is None:
             raise ConfigError("this result kept no scores to refine: segment with keep_scores=True")
         opts = self.frame_options(options, **fields)
@@ -498,7 +511,8 @@ class SegmentationPipeline:
         per-shape work (fused CPU graph, CUDA graph capture, onnxruntime session, cuDNN
         autotuning) happens now rather than on the first camera frames. Frames of the same aspect
         ratio then reuse it. Returns the size warmed, or None when the inference size depends on
-        each frame (no input size set)."""
+        each frame (no input size set).
+        """
         if self.input_size is None:
             return None
         h, w = self.input_size

@@ -56,7 +56,8 @@ class FrameSlot(Generic[T]):
 
 class Mailbox(Protocol[T]):
     """Where a worker takes its items from: a :class:`FrameSlot`, or one latest-wins slot per
-    camera gathered into batches (:class:`seg_ros.batching.LatestFrames`)."""
+    camera gathered into batches (:class:`seg_ros.batching.LatestFrames`).
+    """
 
     dropped: int
 
@@ -127,7 +128,8 @@ class BackgroundWorker(Generic[T]):
 
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Stop after the item in hand (a waiting one is discarded); wait at most ``timeout``
-        seconds (None: as long as that item takes). False when the thread is still busy."""
+        seconds (None: as long as that item takes). False when the thread is still busy.
+        """
         self.stopping.set()
         self.slot.close()
         if self.is_alive():

@@ -1,5 +1,6 @@
 """Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains.
-The functions behind them, and everything else test modules share, are in helpers.py."""
+The functions behind them, and everything else test modules share, are in helpers.py.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,7 +66,8 @@ def workspace(tmp_path_factory) -> Path:
 def ros_domain_id(monkeypatch) -> int:
     """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk, with
     discovery on this machine only (the tools' private_env), for this test's process and the
-    processes it starts."""
+    processes it starts.
+    """
     from seg_ros.cli.live_node import DISCOVERY_VARS, private_env, random_domain
 
     domain = random_domain()
@@ -82,7 +84,8 @@ def ros_domain_id(monkeypatch) -> int:
 def _restore_torch_threads():
     """A pipeline built with num_threads changes torch's process-wide thread count; restore it so a
     later test's in-process reference computes with the same thread count as the node it is compared to
-    (float reductions, and so near-tie labels, depend on it)."""
+    (float reductions, and so near-tie labels, depend on it).
+    """
     import torch
     threads = torch.get_num_threads()
     yield

@@ -115,7 +115,8 @@ def scan_range(jpeg: bytes) -> tuple[int, int]:
 
 def corrupt_entropy(jpeg: bytes, seed: int, n: int = 64) -> bytes:
     """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes: every marker
-    stays intact (OpenCV decodes this silently into grey and garbage blocks)."""
+    stays intact (OpenCV decodes this silently into grey and garbage blocks).
+    """
     start, end = scan_range(jpeg)
     at = (start + end) // 2
     data = bytearray(jpeg)
@@ -152,7 +153,8 @@ def legacy_name(msgtype: str) -> str:
 
 def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3") -> Path:
     """A rosbag2 whose connections use the older type spelling. ``path`` ending in ``.mcap`` /
-    ``.db3`` becomes a single storage file, any other path a bag directory with metadata.yaml."""
+    ``.db3`` becomes a single storage file, any other path a bag directory with metadata.yaml.
+    """
     ts = bags.typestore()
     single = path.suffix in (".mcap", ".db3")
     folder = path.with_name(path.name + ".dir") if single else path
@@ -187,7 +189,8 @@ def node_command(weights: str | Path, *params: str, backend: str | None = "torch
                  executable: list[str] | None = None) -> list[str]:
     """The tools' command line (live_node.node_command) for the node under test: this checkout's
     params file, ``weights``, ``INPUT`` remapped, namespace /perception. ``backend`` is set to
-    torch, the offline reference's backend, unless None (the node's default, auto)."""
+    torch, the offline reference's backend, unless None (the node's default, auto).
+    """
     first = [f"weights:={weights}", *([f"backend:={backend}"] if backend else [])]
     return live_node_command(*first, *params, namespace="/perception", input_topic=INPUT,
                              params_file=PARAMS_FILE, executable=executable)
@@ -195,7 +198,8 @@ def node_command(weights: str | Path, *params: str, backend: str | None = "torch
 
 class NodeProcess(LiveNodeProcess):
     """The node under test (seg_ros/cli/live_node.py), run from the repository root; its output
-    is collected for the log assertions."""
+    is collected for the log assertions.
+    """
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         super().__init__(cmd, env, cwd=REPO)
@@ -275,7 +279,8 @@ class Peer:
 
     def roundtrip(self, msg, topics=("labels",), timeout: float = 30.0) -> dict[str, Image]:
         """Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
-        have discovered this process's subscriptions; a repeated frame is harmless)."""
+        have discovered this process's subscriptions; a repeated frame is harmless).
+        """
         fid = msg.header.frame_id
         deadline = time.monotonic() + timeout
         while True:
@@ -347,7 +352,8 @@ def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendia
 @contextmanager
 def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
     """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
-    both are stopped on exit. Yields (node process, peer)."""
+    both are stopped on exit. Yields (node process, peer).
+    """
     domain = random_domain()
     env = node_env(domain)
     node = NodeProcess(cmd, env)
@@ -440,7 +446,8 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
     """One `ros2 ...` command, as typed. The daemon is not used (tests run on many domains and
     leave nothing behind), so a node or parameter query discovers the graph itself: on a loaded
     CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
-    repeated, as a user would."""
+    repeated, as a user would.
+    """
     cmd = [ros2_executable("ros2"), *args]
     if (args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump")
             or args[0] == "lifecycle"):
@@ -513,7 +520,8 @@ class Ros2Process:
 
     def wait(self, timeout: float) -> tuple[int | None, float]:
         """(exit code, seconds) once it exits; the code is None (and all is killed) after
-        ``timeout``."""
+        ``timeout``.
+        """
         started = time.monotonic()
         try:
             code = self.proc.wait(timeout)
@@ -549,7 +557,8 @@ LOST_ANSWER = ("a service answer can be lost: a server that has not yet discover
 class LifecycleClient:
     """``~/change_state`` and ``~/get_state`` of the managed node ``target``, called from
     ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is handled
-    as a manager would: ask for the state, and repeat the request if nothing happened."""
+    as a manager would: ask for the state, and repeat the request if nothing happened.
+    """
 
     def __init__(self, node, target: str) -> None:
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -633,7 +642,8 @@ class FramePeer:
 
     def roundtrip(self, rgb, frame_id: str, timeout: float = 60.0):
         """Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
-        covers discovery: this peer's subscription may not be matched yet); returns them."""
+        covers discovery: this peer's subscription may not be matched yet); returns them.
+        """
         from sensor_msgs.msg import Image
 
         msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
@@ -667,7 +677,8 @@ def stream_frames(peer: FramePeer, stop: threading.Event, rate_hz: float = 30.0)
 
 def one_run(env: dict[str, str], delay: float, after_ready: bool) -> dict:
     """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid, or after the node
-    said it is ready."""
+    said it is ready.
+    """
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "input_topic:=/cam")
     peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/cam", "/segment_node")
     stop = threading.Event()
@@ -715,7 +726,8 @@ READY = r"segment_node\]: ready: "
 
 def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
     """The command lines of the first bash block under the README's ``heading`` (comments
-    dropped)."""
+    dropped).
+    """
     text = (REPO / "README.md").read_text()
     section = text[text.index(heading):]
     block = section[section.index("```bash") + len("```bash"):]

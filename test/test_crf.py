@@ -1,6 +1,7 @@
 """CRF refinement (seg_ros.crf): both CRFs clean a noisy unary on an image of clean colour regions,
 agree with each other there, reject bad parameters with a reason, and reach the labels the tools
-write (segment, eval, replay, bench with --crf)."""
+write (segment, eval, replay, bench with --crf).
+"""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,8 @@ COLORS = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 200], [230, 220, 60]],
 
 def regions_scene(seed: int = 0, noise: float = 1.0):
     """Four clean colour regions (two blocks, a band, a disc), pixel noise of 2 grey levels, and a
-    unary that prefers the right class by 1.0 under N(0, noise) logit noise."""
+    unary that prefers the right class by 1.0 under N(0, noise) logit noise.
+    """
     rng = np.random.default_rng(seed)
     gt = np.zeros((H, W), np.int64)
     gt[:, W // 2:] = 1
@@ -315,7 +317,8 @@ ISOLATE = True  # False shows the stall this test exists to catch
 @needs_dense
 def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(scene):
     """The node's dense CRF runs in a helper process: same labels, and this process's threads
-    keep running meanwhile (pydensecrf in-process holds the GIL for the whole inference)."""
+    keep running meanwhile (pydensecrf in-process holds the GIL for the whole inference).
+    """
     image, logits, _ = scene
     image = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))  # 128 x 160
     logits = logits.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)

@@ -220,7 +220,8 @@ def test_bytes_per_pixel_table_matches_ros():
 def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ()) -> bytes:
     """An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
     sends: today's convert colour to BGR for OpenCV's encoder, so the file is an ordinary image
-    file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped."""
+    file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped.
+    """
     src = img if img.ndim == 2 or legacy else img[..., ::-1]
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(src), list(params))
     assert ok
@@ -293,7 +294,8 @@ def test_grey(fmt, ext):
 ])
 def test_16bit_png_is_scaled_as_raw_16bit(rgb, encoding, fmt):
     """16-bit PNG keeps the high byte of each sample, exactly as decode_image does for the raw
-    encoding of the same samples (a rounding scaler, value * 255 / 65535, would fail here)."""
+    encoding of the same samples (a rounding scaler, value * 255 / 65535, would fail here).
+    """
     rng = np.random.default_rng(6)
     src8 = rgb[..., 0] if encoding == "mono16" else rgb
     src16 = src8.astype(np.uint16) * 256 + rng.integers(0, 256, src8.shape, dtype=np.uint16)
@@ -401,7 +403,8 @@ print(json.dumps(out))
 def test_big_files_are_refused_before_decoding(tmp_path, rgb):
     """Decompression bombs: a 12000x12000 TIFF and a 4000x4000 WebP sent as 'jpeg', BMP as 'jpeg'
     and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh process,
-    none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB)."""
+    none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB).
+    """
     files = {
         "tiff": (pil_encoded(np.zeros((12000, 12000), bool), "TIFF", compression="packbits"),
                  "jpeg"),
@@ -486,7 +489,8 @@ def test_jpeg_with_corrupt_entropy_data_is_refused(photo_jpeg, seed):
 
 def test_damaged_files_are_refused_and_nothing_is_printed(capfd, photo_jpeg, road_image):
     """The decoders report damage as an error; nothing reaches stdout/stderr (file descriptors,
-    so C libraries printing directly would show here)."""
+    so C libraries printing directly would show here).
+    """
     files = damaged_files(photo_jpeg, encoded(road_image, ".png"))
     for name, data in files.items():
         with pytest.raises(InputError) as info:
@@ -520,7 +524,8 @@ def test_garbage_compressed_is_rejected(data):
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_fuzzed_compressed_data_gives_an_image_or_one_input_error(ext, capfd):
     """300 random overwrites, bit flips and cuts: each frame decodes to its header's size or
-    raises InputError with a known kind; no other exception, nothing printed."""
+    raises InputError with a known kind; no other exception, nothing printed.
+    """
     good = encoded(smooth_image(48, 64), ext)
     rng = np.random.default_rng(8)
     outcomes = set()

@@ -206,7 +206,8 @@ def test_dilatednet_context_module_starts_as_identity():
 
 def test_fcn_upsampling_is_bilinear():
     """Kernel 2f, stride f, padding f/2 with bilinear taps: F.interpolate's bilinear upsampling
-    (align_corners=False) away from the border."""
+    (align_corners=False) away from the border.
+    """
     x = torch.randn(1, 3, 6, 7)
     for factor in (2, 8):
         up = bilinear_upsampling(3, factor)
@@ -291,7 +292,8 @@ def test_train_mode_forward_and_backward(name):
 def test_every_batchnorm_folds_and_outputs_stay_equal(name):
     """In float64: in float32 the folded network's rounding differs in the last bits, which can move
     a near-tie maximum of a pooling window and with it where unpooling puts the value (DeconvNet's
-    logits then differ by ~1e-3 of their range), a property of pooling indices, not of folding."""
+    logits then differ by ~1e-3 of their range), a property of pooling indices, not of folding.
+    """
     model = built(name).double()
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():  # non-trivial statistics, so folding has something to get right

@@ -34,7 +34,7 @@ _conv, _bn = conv_layout, bn_layout
 
 
 def _torchvision_resnet(prefix: str, depth: int, semseg_stem: bool = False) -> Layout:
-    """torchvision ResNet names; semseg's deep stem is Sequential(conv,bn,relu)x3 + maxpool."""
+    """Torchvision ResNet names; semseg's deep stem is Sequential(conv,bn,relu)x3 + maxpool."""
     keys: Layout = {}
     if semseg_stem:
         for idx, (cin, cout) in zip((0, 3, 6), ((3, 64), (64, 64), (64, 128))):
@@ -338,7 +338,8 @@ def test_each_model_runs_through_the_pipeline(road_image, name, options):
 
 def test_pipeline_loads_a_reference_checkpoint(tmp_path, road_image):
     """A semseg-format PSPNet file (11 classes, like CamVid; no aux head) configures a working
-    pipeline, and its labels equal the argmax of the network loaded directly from the same file."""
+    pipeline, and its labels equal the argmax of the network loaded directly from the same file.
+    """
     state = _random_state(semseg_pspnet(50, 11, aux=False), seed=3)
     path = tmp_path / "train_epoch_50.pth"
     torch.save(_wrap(state, "semseg"), path)

@@ -106,7 +106,8 @@ ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2",
 
 def test_every_encoding(ros, offline, small_image):
     """Each encoding, with row padding, through DDS: the node's labels equal the offline pipeline's
-    on the same pixels (lossless encodings: the original RGB frame itself)."""
+    on the same pixels (lossless encodings: the original RGB frame itself).
+    """
     node, peer = ros
     h, w = small_image.shape[:2]
     gray = cv2.cvtColor(small_image, cv2.COLOR_RGB2GRAY)
@@ -170,7 +171,8 @@ def test_bad_input_is_skipped_counted_and_the_node_goes_on(ros, offline, small_i
 
 def test_too_many_pixels_and_runtime_parameters(ros, offline, small_image):
     """max_input_pixels changed at run time: a frame above it is skipped and counted; invalid
-    values and read-only parameters are rejected with a reason."""
+    values and read-only parameters are rejected with a reason.
+    """
     node, peer = ros
     h, w = SMALL
     results = peer.set_params(overlay_alpha=1.5)
@@ -211,7 +213,8 @@ def test_output_resolution_inference(ros, weights_file, road_image):
 
 def test_overload_latest_frame_wins(ros, road_image):
     """Frames ~3x faster than the node processes them: drops are counted, latency stays bounded
-    (no queue builds up), the newest frame is always processed and memory stays flat."""
+    (no queue builds up), the newest frame is always processed and memory stays flat.
+    """
     node, peer = ros
     # 240x320 rgb8 (230 KB) stays below Fast DDS's default 512 KiB shared-memory segment, so the
     # DDS transport itself does not lose best-effort frames here (see docs/node.md)

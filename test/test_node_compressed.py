@@ -1,7 +1,8 @@
 """segment_node with ``input_transport: compressed`` over real DDS: JPEG and PNG frames on
 ``image/compressed`` (resolved from the remapped ``image``), image_transport's channel order,
 corrupt, depth and non-JPEG/PNG data skipped and counted without any decoder output in the log,
-reliable input QoS, and a clean exit on SIGTERM."""
+reliable input QoS, and a clean exit on SIGTERM.
+"""
 from __future__ import annotations
 
 import re
@@ -78,7 +79,8 @@ def test_compressed_frames(ros, offline, small_image, fmt, ext):
 def test_legacy_rgb_png_is_read_as_rgb(ros, offline, small_image):
     """'rgb8; png compressed rgb8': publishers before 2012 handed the RGB pixels to OpenCV's
     encoder, so (image_transport's rule) the file's red and blue are swapped; the labels are the
-    pipeline's on the RGB image."""
+    pipeline's on the RGB image.
+    """
     node, peer = ros
     data = cv2.imencode(".png", np.ascontiguousarray(small_image))[1].tobytes()  # RGB straight in
     sent = compressed_msg("rgb8; png compressed rgb8", data, "legacy_rgb")
@@ -148,7 +150,8 @@ def test_flood_of_damaged_frames_gives_counters_and_throttled_warnings_only(ros,
     """100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
     print to stderr): every frame the node receives is counted, none segmented, the node's output
     has only its own throttled warnings, and the next good frame is processed. (With its
-    keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)"""
+    keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)
+    """
     node, peer = ros
     files = damaged_files(encode(small_image, ".jpg"), encode(small_image, ".png"))
     frames = [(name, files[name]) for name in list(files) * (FLOOD // len(files) + 1)][:FLOOD]

@@ -68,7 +68,8 @@ def test_shipped_profile_has_the_large_segment_and_fast_heartbeat():
 def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_image):
     """360x480 rgb8, labels + colour mask + overlay subscribed, 20 frames at 2 Hz, each published
     once: every frame the node processed arrives on every output within 1 s (plus the node's own
-    processing time). Failed on Fast DDS's defaults: 5 and 7 of 20 frames missed an output."""
+    processing time). Failed on Fast DDS's defaults: 5 and 7 of 20 frames missed an output.
+    """
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,

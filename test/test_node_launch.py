@@ -26,7 +26,8 @@ NODE_ACTIONS = {"Node", "LifecycleNode"}
 
 def _action_names(func: ast.expr) -> set[str]:
     """The launch_ros action classes a call may create: ``Node(...)`` or
-    ``(LifecycleNode if managed else Node)(...)``."""
+    ``(LifecycleNode if managed else Node)(...)``.
+    """
     if isinstance(func, ast.Name):
         return {func.id}
     if isinstance(func, ast.IfExp):

@@ -1,6 +1,7 @@
 """segment_node start-up errors: one clear log line naming the file or parameter and the
 problem, exit code 2, no traceback. All cases start in parallel to keep the suite short; the
-parameter checks themselves are unit-tested in test_node_parts.py."""
+parameter checks themselves are unit-tested in test_node_parts.py.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +27,7 @@ def with_params_file(cmd: list[str], path: Path) -> list[str]:
 
 
 def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """name -> (command, words the error line must contain)."""
+    """Name -> (command, words the error line must contain)."""
     good = save_test_weights(tmp / "good.pt")
     missing = tmp / "no_such_weights.pt"
     corrupt = tmp / "corrupt.pt"
@@ -105,7 +106,8 @@ def test_startup_error(outcomes, case):
 
 def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):
     """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
-    replaced ones count as dropped and the newest is segmented once the model is warm."""
+    replaced ones count as dropped and the newest is segmented once the model is warm.
+    """
     domain = random_domain()
     env = node_env(domain)
     node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]",

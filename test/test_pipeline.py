@@ -108,7 +108,8 @@ print([str(w.message) for w in caught if "not writable" in str(w.message)],
 @pytest.mark.slow
 def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
     """A ROS buffer is a read-only view: torch's 'not writable' warning is silenced at the one
-    call that views it, not for the whole process (a fresh one: torch warns once per process)."""
+    call that views it, not for the whole process (a fresh one: torch warns once per process).
+    """
     out = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(weights_file)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[] []"  # no warning from the pipeline, no process-wide filter
@@ -156,8 +157,9 @@ def test_class_count_mismatch_with_weights(weights_file):
 
 
 def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
-    """weights 'default' for a model without shipped weights (or with its file not installed) is
-    a start-up error naming the fix, not a silent fall-back to random weights."""
+    """Weights 'default' for a model without shipped weights (or with its file not installed) is
+    a start-up error naming the fix, not a silent fall-back to random weights.
+    """
     with pytest.raises(WeightsError, match=r"'unet' has no shipped weights .*--weights.*'none'"):
         SegmentationPipeline(model="unet", device="cpu")
     with pytest.raises(WeightsError, match="weights is empty"):
@@ -197,7 +199,8 @@ def test_folded_model_matches_eager(weights_file):
 
 def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file, road_image):
     """With an input size (here from the weights file), start-up work happens in warm_up(); a frame
-    of the same aspect reuses it. Without one, there is nothing to warm."""
+    of the same aspect reuses it. Without one, there is nothing to warm.
+    """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     assert pipe.warm_up() == (96, 128)
     assert pipe.backend.describe()["graphs"] == 1
@@ -210,7 +213,8 @@ def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
     """Up to ``capacity`` sizes run as they are; beyond, a new size replaces the least recently
     used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
     kept size nearest in shape. A camera that changes size for good is adopted within that
-    bound."""
+    bound.
+    """
     sizes = KeptSizes(min_frames_per_new_size=5)
     first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]
     assert first == [(8, 16), (16, 16), (8, 16)]
@@ -230,7 +234,8 @@ def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
 
 def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_image):
     """Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
-    frame's resolution), and the backend holds no more graphs than it may."""
+    frame's resolution), and the backend holds no more graphs than it may.
+    """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", input_size=(64, 64))
     assert pipe.backend.max_shapes == 4
     for width in (64, 73, 85, 102, 128, 64):  # network sizes 64, 56, 48, 40, 32 (x64), 64

@@ -109,7 +109,8 @@ NODE = "/perception/segment_node"
 @pytest.fixture(scope="module")
 def launched(workspace, tmp_path_factory):
     """`ros2 launch` with every argument; the params file sets model ddrnet23 (overridden by the
-    model argument) and overlay_alpha / publish_confidence (kept)."""
+    model argument) and overlay_alpha / publish_confidence (kept).
+    """
     pytest.importorskip("onnxruntime")
     tmp = tmp_path_factory.mktemp("launch_args")
     installed = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "segment.yaml"
@@ -198,7 +199,8 @@ def test_param_set_every_runtime_parameter(launched):
 def test_launch_several_cameras_from_the_example_params_file(workspace, env):
     """config/multi_camera.yaml as the params file, its camera list overridden by `cameras:=`:
     one node reads each camera's image and camera_info and publishes its outputs, and segments
-    a frame sent to one of them."""
+    a frame sent to one of them.
+    """
     example = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "multi_camera.yaml"
     assert yaml.safe_load(example.read_text())["/**"]["ros__parameters"]["cameras"]
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", f"params_file:={example}",

@@ -40,7 +40,8 @@ _traced: "weakref.WeakSet[torch.jit.ScriptModule]" = weakref.WeakSet()
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """``model`` traced on ``example``. The trace keeps sizes symbolic (our models read them with
     ``x.shape``), so the one trace serves every input shape; each graph built from it is checked
-    against the eager module anyway."""
+    against the eager module anyway.
+    """
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
         traced = torch.jit.trace(model, example.clone(), check_trace=False)
@@ -66,7 +67,8 @@ def load_private(script: bytes) -> torch.jit.ScriptModule:
 def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
                    example: torch.Tensor) -> torch.jit.ScriptModule:
     """``traced`` frozen, warmed up on ``example`` until the fused graph is in place, and checked
-    against the eager ``model`` on it (RuntimeError when they differ)."""
+    against the eager ``model`` on it (RuntimeError when they differ).
+    """
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -91,7 +93,8 @@ def forget_released_graphs() -> bool:
     with them, but the trace and the first graph frozen from it do not, so
     a process that loads one model after another grows by a model each time. This drops all of
     that unit's functions, so only when no graph traced here is alive (call after gc.collect());
-    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes."""
+    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes.
+    """
     if len(_traced):
         return False
     torch.jit._state._python_cu.drop_all_functions()
@@ -107,7 +110,8 @@ def _reason(exc: Exception) -> str:
 class FusedCpuForward:
     """``forward(x)`` through the fused graph for ``x``'s shape. If a graph cannot be built
     or run for this model (oneDNN does not take every op pattern, e.g. DeepLab's ASPP
-    concatenation), one warning says why and the model runs eagerly from then on."""
+    concatenation), one warning says why and the model runs eagerly from then on.
+    """
 
     def __init__(self, model: nn.Module, max_graphs: int = 4) -> None:
         self.model = model

@@ -26,14 +26,16 @@ Capture = Callable[[Forward, torch.Tensor], Forward]
 
 def graph_key(x: torch.Tensor) -> Hashable:
     """Everything a captured graph depends on: shape, dtype, device and strides (memory format).
-    The stride of a size-1 dimension is meaningless (it never moves), so it is left out."""
+    The stride of a size-1 dimension is meaningless (it never moves), so it is left out.
+    """
     strides = tuple(st if n > 1 else 0 for n, st in zip(x.shape, x.stride()))
     return (tuple(x.shape), x.dtype, str(x.device), strides)
 
 
 def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
     """A replay function with a graph's contract, run eagerly: the input is copied into a static
-    buffer, the forward writes into a static output, and the caller gets a copy of it."""
+    buffer, the forward writes into a static output, and the caller gets a copy of it.
+    """
     static_in = example.clone()
     static_out = fn(static_in)
 
@@ -47,7 +49,8 @@ def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
 
 def capture_cuda_graph(fn: Forward, example: torch.Tensor, warmup: int = 3) -> Forward:
     """Capture ``fn`` on a static copy of ``example`` as a CUDA graph (after warm-up iterations on a
-    side stream, as CUDA graphs require, which also lets cudnn.benchmark pick its kernels)."""
+    side stream, as CUDA graphs require, which also lets cudnn.benchmark pick its kernels).
+    """
     static_in = example.clone()
     side = torch.cuda.Stream(example.device)
     side.wait_stream(torch.cuda.current_stream(example.device))
@@ -93,7 +96,8 @@ class PinnedUploader:
     """Host-to-device frame upload through one reusable pinned buffer with a non-blocking copy.
 
     The buffer is refilled only after the previous copy out of it has finished (an event), so a
-    frame is never overwritten while the GPU still reads it."""
+    frame is never overwritten while the GPU still reads it.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -115,7 +119,8 @@ class PinnedUploader:
 
 def on_stream(stream: torch.cuda.Stream, fn: Forward, x: torch.Tensor) -> torch.Tensor:
     """Run ``fn(x)`` on ``stream``, ordered after the caller's current stream's work and before
-    its later work, with the allocator told which streams use which tensors."""
+    its later work, with the allocator told which streams use which tensors.
+    """
     current = torch.cuda.current_stream(x.device)
     stream.wait_stream(current)
     with torch.cuda.stream(stream):

@@ -46,7 +46,8 @@ def default_cache_root() -> Path:
 
 def model_digest(model: nn.Module) -> str:
     """Content hash of a model's parameters and buffers (names, dtypes, shapes, values): two
-    models with the same digest export the same graph, whatever file they were loaded from."""
+    models with the same digest export the same graph, whatever file they were loaded from.
+    """
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -65,7 +66,8 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 class AdaptiveAvgPoolMatmul(nn.Module):
     """``nn.AdaptiveAvgPool2d(bins)`` as ``P_h @ x @ P_w^T`` with 0/1-window averaging matrices
-    built from the input size (PyTorch's bin edges: floor(i*n/b) .. ceil((i+1)*n/b))."""
+    built from the input size (PyTorch's bin edges: floor(i*n/b) .. ceil((i+1)*n/b)).
+    """
 
     def __init__(self, output_size: int | tuple[int, int]) -> None:
         super().__init__()
@@ -98,7 +100,8 @@ def exportable_copy(model: nn.Module) -> nn.Module:
 
 def pipeline_metadata(pipe: Any) -> dict[str, str]:
     """What a consumer of the ONNX file needs besides the graph: classes, normalisation, sizes
-    (the pipeline's :class:`~seg_ros.backends.registry.BackendContext` carries it)."""
+    (the pipeline's :class:`~seg_ros.backends.registry.BackendContext` carries it).
+    """
     return {
         "model": pipe.config.model,
         "classes": json.dumps(pipe.classes.to_dicts()),
@@ -118,7 +121,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, 
                 dynamic: bool = False, opset: int = DEFAULT_OPSET,
                 metadata: Mapping[str, str] | None = None) -> Path:
     """Export ``model`` to ``path`` (written atomically), add ``metadata`` as metadata_props
-    (keys prefixed ``seg_ros.``), and check the result with onnx's checker."""
+    (keys prefixed ``seg_ros.``), and check the result with onnx's checker.
+    """
     onnx = require_onnx()
     if opset < 17:
         raise ConfigError(f"ONNX opset must be 17 or later (LayerNorm/resize semantics), got {opset}")
@@ -159,7 +163,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def check_onnx_file(path: str | os.PathLike) -> None:
-    """onnx's checker on a file; ConfigError naming the file when it is not a valid model."""
+    """Onnx's checker on a file; ConfigError naming the file when it is not a valid model."""
     onnx = require_onnx()
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -178,7 +182,8 @@ class OnnxCache:
     """Exports of one prepared model, per input shape (None: dynamic H/W), cached on disk under
     ``cache_dir`` (default ``~/.cache/seg_ros/onnx``) by weight digest, model name, shape, opset
     and exporter version. Untrained (random-init) models export into a temporary directory
-    unless ``cache_dir`` is given, so throwaway weights never fill the persistent cache."""
+    unless ``cache_dir`` is given, so throwaway weights never fill the persistent cache.
+    """
 
     def __init__(self, model: nn.Module, context: BackendContext | None = None,
                  cache_dir: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> None:

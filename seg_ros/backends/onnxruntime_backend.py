@@ -74,7 +74,8 @@ class _Session:
 @register_backend("onnxruntime")
 class OnnxRuntimeBackend:
     """Options: ``onnx_path`` (use this file), ``cache_dir``, ``num_threads``, ``dynamic``
-    (one dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``."""
+    (one dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``.
+    """
 
     name = "onnxruntime"
     max_batch = 1  # the exported graphs have a fixed batch of 1

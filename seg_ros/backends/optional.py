@@ -1,6 +1,7 @@
 """The optional packages some backends need: each ``require_*`` returns the module, or raises a
 ConfigError naming what to install. One place, so the backends and the exporter need not import
-each other for them."""
+each other for them.
+"""
 from __future__ import annotations
 
 import torch

@@ -21,7 +21,8 @@ class Backend(Protocol):
     """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
     session or engine that takes long to build); None when any shape runs without one.
     ``max_batch``: the most frames one call takes (the pipeline splits larger batches); None:
-    any number."""
+    any number.
+    """
 
     name: str
     max_shapes: int | None
@@ -36,7 +37,8 @@ class Backend(Protocol):
 class BackendContext:
     """What a backend may know of the pipeline it serves, instead of the pipeline itself:
     ``metadata`` goes into the files it exports (ONNX metadata_props); ``network_input(frame,
-    color_order)`` preprocesses a uint8 frame exactly as the pipeline does (INT8 calibration)."""
+    color_order)`` preprocesses a uint8 frame exactly as the pipeline does (INT8 calibration).
+    """
 
     model_name: str
     num_classes: int
@@ -66,7 +68,8 @@ def list_backends() -> list[str]:
 def create_backend(name: str, model: nn.Module, device: torch.device, half: bool,
                    context: BackendContext | None = None, **options: Any) -> Backend:
     """Build backend ``name`` around a model already prepared for inference on ``device``;
-    ``options`` are the backend's own (``max_shapes`` is understood by all)."""
+    ``options`` are the backend's own (``max_shapes`` is understood by all).
+    """
     if name not in _BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; known backends: "
                           f"{', '.join(list_backends())}")

@@ -83,7 +83,8 @@ def engine_key(onnx_path: str | os.PathLike, tensorrt_version: str, gpu: str, co
 
 class EngineCache:
     """Engine files ``<name>-<HxW>-<precision>-<key digest>.engine`` with a ``.json`` sidecar
-    holding the full key."""
+    holding the full key.
+    """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self.dir = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "engines"
@@ -163,7 +164,8 @@ def images_digest(files: Sequence[Path]) -> str:
 
 class CalibrationData:
     """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device, made from an
-    image folder by the pipeline's own preprocessing, so int8 ranges match what the engine sees."""
+    image folder by the pipeline's own preprocessing, so int8 ranges match what the engine sees.
+    """
 
     def __init__(self, network_input: Callable[[np.ndarray, str], torch.Tensor],
                  folder: str | os.PathLike, shape: tuple[int, int],
@@ -196,7 +198,8 @@ class CalibrationData:
 
 def make_calibrator(trt: Any, data: CalibrationData, cache_file: Path) -> Any:
     """An ``IInt8EntropyCalibrator2`` over ``data`` whose table is read from / written to
-    ``cache_file`` (so a rebuild with the same images skips calibration)."""
+    ``cache_file`` (so a rebuild with the same images skips calibration).
+    """
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -328,7 +331,8 @@ class Engine:
 class TensorRTBackend:
     """Options: ``precision`` (fp32/fp16/int8; default the pipeline's), ``calib_images`` (folder,
     int8), ``calib_max_images``, ``onnx_path``, ``engine_path`` (a prebuilt engine; its sidecar
-    must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``."""
+    must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``.
+    """
 
     name = "tensorrt"
     max_batch = 1  # engines are built for a batch of 1 (one optimisation profile per size)

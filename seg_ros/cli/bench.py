@@ -108,7 +108,8 @@ class MessageLoop:
 
 def eager_baseline(pipe: SegmentationPipeline, x: torch.Tensor) -> torch.nn.Module:
     """The same network as plain eager fp32 NCHW with unfolded batch norm (random weights: the
-    arithmetic, not the values, sets the time)."""
+    arithmetic, not the values, sets the time).
+    """
     model = build_model(pipe.config.model, pipe.classes.num_classes, **pipe.config.model_options).eval()
     return model.to(pipe.device)
 

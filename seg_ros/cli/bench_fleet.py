@@ -135,7 +135,8 @@ def labels_of(out: Path) -> list[bytes]:
 def host_cost(size: tuple[int, int], model: str) -> dict[str, Any]:
     """What a worker's CPU does per frame besides inference, at ``size``: read a frame message
     (raw rgb8, or JPEG), build and serialise the three replay outputs, or score the labels (eval).
-    MB: the bytes a frame takes in a bag."""
+    MB: the bytes a frame takes in a bag.
+    """
     h, w = size
     pipe = SegmentationPipeline(model=model, weights="none", device="cpu", input_size=(64, 128))
     rgb = sample_road_image(h, w)

@@ -97,7 +97,8 @@ def _frame(args: argparse.Namespace, h: int, w: int) -> np.ndarray:
 
 def _in_thread(fn):
     """Run ``fn`` in a worker thread, as the node runs the pipeline (on a busy 2-core machine
-    the main thread and a worker thread time differently, so the comparison uses the same)."""
+    the main thread and a worker thread time differently, so the comparison uses the same).
+    """
     result = []
     worker = threading.Thread(target=lambda: result.append(fn()))
     worker.start()

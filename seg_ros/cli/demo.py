@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def expect_trained(model: str, weights: str) -> bool:
     """Whether the node will load real weights (it also says so in /diagnostics 'trained');
-    WeightsError, before anything starts, for a setting the node would refuse."""
+    WeightsError, before anything starts, for a setting the node would refuse.
+    """
     return weights_file_for(model, weights) is not None
 
 
@@ -126,7 +127,8 @@ class LiveStats:
 
 def demo_env() -> dict[str, str]:
     """The user's ROS_DOMAIN_ID and discovery range, else a random domain in 50..101 (off a
-    robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only."""
+    robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only.
+    """
     domain = os.environ.get("ROS_DOMAIN_ID") or random.randint(50, 101)
     return private_env(int(domain), discovery_range=os.environ.get(
         "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
@@ -135,7 +137,8 @@ def demo_env() -> dict[str, str]:
 class LiveSession:
     """What ``run_live`` drives: the node process, this process's recorder and the clock. Every
     wait spins the recorder and gives up, with the node's log named, when the node exits or the
-    demo's time is up."""
+    demo's time is up.
+    """
 
     def __init__(self, node: NodeProcess, rec: Any, executor: Any, deadline: float,
                  log: Path) -> None:
@@ -172,7 +175,8 @@ def player_command(args: argparse.Namespace, bag_path: Path) -> list[str]:
 def play_and_drain(session: LiveSession, stats: "LiveStats", args: argparse.Namespace,
                    bag_path: Path, env: dict[str, str]) -> tuple[str, float]:
     """Wait for the node, play the bag, wait for the node's last outputs and final counters;
-    (the player's output, seconds from the start of playing)."""
+    (the player's output, seconds from the start of playing).
+    """
     while not session.node_matched():
         session.spin(0.1, args.timeout)
     player = subprocess.Popen(player_command(args, bag_path), env=env, stdout=subprocess.PIPE,

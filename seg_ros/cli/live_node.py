@@ -41,7 +41,8 @@ def node_command(*params: str, namespace: str | None = "/bench",
                  executable: list[str] | None = None) -> list[str]:
     """The command line the launch file produces: params file, ``-p`` overrides (``NAME:=VALUE``),
     remap and namespace (None: the root one). The one way the tools and the tests start the
-    node; ``executable``: another entry point (default :func:`node_executable`)."""
+    node; ``executable``: another entry point (default :func:`node_executable`).
+    """
     cmd = [*(executable or node_executable()), "--ros-args", "--params-file",
            str(params_file or share_path("config", "segment.yaml"))]
     for p in params:
@@ -62,7 +63,8 @@ def private_env(domain: int, base: Mapping[str, str] | None = None,
                 discovery_range: str = "LOCALHOST") -> dict[str, str]:
     """``base`` (default: this process's environment) for processes of one ROS graph: domain
     ``domain``, discovery ``discovery_range`` (this machine only by default), output unbuffered.
-    ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the range."""
+    ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the range.
+    """
     env = dict(os.environ if base is None else base, ROS_DOMAIN_ID=str(domain),
                ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range,
                PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
@@ -72,7 +74,8 @@ def private_env(domain: int, base: Mapping[str, str] | None = None,
 
 def isolated_env(domain: int) -> dict[str, str]:
     """:func:`private_env` without the user's Fast DDS settings, so node and client run as with
-    a default environment."""
+    a default environment.
+    """
     env = private_env(domain)
     for name in FASTDDS_USER_VARS:
         env.pop(name, None)
@@ -83,7 +86,8 @@ def isolated_env(domain: int) -> dict[str, str]:
 def ros_env_here(env: Mapping[str, str]) -> Iterator[None]:
     """This process's DDS variables as in ``env`` only while the block creates a ROS context and
     its first node, restored after. rclpy takes a domain id but no discovery range or Fast DDS
-    profile: rcl reads those from the environment at init, Fast DDS at the first participant."""
+    profile: rcl reads those from the environment at init, Fast DDS at the first participant.
+    """
     names = (*DISCOVERY_VARS, *FASTDDS_USER_VARS)
     saved = {name: os.environ.get(name) for name in names}
     try:
@@ -142,7 +146,8 @@ class NodeProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0, strict: bool = True) -> int:
         """Signal the node and wait; killed if it does not exit in time, and then, if
-        ``strict``, a RuntimeError with the end of its log."""
+        ``strict``, a RuntimeError with the end of its log.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -171,7 +176,8 @@ def image_message(frame: np.ndarray, encoding: str = "rgb8"):
 
 def spin_in_background(node, context):
     """A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
-    down (call ``executor.shutdown()`` first)."""
+    down (call ``executor.shutdown()`` first).
+    """
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=context)
@@ -355,7 +361,8 @@ def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], tim
            ) -> dict[str, int]:
     """Wait until every frame the node processed since ``before`` was delivered on every output,
     or ``timeout`` s (longer than Fast DDS's default 3 s heartbeat, so stalled frames are seen).
-    Returns the node's counters since ``before``."""
+    Returns the node's counters since ``before``.
+    """
     deadline = time.monotonic() + timeout
     time.sleep(0.5)  # the last frame on its way in
     while True:
@@ -371,7 +378,8 @@ def delivery_summary(client: LiveClient, frame_ids: list[str], node_counts: dict
     """Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
     each frame, in ms), with the node's own counts and latency (receipt -> published, its last
     200 frames): frames that never reached the node were lost by DDS on the way in, processed
-    frames without all outputs were lost on the way out."""
+    frames without all outputs were lost on the way out.
+    """
     latencies = [client.delivered(f) for f in frame_ids]
     got_ms = [x * 1e3 for x in latencies if x is not None]
     partial = sum(x is None and client.arrived_outputs(f) > 0
@@ -395,7 +403,8 @@ def roundtrip(client: LiveClient, msg, frame_id: str, timeout: float) -> float |
 
 def warm_up(client: LiveClient, msg, key: str, frames: int, timeout: float = 120.0) -> None:
     """``frames`` frames through the node before timing: the first of a size traces the model's
-    graph. Not timed, so a frame lost on the way in is simply sent again."""
+    graph. Not timed, so a frame lost on the way in is simply sent again.
+    """
     for i in range(frames):
         deadline = time.monotonic() + timeout
         while roundtrip(client, msg, f"{key}-warmup-{i}", timeout=2.0) is None:

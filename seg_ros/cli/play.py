@@ -21,7 +21,8 @@ from ..errors import ConfigError
 
 def ros_message_class(msgtype: str) -> Any:
     """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class, or
-    None when its package is missing."""
+    None when its package is missing.
+    """
     pkg, kind, name = bags.normalize_type(msgtype).split("/")
     try:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
@@ -153,7 +154,8 @@ def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
 def play_messages(bag: bags.BagReader, publishers: dict[str, Any], args: argparse.Namespace,
                   stop: StopFlag) -> dict[str, int]:
     """Publish the recorded messages with their recorded timing (scaled by --rate), once or
-    --loop, at most --max-messages; the count per topic."""
+    --loop, at most --max-messages; the count per topic.
+    """
     counts = {t: 0 for t in publishers}
     total = 0
     while not stop.stop:

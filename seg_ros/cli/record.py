@@ -23,7 +23,8 @@ MessageHook = Callable[[str, bytes, int], None]
 
 class Recorder:
     """Subscribes to ``topics`` (raw) as their publishers appear and writes them to ``writer``.
-    ``on_message(topic, rawdata, receive_ns)`` hooks let a caller compute live statistics."""
+    ``on_message(topic, rawdata, receive_ns)`` hooks let a caller compute live statistics.
+    """
 
     def __init__(self, node: Any, writer: bags.BagWriter, topics: list[str], qos: str = "auto",
                  depth: int = 100, on_message: MessageHook | None = None) -> None:

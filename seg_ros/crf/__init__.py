@@ -107,7 +107,8 @@ def check_value(name: str, value: Any) -> str | None:
 
 def load_crf_config(path: str | Path | None = None) -> CRFConfig:
     """The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
-    or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md)."""
+    or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md).
+    """
     import yaml
 
     from ..resources import share_path
@@ -142,7 +143,8 @@ def create_refiner(mode: str, config: CRFConfig | None = None, device: Any = "cp
                    *, isolate: bool = False) -> Refiner | None:
     """The refiner for ``mode`` (None for ``off``). ``isolate`` runs the dense CRF in a helper
     process: pydensecrf holds the GIL for the whole inference, which would stall every other
-    thread of a node for seconds. Raises ConfigError with the reason when it cannot run."""
+    thread of a node for seconds. Raises ConfigError with the reason when it cannot run.
+    """
     if mode not in CRF_MODES:
         raise ConfigError(f"crf must be one of {', '.join(CRF_MODES)}, got {mode!r}")
     if mode == "off":

@@ -16,7 +16,7 @@ from . import CRFConfig
 
 
 def dense_labels(image: np.ndarray, probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
-    """argmax of the dense CRF's marginals: image (H, W, 3) uint8 RGB, probs (C, H, W) float32."""
+    """Argmax of the dense CRF's marginals: image (H, W, 3) uint8 RGB, probs (C, H, W) float32."""
     import pydensecrf.densecrf as dcrf
 
     c, h, w = probs.shape

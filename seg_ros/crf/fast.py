@@ -27,7 +27,8 @@ def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
                    ) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """Neighbour offsets and their weights (n, h, w): w1 * bilateral + w2 * Gaussian, each
     normalised symmetrically; neighbours outside the image weigh 0. A handful of whole-window
-    operations (unfold), so the GPU path launches few kernels."""
+    operations (unfold), so the GPU path launches few kernels.
+    """
     _, _, h, w = image.shape
     k = config.fast_window
     r = k // 2

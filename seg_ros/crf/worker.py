@@ -18,7 +18,8 @@ DEFAULT_NICE = 10
 
 class BackgroundRefiner(BackgroundWorker[T]):
     """``submit(item)`` never blocks; ``handle(item)`` runs on the worker thread; an exception
-    from it goes to ``on_error(item, exc)`` and the worker goes on."""
+    from it goes to ``on_error(item, exc)`` and the worker goes on.
+    """
 
     def __init__(self, handle: Callable[[T], None], on_error: Callable[[T, Exception], None],
                  name: str = "crf_worker", nice: int = DEFAULT_NICE) -> None:

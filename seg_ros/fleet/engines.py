@@ -245,7 +245,8 @@ class LocalProcessEngine:
 # -- Ray ---------------------------------------------------------------------------------------
 class RayWorker:
     """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag. Threaded
-    (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works."""
+    (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works.
+    """
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.lock = threading.Lock()
@@ -300,7 +301,8 @@ class _Actor:
 
 class RayEngine:
     """Ray actors, each holding a pipeline: a local Ray started in-process (``address`` None) or
-    an existing cluster. Inputs and outputs must be on storage every node sees at the same path."""
+    an existing cluster. Inputs and outputs must be on storage every node sees at the same path.
+    """
 
     name = "Ray"
 
@@ -322,7 +324,8 @@ class RayEngine:
 
     def _new_actor(self) -> Any:
         """A RayWorker actor: it reserves the worker's CPUs / GPUs; threaded, so progress and
-        stop calls are answered while a task runs."""
+        stop calls are answered while a task runs.
+        """
         if self._cls is None:
             self._cls = self.ray.remote(RayWorker).options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                            max_concurrency=4)

@@ -31,7 +31,8 @@ def utc_now() -> str:
 
 class Manifest:
     """Append-only JSON lines; reading takes the last line of each bag and tolerates a torn
-    last line (the process was killed while writing it)."""
+    last line (the process was killed while writing it).
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / NAME

@@ -20,7 +20,8 @@ MAX_BAG_BARS = 30
 def fleet_report(bag_reports: Sequence[dict[str, Any]],
                  failed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Overall scores of the per-bag reports (``OUT/<bag>.eval.json`` contents) plus a row per bag
-    and the failed bags (``bag``, ``error``)."""
+    and the failed bags (``bag``, ``error``).
+    """
     if not bag_reports:
         reasons = "; ".join(f"{f['bag']}: {f['error']}" for f in failed[:3])
         raise ConfigError(f"no bag could be scored: {reasons}")

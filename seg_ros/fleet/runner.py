@@ -58,7 +58,8 @@ class FleetJob:
 
     def settings(self) -> dict[str, Any]:
         """The options that decide outputs (not threads, engine or overwrite): the fingerprint
-        that tells --resume whether a finished bag still counts."""
+        that tells --resume whether a finished bag still counts.
+        """
         spec = self.spec.settings()
         spec["pipeline"] = {k: v for k, v in spec["pipeline"].items() if k != "num_threads"}
         chosen = self.replay if self.kind == REPLAY else self.eval

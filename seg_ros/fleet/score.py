@@ -40,7 +40,8 @@ class EvalOptions:
 @dataclass
 class EvalPart:
     """Scores of one bag or chunk. ``unpaired_pred`` / ``unpaired_gt`` (by header stamp) are kept
-    for chunks, whose image and label may fall on either side of a chunk boundary."""
+    for chunks, whose image and label may fall on either side of a chunk boundary.
+    """
 
     acc: ConfusionAccumulator
     frames: int = 0
@@ -79,7 +80,8 @@ def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAc
                 limit: int | None = None) -> None:
     """Segment and score each (image, ground truth) pair; a pair with bad input (InputError) is
     skipped with its reason. Anything else is a bug and propagates: it must not shrink the scored
-    set while the command succeeds."""
+    set while the command succeeds.
+    """
     for name, load in pairs:
         if limit and acc.images >= limit:
             break
@@ -100,7 +102,8 @@ def header_stamp(msg: Any) -> int:
 
 class BagGroundTruth:
     """The image messages of one bag (span) with their ground truth, as scoring pairs. Counts
-    the image messages read (``frames``) and reports them to ``control``."""
+    the image messages read (``frames``) and reports them to ``control``.
+    """
 
     def __init__(self, bag: bags.BagReader, image_topic: str, skipped: list[str],
                  span: Span = WHOLE, control: Control = NO_CONTROL) -> None:
@@ -133,7 +136,8 @@ class BagGroundTruth:
     def from_topic(self, label_topic: str, keep_unpaired: bool = False) -> Iterator[Pair]:
         """Image and label messages paired by header stamp (labels may come before or after their
         image). Images left without label are skipped, or with ``keep_unpaired`` kept in
-        ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks."""
+        ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks.
+        """
         self.bag.select_topics([label_topic])
         pending_img, pending_lab = self.unpaired_images, self.unpaired_gt
         topics = [self.image_topic, label_topic]
@@ -192,7 +196,8 @@ def eval_bag(bag_path: Path, pipe: Any, options: EvalOptions, *, refiner: Any = 
              control: Control = NO_CONTROL) -> EvalPart:
     """Score the model on one bag (or the ``span`` of it). Ground truth: ``options.label_topic``,
     else the PNGs in ``label_folder``. With ``keep_unpaired`` (chunks), images whose label message
-    is not in the span are predicted and returned with the labels left without image."""
+    is not in the span are predicted and returned with the labels left without image.
+    """
     if not options.image_topic:
         raise ConfigError("evaluating a bag needs its image topic")
     ignore = options.ignore_id if options.ignore_id is not None else pipe.classes.ignore_id

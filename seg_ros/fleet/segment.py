@@ -58,7 +58,7 @@ class ReplayPart:
 
 
 def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
-    """mean / p50 / p90 / p99 / max of a list of latencies (ms); None when empty."""
+    """Mean / p50 / p90 / p99 / max of a list of latencies (ms); None when empty."""
     if not len(values_ms):
         return {k: None for k in ("mean", "p50", "p90", "p99", "max")}
     a = np.asarray(values_ms, dtype=np.float64)
@@ -69,14 +69,15 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
 
 def output_suffixes(refiner: Any, crf_replaces_labels: bool) -> tuple[str, ...]:
     """Topic suffixes written per image topic; with a CRF the refined ones get ``_refined``
-    unless they replace the raw ones."""
+    unless they replace the raw ones.
+    """
     if refiner is None or crf_replaces_labels:
         return OUTPUT_SUFFIXES
     return OUTPUT_SUFFIXES + tuple(s + "_refined" for s in OUTPUT_SUFFIXES)
 
 
 def output_messages(header: Any, result: Any, suffix: str = "") -> dict[str, Any]:
-    """labels / color_mask / overlay messages of one segmentation result."""
+    """Labels / color_mask / overlay messages of one segmentation result."""
     return {f"labels{suffix}": bags.image_msg_from_array(header, result.labels, "labels"),
             f"color_mask{suffix}": bags.image_msg_from_array(header, result.color),
             f"overlay{suffix}": bags.image_msg_from_array(header, result.overlay)}
@@ -103,7 +104,8 @@ def replay_bag(bag_path: Path, out_path: Path, pipe: Any,
     """Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
     topics. With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or
     replace the raw ones). Raises BagError for an unreadable bag, Interrupted when stopped; then
-    the output is removed."""
+    the output is removed.
+    """
     part = ReplayPart(str(bag_path), str(out_path))
     with bags.BagReader(bag_path) as bag:
         chosen = bag.select_topics(options.topics, image_only=True)

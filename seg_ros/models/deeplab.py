@@ -71,7 +71,8 @@ def fcn_head(in_ch: int, num_classes: int, mid_ch: int, dropout: float = 0.1) ->
 
 class DeepLabV3(SegmentationModel):
     """DeepLab v3 (torchvision layout); optional FCN auxiliary head on stage 3 (loss weight 0.5
-    in torchvision's training recipe)."""
+    in torchvision's training recipe).
+    """
 
     aux_head_name = "aux_classifier"
     aux_loss_weight = 0.5
@@ -100,7 +101,8 @@ class DeepLabV3(SegmentationModel):
 
 class DeepLabV3PlusHead(nn.Module):
     """v3+ decoder: 48-channel projection of the stride-4 features, concatenated with the
-    upsampled ASPP output, 3x3 refinement and classifier (DeepLabV3Plus-Pytorch names)."""
+    upsampled ASPP output, 3x3 refinement and classifier (DeepLabV3Plus-Pytorch names).
+    """
 
     def __init__(self, in_ch: int, low_ch: int, num_classes: int, rates: Sequence[int]) -> None:
         super().__init__()
@@ -117,7 +119,6 @@ class DeepLabV3PlusHead(nn.Module):
 
 class DeepLabV3Plus(SegmentationModel):
     """DeepLab v3+ (DeepLabV3Plus-Pytorch layout); logits at stride 4. No auxiliary head."""
-
 
     def __init__(self, depth: int, num_classes: int, output_stride: int = 16) -> None:
         super().__init__()

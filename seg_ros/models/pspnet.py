@@ -27,7 +27,8 @@ def _head(in_ch: int, mid_ch: int, num_classes: int, dropout: float) -> nn.Seque
 
 class PyramidPooling(nn.Module):
     """Average-pool to each bin size, reduce by 1x1 conv + BN + ReLU, upsample, concatenate with
-    the input: context at four scales beside the local features."""
+    the input: context at four scales beside the local features.
+    """
 
     def __init__(self, in_ch: int, reduction_ch: int, bins: Sequence[int]) -> None:
         super().__init__()
@@ -44,7 +45,8 @@ class PyramidPooling(nn.Module):
 
 class PSPNet(DilatedResNet, SegmentationModel):
     """Deep-stem dilated ResNet + pyramid pooling + 3x3 head; auxiliary FCN head on stage 3
-    (loss weight 0.4). The trunk's stages are this module's own children, as in semseg."""
+    (loss weight 0.4). The trunk's stages are this module's own children, as in semseg.
+    """
 
     aux_head_name = "aux"
     aux_loss_weight = 0.4

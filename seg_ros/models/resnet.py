@@ -93,7 +93,8 @@ def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
 
 class DilatedResNet(nn.Module):
     """ResNet-50/101 trunk (no pooling/fc) at output stride 8 or 16; ``features`` returns all
-    the stages the heads need. ``deep_stem`` selects semseg's three-conv ``layer0``."""
+    the stages the heads need. ``deep_stem`` selects semseg's three-conv ``layer0``.
+    """
 
     def __init__(self, depth: int = 50, output_stride: int = 8, deep_stem: bool = False,
                  dilation_scheme: str = "torchvision") -> None:

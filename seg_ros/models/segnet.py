@@ -32,7 +32,8 @@ from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, pad_to_
 def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Inverse of a 2x2/stride-2 max pooling: each value goes back to the position its pooling
     took it from (``indices`` from ``max_pool2d(..., return_indices=True)``, flat ``h * W + w``
-    per channel, W the pooled input's width = 2 * x's); every other position is zero."""
+    per channel, W the pooled input's width = 2 * x's); every other position is zero.
+    """
     n, c, h, w = x.shape
     out = x.new_zeros(n, c, 4 * h * w).scatter_(2, indices.flatten(2), x.flatten(2))
     return out.view(n, c, 2 * h, 2 * w)
@@ -40,7 +41,8 @@ def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
     """Decoder stages for pool5..pool1: VGG-16's widths reversed, each layer a 3x3 (transposed)
-    conv + BN + ReLU, the last of a stage narrowing to the next stage's width."""
+    conv + BN + ReLU, the last of a stage narrowing to the next stage's width.
+    """
     stages = []
     for i in reversed(range(len(VGG16_STAGES))):
         width = VGG16_STAGES[i][0]
@@ -54,7 +56,8 @@ def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
 
 class UnpoolingNet(SegmentationModel):
     """VGG-16-BN encoder with pooling indices, ``fc`` (identity for SegNet), mirrored
-    unpooling decoder, classifier; logits at the input size."""
+    unpooling decoder, classifier; logits at the input size.
+    """
 
     output_stride = 1
     size_divisor = 32
@@ -87,7 +90,8 @@ class SegNet(UnpoolingNet):
 
 class DeconvNet(UnpoolingNet):
     """DeconvNet: fc6/fc7 (+BN) and the fc6 deconvolution in ``fc``, transposed-conv decoder,
-    1x1 classifier."""
+    1x1 classifier.
+    """
 
     def __init__(self, num_classes: int) -> None:
         fc = nn.Sequential(fc_as_conv(512, 4096, 7), nn.BatchNorm2d(4096), nn.ReLU(inplace=True),

@@ -84,7 +84,8 @@ def vgg16_features(batch_norm: bool = False, pool_indices: bool = False, ceil_mo
 
 def fc_as_conv(in_ch: int, out_ch: int, kernel_size: int, dilation: int = 1) -> nn.Conv2d:
     """A fully connected layer as a convolution over the whole map (VGG's fc6/fc7); padded to
-    keep the size, so it slides over inputs of any size instead of needing pool5 to be 7x7."""
+    keep the size, so it slides over inputs of any size instead of needing pool5 to be 7x7.
+    """
     return nn.Conv2d(in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
 
 

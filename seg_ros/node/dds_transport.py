@@ -75,7 +75,8 @@ def transport_defaults(env: Mapping[str, str], cwd: Path, profile: Path) -> Tran
 def apply_transport_defaults(logger_name: str = "segment_node",
                              env: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set the defaults in this process's environment (call before ``rclpy.init``), log one line,
-    and return the variables set."""
+    and return the variables set.
+    """
     import rclpy.logging  # works before rclpy.init; imported here so the rest is ROS-free
 
     env = os.environ if env is None else env

@@ -54,7 +54,8 @@ def _reason(exc: Exception) -> str:
 
 def _logged(name: str) -> Callable[[Transition], Transition]:
     """A transition callback that raises logs one line and returns ERROR (rclpy would turn the
-    exception into ERROR silently), so error processing follows with the reason on record."""
+    exception into ERROR silently), so error processing follows with the reason on record.
+    """
     def wrap(callback: Transition) -> Transition:
         @functools.wraps(callback)
         def run(self: "SegmentLifecycleNode", state: LifecycleState) -> TransitionCallbackReturn:
@@ -90,7 +91,8 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
 
     def lifecycle_state(self) -> str:
         """The current state's label (rclpy has no public getter; its own trigger_shutdown reads
-        the state machine the same way)."""
+        the state machine the same way).
+        """
         return self._state_machine.current_state[1]
 
     # -- transitions ----------------------------------------------------------------------
@@ -156,7 +158,8 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """After a transition raised (logged by :func:`_logged`): back to unconfigured with
         nothing loaded, so a manager can configure again; FAILURE (finalized) if even that
-        fails."""
+        fails.
+        """
         try:
             self.stop_frames(timeout=None)
             self.release()
@@ -170,7 +173,8 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
     def _warm_up_unless_stopped(self) -> bool:
         """:meth:`warm_up` on a helper thread, waited for here, so that a stop signal during a
         trace that cannot be interrupted still ends the process promptly. False: a stop was
-        requested first (the trace runs on; the process will not wait for it)."""
+        requested first (the trace runs on; the process will not wait for it).
+        """
         failure: list[Exception] = []
 
         def warm_up() -> None:
@@ -200,7 +204,8 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
     # -- the end of the process -----------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """On a stop signal: the shutdown transition from whatever primary state the node is in
-        (managers see 'finalized'). False when the worker is still busy with a frame."""
+        (managers see 'finalized'). False when the worker is still busy with a frame.
+        """
         if self.lifecycle_state() in PRIMARY_STATES and rclpy.ok(context=self.context):
             self.trigger_shutdown()
         else:  # finalized already, or ROS shut down under us: just let go of everything

@@ -118,7 +118,8 @@ METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
 
 def validate(name: str, value: Any) -> str | None:
     """Why ``value`` is invalid for parameter ``name`` (None when valid). Types and ranges are also
-    enforced by the descriptors; this adds choices and structure, with the same wording."""
+    enforced by the descriptors; this adds choices and structure, with the same wording.
+    """
     spec = SPECS.get(name)
     if spec is None:
         return None
@@ -159,7 +160,8 @@ def _cameras_problem(names: list[str]) -> str | None:
 
 def unquoted_off(name: str, value: Any) -> Any:
     """``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML 1.1);
-    for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode."""
+    for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode.
+    """
     spec = SPECS.get(name)
     if spec is None or not isinstance(value, bool) or spec.choices is None or "off" not in spec.choices:
         return value
@@ -233,7 +235,8 @@ def _type_name(value: Any) -> str:
 
 def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[tuple[str, str]]:
     """(name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
-    that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``)."""
+    that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``).
+    """
     found: list[tuple[str, str]] = []
     in_ros_args = False
     for flag, arg in zip(args, [*args[1:], ""]):
@@ -249,7 +252,8 @@ def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[
 
 class _ParamsLoader(yaml.SafeLoader):
     """YAML as rcl reads it: tags are ignored. launch_ros writes list parameters as
-    ``!!python/tuple`` (it dumps tuples), which a plain safe loader refuses."""
+    ``!!python/tuple`` (it dumps tuples), which a plain safe loader refuses.
+    """
 
 
 def _untagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
@@ -271,7 +275,8 @@ def load_params_file(path: str) -> Any:
 
 def params_file_names(path: str, node_names: Sequence[str]) -> list[str]:
     """The parameter names a params file sets for a node called one of ``node_names`` (by its
-    name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'."""
+    name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'.
+    """
     try:
         data = load_params_file(path) or {}
     except (OSError, yaml.YAMLError):
@@ -298,7 +303,8 @@ def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 def unknown_overrides(args: Sequence[str], node_names: Sequence[str]) -> list[str]:
     """Overrides (``-p`` or ``--params-file``) of parameters the node does not declare, sorted;
-    ROS's own (``use_sim_time``, ``qos_overrides.*``) are known."""
+    ROS's own (``use_sim_time``, ``qos_overrides.*``) are known.
+    """
     names = [name for name, _ in command_line_params(args, node_names)]
     for flag, path in zip(args, args[1:]):
         if flag == "--params-file":
@@ -312,7 +318,8 @@ def override_problem(args: Sequence[str], node_name: str) -> str | None:
 
     rcl parses the value as YAML and, when a params file sets the same parameter, silently keeps
     the file's value for a differently typed override (``-p overlay_alpha:=abc``): the node would
-    start with a value the user did not ask for and no warning. So it is checked here first."""
+    start with a value the user did not ask for and no warning. So it is checked here first.
+    """
     renamed = [a.split(":=", 1)[1] for a in args if a.startswith("__node:=")]
     for name, text in command_line_params(args, [node_name, *renamed]):
         spec = SPECS.get(name)

@@ -149,7 +149,8 @@ class SegmentParts:
         """Declare every configurable parameter (command-line and params-file overrides applied);
         their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
         rclpy refuses (wrong type, out of range). ``cli_args``: the process's ROS arguments, to
-        warn about overrides of parameters this node does not have."""
+        warn about overrides of parameters this node does not have.
+        """
         values = {spec.name: self._declare(spec) for spec in P.PARAMETERS if spec.in_yaml}
         node_names = [self.get_name(), self.get_fully_qualified_name()]
         for name in P.unknown_overrides(sys.argv if cli_args is None else cli_args, node_names):
@@ -163,7 +164,8 @@ class SegmentParts:
         choice, so that an unquoted ``off`` (YAML's false) reads as 'off'; and the string array
         ``cameras`` with its [] default, which ROS can hold only dynamically typed (an empty
         array has no element type; a params file's ``[]`` arrives unset, which would empty
-        ``ros2 param dump``), so :func:`params.validate` checks its type instead."""
+        ``ros2 param dump``), so :func:`params.validate` checks its type instead.
+        """
         descriptor = self._descriptor(spec)
         empty_array = spec.default == []
         try:
@@ -187,7 +189,8 @@ class SegmentParts:
 
     def config_values(self) -> dict[str, Any]:
         """The current value of every configurable parameter; ConfigError naming the first
-        invalid one (a choice or structure rclpy's descriptors cannot express)."""
+        invalid one (a choice or structure rclpy's descriptors cannot express).
+        """
         values = {name: self.get_parameter(name).value for name in P.CONFIG_NAMES}
         for name, value in values.items():
             reason = P.validate(name, value)
@@ -203,7 +206,8 @@ class SegmentParts:
     def load(self, values: dict[str, Any]) -> None:
         """Build the pipeline (model and weights), declare the class metadata parameters and
         create the output publishers and the CRF refiner. Raises ConfigError / WeightsError with
-        one clear message; what it built before failing is dropped by :meth:`release`."""
+        one clear message; what it built before failing is dropped by :meth:`release`.
+        """
         self.settings = P.settings_from(values)
         self.transport = values["input_transport"]
         self._qos_reliability = values["qos_reliability"]
@@ -236,7 +240,8 @@ class SegmentParts:
 
     def warm_up(self) -> None:
         """Trace/capture the per-shape graph at the configured input size now, not on the first
-        camera frame. Raises what the model raises when it cannot run at all."""
+        camera frame. Raises what the model raises when it cannot run at all.
+        """
         started = time.monotonic()
         batch_sizes = range(1, len(self.cameras) + 1)
         warmed = self.pipeline.warm_up(batch_sizes)
@@ -258,7 +263,8 @@ class SegmentParts:
         """Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
         -> a new worker thread, which runs ``first(stopping)`` (if given) before its first batch
         and ends at once when that returns False. Each camera's camera_info is kept for
-        republishing with its labels."""
+        republishing with its labels.
+        """
         self.frames = LatestFrames(list(range(len(self.cameras))))
         self.frames.wait_s = self.settings.batch_timeout_ms / 1e3
         self._worker = BackgroundWorker(self._handle_batch, self._on_batch_error,
@@ -275,7 +281,8 @@ class SegmentParts:
     def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
         """Stop taking frames: unsubscribe, and let the worker finish the batch in hand; wait for
         it at most ``timeout`` seconds (None: as long as that batch takes). False when it is
-        still busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        still busy, e.g. in the warm-up trace, which cannot be interrupted.
+        """
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions = []
@@ -284,7 +291,8 @@ class SegmentParts:
     def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Drop the CRF refiner, the output publishers and the model, and give the memory back
         (CUDA cache, glibc's free pages), so that another model can be loaded in this process.
-        Call after :meth:`stop_frames`; safe after a partial :meth:`load`."""
+        Call after :meth:`stop_frames`; safe after a partial :meth:`load`.
+        """
         if self.crf_worker is not None:
             self.crf_worker.stop(timeout)
             self.crf_worker = None
@@ -379,7 +387,8 @@ class SegmentParts:
 
     def _on_batch_error(self, batch: dict[int, tuple[Any, float]], exc: Exception) -> None:
         """A failure outside any one frame's handling: said once (throttled), unless ROS is
-        gone (shutting down)."""
+        gone (shutting down).
+        """
         if rclpy.ok(context=self.context):
             self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: {exc}",
                                  error=True)
@@ -392,7 +401,8 @@ class SegmentParts:
 
     def _process(self, frames: list[_Frame]) -> None:
         """Decode each camera's frame, segment them together, publish each camera's results. One
-        camera's bad frame is counted against that camera and costs the others nothing."""
+        camera's bad frame is counted against that camera and costs the others nothing.
+        """
         s = self.settings
         inline = self.refiner is not None and self.crf_worker is None  # crf_replaces_labels
         jobs = [job for job in (self._prepare(frame, s) for frame in frames) if job is not None]
@@ -428,7 +438,8 @@ class SegmentParts:
 
     def _prepare(self, frame: _Frame, s: Any) -> _Job | None:
         """The decoded frame and what to compute for it; None when nothing is wanted (counted
-        idle) or the frame is bad (counted by kind)."""
+        idle) or the frame is bad (counted by kind).
+        """
         camera = frame.camera
         wanted = camera.raw.wanted(s)
         refine = self.crf_worker is not None and any(camera.refined.wanted(s).values())
@@ -483,7 +494,8 @@ class SegmentParts:
     # -- CRF refinement (docs/crf.md) ----------------------------------------------------
     def _setup_crf(self, values: dict[str, Any]) -> None:
         """Refiner per the crf* parameters. Refined outputs go to ~/*_refined from a background
-        worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels."""
+        worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels.
+        """
         self.crf_mode = values["crf"]
         config = CRFConfig.from_dict({name[4:]: values[name] for name in values
                                       if name.startswith("crf_") and name != "crf_replaces_labels"},
@@ -500,7 +512,8 @@ class SegmentParts:
 
     def _publish_refined(self, batch: list[tuple[Camera, Any, Any]]) -> None:
         """On the CRF worker thread: refine a batch's raw results from their kept logits and
-        publish them; a batch replaces a waiting one, so every camera keeps its turn."""
+        publish them; a batch replaces a waiting one, so every camera keeps its turn.
+        """
         s = self.settings
         for camera, result, header in batch:
             wanted = camera.refined.wanted(s)
@@ -533,7 +546,8 @@ class SegmentParts:
 
     def _running_report(self) -> Report:
         """The node's status: its one camera's statistics, or with several cameras the worst
-        camera's level and the batch sizes (each camera also gets a status of its own)."""
+        camera's level and the batch sizes (each camera also gets a status of its own).
+        """
         s = self.settings
         if len(self.cameras) == 1:
             report = self.cameras[0].stats.report(s.stale_input_timeout, s.error_threshold,
@@ -588,7 +602,8 @@ class SegmentParts:
 
 class SegmentNode(SegmentParts, Node):
     """The plain node: loads, warms up and takes frames from start-up to exit. Raises
-    ConfigError / WeightsError (one clear message) when it cannot start."""
+    ConfigError / WeightsError (one clear message) when it cannot start.
+    """
 
     def __init__(self, cli_args: list[str] | None = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
@@ -603,7 +618,8 @@ class SegmentNode(SegmentParts, Node):
 
     def _warm_up_on_worker(self, stopping: threading.Event) -> bool:
         """On the worker thread, while the subscription already counts frames: warm up, then
-        announce readiness. A model that cannot run at all is a start-up error (exit code 2)."""
+        announce readiness. A model that cannot run at all is a start-up error (exit code 2).
+        """
         try:
             self.warm_up()
         except Exception as exc:
@@ -617,7 +633,8 @@ class SegmentNode(SegmentParts, Node):
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """Stop the worker (it finishes the frame in hand) and wait for it, at most ``timeout``
         seconds (launch escalates to SIGTERM after 5 s), then release the model. False when the
-        worker is still busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        worker is still busy, e.g. in the warm-up trace, which cannot be interrupted.
+        """
         finished = self.stop_frames(timeout)
         self.release(timeout)
         self.remove_core_log_handler()
@@ -651,7 +668,8 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
     """The node's life: check the command line, start, spin until a stop signal, clean up.
     Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0.
     ``node_class``: :class:`SegmentNode` or the managed ``SegmentLifecycleNode``; it has a
-    ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait)."""
+    ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait).
+    """
     apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
     if problem:  # rcl would print its own unhelpful line first, or drop the override silently
@@ -702,7 +720,8 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Kept for ``python -m seg_ros.node.segment_node``; the console script is
-    :func:`seg_ros.node.entry.main`, which guards the imports too."""
+    :func:`seg_ros.node.entry.main`, which guards the imports too.
+    """
     from .entry import main as entry_main
 
     return entry_main(argv)
