@@ -99,28 +99,60 @@ def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(get_package_share_directory(PACKAGE), PARAMS_FILE)
     keep = " (empty: the params file's value)"
     args = [
-        DeclareLaunchArgument("model", default_value="", description="network architecture, e.g. ddrnet23_slim" + keep),
-        DeclareLaunchArgument("weights", default_value="",
-                              description="weights file, 'default' (shipped) or 'none' (random, tests)" + keep),
-        DeclareLaunchArgument("classes", default_value="",
-                              description="classes file or name (camvid, cityscapes); needed for weights "
-                                          "without metadata, e.g. the DDRNet authors' checkpoints" + keep),
-        DeclareLaunchArgument("backend", default_value="",
-                              description="inference backend: auto, torch, onnxruntime, tensorrt" + keep),
-        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N" + keep),
-        DeclareLaunchArgument("input_topic", default_value="/camera/image_raw",
-                              description="camera topic remapped onto the node's 'image' input"),
-        DeclareLaunchArgument("cameras", default_value="",
-                              description="camera names, e.g. \"[front, left, right]\": one node, "
-                                          "batched, reading <namespace>/<name>/image" + keep),
+        DeclareLaunchArgument(
+            "model",
+            default_value="",
+            description="network architecture, e.g. ddrnet23_slim" + keep,
+        ),
+        DeclareLaunchArgument(
+            "weights",
+            default_value="",
+            description="weights file, 'default' (shipped) or 'none' (random, tests)" + keep,
+        ),
+        DeclareLaunchArgument(
+            "classes",
+            default_value="",
+            description="classes file or name (camvid, cityscapes); needed for weights "
+            "without metadata, e.g. the DDRNet authors' checkpoints" + keep,
+        ),
+        DeclareLaunchArgument(
+            "backend",
+            default_value="",
+            description="inference backend: auto, torch, onnxruntime, tensorrt" + keep,
+        ),
+        DeclareLaunchArgument(
+            "device", default_value="", description="auto, cpu, cuda or cuda:N" + keep
+        ),
+        DeclareLaunchArgument(
+            "input_topic",
+            default_value="/camera/image_raw",
+            description="camera topic remapped onto the node's 'image' input",
+        ),
+        DeclareLaunchArgument(
+            "cameras",
+            default_value="",
+            description="camera names, e.g. \"[front, left, right]\": one node, "
+            "batched, reading <namespace>/<name>/image" + keep,
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("params_file", default_value=default_params,
-                              description="parameters YAML (every parameter, with comments)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
-        DeclareLaunchArgument("managed", default_value="false",
-                              description="true: the managed (lifecycle) node, segment_lifecycle_node"),
-        DeclareLaunchArgument("autostart", default_value="true",
-                              description="with managed:=true: configure and activate it at launch; "
-                                          "false: leave it unconfigured for a lifecycle manager"),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=default_params,
+            description="parameters YAML (every parameter, with comments)",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="use /clock (bag replay)"
+        ),
+        DeclareLaunchArgument(
+            "managed",
+            default_value="false",
+            description="true: the managed (lifecycle) node, segment_lifecycle_node",
+        ),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="true",
+            description="with managed:=true: configure and activate it at launch; "
+            "false: leave it unconfigured for a lifecycle manager",
+        ),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_node)])

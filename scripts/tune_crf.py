@@ -76,7 +76,9 @@ def score(frames, config: dict | None, num_classes: int, ignore_id, workers: int
         return 100 * acc.scores().miou
     chunks = [frames[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
-        matrices = list(pool.map(_score_one, [(c, config, num_classes, ignore_id) for c in chunks]))
+        matrices = list(
+            pool.map(_score_one, [(c, config, num_classes, ignore_id) for c in chunks])
+        )
     acc = ConfusionAccumulator(num_classes, ignore_id)
     acc.matrix = sum(matrices)
     return 100 * acc.scores().miou
@@ -130,9 +132,11 @@ def main() -> int:
 
 
 def profile_yaml(profile: dict, best: dict, frames: int, args) -> str:
-    lines = [f"# Dense-CRF profile tuned by scripts/tune_crf.py on {frames} frames of {args.images}",
-             f"# (every {args.every}th; weights {args.weights}): tuning mIoU {best['miou']:.2f} %.",
-             "# Only the dense CRF's parameters were tuned; the fast CRF keeps its defaults."]
+    lines = [
+        f"# Dense-CRF profile tuned by scripts/tune_crf.py on {frames} frames of {args.images}",
+        f"# (every {args.every}th; weights {args.weights}): tuning mIoU {best['miou']:.2f} %.",
+        "# Only the dense CRF's parameters were tuned; the fast CRF keeps its defaults.",
+    ]
     lines += [f"{name}: {value}" for name, value in profile.items()]
     return "\n".join(lines) + "\n"
 

@@ -98,14 +98,18 @@ class BagReader:
         if not p.exists():
             raise BagError(f"bag {p} does not exist")
         if p.is_dir() and not (p / "metadata.yaml").is_file():
-            raise BagError(f"bag {p} is a directory without metadata.yaml (not a rosbag2 directory)")
+            raise BagError(
+                f"bag {p} is a directory without metadata.yaml (not a rosbag2 directory)"
+            )
         if p.is_file() and p.suffix not in (".mcap", ".db3"):
             raise BagError(f"bag {p} is neither a rosbag2 directory nor a .mcap / .db3 file")
         try:
             reader = Reader(p)
             reader.open()
         except Exception as exc:  # rosbags raises ReaderError, sqlite3, struct, yaml, KeyError ...
-            raise BagError(f"bag {p} cannot be opened (corrupt or truncated?): {_reason(exc)}") from None
+            raise BagError(
+                f"bag {p} cannot be opened (corrupt or truncated?): {_reason(exc)}"
+            ) from None
         self._reader = reader
         self._conns = [c._replace(msgtype=normalize_type(c.msgtype)) for c in reader.connections]
         self._register_unknown_types()
@@ -166,15 +170,23 @@ class BagReader:
         if not topics:
             chosen = self.image_topics() if image_only else sorted(known)
             if image_only and not chosen:
-                listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(known.items())) or "none"
-                raise BagError(f"bag {self.path} has no sensor_msgs/Image or CompressedImage topic; "
-                               f"topics: {listing}")
+                listing = (
+                    ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(known.items())) or "none"
+                )
+                raise BagError(
+                    f"bag {self.path} has no sensor_msgs/Image or CompressedImage topic; "
+                    f"topics: {listing}"
+                )
             return chosen
         for t in topics:
             if t not in known:
-                raise BagError(f"bag {self.path} has no topic {t!r}; topics: {', '.join(sorted(known))}")
+                raise BagError(
+                    f"bag {self.path} has no topic {t!r}; topics: {', '.join(sorted(known))}"
+                )
             if image_only and known[t].msgtype not in IMAGE_TYPES:
-                raise BagError(f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type")
+                raise BagError(
+                    f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type"
+                )
         return list(topics)
 
     @property
@@ -199,25 +211,39 @@ class BagReader:
         except BagError:
             raise
         except Exception as exc:
-            raise BagError(f"bag {self.path} is corrupt or truncated (failed while reading messages): "
-                           f"{_reason(exc)}") from None
+            raise BagError(
+                f"bag {self.path} is corrupt or truncated (failed while reading messages): "
+                f"{_reason(exc)}"
+            ) from None
 
     def deserialize(self, message: BagMessage) -> Any:
         try:
             return self.store.deserialize_cdr(message.rawdata, message.msgtype)
         except Exception as exc:
-            raise InputError("bad_message", f"{message.topic} message at t={message.timestamp} ns cannot "
-                                            f"be deserialised as {message.msgtype}: {_reason(exc)}") from None
+            raise InputError(
+                "bad_message",
+                f"{message.topic} message at t={message.timestamp} ns cannot "
+                f"be deserialised as {message.msgtype}: {_reason(exc)}",
+            ) from None
 
 
 # -- decoding images ------------------------------------------------------------------------
-def decode_image_msg(msg: Any, msgtype: str, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+def decode_image_msg(
+    msg: Any, msgtype: str, max_pixels: int | None = None
+) -> tuple[np.ndarray, str]:
     """A deserialised Image/CompressedImage -> (H, W, 3) uint8 and 'rgb'|'bgr' (InputError if bad)."""
     if msgtype == COMPRESSED_TYPE:
         return image_codec.decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     if msgtype == IMAGE_TYPE:
-        return image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                                        msg.data, max_pixels=max_pixels)
+        return image_codec.decode_image(
+            msg.encoding,
+            msg.height,
+            msg.width,
+            msg.step,
+            msg.is_bigendian,
+            msg.data,
+            max_pixels=max_pixels,
+        )
     raise InputError("not_an_image", f"message type {msgtype} is not an image")
 
 
@@ -228,13 +254,18 @@ def labels_from_msg(msg: Any) -> np.ndarray:
     enc = str(msg.encoding).lower()
     dtypes = {"mono8": np.uint8, "8uc1": np.uint8, "mono16": np.uint16, "16uc1": np.uint16}
     if enc not in dtypes:
-        raise InputError("bad_label_encoding", f"label image encoding {msg.encoding!r} is not a class-id "
-                                               f"encoding (mono8, mono16, 8UC1, 16UC1)")
+        raise InputError(
+            "bad_label_encoding",
+            f"label image encoding {msg.encoding!r} is not a class-id "
+            f"encoding (mono8, mono16, 8UC1, 16UC1)",
+        )
     dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     buf = image_codec.as_uint8_buffer(msg.data)
     if h <= 0 or w <= 0 or step < w * dt.itemsize or buf.size != step * h:
-        raise InputError("size_mismatch", f"label image {h}x{w} step {step} does not fit {buf.size} bytes")
+        raise InputError(
+            "size_mismatch", f"label image {h}x{w} step {step} does not fit {buf.size} bytes"
+        )
     rows = buf.reshape(h, step)[:, : w * dt.itemsize]
     return np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dtypes[enc])
 
@@ -259,11 +290,17 @@ class BagFrame:
     def stamp_ns(self) -> int | None:
         """The header stamp (ns), which is what matches outputs to inputs."""
         header = getattr(self.msg, "header", None)
-        return None if header is None else int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        return (
+            None if header is None else int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        )
 
 
-def frames_from_reader(bag: BagReader, topics: Sequence[str] | None = None,
-                       max_frames: int | None = None, max_pixels: int | None = None) -> Iterator[BagFrame]:
+def frames_from_reader(
+    bag: BagReader,
+    topics: Sequence[str] | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[BagFrame]:
     """Decoded frames of an open bag's image topics (all image topics when None), in time order."""
     chosen = bag.select_topics(topics, image_only=True)
     n = 0
@@ -282,8 +319,12 @@ def frames_from_reader(bag: BagReader, topics: Sequence[str] | None = None,
                        (time.perf_counter() - t0) * 1e3, error)
 
 
-def iter_bag_frames(path: str | Path, topics: Sequence[str] | None = None, max_frames: int | None = None,
-                    max_pixels: int | None = None) -> Iterator[BagFrame]:
+def iter_bag_frames(
+    path: str | Path,
+    topics: Sequence[str] | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[BagFrame]:
     """Open ``path`` and yield its decoded image frames (the entry point for bench and scripts).
     Undecodable frames are yielded with ``error`` set rather than stopping the iteration.
     """
@@ -296,13 +337,24 @@ def make_header(stamp_ns: int, frame_id: str = "") -> Any:
     ts = typestore()
     Time = ts.types["builtin_interfaces/msg/Time"]
     Header = ts.types["std_msgs/msg/Header"]
-    return Header(stamp=Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)), frame_id=frame_id)
+    return Header(
+        stamp=Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)), frame_id=frame_id
+    )
 
 
-def make_image(header: Any, encoding: str, height: int, width: int, step: int, data: np.ndarray) -> Any:
+def make_image(
+    header: Any, encoding: str, height: int, width: int, step: int, data: np.ndarray
+) -> Any:
     Image = typestore().types[IMAGE_TYPE]
-    return Image(header=header, height=int(height), width=int(width), encoding=encoding, is_bigendian=0,
-                 step=int(step), data=np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
+    return Image(
+        header=header,
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=0,
+        step=int(step),
+        data=np.ascontiguousarray(data, dtype=np.uint8).reshape(-1),
+    )
 
 
 def make_compressed(header: Any, fmt: str, data: bytes | np.ndarray) -> Any:
@@ -312,7 +364,9 @@ def make_compressed(header: Any, fmt: str, data: bytes | np.ndarray) -> Any:
 
 def image_msg_from_array(header: Any, image: np.ndarray, kind: str = "rgb") -> Any:
     """Labels (H, W) -> mono8/mono16; RGB (H, W, 3) -> rgb8 (``kind`` 'labels' or 'rgb')."""
-    enc, step, data = (image_codec.encode_labels(image) if kind == "labels" else image_codec.encode_rgb(image))
+    enc, step, data = (
+        image_codec.encode_labels(image) if kind == "labels" else image_codec.encode_rgb(image)
+    )
     return make_image(header, enc, image.shape[0], image.shape[1], step, data)
 
 
@@ -345,7 +399,9 @@ class BagWriter:
         self.single_file = self.path.suffix in (".mcap", ".db3")
         if self.path.exists():
             if not overwrite:
-                raise BagError(f"output bag {self.path} exists already (pass --overwrite to replace it)")
+                raise BagError(
+                    f"output bag {self.path} exists already (pass --overwrite to replace it)"
+                )
             remove_bag(self.path)
         self._staging = staging_dir(self.path)
         if self._staging.exists():  # left by a writer that was killed
@@ -374,8 +430,15 @@ class BagWriter:
             raise BagError(f"cannot create bag {self.path}: {_reason(exc)}") from None
         self._open = True
 
-    def add_topic(self, topic: str, msgtype: str, *, msgdef: str | None = None, rihs01: str | None = None,
-                  store: Any = None) -> None:
+    def add_topic(
+        self,
+        topic: str,
+        msgtype: str,
+        *,
+        msgdef: str | None = None,
+        rihs01: str | None = None,
+        store: Any = None,
+    ) -> None:
         """Declare a topic once; types unknown to the distro need their ``msgdef`` + ``rihs01``."""
         if topic in self._conns:
             return
@@ -385,7 +448,9 @@ class BagWriter:
         elif msgdef and rihs01:
             conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
         else:
-            raise BagError(f"cannot write {topic}: message type {msgtype} is unknown and has no definition")
+            raise BagError(
+                f"cannot write {topic}: message type {msgtype} is unknown and has no definition"
+            )
         self._conns[topic] = conn
         self.counts[topic] = 0
 
@@ -431,7 +496,9 @@ def remove_bag(path: str | Path) -> None:
     shutil.rmtree(staging_dir(p), ignore_errors=True)
     if p.is_dir():
         if not (p / "metadata.yaml").exists() and any(p.iterdir()):
-            raise BagError(f"refusing to delete {p}: it is a non-empty directory but not a rosbag2")
+            raise BagError(
+                f"refusing to delete {p}: it is a non-empty directory but not a rosbag2"
+            )
         shutil.rmtree(p)
     elif p.exists():
         if p.suffix not in (".mcap", ".db3"):
@@ -443,9 +510,12 @@ def summarize(path: str | Path) -> dict[str, Any]:
     """Topics, types and counts of a bag (for tools' summaries and the tests)."""
     with BagReader(path) as bag:
         r = bag.reader
-        return {"path": str(path), "messages": bag.message_count,
-                "duration_s": r.duration / 1e9 if bag.message_count else 0.0,
-                "topics": {t: {"type": i.msgtype, "count": i.count} for t, i in bag.topics.items()}}
+        return {
+            "path": str(path),
+            "messages": bag.message_count,
+            "duration_s": r.duration / 1e9 if bag.message_count else 0.0,
+            "topics": {t: {"type": i.msgtype, "count": i.count} for t, i in bag.topics.items()},
+        }
 
 
 def copy_message(bag: BagReader, writer: BagWriter, m: BagMessage) -> None:

@@ -40,9 +40,14 @@ class Intrinsics:
         for i in (5, 6):  # fy', cy'
             p[i] *= scale_y
         x, y, w, h = self.roi
-        return replace(self, width=int(self.width * scale_x), height=int(self.height * scale_y),
-                       k=tuple(k), p=tuple(p),
-                       roi=(int(x * scale_x), int(y * scale_y), int(w * scale_x), int(h * scale_y)))
+        return replace(
+            self,
+            width=int(self.width * scale_x),
+            height=int(self.height * scale_y),
+            k=tuple(k),
+            p=tuple(p),
+            roi=(int(x * scale_x), int(y * scale_y), int(w * scale_x), int(h * scale_y)),
+        )
 
 
 def resize_factors(frame_hw: tuple[int, int], labels_hw: tuple[int, int]) -> tuple[float, float]:

@@ -85,16 +85,24 @@ def _check_geometry(encoding: str, height: int, width: int, step: int, nbytes: i
     """Validate the header against the buffer; returns bytes per pixel."""
     bpp = BYTES_PER_PIXEL.get(encoding)
     if bpp is None:
-        raise InputError(KIND_UNKNOWN_ENCODING,
-                         f"unknown image encoding {name!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        raise InputError(
+            KIND_UNKNOWN_ENCODING,
+            f"unknown image encoding {name!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}",
+        )
     if height <= 0 or width <= 0:
         raise InputError(KIND_EMPTY, f"image is empty: {height}x{width} (height x width)")
     if max_pixels is not None and height * width > max_pixels:
-        raise InputError(KIND_TOO_LARGE, f"image has {height}x{width} = {height * width} pixels, more "
-                                         f"than max_input_pixels = {max_pixels}")
+        raise InputError(
+            KIND_TOO_LARGE,
+            f"image has {height}x{width} = {height * width} pixels, more "
+            f"than max_input_pixels = {max_pixels}",
+        )
     if step < width * bpp:
-        raise InputError(KIND_SIZE_MISMATCH, f"step {step} is smaller than width {width} x {bpp} bytes "
-                                             f"per pixel = {width * bpp} for encoding {encoding}")
+        raise InputError(
+            KIND_SIZE_MISMATCH,
+            f"step {step} is smaller than width {width} x {bpp} bytes "
+            f"per pixel = {width * bpp} for encoding {encoding}",
+        )
     if bpp in (2, 6) and encoding.endswith("16") and step % 2:
         raise InputError(KIND_SIZE_MISMATCH, f"step {step} is odd for 16-bit encoding {encoding}")
     if encoding in _YUV_TO_RGB and width % 2:

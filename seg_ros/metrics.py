@@ -20,7 +20,9 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
     a prediction outside 0..K-1 on a counted pixel is a caller bug and raises ValueError.
     """
     if gt.shape != pred.shape:
-        raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+        raise ValueError(
+            f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}"
+        )
     gt = np.asarray(gt).astype(np.int64, copy=False).ravel()
     pred = np.asarray(pred).astype(np.int64, copy=False).ravel()
     valid = (gt >= 0) & (gt < num_classes)
@@ -137,13 +139,17 @@ class BoundaryAccumulator:
     summed over images. Boundaries touching ignored ground truth are not scored.
     """
 
-    def __init__(self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None) -> None:
+    def __init__(
+        self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None
+    ) -> None:
         self.tolerance, self.ignore_id, self.num_classes = tolerance, ignore_id, num_classes
         self.matched_pred = self.pred = self.matched_gt = self.gt = 0
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
-            raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+            raise ValueError(
+                f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}"
+            )
         valid = np.ones(gt.shape, bool)
         if self.num_classes is not None:
             valid &= (gt >= 0) & (gt < self.num_classes)
@@ -161,4 +167,9 @@ class BoundaryAccumulator:
         p = self.matched_pred / self.pred if self.pred else float("nan")
         r = self.matched_gt / self.gt if self.gt else float("nan")
         f = 2 * p * r / (p + r) if (p + r) > 0 else (0.0 if p == 0 and r == 0 else float("nan"))
-        return {"boundary_precision": p, "boundary_recall": r, "boundary_f": f, "tolerance_px": self.tolerance}
+        return {
+            "boundary_precision": p,
+            "boundary_recall": r,
+            "boundary_f": f,
+            "tolerance_px": self.tolerance,
+        }

@@ -100,16 +100,26 @@ class PipelineConfig:
 
     def validate(self) -> None:
         if self.backend not in list_backends():
-            raise ConfigError(f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}")
+            raise ConfigError(
+                f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}"
+            )
         if self.model not in list_models():
-            raise ConfigError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
+            raise ConfigError(
+                f"unknown model {self.model!r}; known models: {', '.join(list_models())}"
+            )
         if self.input_size is not None:
-            if len(self.input_size) != 2 or any(int(v) < 8 or int(v) > 16384 for v in self.input_size):
-                raise ConfigError(f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}")
+            if len(self.input_size) != 2 or any(
+                int(v) < 8 or int(v) > 16384 for v in self.input_size
+            ):
+                raise ConfigError(
+                    f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}"
+                )
         if not 1 <= int(self.max_input_pixels) <= 1 << 30:
             raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")
         if self.num_threads < 0:
-            raise ConfigError(f"num_threads must be >= 0 (0 = library default), got {self.num_threads}")
+            raise ConfigError(
+                f"num_threads must be >= 0 (0 = library default), got {self.num_threads}"
+            )
         if int(self.min_frames_per_new_size) < 1:
             raise ConfigError(f"min_frames_per_new_size must be >= 1, "
                               f"got {self.min_frames_per_new_size}")
@@ -294,12 +304,18 @@ class SegmentationPipeline:
         if self.config.classes:
             classes = load_classes(self.config.classes)
         elif meta.get("classes"):
-            classes = ClassSet.from_entries(meta["classes"], name=meta.get("classes_name", "weights"),
-                                            ignore_id=meta.get("ignore_id"), source="weights metadata")
+            classes = ClassSet.from_entries(
+                meta["classes"],
+                name=meta.get("classes_name", "weights"),
+                ignore_id=meta.get("ignore_id"),
+                source="weights metadata",
+            )
         else:
             classes = load_classes(DEFAULT_CLASSES)
         if meta.get("num_classes") is not None:
-            classes.check_num_classes(int(meta["num_classes"]), f"weights file {self.config.weights}")
+            classes.check_num_classes(
+                int(meta["num_classes"]), f"weights file {self.config.weights}"
+            )
         return classes
 
     # -- per-frame work -------------------------------------------------------------------
@@ -312,11 +328,15 @@ class SegmentationPipeline:
     def check_image(self, image: Any, max_input_pixels: int | None = None) -> None:
         """Raise InputError (a ValueError) naming the problem before anything reaches torch."""
         if not isinstance(image, np.ndarray):
-            raise InputError("bad_type", f"image must be a numpy array, got {type(image).__name__}")
+            raise InputError(
+                "bad_type", f"image must be a numpy array, got {type(image).__name__}"
+            )
         if image.dtype != np.uint8:
             raise InputError("bad_dtype", f"image dtype must be uint8, got {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError("bad_channels", f"image must be HxWx3 (3 colour channels), got shape {image.shape}")
+            raise InputError(
+                "bad_channels", f"image must be HxWx3 (3 colour channels), got shape {image.shape}"
+            )
         h, w = image.shape[:2]
         if h == 0 or w == 0:
             raise InputError("empty", f"image is empty ({h}x{w})")
@@ -332,7 +352,9 @@ class SegmentationPipeline:
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
-        if any(stride < 0 for stride in image.strides):  # e.g. image[:, ::-1]: torch cannot view it
+        if any(
+            stride < 0 for stride in image.strides
+        ):  # e.g. image[:, ::-1]: torch cannot view it
             image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
@@ -448,7 +470,9 @@ class SegmentationPipeline:
         """Labels (and confidence, colour mask, overlay) of one frame from its class scores."""
         h, w = frame.shape[:2]
         resolution = opts.output_resolution or self.config.output_resolution
-        out_hw = (h, w) if resolution == "input" else self.inference_size_for((h, w), opts.keep_aspect)
+        out_hw = (
+            (h, w) if resolution == "input" else self.inference_size_for((h, w), opts.keep_aspect)
+        )
         conf = None
         if opts.confidence or self.device.type != "cpu":
             # GPUs upsample every score faster than they can sync on the sparse path's nonzero()
@@ -495,7 +519,9 @@ class SegmentationPipeline:
         run on another thread while the next frame goes through ``__call__``.
         """
         if result.refine_input is None:
-            raise ConfigError("this result kept no scores to refine: segment with keep_scores=True")
+            raise ConfigError(
+                "this result kept no scores to refine: segment with keep_scores=True"
+            )
         opts = self.frame_options(options, **fields)
         kept = result.refine_input
         t0 = time.perf_counter()
@@ -518,13 +544,20 @@ class SegmentationPipeline:
         h, w = self.input_size
         blank = np.zeros((h, w, 3), np.uint8)
         for batch in sorted({min(int(b), self.batch_limit()) for b in batch_sizes}):
-            self.segment_batch([(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True))
+            self.segment_batch(
+                [(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True)
+            )
         return h, w
 
     def describe(self) -> dict[str, Any]:
         """What is running, for logs, diagnostics and benchmark reports."""
-        return {"model": self.config.model, "backend": getattr(self.backend, "name", self.config.backend),
-                "device": str(self.device),
-                "precision": "fp16" if self.half else "fp32", "weights": self.weights_path or "random-init",
-                "classes": self.classes.name, "num_classes": self.classes.num_classes,
-                "input_size": list(self.input_size) if self.input_size else None}
+        return {
+            "model": self.config.model,
+            "backend": getattr(self.backend, "name", self.config.backend),
+            "device": str(self.device),
+            "precision": "fp16" if self.half else "fp32",
+            "weights": self.weights_path or "random-init",
+            "classes": self.classes.name,
+            "num_classes": self.classes.num_classes,
+            "input_size": list(self.input_size) if self.input_size else None,
+        }

@@ -63,7 +63,9 @@ def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Pa
 Layout = dict[str, tuple[int, ...]]
 
 
-def conv_layout(name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False) -> Layout:
+def conv_layout(
+    name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False
+) -> Layout:
     """Keys and shapes of a (transposed) convolution as nn.Conv2d / nn.ConvTranspose2d store them."""
     out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
     if bias:
@@ -221,19 +223,30 @@ class Peer:
         rclpy.init(context=self.ctx, domain_id=domain)
         self.node = rclpy.create_node("segment_node_test_peer", context=self.ctx)
         self.cond = threading.Condition()
-        self.received: dict[str, dict[str, object]] = {t: {} for t in ("labels", "color_mask", "overlay",
-                                                                        "confidence")}
+        self.received: dict[str, dict[str, object]] = {
+            t: {} for t in ("labels", "color_mask", "overlay", "confidence")
+        }
         self.received_at: dict[str, float] = {}
         self.class_info: dict | None = None
         self.diagnostics: list[tuple[float, object]] = []
         if transport == "compressed":
-            self.pub = self.node.create_publisher(CompressedImage, INPUT + "/compressed", output_qos(1))
+            self.pub = self.node.create_publisher(
+                CompressedImage, INPUT + "/compressed", output_qos(1)
+            )
         else:
             self.pub = self.node.create_publisher(Image, INPUT, output_qos(1))
-        self.subs = [self.node.create_subscription(Image, f"{NODE}/{topic}", self._collector(topic),
-                                                   output_qos(10)) for topic in self.received]
-        self.node.create_subscription(String, f"{NODE}/class_info", self._on_class_info, latched_qos())
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos())
+        self.subs = [
+            self.node.create_subscription(
+                Image, f"{NODE}/{topic}", self._collector(topic), output_qos(10)
+            )
+            for topic in self.received
+        ]
+        self.node.create_subscription(
+            String, f"{NODE}/class_info", self._on_class_info, latched_qos()
+        )
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos()
+        )
         self.params = AsyncParameterClient(self.node, NODE)
         self.executor = spin_in_background(self.node, self.ctx)
 
@@ -293,8 +306,11 @@ class Peer:
                     raise
 
     def latest_diag(self, after: float = 0.0):
-        return self.wait(lambda: next((s for t, s in reversed(self.diagnostics) if t > after), None),
-                         10.0, "diagnostics")
+        return self.wait(
+            lambda: next((s for t, s in reversed(self.diagnostics) if t > after), None),
+            10.0,
+            "diagnostics",
+        )
 
     def diag_values(self, after: float = 0.0) -> dict[str, str]:
         return {kv.key: kv.value for kv in self.latest_diag(after).values}
@@ -386,7 +402,9 @@ def check_outputs(out: dict[str, Image], sent: Image, expected, offline) -> None
     if "overlay" in out:
         ov = out["overlay"]
         assert ov.encoding == "rgb8" and ov.step == w * 3
-        np.testing.assert_array_equal(np.frombuffer(ov.data, np.uint8).reshape(h, w, 3), expected.overlay)
+        np.testing.assert_array_equal(
+            np.frombuffer(ov.data, np.uint8).reshape(h, w, 3), expected.overlay
+        )
 
 
 # -- the ROS 2 command line as a user runs it (test_ros2_cli.py, scripts/) ------------------
@@ -406,8 +424,10 @@ def require_ros2_cli() -> None:
     missing = [name for name in ("ros2", "colcon") if ros2_executable(name) is None]
     if not missing:
         return
-    reason = (f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
-              "with ../shared/ros2-cli present")
+    reason = (
+        f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
+        "with ../shared/ros2-cli present"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the ROS 2 CLI tests: {reason}")
     pytest.skip(reason)
@@ -449,8 +469,11 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
     repeated, as a user would.
     """
     cmd = [ros2_executable("ros2"), *args]
-    if (args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump")
-            or args[0] == "lifecycle"):
+    if (
+        args[0] in ("param", "node")
+        and args[1] in ("get", "set", "list", "info", "describe", "dump")
+        or args[0] == "lifecycle"
+    ):
         cmd += ["--no-daemon", "--spin-time", "2"]
     for _ in range(attempts):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -472,8 +495,14 @@ class Ros2Process:
     """`ros2 launch ...` or `ros2 run ...` in its own process group, as in a terminal."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([ros2_executable("ros2"), *args], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ros2_executable("ros2"), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -646,7 +675,9 @@ class FramePeer:
         """
         from sensor_msgs.msg import Image
 
-        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+        msg = Image(
+            height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3
+        )
         msg.data = rgb.tobytes()
         msg.header.frame_id = frame_id
         msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
@@ -711,8 +742,9 @@ def ctrl_c_race(env: dict[str, str], runs: int, seed: int, max_delay: float) -> 
     results = []
     for i in range(runs):
         after_ready = i % 2 == 1  # every other run: while frames are being segmented
-        result = one_run(env, rng.uniform(0.0, 3.0) if after_ready else rng.uniform(0.2, max_delay),
-                         after_ready)
+        result = one_run(
+            env, rng.uniform(0.0, 3.0) if after_ready else rng.uniform(0.2, max_delay), after_ready
+        )
         results.append(result)
         print(f"run {i + 1:2d}: Ctrl-C at {result['after']} +{result['delay_s']:.2f} s "
               f"({result['phase']}): exit "

@@ -1,4 +1,5 @@
 """Real rosbag2 files (both storage formats) written and read back; damaged bags give clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,12 @@ def _write(path: Path, frames: list[np.ndarray], topic: str = "/cam") -> None:
         w.add_topic("/other", "std_msgs/msg/String")
         for i, img in enumerate(frames):
             stamp = 10**9 * (7 + i) + 123
-            w.write(topic, 5000 + i, bags.image_msg_from_array(bags.make_header(stamp, f"f{i}"), img))
-            w.write("/other", 5000 + i, bags.typestore().types["std_msgs/msg/String"](data=f"s{i}"))
+            w.write(
+                topic, 5000 + i, bags.image_msg_from_array(bags.make_header(stamp, f"f{i}"), img)
+            )
+            w.write(
+                "/other", 5000 + i, bags.typestore().types["std_msgs/msg/String"](data=f"s{i}")
+            )
 
 
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
@@ -105,15 +110,39 @@ def test_bag_from_images_cli(tmp_path, encoding):
     for i, img in enumerate(frames):  # written out of order: the tool sorts by name
         cv2.imwrite(str(folder / f"frame_{2 - i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out.db3"
-    assert cli(["bag-from-images", str(folder), "--out", str(out), "--rate", "5", "--encoding", encoding,
-                "--start-time", "100"]) == 0
+    assert (
+        cli(
+            [
+                "bag-from-images",
+                str(folder),
+                "--out",
+                str(out),
+                "--rate",
+                "5",
+                "--encoding",
+                encoding,
+                "--start-time",
+                "100",
+            ]
+        )
+        == 0
+    )
     got = list(bags.iter_bag_frames(out))
     assert len(got) == 3
-    assert [f.stamp_ns for f in got] == [100 * 10**9, 100 * 10**9 + 2 * 10**8, 100 * 10**9 + 4 * 10**8]
+    assert [f.stamp_ns for f in got] == [
+        100 * 10**9,
+        100 * 10**9 + 2 * 10**8,
+        100 * 10**9 + 4 * 10**8,
+    ]
     for f, img in zip(got, frames[::-1]):
         rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
         np.testing.assert_array_equal(rgb, img)  # lossless encodings round-trip exactly
-    assert cli(["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]) == 2
+    assert (
+        cli(
+            ["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]
+        )
+        == 2
+    )
 
 
 def test_normalize_type_accepts_the_older_spelling():

@@ -75,9 +75,13 @@ def test_colour_encodings_exact(rgb, encoding, extra):
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array", "numpy"])
 def test_rgb8_is_a_view_of_the_buffer(rgb, kind):
     data, step = pad_rows(as_rows(rgb), 4)
-    buffers = {"bytes": lambda: data, "bytearray": lambda: bytearray(data),
-               "memoryview": lambda: memoryview(bytearray(data)),
-               "array": lambda: array.array("B", data), "numpy": lambda: np.frombuffer(data, np.uint8).copy()}
+    buffers = {
+        "bytes": lambda: data,
+        "bytearray": lambda: bytearray(data),
+        "memoryview": lambda: memoryview(bytearray(data)),
+        "array": lambda: array.array("B", data),
+        "numpy": lambda: np.frombuffer(data, np.uint8).copy(),
+    }
     buf = buffers[kind]()
     image, _ = decode_image("rgb8", H, W, step, False, buf)
     np.testing.assert_array_equal(image, rgb)
@@ -177,8 +181,24 @@ def test_bayer_smooth_image(pattern):
 
 
 def test_every_supported_encoding_is_tested():
-    tested = {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "rgb16", "bgr16", "mono16", "yuv422",
-              "yuv422_yuy2", "uyvy", "yuyv", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"}
+    tested = {
+        "rgb8",
+        "bgr8",
+        "rgba8",
+        "bgra8",
+        "mono8",
+        "rgb16",
+        "bgr16",
+        "mono16",
+        "yuv422",
+        "yuv422_yuy2",
+        "uyvy",
+        "yuyv",
+        "bayer_rggb8",
+        "bayer_bggr8",
+        "bayer_gbrg8",
+        "bayer_grbg8",
+    }
     assert set(SUPPORTED_ENCODINGS) == tested
 
 
@@ -253,7 +273,9 @@ def test_png_channel_order_follows_image_transport(rgb, fmt, legacy):
 def test_jpeg(fmt, legacy, kind):
     img = smooth_image(48, 64)
     data = encoded(img, ".jpg", legacy)
-    buf = {"bytes": data, "array": array.array("B", data), "numpy": np.frombuffer(data, np.uint8)}[kind]
+    buf = {"bytes": data, "array": array.array("B", data), "numpy": np.frombuffer(data, np.uint8)}[
+        kind
+    ]
     image, order = decode_compressed(fmt, buf)
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
     assert np.abs(rgb_of(image, order).astype(int) - img).mean() < 3

@@ -38,7 +38,9 @@ def test_ignore_id_pixels_are_not_counted():
     assert s.counted_pixels == 2
     assert s.miou == 1.0 and s.pixel_accuracy == 1.0
     # An ignore id inside 0..K-1 is honoured too.
-    s = scores_from_confusion(confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 0]), 3, ignore_id=1))
+    s = scores_from_confusion(
+        confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 0]), 3, ignore_id=1)
+    )
     assert s.counted_pixels == 1 and s.miou == 1.0
 
 

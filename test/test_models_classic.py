@@ -41,11 +41,34 @@ FULL_RESOLUTION = {"fcn8s_vgg16", "segnet_vgg16", "deconvnet_vgg16", "unet"}
 # -- reference layouts ----------------------------------------------------------------------------
 
 # torchvision's cfg "D": conv widths, "M" a max pooling; make_layers numbers conv, [bn], relu, pool
-VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16_CFG = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+]
 
 
-def _conv(name: str, cin: int, cout: int, k: int, bias: bool = True, transposed: bool = False) -> Layout:
-    return conv_layout(name, cin, cout, k, bias, transposed)  # these models mostly keep conv biases
+def _conv(
+    name: str, cin: int, cout: int, k: int, bias: bool = True, transposed: bool = False
+) -> Layout:
+    return conv_layout(
+        name, cin, cout, k, bias, transposed
+    )  # these models mostly keep conv biases
 
 
 _bn = bn_layout
@@ -66,16 +89,29 @@ def torchvision_vgg16_features(bn: bool) -> Layout:
 
 
 def fcn8s(nc: int) -> Layout:
-    keys = torchvision_vgg16_features(bn=False) | _conv("fc6", 512, 4096, 7) | _conv("fc7", 4096, 4096, 1)
-    keys |= _conv("score_fr", 4096, nc, 1) | _conv("score_pool4", 512, nc, 1) | _conv("score_pool3", 256, nc, 1)
+    keys = (
+        torchvision_vgg16_features(bn=False)
+        | _conv("fc6", 512, 4096, 7)
+        | _conv("fc7", 4096, 4096, 1)
+    )
+    keys |= (
+        _conv("score_fr", 4096, nc, 1)
+        | _conv("score_pool4", 512, nc, 1)
+        | _conv("score_pool3", 256, nc, 1)
+    )
     for name, k in (("upscore2", 4), ("upscore_pool4", 4), ("upscore8", 16)):
         keys |= _conv(name, nc, nc, k, bias=False, transposed=True)
     return keys
 
 
 # decoder layers (in, out) from pool5 back to pool1: VGG-16 mirrored
-DECODER = [[(512, 512)] * 3, [(512, 512), (512, 512), (512, 256)], [(256, 256), (256, 256), (256, 128)],
-           [(128, 128), (128, 64)], [(64, 64)]]
+DECODER = [
+    [(512, 512)] * 3,
+    [(512, 512), (512, 512), (512, 256)],
+    [(256, 256), (256, 256), (256, 128)],
+    [(128, 128), (128, 64)],
+    [(64, 64)],
+]
 
 
 def _decoder(transposed: bool, stage1: list[tuple[int, int]]) -> Layout:
@@ -88,12 +124,21 @@ def _decoder(transposed: bool, stage1: list[tuple[int, int]]) -> Layout:
 
 
 def segnet(nc: int) -> Layout:
-    return torchvision_vgg16_features(bn=True) | _decoder(False, [(64, 64)]) | _conv("classifier", 64, nc, 3)
+    return (
+        torchvision_vgg16_features(bn=True)
+        | _decoder(False, [(64, 64)])
+        | _conv("classifier", 64, nc, 3)
+    )
 
 
 def deconvnet(nc: int) -> Layout:
     keys = torchvision_vgg16_features(bn=True)
-    keys |= _conv("fc.0", 512, 4096, 7) | _bn("fc.1", 4096) | _conv("fc.3", 4096, 4096, 1) | _bn("fc.4", 4096)
+    keys |= (
+        _conv("fc.0", 512, 4096, 7)
+        | _bn("fc.1", 4096)
+        | _conv("fc.3", 4096, 4096, 1)
+        | _bn("fc.4", 4096)
+    )
     keys |= _conv("fc.6", 4096, 512, 7, transposed=True) | _bn("fc.7", 512)
     return keys | _decoder(True, [(64, 64), (64, 64)]) | _conv("classifier", 64, nc, 1)
 
@@ -115,7 +160,11 @@ def unet(nc: int, base_width: int = 64, depth: int = 4) -> Layout:
 
 
 def dilatednet(nc: int, context: bool = False) -> Layout:
-    keys = torchvision_vgg16_features(bn=False) | _conv("fc6", 512, 4096, 7) | _conv("fc7", 4096, 4096, 1)
+    keys = (
+        torchvision_vgg16_features(bn=False)
+        | _conv("fc6", 512, 4096, 7)
+        | _conv("fc7", 4096, 4096, 1)
+    )
     keys |= _conv("final", 4096, nc, 1)
     if context:
         for i in range(7):
@@ -142,7 +191,10 @@ CASES = {
     ("unet", 11, (("base_width", 16), ("depth", 3))): (unet(11, 16, 3), 482_907),
     ("dilatednet_vgg16", 21, ()): (dilatednet(21), 134_346_581),
     ("dilatednet_vgg16", 19, ()): (dilatednet(19), 134_338_387),
-    ("dilatednet_vgg16", 19, (("context_module", True),)): (dilatednet(19, True), 134_338_387 + 64 * 19 ** 2 + 8 * 19),
+    ("dilatednet_vgg16", 19, (("context_module", True),)): (
+        dilatednet(19, True),
+        134_338_387 + 64 * 19**2 + 8 * 19,
+    ),
 }
 
 
@@ -177,17 +229,33 @@ def test_published_figures():
 
 def test_architecture_details():
     dil = meta_model("dilatednet_vgg16", 19, context_module=True)
-    assert isinstance(dil.features[23], nn.Identity) and isinstance(dil.features[30], nn.Identity)  # pool4, pool5
+    assert isinstance(dil.features[23], nn.Identity) and isinstance(
+        dil.features[30], nn.Identity
+    )  # pool4, pool5
     assert [dil.features[i].dilation for i in (21, 24, 26, 28)] == [(1, 1), (2, 2), (2, 2), (2, 2)]
     assert dil.fc6.dilation == (4, 4) and dil.fc6.kernel_size == (7, 7)
-    assert [m.dilation[0] for m in dil.context if isinstance(m, nn.Conv2d)] == [1, 1, 2, 4, 8, 16, 1, 1]
+    assert [m.dilation[0] for m in dil.context if isinstance(m, nn.Conv2d)] == [
+        1,
+        1,
+        2,
+        4,
+        8,
+        16,
+        1,
+        1,
+    ]
     assert all(m.ceil_mode for m in dil.features if isinstance(m, nn.MaxPool2d))
     seg = meta_model("segnet_vgg16", 11)
     assert all(m.return_indices for m in seg.features if isinstance(m, nn.MaxPool2d))
     deconv = meta_model("deconvnet_vgg16", 21)
-    assert sum(isinstance(m, nn.ConvTranspose2d) for m in deconv.modules()) == 14  # fc6's + 13 in the decoder
-    assert all(isinstance(b, nn.BatchNorm2d) for m, b in zip(deconv.decoder[0], deconv.decoder[0][1:])
-               if isinstance(m, nn.ConvTranspose2d))
+    assert (
+        sum(isinstance(m, nn.ConvTranspose2d) for m in deconv.modules()) == 14
+    )  # fc6's + 13 in the decoder
+    assert all(
+        isinstance(b, nn.BatchNorm2d)
+        for m, b in zip(deconv.decoder[0], deconv.decoder[0][1:])
+        if isinstance(m, nn.ConvTranspose2d)
+    )
     with pytest.raises(ConfigError, match="context_module"):
         meta_model("dilatednet_vgg16", 19, context_module="yes")
     with pytest.raises(ConfigError, match="depth"):
@@ -215,7 +283,9 @@ def test_fcn_upsampling_is_bilinear():
             got = up(x)
         ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
         assert got.shape == ref.shape
-        torch.testing.assert_close(got[..., factor:-factor, factor:-factor], ref[..., factor:-factor, factor:-factor])
+        torch.testing.assert_close(
+            got[..., factor:-factor, factor:-factor], ref[..., factor:-factor, factor:-factor]
+        )
 
 
 # -- max-unpooling --------------------------------------------------------------------------------
@@ -305,8 +375,16 @@ def test_every_batchnorm_folds_and_outputs_stay_equal(name):
     with torch.no_grad():
         before = model(x)
         n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-        assert n_bn == {"fcn8s_vgg16": 0, "dilatednet_vgg16": 0, "segnet_vgg16": 25, "deconvnet_vgg16": 29,
-                        "unet": 18}[name]
+        assert (
+            n_bn
+            == {
+                "fcn8s_vgg16": 0,
+                "dilatednet_vgg16": 0,
+                "segnet_vgg16": 25,
+                "deconvnet_vgg16": 29,
+                "unet": 18,
+            }[name]
+        )
         assert fold_batchnorm(model) == n_bn
         assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         after = model(x)

@@ -75,7 +75,9 @@ class CamerasPeer(Peer):
         """Ready: the class metadata is out and the node subscribes to every camera."""
         deadline = time.monotonic() + timeout
         while self.class_info is None or not self.connected():
-            assert node.proc.poll() is None, f"node exited with {node.proc.returncode}:\n{node.log}"
+            assert node.proc.poll() is None, (
+                f"node exited with {node.proc.returncode}:\n{node.log}"
+            )
             assert time.monotonic() < deadline, f"node not ready after {timeout} s:\n{node.log}"
             time.sleep(0.1)
 

@@ -29,10 +29,19 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a node process over
 
 @pytest.fixture(scope="module")
 def ros(weights_file):
-    with running_node(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
-                                   "publish_overlay:=false", "publish_confidence:=true",
-                                   "diagnostics_period:=0.25", "stale_input_timeout:=1.0", "error_threshold:=2"),
-                      transport="compressed") as both:
+    with running_node(
+        node_command(
+            weights_file,
+            "input_transport:=compressed",
+            "qos_reliability:=reliable",
+            "publish_overlay:=false",
+            "publish_confidence:=true",
+            "diagnostics_period:=0.25",
+            "stale_input_timeout:=1.0",
+            "error_threshold:=2",
+        ),
+        transport="compressed",
+    ) as both:
         yield both
 
 
@@ -50,8 +59,18 @@ def encode(rgb: np.ndarray, ext: str) -> bytes:
 
 
 def level_of(peer, after: float, level: bytes, words: str):
-    return peer.wait(lambda: next((s for t, s in peer.diagnostics if t > after and s.level == level
-                                   and words in s.message), None), 10, f"diagnostics level {level!r}")
+    return peer.wait(
+        lambda: next(
+            (
+                s
+                for t, s in peer.diagnostics
+                if t > after and s.level == level and words in s.message
+            ),
+            None,
+        ),
+        10,
+        f"diagnostics level {level!r}",
+    )
 
 
 def test_stale_input_warns(ros):
@@ -65,14 +84,18 @@ def test_stale_input_warns(ros):
 def test_compressed_frames(ros, offline, small_image, fmt, ext):
     node, peer = ros
     data = encode(small_image, ext)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the pixels the node sees
+    decoded = cv2.imdecode(
+        np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR
+    )  # the pixels the node sees
     sent = compressed_msg(fmt, data, ext[1:])
     out = peer.roundtrip(sent, ("labels", "color_mask", "confidence"))
     expected = offline(decoded, "bgr", confidence=True)
     check_outputs(out, sent, expected, offline)
     conf = out["confidence"]
     assert (conf.encoding, conf.step, conf.is_bigendian) == ("32FC1", SMALL[1] * 4, 0)
-    np.testing.assert_allclose(np.frombuffer(conf.data, "<f4").reshape(SMALL), expected.confidence, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.frombuffer(conf.data, "<f4").reshape(SMALL), expected.confidence, rtol=1e-6
+    )
     assert not peer.received["overlay"], "publish_overlay:=false must publish no overlay"
 
 

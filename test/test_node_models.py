@@ -25,7 +25,9 @@ def small_frame(road_image: np.ndarray) -> np.ndarray:
 
 
 # DeepLab v3+ at stride 8, not its default 16, so the parameter must reach the model
-@pytest.mark.parametrize("model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0), ("segnet_vgg16", 0)])
+@pytest.mark.parametrize(
+    "model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0), ("segnet_vgg16", 0)]
+)
 def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
     options = {"output_stride": stride} if stride else {}
     weights = save_test_weights(tmp_path / f"{model}.pt", model, **options)
@@ -50,7 +52,9 @@ def test_node_backends_on_cpu(tmp_path, road_image, backend, runs):
     weights = save_test_weights(tmp_path / "ddrnet.pt", "ddrnet23_slim")
     frame = small_frame(road_image)
     h, w = frame.shape[:2]
-    offline = SegmentationPipeline(PipelineConfig(weights=str(weights), device="cpu", backend=runs))
+    offline = SegmentationPipeline(
+        PipelineConfig(weights=str(weights), device="cpu", backend=runs)
+    )
     expected = offline(frame, "rgb")
     cmd = node_command(weights, "device:=cpu", "diagnostics_period:=0.25", backend=backend)
     with running_node(cmd) as (node, peer):

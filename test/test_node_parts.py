@@ -56,8 +56,16 @@ def test_parameter_validation_names_the_problem(name, value, words):
     assert reason and words in reason
 
 
-@pytest.mark.parametrize("name,value", [("input_size", [0, 0]), ("input_size", [512, 1024]),
-                                        ("device", "cuda:1"), ("device", "auto"), ("overlay_alpha", 0.0)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("input_size", [0, 0]),
+        ("input_size", [512, 1024]),
+        ("device", "cuda:1"),
+        ("device", "auto"),
+        ("overlay_alpha", 0.0),
+    ],
+)
 def test_valid_parameters_pass(name, value):
     assert P.validate("output_stride", 16) is None and P.validate("output_stride", 0) is None
     assert P.validate(name, value) is None
@@ -77,7 +85,9 @@ def test_bare_off_reads_as_off_and_output_stride_reaches_the_model_only_when_set
     assert P.unquoted_off("keep_aspect", False) is False  # a real bool parameter is left alone
     with pytest.raises(ValueError, match="boolean true"):
         P.unquoted_off("crf", True)
-    assert P.model_options({"output_stride": 0}) == {} and P.model_options({"output_stride": 8}) == {"output_stride": 8}
+    assert P.model_options({"output_stride": 0}) == {} and P.model_options(
+        {"output_stride": 8}
+    ) == {"output_stride": 8}
 
 
 def test_settings_are_derived_from_the_parameter_table():

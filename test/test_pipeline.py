@@ -22,10 +22,22 @@ def weights_file(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("ddrnet23_slim", 8)
     path = tmp_path_factory.mktemp("w") / "custom.pt"
-    classes = [{"id": i, "name": f"c{i}", "color": [i * 30, 255 - i * 30, 7 * i]} for i in range(8)]
-    save_weights(path, model, {"arch": "ddrnet23_slim", "num_classes": 8, "classes": classes,
-                               "ignore_id": 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-                               "input_size": [96, 128]})
+    classes = [
+        {"id": i, "name": f"c{i}", "color": [i * 30, 255 - i * 30, 7 * i]} for i in range(8)
+    ]
+    save_weights(
+        path,
+        model,
+        {
+            "arch": "ddrnet23_slim",
+            "num_classes": 8,
+            "classes": classes,
+            "ignore_id": 255,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "input_size": [96, 128],
+        },
+    )
     return path
 
 
@@ -59,7 +71,9 @@ def test_only_requested_outputs_are_computed(pipe, road_image):
 
 
 def test_inference_resolution_output(weights_file, road_image):
-    p = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference")
+    p = SegmentationPipeline(
+        weights=str(weights_file), device="cpu", output_resolution="inference"
+    )
     res = p(road_image, "rgb", overlay=True)
     assert res.labels.shape == p.inference_size_for(road_image.shape[:2])
     assert res.overlay.shape[:2] == res.labels.shape
@@ -70,15 +84,25 @@ def test_same_input_same_labels_and_bgr_equals_rgb(pipe, road_image):
     b = pipe(road_image.copy(), "rgb").labels
     c = pipe(np.ascontiguousarray(road_image[..., ::-1]), "bgr", overlay=True)
     assert np.array_equal(a, b) and np.array_equal(a, c.labels)
-    assert np.abs(c.overlay.astype(int) - pipe(road_image, "rgb", overlay=True).overlay.astype(int)).max() == 0
+    assert (
+        np.abs(
+            c.overlay.astype(int) - pipe(road_image, "rgb", overlay=True).overlay.astype(int)
+        ).max()
+        == 0
+    )
 
 
 def test_labels_follow_the_network(pipe, road_image):
     """Labels equal argmax of the network's logits upsampled to the frame (dense reference)."""
     with torch.inference_mode():
         logits = pipe.forward_logits(road_image, "rgb")
-        ref = torch.nn.functional.interpolate(logits.float(), size=road_image.shape[:2], mode="bilinear",
-                                              align_corners=False)[0].argmax(0).numpy()
+        ref = (
+            torch.nn.functional.interpolate(
+                logits.float(), size=road_image.shape[:2], mode="bilinear", align_corners=False
+            )[0]
+            .argmax(0)
+            .numpy()
+        )
     assert (pipe(road_image, "rgb").labels != ref).mean() < 1e-4
 
 
@@ -119,7 +143,9 @@ def test_flipped_view_input(pipe, road_image):
     """Negative-stride views (a mirrored camera, a BGR view by ``[..., ::-1]``) work like copies."""
     mirrored = road_image[:, ::-1]
     assert np.array_equal(pipe(mirrored, "rgb").labels, pipe(mirrored.copy(), "rgb").labels)
-    assert np.array_equal(pipe(road_image[..., ::-1], "bgr").labels, pipe(road_image, "rgb").labels)
+    assert np.array_equal(
+        pipe(road_image[..., ::-1], "bgr").labels, pipe(road_image, "rgb").labels
+    )
 
 
 @pytest.mark.parametrize("image, kind", [
@@ -194,7 +220,9 @@ def test_folded_model_matches_eager(weights_file):
     load_weights(eager, weights_file)
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
-        assert torch.allclose(p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3)
+        assert torch.allclose(
+            p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3
+        )
 
 
 def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file, road_image):

@@ -292,7 +292,9 @@ def test_a_signal_during_start_up_stops_with_one_line(workspace, env, signum, mo
         raise AssertionError(f"still running {STOP_WITHIN_S} s after {signum!r}")
     assert proc.returncode == 0, out
     assert TRACEBACK not in out and "KeyboardInterrupt" not in out, out
-    stop_lines = [line for line in out.splitlines() if "stopped by" in line or "shutting down" in line]
+    stop_lines = [
+        line for line in out.splitlines() if "stopped by" in line or "shutting down" in line
+    ]
     assert len(stop_lines) == 1, out
 
 

@@ -82,7 +82,9 @@ def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
     error = (fused.float() - reference.float()).abs().max().item()
     bound = 1e-3 + 1e-2 * reference.abs().max().item()
     if not error <= bound:
-        raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
+        raise RuntimeError(
+            f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})"
+        )
     return graph
 
 

@@ -73,7 +73,9 @@ def capture_cuda_graph(fn: Forward, example: torch.Tensor, warmup: int = 3) -> F
 class GraphedForward:
     """``fn`` replayed from a captured graph per input key; eager for keys whose capture failed."""
 
-    def __init__(self, fn: Forward, capture: Capture = capture_cuda_graph, max_graphs: int = 4) -> None:
+    def __init__(
+        self, fn: Forward, capture: Capture = capture_cuda_graph, max_graphs: int = 4
+    ) -> None:
         self.fn = fn
         self._capture = capture
         self.graphs: ShapeCache[Forward] = ShapeCache(self._build, max_entries=max_graphs,

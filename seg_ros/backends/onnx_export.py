@@ -71,7 +71,9 @@ class AdaptiveAvgPoolMatmul(nn.Module):
 
     def __init__(self, output_size: int | tuple[int, int]) -> None:
         super().__init__()
-        self.bins = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        self.bins = (
+            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        )
 
     @staticmethod
     def _matrix(n: Any, bins: int, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,12 @@ class AdaptiveAvgPoolMatmul(nn.Module):
 
 def exportable_copy(model: nn.Module) -> nn.Module:
     """A CPU fp32 NCHW copy of ``model`` with multi-bin adaptive pools made exportable."""
-    m = copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+    m = (
+        copy.deepcopy(model)
+        .to("cpu", torch.float32)
+        .to(memory_format=torch.contiguous_format)
+        .eval()
+    )
     for module in list(m.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size not in (1, (1, 1)):
@@ -125,20 +132,39 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, 
     """
     onnx = require_onnx()
     if opset < 17:
-        raise ConfigError(f"ONNX opset must be 17 or later (LayerNorm/resize semantics), got {opset}")
+        raise ConfigError(
+            f"ONNX opset must be 17 or later (LayerNorm/resize semantics), got {opset}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     m = exportable_copy(model)
     h, w = (int(v) for v in input_hw)
     x = torch.zeros(1, 3, h, w)
-    dynamic_axes = ({INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}}
-                    if dynamic else None)
+    dynamic_axes = (
+        {INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}}
+        if dynamic
+        else None
+    )
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        torch.inference_mode(False),
+        torch.no_grad(),
+        redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         # The TorchScript exporter: no onnxscript dependency, and TensorRT parses its output well.
-        torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(
+            m,
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"input_size": f"{h}x{w}", "dynamic": str(bool(dynamic)).lower(), "opset": str(opset),
             "exporter": f"torch {torch.__version__}", **(metadata or {})}
@@ -168,10 +194,14 @@ def check_onnx_file(path: str | os.PathLike) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # checker raises ValidationError, decode errors, OSError
-        raise ConfigError(f"ONNX file {path} is not a valid model: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"ONNX file {path} is not a valid model: {str(exc).splitlines()[0]}"
+        ) from None
 
 
-def onnx_cache_name(model_name: str, digest: str, shape: tuple[int, int] | None, opset: int) -> str:
+def onnx_cache_name(
+    model_name: str, digest: str, shape: tuple[int, int] | None, opset: int
+) -> str:
     """File name of a cached export: everything that changes the graph is in it."""
     size = "dynamic" if shape is None else f"{shape[0]}x{shape[1]}"
     torch_ver = torch.__version__.split("+")[0]

@@ -30,7 +30,9 @@ DYNAMIC = "dynamic"
 class _Session:
     """One onnxruntime session with its I/O binding to torch memory."""
 
-    def __init__(self, ort: Any, path: Path, providers: list, threads: int, device: torch.device) -> None:
+    def __init__(
+        self, ort: Any, path: Path, providers: list, threads: int, device: torch.device
+    ) -> None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -45,7 +47,9 @@ class _Session:
         self._fixed_out = all(isinstance(d, int) for d in out.shape)
         self._out_shapes: dict[tuple[int, ...], list[int]] = {}
         if self._fixed_out:
-            self._out_shapes[tuple(int(d) for d in self.session.get_inputs()[0].shape)] = list(out.shape)
+            self._out_shapes[tuple(int(d) for d in self.session.get_inputs()[0].shape)] = list(
+                out.shape
+            )
 
     def input_shape(self) -> list:
         return list(self.session.get_inputs()[0].shape)
@@ -63,10 +67,16 @@ class _Session:
             self._out_shapes[in_shape] = list(logits.shape)
             return torch.from_numpy(logits).to(self.device)
         if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
+            torch.cuda.current_stream(
+                self.device
+            ).synchronize()  # onnxruntime runs on its own stream
         out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
-        self.binding.bind_input(INPUT_NAME, self.dev_type, self.dev_id, np.float32, list(in_shape), x.data_ptr())
-        self.binding.bind_output(OUTPUT_NAME, self.dev_type, self.dev_id, np.float32, out_shape, out.data_ptr())
+        self.binding.bind_input(
+            INPUT_NAME, self.dev_type, self.dev_id, np.float32, list(in_shape), x.data_ptr()
+        )
+        self.binding.bind_output(
+            OUTPUT_NAME, self.dev_type, self.dev_id, np.float32, out_shape, out.data_ptr()
+        )
         self.session.run_with_iobinding(self.binding)
         return out
 
@@ -80,10 +90,20 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     max_batch = 1  # the exported graphs have a fixed batch of 1
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool,
-                 context: BackendContext | None = None,
-                 onnx_path: str | None = None, cache_dir: str | None = None, num_threads: int | None = None,
-                 dynamic: bool = False, max_shapes: int = 4, opset: int = DEFAULT_OPSET, **_: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        half: bool,
+        context: BackendContext | None = None,
+        onnx_path: str | None = None,
+        cache_dir: str | None = None,
+        num_threads: int | None = None,
+        dynamic: bool = False,
+        max_shapes: int = 4,
+        opset: int = DEFAULT_OPSET,
+        **_: Any,
+    ) -> None:
         self.ort = require_onnxruntime()
         if half:
             raise ConfigError("backend onnxruntime runs the fp32 ONNX model: use precision fp32 "
@@ -91,8 +111,10 @@ class OnnxRuntimeBackend:
         if device.type == "cuda":
             available = self.ort.get_available_providers()
             if "CUDAExecutionProvider" not in available:
-                raise ConfigError(f"backend onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
-                                  f"installed providers: {', '.join(available)}; use device cpu or backend torch")
+                raise ConfigError(
+                    f"backend onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"installed providers: {', '.join(available)}; use device cpu or backend torch"
+                )
             self.providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
                                     "CPUExecutionProvider"]
         else:
@@ -122,7 +144,9 @@ class OnnxRuntimeBackend:
         want = self.context.num_classes if self.context else None
         got = sess.num_classes()
         if want is not None and got is not None and got != want:
-            raise ConfigError(f"ONNX file {path} outputs {got} classes, the pipeline's classes have {want}")
+            raise ConfigError(
+                f"ONNX file {path} outputs {got} classes, the pipeline's classes have {want}"
+            )
         return sess
 
     def cached_onnx(self, shape: tuple[int, int] | None) -> Path:
@@ -136,9 +160,11 @@ class OnnxRuntimeBackend:
         if self._fixed is not None:
             fixed = self._fixed.input_shape()[2:]
             if all(isinstance(d, int) for d in fixed) and tuple(fixed) != tuple(shape):
-                raise ConfigError(f"ONNX file {self.onnx_path} has a fixed {fixed[0]}x{fixed[1]} input but this "
-                                  f"frame needs {shape[0]}x{shape[1]}: set input_size to {fixed[0]}x{fixed[1]} "
-                                  f"with keep_aspect false, or export with --dynamic")
+                raise ConfigError(
+                    f"ONNX file {self.onnx_path} has a fixed {fixed[0]}x{fixed[1]} input but this "
+                    f"frame needs {shape[0]}x{shape[1]}: set input_size to {fixed[0]}x{fixed[1]} "
+                    f"with keep_aspect false, or export with --dynamic"
+                )
             return self._fixed
         return self._sessions.require(DYNAMIC if self.dynamic else tuple(shape))
 
@@ -146,5 +172,10 @@ class OnnxRuntimeBackend:
         return self.session_for(tuple(x.shape[-2:]))(x)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "providers": [p if isinstance(p, str) else p[0] for p in self.providers],
-                "threads": self.threads, "dynamic": self.dynamic, "onnx_path": str(self.onnx_path or self.cache_dir)}
+        return {
+            "backend": self.name,
+            "providers": [p if isinstance(p, str) else p[0] for p in self.providers],
+            "threads": self.threads,
+            "dynamic": self.dynamic,
+            "onnx_path": str(self.onnx_path or self.cache_dir),
+        }

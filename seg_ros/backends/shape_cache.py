@@ -91,7 +91,9 @@ class ShapeCache(Generic[V]):
         while len(self._entries) > self.max_entries:
             old, _ = self._entries.popitem(last=False)  # the artefact's last reference goes here
             self.evictions += 1
-            log.info("dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries)
+            log.info(
+                "dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries
+            )
         release_freed_memory()
 
     def keys(self) -> list[Hashable]:

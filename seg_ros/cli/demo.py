@@ -35,19 +35,33 @@ OUTPUTS = ("labels", "color_mask", "overlay")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the node on the bundled bag over DDS; write video, strip, stats",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bag", type=Path, default=None, help=f"input bag (default: the bundled {DEMO_BAG[1]})")
+    p = sub.add_parser(
+        "demo",
+        help="run the node on the bundled bag over DDS; write video, strip, stats",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bag", type=Path, default=None, help=f"input bag (default: the bundled {DEMO_BAG[1]})"
+    )
     p.add_argument("--topic", default=CAMERA, help="camera topic in the bag")
-    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (replaced files)")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="output folder (replaced files)"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="play only the first N frames")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     p.add_argument("--weights", default="default", help="'default', 'none' or a weights file")
     p.add_argument("--model", default="ddrnet23_slim")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other work)")
-    p.add_argument("--offline", action="store_true", help="skip DDS: replay through the pipeline in-process")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other work)",
+    )
+    p.add_argument(
+        "--offline", action="store_true", help="skip DDS: replay through the pipeline in-process"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
     p.set_defaults(func=run)
 
@@ -95,10 +109,20 @@ class LiveStats:
         """The node's own counters account for every frame we saw go in (dropped ones included)."""
         d = self.diagnostics
         try:
-            settled = sum(int(d[k]) for k in ("frames_processed", "frames_dropped", "frames_failed",
-                                              "frames_skipped_no_subscribers"))
-            return int(d["frames_received"]) >= len(self.inputs) and settled >= int(d["frames_received"]) \
+            settled = sum(
+                int(d[k])
+                for k in (
+                    "frames_processed",
+                    "frames_dropped",
+                    "frames_failed",
+                    "frames_skipped_no_subscribers",
+                )
+            )
+            return (
+                int(d["frames_received"]) >= len(self.inputs)
+                and settled >= int(d["frames_received"])
                 and self.outputs["labels"] >= int(d["frames_processed"])
+            )
         except (KeyError, ValueError):
             return False
 
@@ -122,7 +146,9 @@ class LiveStats:
             msg = bags.typestore().deserialize_cdr(raw, bags.IMAGE_TYPE)
             img, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
                                                   msg.is_bigendian, msg.data)
-            self.overlays.append((stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1])))
+            self.overlays.append(
+                (stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1]))
+            )
 
 
 def demo_env() -> dict[str, str]:
@@ -256,11 +282,21 @@ def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict
     overlays = []
     for f in bags.iter_bag_frames(out_bag, [f"{args.topic}/overlay"]):
         overlays.append((f.stamp_ns, np.ascontiguousarray(f.image)))
-    return {"mode": "offline replay (no DDS)", "frames_published": None, "frames_in": s["frames"],
-            "frames_out": s["segmented"], "drops": s["frames"] - s["segmented"],
-            "outputs": {"labels": s["segmented"]}, "wall_s": s["elapsed_s"], "latency_ms": s["latency_ms"],
-            "latency_note": "decode + segment + encode per frame", "failures": s["failures"],
-            "node_diagnostics": {}, "overlays": overlays, "trained": s["trained"]}
+    return {
+        "mode": "offline replay (no DDS)",
+        "frames_published": None,
+        "frames_in": s["frames"],
+        "frames_out": s["segmented"],
+        "drops": s["frames"] - s["segmented"],
+        "outputs": {"labels": s["segmented"]},
+        "wall_s": s["elapsed_s"],
+        "latency_ms": s["latency_ms"],
+        "latency_note": "decode + segment + encode per frame",
+        "failures": s["failures"],
+        "node_diagnostics": {},
+        "overlays": overlays,
+        "trained": s["trained"],
+    }
 
 
 def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
@@ -270,7 +306,9 @@ def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
         scale = img.shape[1] / 640
         org = (int(6 * scale) + 4, img.shape[0] - int(10 * scale) - 4)
         cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA
+        )
     return img
 
 

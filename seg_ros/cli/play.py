@@ -32,9 +32,17 @@ def ros_message_class(msgtype: str) -> Any:
 
 def qos_profile(reliability: str, depth: int) -> Any:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                                   else ReliabilityPolicy.BEST_EFFORT))
+
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        durability=DurabilityPolicy.VOLATILE,
+        reliability=(
+            ReliabilityPolicy.RELIABLE
+            if reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT
+        ),
+    )
 
 
 class StopFlag:
@@ -76,32 +84,53 @@ def parse_remaps(items: list[str]) -> dict[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("play", help="publish a bag's messages into ROS 2 with their recorded timing",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "play",
+        help="publish a bag's messages into ROS 2 with their recorded timing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("bag", type=Path)
     p.add_argument("--topics", nargs="+", default=None, help="topics to play (default: all)")
     p.add_argument("--rate", type=float, default=1.0, help="speed factor of the recorded timing")
-    p.add_argument("--loop", action="store_true", help="play again from the start until interrupted")
+    p.add_argument(
+        "--loop", action="store_true", help="play again from the start until interrupted"
+    )
     p.add_argument("--max-messages", type=int, default=None, help="stop after N messages")
-    p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a topic under another name")
+    p.add_argument(
+        "--remap",
+        nargs="+",
+        default=[],
+        metavar="FROM:=TO",
+        help="publish a topic under another name",
+    )
     p.add_argument("--qos", choices=["reliable", "best_effort"], default="reliable")
     p.add_argument("--depth", type=int, default=10, help="publisher queue depth (keep last)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="before playing, wait until every topic has N matched subscribers")
-    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
-    p.add_argument("--start-delay", type=float, default=0.0, help="seconds to wait before the first message")
+    p.add_argument(
+        "--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers"
+    )
+    p.add_argument(
+        "--start-delay", type=float, default=0.0, help="seconds to wait before the first message"
+    )
     p.set_defaults(func=run)
 
 
-def wait_for_subscribers(publishers: dict[str, Any], count: int, timeout: float, stop: StopFlag) -> bool:
+def wait_for_subscribers(
+    publishers: dict[str, Any], count: int, timeout: float, stop: StopFlag
+) -> bool:
     deadline = time.monotonic() + timeout
     while not stop.stop:
         missing = [t for t, pub in publishers.items() if pub.get_subscription_count() < count]
         if not missing:
             return True
         if time.monotonic() > deadline:
-            print(f"play: warning: after {timeout:g} s fewer than {count} subscribers on {', '.join(missing)}; "
-                  f"playing anyway", file=sys.stderr)
+            print(
+                f"play: warning: after {timeout:g} s fewer than {count} subscribers on {', '.join(missing)}; "
+                f"playing anyway",
+                file=sys.stderr,
+            )
             return False
         time.sleep(0.05)
     return False

@@ -36,7 +36,10 @@ _FIELDS: dict[str, tuple[str, tuple[float, float]]] = {
     "gaussian_weight": ("w2: weight of the Gaussian (smoothness) kernel", (0.0, 100.0)),
     "theta_gamma": ("Gaussian kernel spatial std (pixels of the output labels)", (0.1, 1000.0)),
     "fast_iterations": ("fast CRF mean-field iterations", (1, 50)),
-    "fast_window": ("fast CRF window side k (odd): kernels are truncated to k x k neighbours", (3, 15)),
+    "fast_window": (
+        "fast CRF window side k (odd): kernels are truncated to k x k neighbours",
+        (3, 15),
+    ),
     "fast_scale": ("fast CRF working resolution as a fraction of the output size", (0.05, 1.0)),
 }
 
@@ -67,7 +70,9 @@ class CRFConfig:
     def from_dict(cls, values: dict[str, Any], source: str = "CRF config") -> "CRFConfig":
         """A validated config from ``values`` (missing keys keep their defaults)."""
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: expected a mapping of CRF parameters, got {type(values).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping of CRF parameters, got {type(values).__name__}"
+            )
         unknown = sorted(set(values) - set(_FIELDS))
         if unknown:
             raise ConfigError(f"{source}: unknown CRF parameter(s) {', '.join(unknown)}; "
@@ -96,7 +101,11 @@ def check_value(name: str, value: Any) -> str | None:
         return f"is unknown (known: {', '.join(_FIELDS)})"
     lo, hi = _FIELDS[name][1]
     integer = isinstance(getattr(CRFConfig, name), int)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    ):
         return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
     if not math.isfinite(value) or not lo <= value <= hi:
         return f"must be in {lo:g}..{hi:g}, got {value!r}"
@@ -122,7 +131,9 @@ def load_crf_config(path: str | Path | None = None) -> CRFConfig:
     except OSError as exc:
         raise ConfigError(f"CRF config {file} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"CRF config {file} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(
+            f"CRF config {file} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
     return CRFConfig.from_dict(data or {}, source=f"CRF config {file}")
 
 
@@ -131,8 +142,10 @@ def dense_unavailable_reason() -> str | None:
     try:
         import pydensecrf.densecrf  # noqa: F401
     except Exception as exc:  # ImportError, or a broken native build
-        return (f"crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a C++ "
-                f"compiler and Cython), which is not importable here: {type(exc).__name__}: {exc}")
+        return (
+            f"crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a C++ "
+            f"compiler and Cython), which is not importable here: {type(exc).__name__}: {exc}"
+        )
     return None
 
 

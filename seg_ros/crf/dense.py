@@ -62,7 +62,9 @@ class DenseCRF:
             rgb = image_at(image, out_hw)[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
             rgb = np.ascontiguousarray(rgb.cpu().numpy())
         args = (rgb, probs, self.config.to_dict())
-        labels = self._pool.submit(dense_labels, *args).result() if self._pool else dense_labels(*args)
+        labels = (
+            self._pool.submit(dense_labels, *args).result() if self._pool else dense_labels(*args)
+        )
         return torch.from_numpy(labels.astype(np.int64)).to(logits.device)
 
     def close(self) -> None:

@@ -36,11 +36,15 @@ def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
     keep = torch.tensor([i for i, d in enumerate(offsets) if d != (0, 0)], device=image.device)
     offsets = [d for d in offsets if d != (0, 0)]
 
-    def window(x: torch.Tensor) -> torch.Tensor:  # (c, h, w) -> (c, n, h, w): x[p + d] per offset d
+    def window(
+        x: torch.Tensor,
+    ) -> torch.Tensor:  # (c, h, w) -> (c, n, h, w): x[p + d] per offset d
         c = x.shape[0]
         return F.unfold(x[None], k, padding=r).view(c, k * k, h, w).index_select(1, keep)
 
-    d2 = torch.tensor([float(dy * dy + dx * dx) for dy, dx in offsets], device=image.device).view(-1, 1, 1)
+    d2 = torch.tensor([float(dy * dy + dx * dx) for dy, dx in offsets], device=image.device).view(
+        -1, 1, 1
+    )
     valid = window(torch.ones(1, h, w, device=image.device))[0]
     colour = (window(image[0]) - image[0].unsqueeze(1)).square_().sum(dim=0)
     alpha, gamma = config.theta_alpha * scale, config.theta_gamma * scale
@@ -83,13 +87,22 @@ class FastCRF:
         return max(1, round(out_hw[0] * s)), max(1, round(out_hw[1] * s))
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, logits: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    def __call__(
+        self, image: torch.Tensor, logits: torch.Tensor, out_hw: tuple[int, int]
+    ) -> torch.Tensor:
         work = self.work_size(out_hw)
         scale = work[0] / out_hw[0]
         probs = class_probabilities(logits, work)
-        offsets, kernels = window_kernels(image_at(image.to(logits.device), work), self.config, scale)
-        q = mean_field(torch.log(probs.clamp_min(1e-8)), offsets, kernels, self.config.fast_iterations,
-                       self.config.fast_window // 2)
+        offsets, kernels = window_kernels(
+            image_at(image.to(logits.device), work), self.config, scale
+        )
+        q = mean_field(
+            torch.log(probs.clamp_min(1e-8)),
+            offsets,
+            kernels,
+            self.config.fast_iterations,
+            self.config.fast_window // 2,
+        )
         return ops.upsampled_argmax(q, out_hw, torch.int64)
 
     def close(self) -> None:

@@ -45,7 +45,9 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_ch, out_ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(
+            super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
 
 
 class ASPP(nn.Module):
@@ -58,7 +60,9 @@ class ASPP(nn.Module):
         branches += [nn.Sequential(*_conv_bn_relu(in_ch, out_ch, 3, rate)) for rate in rates]
         branches.append(ASPPPooling(in_ch, out_ch))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(*_conv_bn_relu(out_ch * len(branches), out_ch, 1), nn.Dropout(dropout))
+        self.project = nn.Sequential(
+            *_conv_bn_relu(out_ch * len(branches), out_ch, 1), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
@@ -66,7 +70,9 @@ class ASPP(nn.Module):
 
 def fcn_head(in_ch: int, num_classes: int, mid_ch: int, dropout: float = 0.1) -> nn.Sequential:
     """3x3 conv + BN + ReLU, dropout, 1x1 classifier: the auxiliary heads (indices 0, 1, 4)."""
-    return nn.Sequential(*_conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout(dropout), nn.Conv2d(mid_ch, num_classes, 1))
+    return nn.Sequential(
+        *_conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout(dropout), nn.Conv2d(mid_ch, num_classes, 1)
+    )
 
 
 class DeepLabV3(SegmentationModel):
@@ -77,9 +83,13 @@ class DeepLabV3(SegmentationModel):
     aux_head_name = "aux_classifier"
     aux_loss_weight = 0.5
 
-    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True) -> None:
+    def __init__(
+        self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True
+    ) -> None:
         super().__init__()
-        self.output_stride = self.size_divisor = check_output_stride(output_stride, model="DeepLab v3")
+        self.output_stride = self.size_divisor = check_output_stride(
+            output_stride, model="DeepLab v3"
+        )
         self.num_classes = num_classes
         self.aux_loss = aux_loss
         self.backbone = DilatedResNet(depth, output_stride)
@@ -113,7 +123,9 @@ class DeepLabV3PlusHead(nn.Module):
 
     def forward(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         low = self.project(low)
-        out = F.interpolate(self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        out = F.interpolate(
+            self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.classifier(torch.cat([low, out], dim=1))
 
 
@@ -168,7 +180,9 @@ class DeepLabV2(SegmentationModel):
         self.layer3 = msra_layer(blocks[1], 256, 512, 2, 1)
         self.layer4 = msra_layer(blocks[2], 512, 1024, 1, 2)
         self.layer5 = msra_layer(blocks[3], 1024, 2048, 1, 4)
-        init_weights(nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4, self.layer5]))
+        init_weights(
+            nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4, self.layer5])
+        )
         self.aspp = AtrousSum(2048, num_classes, rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,11 +195,15 @@ def deeplabv2_resnet101(num_classes: int, output_stride: int | None = None) -> D
     return DeepLabV2(num_classes)
 
 
-def deeplabv3_resnet50(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+def deeplabv3_resnet50(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> DeepLabV3:
     return DeepLabV3(50, num_classes, output_stride or 8, aux_loss)
 
 
-def deeplabv3_resnet101(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+def deeplabv3_resnet101(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> DeepLabV3:
     return DeepLabV3(101, num_classes, output_stride or 8, aux_loss)
 
 

@@ -33,7 +33,9 @@ def model_options(name: str) -> list[str]:
     try:
         builder = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
     return [p for p in inspect.signature(builder).parameters if p != "num_classes"]
 
 
@@ -52,5 +54,7 @@ def build_model(name: str, num_classes: int, **options) -> SegmentationModel:
                           f"it takes: {', '.join(known) or 'none'}")
     model = builder(num_classes, **options)
     if not isinstance(model, SegmentationModel):  # the contract the pipeline and trainer rely on
-        raise TypeError(f"builder of {name!r} returned {type(model).__name__}, not a SegmentationModel")
+        raise TypeError(
+            f"builder of {name!r} returned {type(model).__name__}, not a SegmentationModel"
+        )
     return model

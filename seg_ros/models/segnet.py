@@ -26,7 +26,15 @@ from torch import nn
 
 from .base import SegmentationModel
 from .init import init_weights
-from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, pad_to_multiple, vgg16_features
+from .vgg import (
+    VGG16_STAGES,
+    Stage,
+    conv_bn_relu,
+    crop_to,
+    fc_as_conv,
+    pad_to_multiple,
+    vgg16_features,
+)
 
 
 def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -62,7 +70,9 @@ class UnpoolingNet(SegmentationModel):
     output_stride = 1
     size_divisor = 32
 
-    def __init__(self, num_classes: int, fc: nn.Module, decoder: nn.ModuleList, classifier: nn.Conv2d) -> None:
+    def __init__(
+        self, num_classes: int, fc: nn.Module, decoder: nn.ModuleList, classifier: nn.Conv2d
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = vgg16_features(batch_norm=True, pool_indices=True)
@@ -84,8 +94,12 @@ class SegNet(UnpoolingNet):
     """SegNet: no fully connected layers, 3x3 classifier."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes, nn.Identity(), mirrored_decoder(transposed=False, stage1_layers=1),
-                         nn.Conv2d(64, num_classes, 3, padding=1))
+        super().__init__(
+            num_classes,
+            nn.Identity(),
+            mirrored_decoder(transposed=False, stage1_layers=1),
+            nn.Conv2d(64, num_classes, 3, padding=1),
+        )
 
 
 class DeconvNet(UnpoolingNet):
@@ -94,9 +108,17 @@ class DeconvNet(UnpoolingNet):
     """
 
     def __init__(self, num_classes: int) -> None:
-        fc = nn.Sequential(fc_as_conv(512, 4096, 7), nn.BatchNorm2d(4096), nn.ReLU(inplace=True),
-                           fc_as_conv(4096, 4096, 1), nn.BatchNorm2d(4096), nn.ReLU(inplace=True),
-                           nn.ConvTranspose2d(4096, 512, 7, padding=3), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
+        fc = nn.Sequential(
+            fc_as_conv(512, 4096, 7),
+            nn.BatchNorm2d(4096),
+            nn.ReLU(inplace=True),
+            fc_as_conv(4096, 4096, 1),
+            nn.BatchNorm2d(4096),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(4096, 512, 7, padding=3),
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+        )
         super().__init__(num_classes, fc, mirrored_decoder(transposed=True, stage1_layers=2),
                          nn.Conv2d(64, num_classes, 1))
 

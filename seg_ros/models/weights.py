@@ -53,11 +53,17 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _find_state_dict(obj: Any, path: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
     if not isinstance(obj, Mapping):
-        raise WeightsError(f"weights file {path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise WeightsError(
+            f"weights file {path}: expected a dict of tensors, found {type(obj).__name__}"
+        )
     meta = dict(obj.get("meta") or {}) if obj.get("format") == FORMAT_TAG else {}
     for key in _NESTED_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+        if (
+            isinstance(inner, Mapping)
+            and inner
+            and all(isinstance(v, torch.Tensor) for v in inner.values())
+        ):
             return inner, meta
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:

@@ -138,8 +138,13 @@ class Camera:
 def scaled_camera_info(info: CameraInfo, scale_x: float, scale_y: float) -> CameraInfo:
     """A copy of ``info`` for its image resized by the factors (:mod:`seg_ros.camera_info`)."""
     roi = info.roi
-    scaled = Intrinsics(info.width, info.height, tuple(info.k), tuple(info.p),
-                        (roi.x_offset, roi.y_offset, roi.width, roi.height)).scaled(scale_x, scale_y)
+    scaled = Intrinsics(
+        info.width,
+        info.height,
+        tuple(info.k),
+        tuple(info.p),
+        (roi.x_offset, roi.y_offset, roi.width, roi.height),
+    ).scaled(scale_x, scale_y)
     out = CameraInfo()
     out.header = info.header
     out.distortion_model, out.d, out.r = info.distortion_model, list(info.d), info.r

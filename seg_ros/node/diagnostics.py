@@ -78,11 +78,15 @@ class NodeStats:
         span = min(RATE_WINDOW_S, now - self.started)
         return len(times) / span if span > 0 else 0.0
 
-    def report(self, stale_after_s: float, error_threshold: int, input_topic: str = "input") -> Report:
+    def report(
+        self, stale_after_s: float, error_threshold: int, input_topic: str = "input"
+    ) -> Report:
         now = self._clock()
         with self._lock:
             lat = np.array(self._latencies, dtype=np.float64) * 1e3
-            since_input = (now - self.last_input) if self.last_input is not None else (now - self.started)
+            since_input = (
+                (now - self.last_input) if self.last_input is not None else (now - self.started)
+            )
             values = [
                 ("input_rate_hz", f"{self._rate(self._in_times, now):.2f}"),
                 ("output_rate_hz", f"{self._rate(self._out_times, now):.2f}"),
@@ -101,7 +105,9 @@ class NodeStats:
             failures = self.consecutive_failures
             last_error = self.last_error
         if failures >= error_threshold:
-            return Report(ERROR, f"{failures} consecutive frames failed; last: {last_error}", values)
+            return Report(
+                ERROR, f"{failures} consecutive frames failed; last: {last_error}", values
+            )
         if since_input > stale_after_s:
             return Report(WARN, f"no frame on {input_topic} for {since_input:.1f} s", values)
         return Report(OK, "running", values)

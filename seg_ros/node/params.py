@@ -41,64 +41,172 @@ class ParamSpec:
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "ddrnet23_slim", "segmentation network architecture", True, choices=tuple(list_models())),
-    ParamSpec("weights", "default", "weights file; 'default' = the model's shipped weights (an "
-              "error for a model that ships none), 'none' = random initialisation (tests only)",
-              True),
-    ParamSpec("classes", "", "classes YAML file or built-in name (camvid, cityscapes); "
-              "empty = from the weights file, else camvid", True),
-    ParamSpec("backend", "auto", "inference backend; auto = torch (measured fastest on CPU, "
-              "not measured on CUDA; docs/backends.md)", True, choices=BACKENDS),
+    ParamSpec(
+        "model",
+        "ddrnet23_slim",
+        "segmentation network architecture",
+        True,
+        choices=tuple(list_models()),
+    ),
+    ParamSpec(
+        "weights",
+        "default",
+        "weights file; 'default' = the model's shipped weights (an "
+        "error for a model that ships none), 'none' = random initialisation (tests only)",
+        True,
+    ),
+    ParamSpec(
+        "classes",
+        "",
+        "classes YAML file or built-in name (camvid, cityscapes); "
+        "empty = from the weights file, else camvid",
+        True,
+    ),
+    ParamSpec(
+        "backend",
+        "auto",
+        "inference backend; auto = torch (measured fastest on CPU, "
+        "not measured on CUDA; docs/backends.md)",
+        True,
+        choices=BACKENDS,
+    ),
     ParamSpec("device", "auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", True),
     ParamSpec("precision", "fp32", "fp32, or fp16 (CUDA only)", True, choices=PRECISION_CHOICES),
-    ParamSpec("output_stride", 0, "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "
-              "model's own (DDRNet's is fixed)", True, int_range=(0, 16)),
-    ParamSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)),
-    ParamSpec("input_size", [0, 0], "inference size [height, width]; [0, 0] = the weights' training "
-              "size, else each frame's own size", True),
+    ParamSpec(
+        "output_stride",
+        0,
+        "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "
+        "model's own (DDRNet's is fixed)",
+        True,
+        int_range=(0, 16),
+    ),
+    ParamSpec(
+        "num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)
+    ),
+    ParamSpec(
+        "input_size",
+        [0, 0],
+        "inference size [height, width]; [0, 0] = the weights' training "
+        "size, else each frame's own size",
+        True,
+    ),
     ParamSpec("keep_aspect", True, "scale frames into input_size keeping their aspect ratio"),
-    ParamSpec("output_resolution", "input", "labels at the 'input' frame size or the 'inference' size",
-              choices=OUTPUT_RESOLUTIONS),
-    ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, "frames with more pixels are skipped "
-              "and counted (too_large)", int_range=(1, 1 << 30)),
-    ParamSpec("input_transport", "raw", "'raw': sensor_msgs/Image on 'image'; 'compressed': "
-              "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'", True, choices=TRANSPORTS),
-    ParamSpec("cameras", [], "camera names, e.g. [front, left]: one node segments them all, "
-              "batched, from <name>/image to ~/<name>/labels...; unset or [] = one camera on "
-              f"'image' (at most {MAX_BATCH})", True),
-    ParamSpec("batch_timeout_ms", 5.0, "how long a camera's frame waits for the other live "
-              "cameras' frames to share its forward pass", float_range=(0.0, 1000.0)),
-    ParamSpec("qos_reliability", "best_effort", "input subscription reliability: best_effort "
-              "(sensor data) or reliable", True, choices=RELIABILITIES),
-    ParamSpec("qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)),
-    ParamSpec("publish_labels", True, "publish ~/labels (mono8 class ids, mono16 above 256 classes)"),
+    ParamSpec(
+        "output_resolution",
+        "input",
+        "labels at the 'input' frame size or the 'inference' size",
+        choices=OUTPUT_RESOLUTIONS,
+    ),
+    ParamSpec(
+        "max_input_pixels",
+        DEFAULT_MAX_INPUT_PIXELS,
+        "frames with more pixels are skipped and counted (too_large)",
+        int_range=(1, 1 << 30),
+    ),
+    ParamSpec(
+        "input_transport",
+        "raw",
+        "'raw': sensor_msgs/Image on 'image'; 'compressed': "
+        "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'",
+        True,
+        choices=TRANSPORTS,
+    ),
+    ParamSpec(
+        "cameras",
+        [],
+        "camera names, e.g. [front, left]: one node segments them all, "
+        "batched, from <name>/image to ~/<name>/labels...; unset or [] = one camera on "
+        f"'image' (at most {MAX_BATCH})",
+        True,
+    ),
+    ParamSpec(
+        "batch_timeout_ms",
+        5.0,
+        "how long a camera's frame waits for the other live "
+        "cameras' frames to share its forward pass",
+        float_range=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "qos_reliability",
+        "best_effort",
+        "input subscription reliability: best_effort (sensor data) or reliable",
+        True,
+        choices=RELIABILITIES,
+    ),
+    ParamSpec(
+        "qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)
+    ),
+    ParamSpec(
+        "publish_labels", True, "publish ~/labels (mono8 class ids, mono16 above 256 classes)"
+    ),
     ParamSpec("publish_color_mask", True, "publish ~/color_mask (rgb8 class colours)"),
     ParamSpec("publish_overlay", True, "publish ~/overlay (rgb8 colours blended over the frame)"),
     ParamSpec("publish_confidence", False, "publish ~/confidence (32FC1 max class probability)"),
-    ParamSpec("overlay_alpha", 0.5, "weight of the class colours in ~/overlay",
-              float_range=(0.0, 1.0)),
-    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", True,
-              float_range=(0.1, 60.0)),
-    ParamSpec("stale_input_timeout", 2.0, "diagnostics WARN when no frame arrived for this many seconds",
-              float_range=(0.1, 3600.0)),
-    ParamSpec("error_threshold", 5, "diagnostics ERROR after this many consecutive failed frames",
-              int_range=(1, 100000)),
+    ParamSpec(
+        "overlay_alpha", 0.5, "weight of the class colours in ~/overlay", float_range=(0.0, 1.0)
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "seconds between /diagnostics messages",
+        True,
+        float_range=(0.1, 60.0),
+    ),
+    ParamSpec(
+        "stale_input_timeout",
+        2.0,
+        "diagnostics WARN when no frame arrived for this many seconds",
+        float_range=(0.1, 3600.0),
+    ),
+    ParamSpec(
+        "error_threshold",
+        5,
+        "diagnostics ERROR after this many consecutive failed frames",
+        int_range=(1, 100000),
+    ),
     # CRF refinement (docs/crf.md); defaults as config/crf.yaml (DeepLab v2's dense-CRF settings)
-    ParamSpec("crf", "off", "CRF refinement: off, fast (local-window mean-field on the model's device) "
-              "or dense (pydensecrf on the CPU, seconds per frame); refined labels on ~/labels_refined",
-              True, choices=CRF_MODES),
-    ParamSpec("crf_replaces_labels", False, "publish the CRF-refined labels on ~/labels, ~/color_mask "
-              "and ~/overlay instead of ~/labels_refined, ... (adds the CRF time to their latency)", True),
-    *(ParamSpec(f"crf_{name}", default, description, True,
-                int_range=rng if isinstance(default, int) else None,
-                float_range=None if isinstance(default, int) else rng)
-      for name, default, description, rng in crf_parameter_table()),
+    ParamSpec(
+        "crf",
+        "off",
+        "CRF refinement: off, fast (local-window mean-field on the model's device) "
+        "or dense (pydensecrf on the CPU, seconds per frame); refined labels on ~/labels_refined",
+        True,
+        choices=CRF_MODES,
+    ),
+    ParamSpec(
+        "crf_replaces_labels",
+        False,
+        "publish the CRF-refined labels on ~/labels, ~/color_mask "
+        "and ~/overlay instead of ~/labels_refined, ... (adds the CRF time to their latency)",
+        True,
+    ),
+    *(
+        ParamSpec(
+            f"crf_{name}",
+            default,
+            description,
+            True,
+            int_range=rng if isinstance(default, int) else None,
+            float_range=None if isinstance(default, int) else rng,
+        )
+        for name, default, description, rng in crf_parameter_table()
+    ),
     # Class metadata, filled in by the node from the loaded model (read by downstream nodes).
     ParamSpec("class_names", [""], "class names by id (set by the node)", True, in_yaml=False),
-    ParamSpec("class_colors", [0], "class colours, flat [r0, g0, b0, r1, ...] (set by the node)", True,
-              in_yaml=False),
-    ParamSpec("ignore_id", -1, "label id of 'ignore'/void pixels in training data, -1 = none "
-              "(set by the node)", True, in_yaml=False),
+    ParamSpec(
+        "class_colors",
+        [0],
+        "class colours, flat [r0, g0, b0, r1, ...] (set by the node)",
+        True,
+        in_yaml=False,
+    ),
+    ParamSpec(
+        "ignore_id",
+        -1,
+        "label id of 'ignore'/void pixels in training data, -1 = none (set by the node)",
+        True,
+        in_yaml=False,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 RUNTIME_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml and not p.read_only)
@@ -163,10 +271,17 @@ def unquoted_off(name: str, value: Any) -> Any:
     for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode.
     """
     spec = SPECS.get(name)
-    if spec is None or not isinstance(value, bool) or spec.choices is None or "off" not in spec.choices:
+    if (
+        spec is None
+        or not isinstance(value, bool)
+        or spec.choices is None
+        or "off" not in spec.choices
+    ):
         return value
     if value:
-        raise ValueError(f"parameter {name!r} got the boolean true; it must be one of {', '.join(spec.choices)}")
+        raise ValueError(
+            f"parameter {name!r} got the boolean true; it must be one of {', '.join(spec.choices)}"
+        )
     return "off"
 
 
@@ -209,14 +324,20 @@ def descriptor(spec: ParamSpec):
     """rcl_interfaces ParameterDescriptor for ``spec`` (description, range, read-only)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
-                               type=_ros_type(spec.default))
+    desc = ParameterDescriptor(
+        name=spec.name,
+        description=spec.description,
+        read_only=spec.read_only,
+        type=_ros_type(spec.default),
+    )
     if spec.choices is not None:
         desc.additional_constraints = f"one of: {', '.join(spec.choices)}"
     if spec.default == []:
         desc.additional_constraints = "a string array (an empty one reads as a byte array)"
     if spec.int_range is not None:
-        desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+        desc.integer_range = [
+            IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)
+        ]
     if spec.float_range is not None:
         desc.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
                                                         to_value=spec.float_range[1], step=0.0)]

@@ -200,7 +200,9 @@ class SegmentParts:
 
     def start_diagnostics(self, period: float) -> None:
         """/diagnostics every ``period`` seconds, whatever is loaded (see :meth:`_health`)."""
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+        self.pub_diagnostics = self.create_publisher(
+            DiagnosticArray, "/diagnostics", diagnostics_qos()
+        )
         self._diag_timer = self.create_timer(period, self._publish_diagnostics)
 
     def load(self, values: dict[str, Any]) -> None:
@@ -215,14 +217,23 @@ class SegmentParts:
         names = list(values["cameras"] or [""])
         self.cameras = [Camera(name, self.resolve_topic_name, self.transport) for name in names]
         self.input_topic = ", ".join(camera.input_topic for camera in self.cameras)
-        self.pipeline = SegmentationPipeline(PipelineConfig(
-            model=values["model"], backend=values["backend"], weights=values["weights"],
-            classes=values["classes"] or None,
-            device=values["device"], precision=values["precision"],
-            input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
-            output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
-            num_threads=values["num_threads"], max_batch=len(self.cameras),
-            model_options=P.model_options(values)))
+        self.pipeline = SegmentationPipeline(
+            PipelineConfig(
+                model=values["model"],
+                backend=values["backend"],
+                weights=values["weights"],
+                classes=values["classes"] or None,
+                device=values["device"],
+                precision=values["precision"],
+                input_size=P.input_size(values["input_size"]),
+                keep_aspect=values["keep_aspect"],
+                output_resolution=values["output_resolution"],
+                max_input_pixels=values["max_input_pixels"],
+                num_threads=values["num_threads"],
+                max_batch=len(self.cameras),
+                model_options=P.model_options(values),
+            )
+        )
         self.info = self.pipeline.describe()
         self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
         self._declare_class_metadata()
@@ -336,9 +347,16 @@ class SegmentParts:
         if self.RECONFIGURABLE and spec.read_only:  # _on_set_parameters decides when
             desc.read_only = False
             desc.additional_constraints = "; ".join(
-                filter(None, [desc.additional_constraints,
-                              "set by the node" if not spec.in_yaml
-                              else "changeable while unconfigured; applied at the next configure"]))
+                filter(
+                    None,
+                    [
+                        desc.additional_constraints,
+                        "set by the node"
+                        if not spec.in_yaml
+                        else "changeable while unconfigured; applied at the next configure",
+                    ],
+                )
+            )
         return desc
 
     def _declare_class_metadata(self) -> None:
@@ -362,12 +380,16 @@ class SegmentParts:
                     return SetParametersResult(successful=False, reason=refusal)
             reason = P.validate(param.name, param.value)
             if reason:
-                return SetParametersResult(successful=False, reason=f"parameter {param.name!r} {reason}")
+                return SetParametersResult(
+                    successful=False, reason=f"parameter {param.name!r} {reason}"
+                )
             changes[param.name] = param.value
         updates = {k: v for k, v in changes.items() if k in P.RUNTIME_NAMES}
         if updates:
             self.settings = dataclasses.replace(self.settings, **updates)
-            self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
+            self.get_logger().info(
+                "parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items())
+            )
         return SetParametersResult(successful=True)
 
     # -- frames -------------------------------------------------------------------------
@@ -497,9 +519,14 @@ class SegmentParts:
         worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels.
         """
         self.crf_mode = values["crf"]
-        config = CRFConfig.from_dict({name[4:]: values[name] for name in values
-                                      if name.startswith("crf_") and name != "crf_replaces_labels"},
-                                     source="segment_node parameters")
+        config = CRFConfig.from_dict(
+            {
+                name[4:]: values[name]
+                for name in values
+                if name.startswith("crf_") and name != "crf_replaces_labels"
+            },
+            source="segment_node parameters",
+        )
         # dense holds the GIL for seconds: a helper process runs it, so callbacks keep flowing
         replaces = values["crf_replaces_labels"]
         self.refiner = create_refiner(self.crf_mode, config, self.pipeline.device, isolate=True)
@@ -507,8 +534,10 @@ class SegmentParts:
             return
         if not replaces:
             self.crf_worker = BackgroundRefiner(self._publish_refined, self._on_refine_error)
-        self.get_logger().info(f"crf {self.crf_mode}: refined labels on "
-                               + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined"))
+        self.get_logger().info(
+            f"crf {self.crf_mode}: refined labels on "
+            + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined")
+        )
 
     def _publish_refined(self, batch: list[tuple[Camera, Any, Any]]) -> None:
         """On the CRF worker thread: refine a batch's raw results from their kept logits and
@@ -538,11 +567,17 @@ class SegmentParts:
     # -- diagnostics --------------------------------------------------------------------
     def _static_values(self) -> list[tuple[str, str]]:
         """What is running (the loaded model) and where its frames come from."""
-        return [("model", self.info["model"]), ("backend", self.info["backend"]),
-                ("device", self.info["device"]), ("precision", self.info["precision"]),
-                ("weights", str(self.info["weights"])), ("trained", str(self.pipeline.trained).lower()),
-                ("classes", self.info["classes"]), ("input_topic", self.input_topic),
-                ("input_transport", self.transport)]
+        return [
+            ("model", self.info["model"]),
+            ("backend", self.info["backend"]),
+            ("device", self.info["device"]),
+            ("precision", self.info["precision"]),
+            ("weights", str(self.info["weights"])),
+            ("trained", str(self.pipeline.trained).lower()),
+            ("classes", self.info["classes"]),
+            ("input_topic", self.input_topic),
+            ("input_transport", self.transport),
+        ]
 
     def _running_report(self) -> Report:
         """The node's status: its one camera's statistics, or with several cameras the worst
