@@ -58,7 +58,8 @@ def _node(context, *_):
         # with input_transport: compressed the node subscribes to <input_topic>/compressed;
         # camera_info beside the image, as image_transport's camera subscribers expect
         remappings=[("image", input_topic), ("camera_info", _camera_info_topic(input_topic))],
-        # stop cleanly, not orphaned, when launch itself is ended with SIGTERM (seg_ros.node.shutdown)
+        # stop cleanly, not orphaned, when launch itself is ended with SIGTERM
+        # (seg_ros.node.shutdown)
         additional_env={"SEG_ROS_EXIT_WITH_PARENT": "1"},
     )
     if not managed or not _flag(context, "autostart"):

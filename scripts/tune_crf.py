@@ -2,8 +2,8 @@
 """Tune a dense-CRF profile for a network and data set on frames other than the ones reported.
 
 The network runs once per frame; each candidate CRF setting then refines the kept class
-probabilities (pydensecrf, the same ``dense_labels`` the pipeline uses) and is scored by mIoU on the
-tuning frames. The best setting is written as a profile YAML (config/crf/<name>.yaml) and, with
+probabilities (pydensecrf, the same ``dense_labels`` the pipeline uses) and is scored by mIoU on
+the tuning frames. The best setting is written as a profile YAML (config/crf/<name>.yaml) and, with
 ``--report-images/--report-labels``, the raw network, the DeepLab v2 defaults and the new profile
 are scored on the report split (e.g. CamVid val) - a split the tuning never saw.
 

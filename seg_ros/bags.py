@@ -77,7 +77,10 @@ class BagMessage:
 
 
 class BagReader:
-    """A rosbag2 opened for reading (context manager). Accepts a bag directory, ``.mcap`` or ``.db3``."""
+    """A rosbag2 opened for reading (context manager).
+
+    Accepts a bag directory, ``.mcap`` or ``.db3``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -249,6 +252,7 @@ def decode_image_msg(
 
 def labels_from_msg(msg: Any) -> np.ndarray:
     """A ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
+
     Class ids are not colours, so this is a plain reshape, never a colour conversion.
     """
     enc = str(msg.encoding).lower()
@@ -272,8 +276,10 @@ def labels_from_msg(msg: Any) -> np.ndarray:
 
 @dataclass
 class BagFrame:
-    """One image message of a bag, decoded. ``image`` is None and ``error`` says why when the
-    frame cannot be decoded; ``decode_ms`` is deserialise + decode time.
+    """One image message of a bag, decoded.
+
+    ``image`` is None and ``error`` says why when the frame cannot be decoded; ``decode_ms`` is
+    deserialise + decode time.
     """
 
     topic: str
@@ -326,6 +332,7 @@ def iter_bag_frames(
     max_pixels: int | None = None,
 ) -> Iterator[BagFrame]:
     """Open ``path`` and yield its decoded image frames (the entry point for bench and scripts).
+
     Undecodable frames are yielded with ``error`` set rather than stopping the iteration.
     """
     with BagReader(path) as bag:
@@ -386,9 +393,11 @@ def storage_of(path: str | Path, storage: str | None = None) -> str:
 
 
 class BagWriter:
-    """Writes a new rosbag2 (context manager). A path ending in ``.mcap`` / ``.db3`` becomes that
-    single storage file; any other path a standard bag directory. The bag appears at its path
-    when it is closed (see :func:`staging_dir`). Never overwrites unless asked.
+    """Writes a new rosbag2 (context manager).
+
+    A path ending in ``.mcap`` / ``.db3`` becomes that single storage file; any other path a
+    standard bag directory. The bag appears at its path when it is closed (see
+    :func:`staging_dir`). Never overwrites unless asked.
     """
 
     def __init__(self, path: str | Path, storage: str | None = None, overwrite: bool = False,

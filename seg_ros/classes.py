@@ -16,7 +16,10 @@ from .resources import share_path
 
 @dataclass(frozen=True)
 class ClassSet:
-    """Ordered class list. Class ``i`` is the model's output channel ``i`` and label value ``i``."""
+    """Ordered class list.
+
+    Class ``i`` is the model's output channel ``i`` and label value ``i``.
+    """
 
     name: str
     names: tuple[str, ...]

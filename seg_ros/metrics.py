@@ -16,8 +16,10 @@ import numpy as np
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
                      ignore_id: int | None = None) -> np.ndarray:
-    """(K, K) int64 counts for one image. Ground truth outside 0..K-1 (and ``ignore_id``) is skipped;
-    a prediction outside 0..K-1 on a counted pixel is a caller bug and raises ValueError.
+    """(K, K) int64 counts for one image.
+
+    Ground truth outside 0..K-1 (and ``ignore_id``) is skipped; a prediction outside 0..K-1 on a
+    counted pixel is a caller bug and raises ValueError.
     """
     if gt.shape != pred.shape:
         raise ValueError(

@@ -72,7 +72,8 @@ def confidence_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def colorize(labels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     """(H, W) ids -> (H, W, 3) uint8 colours from a (K, 3) palette."""
-    # index_select on flat int32 ids: one gather, no int64 copy of the label image (3x faster on a CPU)
+    # index_select on flat int32 ids: one gather, no int64 copy of the label image (3x faster on a
+    # CPU)
     return palette.index_select(0, labels.reshape(-1).to(torch.int32)).view(*labels.shape, 3)
 
 

@@ -402,8 +402,10 @@ class SegmentationPipeline:
 
     def __call__(self, image: np.ndarray, color_order: str = "rgb",
                  options: FrameOptions | None = None, **fields: Any) -> SegmentationResult:
-        """Segment one frame. Only the outputs asked for are computed: ``options`` and/or its
-        fields as keywords (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`).
+        """Segment one frame.
+
+        Only the outputs asked for are computed: ``options`` and/or its fields as keywords
+        (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`).
         """
         return self.segment_batch([(image, color_order)], self.frame_options(options, **fields))[0]
 

@@ -69,13 +69,13 @@ class Mailbox(Protocol[T]):
 class BackgroundWorker(Generic[T]):
     """One daemon thread running ``handle(item)`` on the newest item ``submit``\\ ted.
 
-    An exception from ``handle`` goes to ``on_error(item, exc)`` and the worker goes on (unless
-    it is stopping: then the exception is the stop's doing and the thread ends).
-    ``first(stopping)``, if given, runs on the thread before the first item, with the event set
-    by :meth:`stop`; the thread ends at once when it returns False. ``nice`` > 0 lowers the thread's scheduling priority (and that of the threads it
-    starts, e.g. torch's CPU pool), so on a busy CPU other work keeps the cores it needs.
-    ``mailbox``: where items wait (default: a one-item :class:`FrameSlot` fed by ``submit``);
-    a producer may also ``put`` into it directly.
+    An exception from ``handle`` goes to ``on_error(item, exc)`` and the worker goes on (unless it
+    is stopping: then the exception is the stop's doing and the thread ends). ``first(stopping)``,
+    if given, runs on the thread before the first item, with the event set by :meth:`stop`; the
+    thread ends at once when it returns False. ``nice`` > 0 lowers the thread's scheduling priority
+    (and that of the threads it starts, e.g. torch's CPU pool), so on a busy CPU other work keeps
+    the cores it needs. ``mailbox``: where items wait (default: a one-item :class:`FrameSlot` fed
+    by ``submit``); a producer may also ``put`` into it directly.
     """
 
     def __init__(self, handle: Callable[[T], None], on_error: Callable[[T, Exception], None],

@@ -1,4 +1,5 @@
 """Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains.
+
 The functions behind them, and everything else test modules share, are in helpers.py.
 """
 from __future__ import annotations

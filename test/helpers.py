@@ -59,7 +59,8 @@ def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Pa
     return path
 
 
-# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility tests
+# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility
+# tests
 Layout = dict[str, tuple[int, ...]]
 
 
@@ -154,8 +155,10 @@ def legacy_name(msgtype: str) -> str:
 
 
 def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3") -> Path:
-    """A rosbag2 whose connections use the older type spelling. ``path`` ending in ``.mcap`` /
-    ``.db3`` becomes a single storage file, any other path a bag directory with metadata.yaml.
+    """A rosbag2 whose connections use the older type spelling.
+
+    ``path`` ending in ``.mcap`` / ``.db3`` becomes a single storage file, any other path a bag
+    directory with metadata.yaml.
     """
     ts = bags.typestore()
     single = path.suffix in (".mcap", ".db3")
@@ -463,10 +466,11 @@ def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
 
 def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
          attempts: int = 3) -> subprocess.CompletedProcess:
-    """One `ros2 ...` command, as typed. The daemon is not used (tests run on many domains and
-    leave nothing behind), so a node or parameter query discovers the graph itself: on a loaded
-    CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
-    repeated, as a user would.
+    """One `ros2 ...` command, as typed.
+
+    The daemon is not used (tests run on many domains and leave nothing behind), so a node or
+    parameter query discovers the graph itself: on a loaded CPU that can miss the node ('Unable to
+    find node', 'Node not found'), and the query is repeated, as a user would.
     """
     cmd = [ros2_executable("ros2"), *args]
     if (

@@ -301,7 +301,8 @@ def test_pspnet_onnxruntime_parity_small(road_image):
     got = pipe.forward_logits(img)
     with torch.inference_mode():
         ref = pipe.model(pipe.preprocess(torch.from_numpy(img)))
-    # random-init ResNet logits reach ~1e3, where float32 rounding alone is ~1e-4: compare relatively
+    # random-init ResNet logits reach ~1e3, where float32 rounding alone is ~1e-4: compare
+    # relatively
     assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item() + 1e-3
     assert pipe.backend.cache_dir.name.startswith(
         "seg_ros_onnx_"

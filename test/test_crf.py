@@ -116,7 +116,8 @@ def test_colour_edges_steer_the_fast_crf():
     assert (labels == gt).mean() > 0.97
 
 
-# -- parameters ------------------------------------------------------------------------------------
+# -- parameters
+# ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("values, words", [
     ({"fast_window": 4}, "odd"),
     ({"theta_alpha": 0}, "theta_alpha"),
@@ -176,7 +177,8 @@ def test_dense_mode_refused_with_the_reason_when_pydensecrf_is_missing(monkeypat
         create_refiner("dense")
 
 
-# -- pipeline and tools ----------------------------------------------------------------------------
+# -- pipeline and tools
+# ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe(weights_file):
     return SegmentationPipeline(weights=str(weights_file), device="cpu")
@@ -351,7 +353,8 @@ def test_crf_flag_choices(capsys):
     assert CRF_MODES == ("off", "dense", "fast")
 
 
-# -- boundary F and the background worker ----------------------------------------------------------
+# -- boundary F and the background worker
+# ----------------------------------------------------------
 def test_boundary_f_score():
     gt = np.zeros((20, 30), np.int64)
     gt[:, 15:] = 1

@@ -42,9 +42,10 @@ RSS_FALL_MIB = 16  # the model, its fused graph and buffers: far more than this 
 
 # -- the README's commands: `ros2 run` and `ros2 lifecycle set` ---------------------------------
 def lifecycle_set(env: dict[str, str], node: str, transition: str) -> bool:
-    """`ros2 lifecycle set NODE TRANSITION`: True on 'Transitioning successful'. The command
-    waits for the answer without a time limit; when that answer is lost (LOST_ANSWER), check
-    the state and type the command again if nothing happened, as a user would.
+    """`ros2 lifecycle set NODE TRANSITION`: True on 'Transitioning successful'.
+
+    The command waits for the answer without a time limit; when that answer is lost (LOST_ANSWER),
+    check the state and type the command again if nothing happened, as a user would.
     """
     for _ in range(2):
         try:

@@ -27,8 +27,9 @@ def dds_env(ros_domain_id):
 
 
 def _small_bag(path, legacy: bool = False):
-    """N frames on /cam at 100 Hz recorded timing; frame_id carries the sequence number. ``legacy``:
-    the type spelled 'sensor_msgs/Image' (earlier ROS 2 releases, other tools).
+    """N frames on /cam at 100 Hz recorded timing; frame_id carries the sequence number.
+
+    ``legacy``: the type spelled 'sensor_msgs/Image' (earlier ROS 2 releases, other tools).
     """
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (8, 12, 3), dtype=np.uint8) for _ in range(N)]

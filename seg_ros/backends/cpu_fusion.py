@@ -38,9 +38,10 @@ _traced: "weakref.WeakSet[torch.jit.ScriptModule]" = weakref.WeakSet()
 
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model`` traced on ``example``. The trace keeps sizes symbolic (our models read them with
-    ``x.shape``), so the one trace serves every input shape; each graph built from it is checked
-    against the eager module anyway.
+    """``model`` traced on ``example``.
+
+    The trace keeps sizes symbolic (our models read them with ``x.shape``), so the one trace serves
+    every input shape; each graph built from it is checked against the eager module anyway.
     """
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
@@ -110,9 +111,10 @@ def _reason(exc: Exception) -> str:
 
 
 class FusedCpuForward:
-    """``forward(x)`` through the fused graph for ``x``'s shape. If a graph cannot be built
-    or run for this model (oneDNN does not take every op pattern, e.g. DeepLab's ASPP
-    concatenation), one warning says why and the model runs eagerly from then on.
+    """``forward(x)`` through the fused graph for ``x``'s shape.
+
+    If a graph cannot be built or run for this model (oneDNN does not take every op pattern, e.g.
+    DeepLab's ASPP concatenation), one warning says why and the model runs eagerly from then on.
     """
 
     def __init__(self, model: nn.Module, max_graphs: int = 4) -> None:

@@ -26,6 +26,7 @@ Capture = Callable[[Forward, torch.Tensor], Forward]
 
 def graph_key(x: torch.Tensor) -> Hashable:
     """Everything a captured graph depends on: shape, dtype, device and strides (memory format).
+
     The stride of a size-1 dimension is meaningless (it never moves), so it is left out.
     """
     strides = tuple(st if n > 1 else 0 for n, st in zip(x.shape, x.stride()))

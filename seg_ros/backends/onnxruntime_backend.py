@@ -2,10 +2,10 @@
 
 CPU execution provider (CUDA's where onnxruntime-gpu is installed), intra-op threads from the
 ``num_threads`` option or the pipeline's ``num_threads``. Inputs and outputs are bound to torch
-tensors' memory (I/O binding), so no numpy copies are made. The ONNX file is exported on first
-use into a cache keyed by the model's weight digest, name, input shape and exporter, or read
-from ``onnx_path``. By default one fixed-shape session is kept per input shape (``dynamic: false``):
-on the CPU it ran faster than one dynamic-shape session (see docs/backends.md).
+tensors' memory (I/O binding), so no numpy copies are made. The ONNX file is exported on first use
+into a cache keyed by the model's weight digest, name, input shape and exporter, or read from
+``onnx_path``. By default one fixed-shape session is kept per input shape (``dynamic: false``): on
+the CPU it ran faster than one dynamic-shape session (see docs/backends.md).
 """
 from __future__ import annotations
 

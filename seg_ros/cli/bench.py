@@ -1,11 +1,12 @@
 """``seg-ros bench``: forward alone vs the whole pipeline (and plain eager as a baseline).
 
 Timed on a real-looking frame (a CamVid frame via ``--image``, else a synthetic road scene) resized
-to ``--size``, or on the recorded frames of a bag (``--bag``; frames keep their size, ``--size`` sets
-the network's). Each timed frame goes the node's way: a serialised ROS message is decoded, run through
-the pipeline, and labels, colour mask and overlay are serialised back into sensor_msgs/Image messages,
-so the per-stage table covers decode ... serialise. Prints a table; ``--json`` writes
-``{"model", "backend", "device", "size", "timings_ms": {stage: {"median", "p95"}}}``.
+to ``--size``, or on the recorded frames of a bag (``--bag``; frames keep their size, ``--size``
+sets the network's). Each timed frame goes the node's way: a serialised ROS message is decoded, run
+through the pipeline, and labels, colour mask and overlay are serialised back into
+sensor_msgs/Image messages, so the per-stage table covers decode ... serialise. Prints a table;
+``--json`` writes ``{"model", "backend", "device", "size", "timings_ms": {stage: {"median",
+"p95"}}}``.
 """
 from __future__ import annotations
 

@@ -161,9 +161,10 @@ def demo_env() -> dict[str, str]:
 
 
 class LiveSession:
-    """What ``run_live`` drives: the node process, this process's recorder and the clock. Every
-    wait spins the recorder and gives up, with the node's log named, when the node exits or the
-    demo's time is up.
+    """What ``run_live`` drives: the node process, this process's recorder and the clock.
+
+    Every wait spins the recorder and gives up, with the node's log named, when the node exits or
+    the demo's time is up.
     """
 
     def __init__(self, node: NodeProcess, rec: Any, executor: Any, deadline: float,

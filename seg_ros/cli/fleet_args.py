@@ -73,8 +73,9 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
 
 
 def engine_factory(args: argparse.Namespace) -> EngineFactory:
-    """In-process (default), --workers N local processes, or Ray (--ray / --ray-address). Each
-    worker gets an equal share of the CPU threads unless --threads says otherwise.
+    """In-process (default), --workers N local processes, or Ray (--ray / --ray-address).
+
+    Each worker gets an equal share of the CPU threads unless --threads says otherwise.
     """
     cpus = os.cpu_count() or 1
     if args.ray or args.ray_address:

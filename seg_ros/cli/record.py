@@ -23,6 +23,7 @@ MessageHook = Callable[[str, bytes, int], None]
 
 class Recorder:
     """Subscribes to ``topics`` (raw) as their publishers appear and writes them to ``writer``.
+
     ``on_message(topic, rawdata, receive_ns)`` hooks let a caller compute live statistics.
     """
 

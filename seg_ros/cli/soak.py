@@ -222,8 +222,10 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def malformed_summary(plan: list[tuple[str, str]], errors: dict[str, int]) -> dict[str, Any]:
-    """Malformed frames sent by kind vs counted by the node. A frame the node drops from its
-    one-frame slot (latest frame wins) is never decoded, so fewer may be counted, never more.
+    """Malformed frames sent by kind vs counted by the node.
+
+    A frame the node drops from its one-frame slot (latest frame wins) is never decoded, so fewer
+    may be counted, never more.
     """
     expected: dict[str, int] = {}
     for _, kind in plan:

@@ -46,7 +46,10 @@ _FIELDS: dict[str, tuple[str, tuple[float, float]]] = {
 
 @dataclass
 class CRFConfig:
-    """CRF parameters. Defaults: DeepLab v2's published dense-CRF settings (see config/crf.yaml)."""
+    """CRF parameters.
+
+    Defaults: DeepLab v2's published dense-CRF settings (see config/crf.yaml).
+    """
 
     iterations: int = 10
     bilateral_weight: float = 4.0
@@ -154,9 +157,11 @@ Refiner = Callable[..., Any]
 
 def create_refiner(mode: str, config: CRFConfig | None = None, device: Any = "cpu",
                    *, isolate: bool = False) -> Refiner | None:
-    """The refiner for ``mode`` (None for ``off``). ``isolate`` runs the dense CRF in a helper
-    process: pydensecrf holds the GIL for the whole inference, which would stall every other
-    thread of a node for seconds. Raises ConfigError with the reason when it cannot run.
+    """The refiner for ``mode`` (None for ``off``).
+
+    ``isolate`` runs the dense CRF in a helper process: pydensecrf holds the GIL for the whole
+    inference, which would stall every other thread of a node for seconds. Raises ConfigError with
+    the reason when it cannot run.
     """
     if mode not in CRF_MODES:
         raise ConfigError(f"crf must be one of {', '.join(CRF_MODES)}, got {mode!r}")

@@ -244,8 +244,9 @@ class LocalProcessEngine:
 
 # -- Ray ---------------------------------------------------------------------------------------
 class RayWorker:
-    """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag. Threaded
-    (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works.
+    """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag.
+
+    Threaded (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works.
     """
 
     def __init__(self, spec: PipelineSpec) -> None:

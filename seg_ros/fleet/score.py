@@ -39,8 +39,10 @@ class EvalOptions:
 
 @dataclass
 class EvalPart:
-    """Scores of one bag or chunk. ``unpaired_pred`` / ``unpaired_gt`` (by header stamp) are kept
-    for chunks, whose image and label may fall on either side of a chunk boundary.
+    """Scores of one bag or chunk.
+
+    ``unpaired_pred`` / ``unpaired_gt`` (by header stamp) are kept for chunks, whose image and
+    label may fall on either side of a chunk boundary.
     """
 
     acc: ConfusionAccumulator
@@ -101,8 +103,9 @@ def header_stamp(msg: Any) -> int:
 
 
 class BagGroundTruth:
-    """The image messages of one bag (span) with their ground truth, as scoring pairs. Counts
-    the image messages read (``frames``) and reports them to ``control``.
+    """The image messages of one bag (span) with their ground truth, as scoring pairs.
+
+    Counts the image messages read (``frames``) and reports them to ``control``.
     """
 
     def __init__(self, bag: bags.BagReader, image_topic: str, skipped: list[str],
@@ -194,9 +197,11 @@ def eval_bag(bag_path: Path, pipe: Any, options: EvalOptions, *, refiner: Any = 
              boundary: BoundaryAccumulator | None = None, label_folder: Path | None = None,
              span: Span = WHOLE, keep_unpaired: bool = False,
              control: Control = NO_CONTROL) -> EvalPart:
-    """Score the model on one bag (or the ``span`` of it). Ground truth: ``options.label_topic``,
-    else the PNGs in ``label_folder``. With ``keep_unpaired`` (chunks), images whose label message
-    is not in the span are predicted and returned with the labels left without image.
+    """Score the model on one bag (or the ``span`` of it).
+
+    Ground truth: ``options.label_topic``, else the PNGs in ``label_folder``. With
+    ``keep_unpaired`` (chunks), images whose label message is not in the span are predicted and
+    returned with the labels left without image.
     """
     if not options.image_topic:
         raise ConfigError("evaluating a bag needs its image topic")

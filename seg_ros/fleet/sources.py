@@ -113,8 +113,10 @@ def _expand(text: str, exclude: Path | None) -> tuple[Path, list[Path]] | Missin
 
 def find_bags(inputs: Sequence[str], list_file: Path | None = None,
               exclude: Path | None = None) -> tuple[list[BagSource], list[Missing]]:
-    """All bags the inputs name, each once, with their mirrored relative paths. ``exclude`` (the
-    output folder) is never searched, so a run's own outputs are not taken for inputs.
+    """All bags the inputs name, each once, with their mirrored relative paths.
+
+    ``exclude`` (the output folder) is never searched, so a run's own outputs are not taken for
+    inputs.
     """
     texts = list(inputs) + (read_list_file(list_file) if list_file is not None else [])
     exclude = exclude.resolve() if exclude is not None else None

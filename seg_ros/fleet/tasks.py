@@ -50,8 +50,10 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: replay or score ``input`` within ``span``. ``output`` is the output bag
-    of this task (the bag's own output, or a chunk's part that is merged later).
+    """One unit of work: replay or score ``input`` within ``span``.
+
+    ``output`` is the output bag of this task (the bag's own output, or a chunk's part that is
+    merged later).
     """
 
     key: str

@@ -15,8 +15,10 @@ from ..resources import share_path
 
 @dataclass(frozen=True)
 class ShippedWeights:
-    """One shipped weights file. ``file``: relative to the share directory; ``metrics``: what the
-    model card (``card``) reports on the validation split, as fractions.
+    """One shipped weights file.
+
+    ``file``: relative to the share directory; ``metrics``: what the model card (``card``) reports
+    on the validation split, as fractions.
     """
 
     file: str

@@ -93,9 +93,10 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
 
 
 def _why_unloadable(path: str, exc: Exception) -> str:
-    """Why ``torch.load`` refused ``path``, in plain words. PyTorch's own message for files holding
-    Python objects advises loading with ``weights_only=False``, i.e. running whatever code the
-    file carries: never repeated to a user.
+    """Why ``torch.load`` refused ``path``, in plain words.
+
+    PyTorch's own message for files holding Python objects advises loading with
+    ``weights_only=False``, i.e. running whatever code the file carries: never repeated to a user.
     """
     with open(path, "rb") as f:
         head = f.read(4)

@@ -225,8 +225,10 @@ METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
 
 
 def validate(name: str, value: Any) -> str | None:
-    """Why ``value`` is invalid for parameter ``name`` (None when valid). Types and ranges are also
-    enforced by the descriptors; this adds choices and structure, with the same wording.
+    """Why ``value`` is invalid for parameter ``name`` (None when valid).
+
+    Types and ranges are also enforced by the descriptors; this adds choices and structure, with
+    the same wording.
     """
     spec = SPECS.get(name)
     if spec is None:

@@ -159,12 +159,14 @@ class SegmentParts:
         return values
 
     def _declare(self, spec: P.ParamSpec) -> Any:
-        """Declare one parameter; its value. Two kinds are declared loosely (dynamically typed)
-        first and get their real descriptor once their value is fixed: a mode with an 'off'
-        choice, so that an unquoted ``off`` (YAML's false) reads as 'off'; and the string array
-        ``cameras`` with its [] default, which ROS can hold only dynamically typed (an empty
-        array has no element type; a params file's ``[]`` arrives unset, which would empty
-        ``ros2 param dump``), so :func:`params.validate` checks its type instead.
+        """Declare one parameter; its value.
+
+        Two kinds are declared loosely (dynamically typed) first and get their real descriptor once
+        their value is fixed: a mode with an 'off' choice, so that an unquoted ``off`` (YAML's
+        false) reads as 'off'; and the string array ``cameras`` with its [] default, which ROS can
+        hold only dynamically typed (an empty array has no element type; a params file's ``[]``
+        arrives unset, which would empty ``ros2 param dump``), so :func:`params.validate` checks
+        its type instead.
         """
         descriptor = self._descriptor(spec)
         empty_array = spec.default == []
@@ -422,8 +424,9 @@ class SegmentParts:
         return [_Frame(self.cameras[i], *batch[i]) for i in order]
 
     def _process(self, frames: list[_Frame]) -> None:
-        """Decode each camera's frame, segment them together, publish each camera's results. One
-        camera's bad frame is counted against that camera and costs the others nothing.
+        """Decode each camera's frame, segment them together, publish each camera's results.
+
+        One camera's bad frame is counted against that camera and costs the others nothing.
         """
         s = self.settings
         inline = self.refiner is not None and self.crf_worker is None  # crf_replaces_labels
@@ -515,8 +518,10 @@ class SegmentParts:
 
     # -- CRF refinement (docs/crf.md) ----------------------------------------------------
     def _setup_crf(self, values: dict[str, Any]) -> None:
-        """Refiner per the crf* parameters. Refined outputs go to ~/*_refined from a background
-        worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels.
+        """Refiner per the crf* parameters.
+
+        Refined outputs go to ~/*_refined from a background worker (the raw stream never waits), or
+        replace the raw ones with crf_replaces_labels.
         """
         self.crf_mode = values["crf"]
         config = CRFConfig.from_dict(
@@ -636,8 +641,9 @@ class SegmentParts:
 
 
 class SegmentNode(SegmentParts, Node):
-    """The plain node: loads, warms up and takes frames from start-up to exit. Raises
-    ConfigError / WeightsError (one clear message) when it cannot start.
+    """The plain node: loads, warms up and takes frames from start-up to exit.
+
+    Raises ConfigError / WeightsError (one clear message) when it cannot start.
     """
 
     def __init__(self, cli_args: list[str] | None = None, **node_kwargs: Any) -> None:
@@ -701,6 +707,7 @@ def _check_params_files(args: list[str]) -> str | None:
 
 def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> int:
     """The node's life: check the command line, start, spin until a stop signal, clean up.
+
     Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0.
     ``node_class``: :class:`SegmentNode` or the managed ``SegmentLifecycleNode``; it has a
     ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait).

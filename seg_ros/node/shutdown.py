@@ -56,9 +56,10 @@ class SignalGuard:
         self._raise_on_signal = False
 
     def ignore_from_now(self) -> None:
-        """At the very end: ignore the stop signals. Python resets its handlers to the defaults
-        while it finalises, so launch's forwarded second SIGINT would otherwise kill the
-        exiting process (exit code -2, 'process has died').
+        """At the very end: ignore the stop signals.
+
+        Python resets its handlers to the defaults while it finalises, so launch's forwarded second
+        SIGINT would otherwise kill the exiting process (exit code -2, 'process has died').
         """
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
