@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tune a dense-CRF profile for a network and data set on frames other than the ones reported.
+r"""Tune a dense-CRF profile for a network and data set on frames other than the ones reported.
 
 The network runs once per frame; each candidate CRF setting then refines the kept class
 probabilities (pydensecrf, the same ``dense_labels`` the pipeline uses) and is scored by mIoU on
@@ -8,7 +8,7 @@ the tuning frames. The best setting is written as a profile YAML (config/crf/<na
 are scored on the report split (e.g. CamVid val) - a split the tuning never saw.
 
     C=../shared/datasets/camvid
-    .venv/bin/python scripts/tune_crf.py --images $C/train --labels $C/trainannot --every 4 \\
+    .venv/bin/python scripts/tune_crf.py --images $C/train --labels $C/trainannot --every 4 \
         --report-images $C/val --report-labels $C/valannot --out config/crf/camvid.yaml
 """
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Mailbox(Protocol[T]):
 
 
 class BackgroundWorker(Generic[T]):
-    """One daemon thread running ``handle(item)`` on the newest item ``submit``\\ ted.
+    r"""One daemon thread running ``handle(item)`` on the newest item ``submit``\ ted.
 
     An exception from ``handle`` goes to ``on_error(item, exc)`` and the worker goes on (unless it
     is stopping: then the exception is the stop's doing and the thread ends). ``first(stopping)``,

@@ -170,7 +170,9 @@ def delta(after: dict[str, str], before: dict[str, str], key: str) -> int:
 
 def test_flood_of_damaged_frames_gives_counters_and_throttled_warnings_only(ros, offline,
                                                                             small_image):
-    """100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
+    """Count damaged frames, segment none, warn only throttled, and process the next good one.
+
+    100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
     print to stderr): every frame the node receives is counted, none segmented, the node's output
     has only its own throttled warnings, and the next good frame is processed. (With its
     keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)
