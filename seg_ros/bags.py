@@ -27,7 +27,7 @@ DISTROS = ("jazzy", "humble")
 
 
 def normalize_type(msgtype: str) -> str:
-    """The ROS 2 spelling of a message type: 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image'.
+    """Return the ROS 2 spelling of a message type: 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image'.
 
     Bags recorded by earlier ROS 2 releases and by other tools write 'pkg/Name'; ROS 2 accepts it
     as the same type. BagReader applies this to every connection once, so every tool (replay, eval,
@@ -140,8 +140,9 @@ class BagReader:
 
     @property
     def reader(self) -> Any:
-        """The open ``rosbags`` reader (BagError when closed); its connections keep the recorded
-        type spelling: use :attr:`connections`.
+        """The open ``rosbags`` reader (BagError when closed).
+
+        Its connections keep the recorded type spelling: use :attr:`connections`.
         """
         if self._reader is None:
             raise BagError(f"bag {self.path} is not open")
@@ -199,9 +200,10 @@ class BagReader:
 
     def messages(self, topics: Sequence[str] | None = None, start: int | None = None,
                  stop: int | None = None) -> Iterator[BagMessage]:
-        """Messages of ``topics`` (all when None) in timestamp order, only those with
-        ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage found while
-        reading (a truncated file) raises BagError naming the file.
+        """Messages of ``topics`` (all when None) in timestamp order.
+
+        Only those with ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage
+        found while reading (a truncated file) raises BagError naming the file.
         """
         conns = {c.id: c for c in self.connections if not topics or c.topic in topics}
         if topics and not conns:
@@ -251,7 +253,7 @@ def decode_image_msg(
 
 
 def labels_from_msg(msg: Any) -> np.ndarray:
-    """A ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
+    """Return a ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
 
     Class ids are not colours, so this is a plain reshape, never a colour conversion.
     """
@@ -307,7 +309,10 @@ def frames_from_reader(
     max_frames: int | None = None,
     max_pixels: int | None = None,
 ) -> Iterator[BagFrame]:
-    """Decoded frames of an open bag's image topics (all image topics when None), in time order."""
+    """Return decoded frames of an open bag's image topics (all image topics when None).
+
+    In time order.
+    """
     chosen = bag.select_topics(topics, image_only=True)
     n = 0
     for m in bag.messages(chosen):
@@ -491,15 +496,18 @@ class BagWriter:
 
 
 def staging_dir(path: Path) -> Path:
-    """Where BagWriter writes ``path`` until the bag is complete: a hidden folder beside it, so a
-    write that is interrupted or killed never leaves a half-written bag at ``path``.
+    """Where BagWriter writes ``path`` until the bag is complete.
+
+    A hidden folder beside it, so a write that is interrupted or killed never leaves a half-written
+    bag at ``path``.
     """
     return path.with_name(f".{path.name}.partial")
 
 
 def remove_bag(path: str | Path) -> None:
-    """Delete a bag file or bag directory (only things that look like bags), and what a killed
-    writer left of it.
+    """Delete a bag file or bag directory (only things that look like bags).
+
+    And what a killed writer left of it.
     """
     p = Path(path)
     shutil.rmtree(staging_dir(p), ignore_errors=True)

@@ -9,7 +9,7 @@ import torch
 
 
 def rss_mb() -> float:
-    """This process's resident memory in MB (Linux /proc; NaN elsewhere)."""
+    """Return this process's resident memory in MB (Linux /proc; NaN elsewhere)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """The resolution-dependent fields of a CameraInfo: ``k`` (3x3) and ``p`` (3x4) row-major,
-    ``roi`` as (x_offset, y_offset, width, height).
+    """The resolution-dependent fields of a CameraInfo.
+
+    ``k`` (3x3) and ``p`` (3x4) row-major, ``roi`` as (x_offset, y_offset, width, height).
     """
 
     width: int

@@ -19,8 +19,9 @@ class DeviceChoice:
 
 
 def resolve_device(device: str, precision: str = "fp32") -> DeviceChoice:
-    """``auto`` picks CUDA when present and says so when it falls back to the CPU;
-    an explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError.
+    """``auto`` picks CUDA when present and says so when it falls back to the CPU.
+
+    An explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError.
     """
     notes: list[str] = []
     base = device.split(":", 1)[0]

@@ -126,9 +126,11 @@ def _rows(buf: np.ndarray, height: int, width: int, step: int, channels: int,
 
 def _keep_high_byte(buf: np.ndarray, height: int, width: int, step: int, pixel_bytes: int,
                     channels: int, is_bigendian: bool) -> np.ndarray:
-    """The one 16-bit -> 8-bit rule (raw rgb16/bgr16/mono16 and 16-bit PNG): keep the most
-    significant byte of each of the first ``channels`` samples of every pixel (value >> 8). A
-    strided view of those bytes, made C-contiguous: one copy.
+    """Apply the one 16-bit -> 8-bit rule: keep the most significant byte.
+
+    The one 16-bit -> 8-bit rule (raw rgb16/bgr16/mono16 and 16-bit PNG): keep the most significant
+    byte of each of the first ``channels`` samples of every pixel (value >> 8). A strided view of
+    those bytes, made C-contiguous: one copy.
     """
     high = np.ndarray(shape=(height, width, channels), dtype=np.uint8, buffer=buf,
                       offset=0 if is_bigendian else 1, strides=(step, pixel_bytes, 2))
@@ -273,7 +275,7 @@ def _codec_of(buf: np.ndarray, what: str) -> str:
 
 
 def _other_image_type(head: bytes) -> str | None:
-    """The name of a known non-JPEG/PNG image file type from its first bytes, or None."""
+    """Return the name of a known non-JPEG/PNG image file type from its first bytes, or None."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     if head[4:8] == b"ftyp":
@@ -307,10 +309,11 @@ def _png_size(buf: np.ndarray) -> tuple[int, int] | None:
 
 
 def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(H, W) from the JPEG start-of-frame header, walking the marker segments from SOI; None
-    when the walk breaks or reaches the scan first. Without an image library, so none of its
-    own size limits or warnings come in; stricter than libjpeg (no skipping of stray bytes), so
-    a size this walk cannot read is never decoded.
+    """(H, W) from the JPEG start-of-frame header.
+
+    Walking the marker segments from SOI; None when the walk breaks or reaches the scan first.
+    Without an image library, so none of its own size limits or warnings come in; stricter than
+    libjpeg (no skipping of stray bytes), so a size this walk cannot read is never decoded.
     """
     b = memoryview(buf)
     i, n = 2, len(b)
@@ -358,8 +361,10 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.er
 
 
 def _decode_png(buf: np.ndarray, what: str, encoding: str, order: str) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 and its order; PngImageFile, not Image.open: no other decoder is tried
-    and max_pixels (checked before) is the only size limit.
+    """(H, W, 3) uint8 and its order.
+
+    PngImageFile, not Image.open: no other decoder is tried and max_pixels (checked before) is the
+    only size limit.
     """
     try:
         with PngImagePlugin.PngImageFile(io.BytesIO(buf.tobytes())) as im:

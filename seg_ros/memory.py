@@ -51,8 +51,9 @@ def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool 
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    """Glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay); None
-    where there is none (not Linux, or not glibc).
+    """Glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay).
+
+    None where there is none (not Linux, or not glibc).
     """
     if not sys.platform.startswith("linux"):
         return None

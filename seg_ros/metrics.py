@@ -106,8 +106,9 @@ class ConfusionAccumulator:
 
 # -- boundary F-score ---------------------------------------------------------------------------
 def label_boundaries(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label (both pixels ``valid``), so a
-    change between two classes marks one pixel on each side's first row/column.
+    """Pixels whose right or lower neighbour has another label (both pixels ``valid``).
+
+    So a change between two classes marks one pixel on each side's first row/column.
     """
     lab = np.asarray(labels)
     b = np.zeros(lab.shape, bool)
@@ -136,9 +137,11 @@ def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 class BoundaryAccumulator:
-    """Boundary F-score over a dataset: a predicted boundary pixel is correct when a ground-truth
-    boundary lies within ``tolerance`` pixels (precision), and vice versa (recall); counts are
-    summed over images. Boundaries touching ignored ground truth are not scored.
+    """Boundary F-score over a dataset.
+
+    A predicted boundary pixel is correct when a ground-truth boundary lies within ``tolerance``
+    pixels (precision), and vice versa (recall); counts are summed over images. Boundaries touching
+    ignored ground truth are not scored.
     """
 
     def __init__(

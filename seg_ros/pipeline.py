@@ -43,9 +43,11 @@ SHAPES_PER_BATCH_SIZE = 4
 
 
 def weights_file_for(model: str, weights: str) -> str | None:
-    """The weights file a pipeline loads for ``model`` given the ``weights`` setting, or None for
-    random initialisation, which only an explicit ``"none"`` gives: a vehicle must not drive on a
-    model that silently fell back to random weights (WeightsError naming the fix instead).
+    """Return the weights file a pipeline loads for ``model`` given the ``weights`` setting.
+
+    Or None for random initialisation, which only an explicit ``"none"`` gives: a vehicle must not
+    drive on a model that silently fell back to random weights (WeightsError naming the fix
+    instead).
     """
     fix = ("give a weights file (node parameter 'weights', tool option --weights), or weights "
            "'none' to run on random weights on purpose (tests, benchmarks: labels meaningless)")
@@ -163,8 +165,10 @@ class FrameOptions:
 
 @dataclass
 class SegmentationResult:
-    """uint8/uint16 labels (H, W); optional RGB colour mask and overlay (H, W, 3) uint8 and
-    confidence (H, W) float32; ``timings_ms`` per stage when profiling was requested.
+    """uint8/uint16 labels (H, W).
+
+    Optional RGB colour mask and overlay (H, W, 3) uint8 and confidence (H, W) float32;
+    ``timings_ms`` per stage when profiling was requested.
     """
 
     labels: np.ndarray
@@ -178,8 +182,10 @@ class SegmentationResult:
 
 @dataclass(frozen=True)
 class RefineInput:
-    """What :meth:`SegmentationPipeline.refine` needs of a segmented frame, on the device: its
-    class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels' size.
+    """What :meth:`SegmentationPipeline.refine` needs of a segmented frame.
+
+    On the device: its class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels'
+    size.
     """
 
     logits: torch.Tensor
@@ -201,7 +207,7 @@ def round_to_multiple(value: float, divisor: int) -> int:
 
 def inference_size(frame_hw: tuple[int, int], target: tuple[int, int] | None, keep_aspect: bool,
                    divisor: int) -> tuple[int, int]:
-    """The size the network runs at for a frame, rounded to the model's size divisor."""
+    """Return the size the network runs at for a frame, rounded to the model's size divisor."""
     h, w = frame_hw
     if target is None:
         th, tw = h, w
@@ -288,7 +294,7 @@ class SegmentationPipeline:
 
     # -- construction helpers -------------------------------------------------------------
     def backend_context(self) -> BackendContext:
-        """What the backend may know of this pipeline (see :class:`BackendContext`)."""
+        """Return what the backend may know of this pipeline (see :class:`BackendContext`)."""
         return BackendContext(model_name=self.config.model,
                               num_classes=self.classes.num_classes,
                               size_divisor=self.size_divisor, trained=self.trained,
@@ -364,8 +370,9 @@ class SegmentationPipeline:
 
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
                    size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w), at
-        ``size`` (default: the frame's own inference size).
+        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w).
+
+        At ``size`` (default: the frame's own inference size).
         """
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
@@ -375,9 +382,10 @@ class SegmentationPipeline:
                                         bgr_to_rgb, self.dtype)
 
     def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
-        """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
-        in ``__call__``: benchmarks, export checks and INT8 calibration use it, so every backend
-        sees the same input.
+        """Return the network input for a uint8 HxWx3 frame.
+
+        Checked, uploaded and preprocessed exactly as in ``__call__``: benchmarks, export checks
+        and INT8 calibration use it, so every backend sees the same input.
         """
         self.check_image(image)
         return self.preprocess(self._upload(image), color_order)
@@ -412,11 +420,13 @@ class SegmentationPipeline:
     @torch.inference_mode()
     def segment_batch(self, frames: Sequence[tuple[np.ndarray, str]],
                       options: FrameOptions | Sequence[FrameOptions]) -> list[SegmentationResult]:
-        """Segment several frames (e.g. one per camera), ``(image, color_order)`` each: frames
-        whose network input sizes agree share one forward pass, at most ``max_batch`` at a time;
-        each keeps its own options (one for all, or one per frame). Results in input order. An
-        invalid frame raises InputError before anything runs: check frames first
-        (:meth:`check_image`) when one bad camera must not cost the others their frame.
+        """Segment several frames (e.g. one per camera).
+
+        ``(image, color_order)`` each: frames whose network input sizes agree share one forward
+        pass, at most ``max_batch`` at a time; each keeps its own options (one for all, or one per
+        frame). Results in input order. An invalid frame raises InputError before anything runs:
+        check frames first (:meth:`check_image`) when one bad camera must not cost the others their
+        frame.
         """
         per_frame = (list(options) if not isinstance(options, FrameOptions)
                      else [options] * len(frames))
@@ -451,16 +461,20 @@ class SegmentationPipeline:
         return results  # type: ignore[return-value]
 
     def batch_limit(self) -> int:
-        """The most frames one forward pass takes: ``max_batch``, or less when the backend
-        takes fewer (onnxruntime and TensorRT run one frame per pass).
+        """Return the most frames one forward pass takes.
+
+        ``max_batch``, or less when the backend takes fewer (onnxruntime and TensorRT run one frame
+        per pass).
         """
         limit = int(self.config.max_batch)
         return min(limit, self.backend.max_batch) if self.backend.max_batch else limit
 
     @staticmethod
     def _batch(inputs: list[torch.Tensor]) -> torch.Tensor:
-        """One network input of several; a single frame's is used as it is (its strides, which
-        key the per-shape graphs, stay those of the one-frame path).
+        """One network input of several.
+
+        A single frame's is used as it is (its strides, which key the per-shape graphs, stay those
+        of the one-frame path).
         """
         if len(inputs) == 1:
             return inputs[0]
@@ -494,7 +508,7 @@ class SegmentationPipeline:
     def _results(self, labels: torch.Tensor, rgb: torch.Tensor, out_hw: tuple[int, int],
                  opts: FrameOptions, conf: torch.Tensor | None,
                  clock: _StageClock) -> SegmentationResult:
-        """The one colour / overlay / download step of raw and refined labels."""
+        """Run the one colour / overlay / download step of raw and refined labels."""
         color_t = ops.colorize(labels, self._palette) if (opts.color or opts.overlay) else None
         clock.mark("color")
         overlay_t = None
@@ -516,8 +530,9 @@ class SegmentationPipeline:
     @torch.inference_mode()
     def refine(self, result: SegmentationResult, refiner: Any, options: FrameOptions | None = None,
                **fields: Any) -> SegmentationResult:
-        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``,
-        from its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
+        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``.
+
+        From its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
         run on another thread while the next frame goes through ``__call__``.
         """
         if result.refine_input is None:
@@ -535,11 +550,12 @@ class SegmentationPipeline:
         return refined
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> tuple[int, int] | None:
-        """Segment blank frames at the configured input size, once per batch size, so the
-        per-shape work (fused CPU graph, CUDA graph capture, onnxruntime session, cuDNN
-        autotuning) happens now rather than on the first camera frames. Frames of the same aspect
-        ratio then reuse it. Returns the size warmed, or None when the inference size depends on
-        each frame (no input size set).
+        """Segment blank frames at the configured input size.
+
+        Once per batch size, so the per-shape work (fused CPU graph, CUDA graph capture,
+        onnxruntime session, cuDNN autotuning) happens now rather than on the first camera frames.
+        Frames of the same aspect ratio then reuse it. Returns the size warmed, or None when the
+        inference size depends on each frame (no input size set).
         """
         if self.input_size is None:
             return None
@@ -552,7 +568,7 @@ class SegmentationPipeline:
         return h, w
 
     def describe(self) -> dict[str, Any]:
-        """What is running, for logs, diagnostics and benchmark reports."""
+        """Return what is running, for logs, diagnostics and benchmark reports."""
         return {
             "model": self.config.model,
             "backend": getattr(self.backend, "name", self.config.backend),

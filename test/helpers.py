@@ -1,6 +1,8 @@
-"""Helpers shared by the test modules and scripts/: data, images in ROS encodings, bags, the
-node as a process with a DDS peer, and the ROS 2 command line. Fixtures live in conftest.py, which
-uses these; test modules import from here, never from each other.
+"""Helpers shared by the test modules and scripts/.
+
+Data, images in ROS encodings, bags, the node as a process with a DDS peer, and the ROS 2 command
+line. Fixtures live in conftest.py, which uses these; test modules import from here, never from
+each other.
 
 Nothing here imports rclpy at import time: modules without ROS (bags, eval) use it too.
 """
@@ -117,8 +119,9 @@ def scan_range(jpeg: bytes) -> tuple[int, int]:
 
 
 def corrupt_entropy(jpeg: bytes, seed: int, n: int = 64) -> bytes:
-    """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes: every marker
-    stays intact (OpenCV decodes this silently into grey and garbage blocks).
+    """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes.
+
+    Every marker stays intact (OpenCV decodes this silently into grey and garbage blocks).
     """
     start, end = scan_range(jpeg)
     at = (start + end) // 2
@@ -155,7 +158,7 @@ def legacy_name(msgtype: str) -> str:
 
 
 def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3") -> Path:
-    """A rosbag2 whose connections use the older type spelling.
+    """Return a rosbag2 whose connections use the older type spelling.
 
     ``path`` ending in ``.mcap`` / ``.db3`` becomes a single storage file, any other path a bag
     directory with metadata.yaml.
@@ -192,9 +195,11 @@ def node_env(domain: int) -> dict[str, str]:
 
 def node_command(weights: str | Path, *params: str, backend: str | None = "torch",
                  executable: list[str] | None = None) -> list[str]:
-    """The tools' command line (live_node.node_command) for the node under test: this checkout's
-    params file, ``weights``, ``INPUT`` remapped, namespace /perception. ``backend`` is set to
-    torch, the offline reference's backend, unless None (the node's default, auto).
+    """Return the tools' command line (live_node.node_command) for the node under test.
+
+    This checkout's params file, ``weights``, ``INPUT`` remapped, namespace /perception.
+    ``backend`` is set to torch, the offline reference's backend, unless None (the node's default,
+    auto).
     """
     first = [f"weights:={weights}", *([f"backend:={backend}"] if backend else [])]
     return live_node_command(*first, *params, namespace="/perception", input_topic=INPUT,
@@ -202,8 +207,9 @@ def node_command(weights: str | Path, *params: str, backend: str | None = "torch
 
 
 class NodeProcess(LiveNodeProcess):
-    """The node under test (seg_ros/cli/live_node.py), run from the repository root; its output
-    is collected for the log assertions.
+    """The node under test (seg_ros/cli/live_node.py).
+
+    Run from the repository root; its output is collected for the log assertions.
     """
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
@@ -355,7 +361,7 @@ def header_for(msg, tag: str) -> str:
 
 def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendian: int = 0,
               extra: int = 0, tag: str | None = None) -> Image:
-    """An Image with ``extra`` padding bytes after every row."""
+    """Return an Image with ``extra`` padding bytes after every row."""
     from sensor_msgs.msg import Image
 
     rows = np.ascontiguousarray(rows).reshape(height, -1).view(np.uint8)
@@ -437,14 +443,17 @@ def require_ros2_cli() -> None:
 
 
 def repo_files() -> list[str]:
-    """The files of a clean checkout: tracked, plus untracked ones git does not ignore."""
+    """Return the files of a clean checkout: tracked, plus untracked ones git does not ignore."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                          capture_output=True, check=True).stdout.decode()
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
 def build_workspace(root: Path) -> Path:
-    """A colcon workspace with a clean copy of this repository in src/; returns its install/."""
+    """Return a colcon workspace with a clean copy of this repository in src/.
+
+    Returns its install/.
+    """
     src = root / "src" / "seg_ros"
     for rel in repo_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -456,7 +465,7 @@ def build_workspace(root: Path) -> Path:
 
 
 def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
-    """The environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
+    """Return the environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
     dump = subprocess.run(["bash", "-c", f". '{install}/setup.sh' && env -0"], capture_output=True,
                           check=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
                                                               f"{os.environ.get('PATH', '')}"))
@@ -524,7 +533,10 @@ class Ros2Process:
             return "\n".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        """The first log line matching ``pattern``; fails if the process exits or time runs out."""
+        """Return the first log line matching ``pattern``.
+
+        Fails if the process exits or time runs out.
+        """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -545,15 +557,16 @@ class Ros2Process:
         return [int(m) for m in re.findall(r"process started with pid \[(\d+)\]", self.log)]
 
     def terminal_ctrl_c(self) -> None:
-        """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
+        """Do what a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
         os.killpg(self.proc.pid, signal.SIGINT)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> tuple[int | None, float]:
-        """(exit code, seconds) once it exits; the code is None (and all is killed) after
-        ``timeout``.
+        """(exit code, seconds) once it exits.
+
+        The code is None (and all is killed) after ``timeout``.
         """
         started = time.monotonic()
         try:
@@ -588,9 +601,10 @@ LOST_ANSWER = ("a service answer can be lost: a server that has not yet discover
 
 
 class LifecycleClient:
-    """``~/change_state`` and ``~/get_state`` of the managed node ``target``, called from
-    ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is handled
-    as a manager would: ask for the state, and repeat the request if nothing happened.
+    """``~/change_state`` and ``~/get_state`` of the managed node ``target``.
+
+    Called from ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is
+    handled as a manager would: ask for the state, and repeat the request if nothing happened.
     """
 
     def __init__(self, node, target: str) -> None:
@@ -602,7 +616,7 @@ class LifecycleClient:
 
     @staticmethod
     def _call(client, request, timeout: float):
-        """The answer, or None when none came within ``timeout``."""
+        """Return the answer, or None when none came within ``timeout``."""
         assert client.wait_for_service(timeout_sec=60.0), f"no {client.srv_name}"
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
@@ -711,8 +725,9 @@ def stream_frames(peer: FramePeer, stop: threading.Event, rate_hz: float = 30.0)
 
 
 def one_run(env: dict[str, str], delay: float, after_ready: bool) -> dict:
-    """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid, or after the node
-    said it is ready.
+    """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid.
+
+    Or after the node said it is ready.
     """
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "input_topic:=/cam")
     peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/cam", "/segment_node")

@@ -174,8 +174,9 @@ def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
 # -- memory of evicted graphs and sizes that cycle (issue 18) ----------------------------------
 @pytest.mark.slow
 def test_evicted_fused_graphs_free_their_memory():
-    """A one-graph cache fed three shapes in turn builds a real fused graph on every call; the
-    evicted ones must give their memory back. Before the fix each build left ~24 MB (its frozen
+    """A one-graph cache fed three shapes in turn builds a real fused graph on every call.
+
+    The evicted ones must give their memory back. Before the fix each build left ~24 MB (its frozen
     weights) in TorchScript's process-wide compilation unit: +290 MB over these 12 builds.
     """
     from seg_ros.backends.cpu_fusion import FusedCpuForward
@@ -200,9 +201,11 @@ def test_evicted_fused_graphs_free_their_memory():
 
 @pytest.mark.slow
 def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, road_image):
-    """Frames in 5 sizes, one at a time, through a 4-graph backend (the issue's camera): graphs
-    are built for the first sizes, the rest run at the nearest kept size instead of a build per
-    frame, frames at their own size get the same labels as alone, and memory stays flat.
+    """Frames in 5 sizes.
+
+    One at a time, through a 4-graph backend (the issue's camera): graphs are built for the first
+    sizes, the rest run at the nearest kept size instead of a build per frame, frames at their own
+    size get the same labels as alone, and memory stays flat.
     """
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), cv2.cvtColor(road_image, cv2.COLOR_RGB2BGR))

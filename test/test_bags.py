@@ -191,8 +191,9 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
 @pytest.mark.slow  # a writer process killed half-way
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
 def test_a_bag_appears_only_when_complete(tmp_path, name):
-    """A writer killed half-way (never closed) leaves no half bag at the path; the next writer of
-    that path, or remove_bag, clears what it left.
+    """A writer killed half-way (never closed) leaves no half bag at the path.
+
+    The next writer of that path, or remove_bag, clears what it left.
     """
     path = tmp_path / name
 

@@ -37,8 +37,10 @@ COLORS = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 200], [230, 220, 60]],
 
 
 def regions_scene(seed: int = 0, noise: float = 1.0):
-    """Four clean colour regions (two blocks, a band, a disc), pixel noise of 2 grey levels, and a
-    unary that prefers the right class by 1.0 under N(0, noise) logit noise.
+    """Four clean colour regions (two blocks, a band, a disc).
+
+    Pixel noise of 2 grey levels, and a unary that prefers the right class by 1.0 under N(0, noise)
+    logit noise.
     """
     rng = np.random.default_rng(seed)
     gt = np.zeros((H, W), np.int64)
@@ -406,8 +408,10 @@ ISOLATE = True  # False shows the stall this test exists to catch
 @pytest.mark.slow  # a helper process
 @needs_dense
 def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(scene):
-    """The node's dense CRF runs in a helper process: same labels, and this process's threads
-    keep running meanwhile (pydensecrf in-process holds the GIL for the whole inference).
+    """The node's dense CRF runs in a helper process.
+
+    Same labels, and this process's threads keep running meanwhile (pydensecrf in-process holds the
+    GIL for the whole inference).
     """
     image, logits, _ = scene
     image = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))  # 128 x 160

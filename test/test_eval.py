@@ -150,8 +150,10 @@ def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file
 
 
 def test_a_bug_is_not_a_skipped_frame(weights_file):
-    """Only input errors skip a pair; any other error propagates instead of silently shrinking
-    the scored set while the command exits 0.
+    """Only input errors skip a pair.
+
+    Any other error propagates instead of silently shrinking the scored set while the command exits
+    0.
     """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     acc = ConfusionAccumulator(pipe.classes.num_classes, pipe.classes.ignore_id)

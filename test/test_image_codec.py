@@ -315,8 +315,10 @@ def test_grey(fmt, ext):
     ("mono16", "mono16; png compressed "),
 ])
 def test_16bit_png_is_scaled_as_raw_16bit(rgb, encoding, fmt):
-    """16-bit PNG keeps the high byte of each sample, exactly as decode_image does for the raw
-    encoding of the same samples (a rounding scaler, value * 255 / 65535, would fail here).
+    """16-bit PNG keeps the high byte of each sample.
+
+    Exactly as decode_image does for the raw encoding of the same samples (a rounding scaler, value
+    * 255 / 65535, would fail here).
     """
     rng = np.random.default_rng(6)
     src8 = rgb[..., 0] if encoding == "mono16" else rgb
@@ -423,9 +425,10 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_big_files_are_refused_before_decoding(tmp_path, rgb):
-    """Decompression bombs: a 12000x12000 TIFF and a 4000x4000 WebP sent as 'jpeg', BMP as 'jpeg'
-    and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh process,
-    none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB).
+    """Decompression bombs: a 12000x12000 TIFF and a 4000x4000 WebP sent as 'jpeg'.
+
+    BMP as 'jpeg' and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh
+    process, none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB).
     """
     files = {
         "tiff": (pil_encoded(np.zeros((12000, 12000), bool), "TIFF", compression="packbits"),
@@ -510,8 +513,10 @@ def test_jpeg_with_corrupt_entropy_data_is_refused(photo_jpeg, seed):
 
 
 def test_damaged_files_are_refused_and_nothing_is_printed(capfd, photo_jpeg, road_image):
-    """The decoders report damage as an error; nothing reaches stdout/stderr (file descriptors,
-    so C libraries printing directly would show here).
+    """The decoders report damage as an error.
+
+    Nothing reaches stdout/stderr (file descriptors, so C libraries printing directly would show
+    here).
     """
     files = damaged_files(photo_jpeg, encoded(road_image, ".png"))
     for name, data in files.items():
@@ -545,8 +550,10 @@ def test_garbage_compressed_is_rejected(data):
 
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_fuzzed_compressed_data_gives_an_image_or_one_input_error(ext, capfd):
-    """300 random overwrites, bit flips and cuts: each frame decodes to its header's size or
-    raises InputError with a known kind; no other exception, nothing printed.
+    """300 random overwrites, bit flips and cuts.
+
+    Each frame decodes to its header's size or raises InputError with a known kind; no other
+    exception, nothing printed.
     """
     good = encoded(smooth_image(48, 64), ext)
     rng = np.random.default_rng(8)

@@ -274,8 +274,10 @@ def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_
 
 
 def interrupted_cleanly(node: NodeProcess) -> str:
-    """SIGINT to the node: exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no
-    error line. Returns its log.
+    """SIGINT to the node.
+
+    Exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no error line. Returns its
+    log.
     """
     started = time.monotonic()
     code = node.stop(signal.SIGINT)
@@ -308,8 +310,9 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
 
 
 def test_sigint_during_configure(workspace, tmp_path, weights_file):
-    """A stop signal while configure traces the graph (which cannot be interrupted): the node
-    gives the configure up and exits cleanly without waiting for the trace.
+    """A stop signal while configure traces the graph (which cannot be interrupted).
+
+    The node gives the configure up and exits cleanly without waiting for the trace.
     """
     with managed_node(workspace, tmp_path, weights_file, "input_size:=[360, 480]") as (
             node, peer, lifecycle):
@@ -364,9 +367,11 @@ def test_error_processing_releases_everything(weights_file, capfd):
 # -- launch: managed:=true ---------------------------------------------------------------------
 @pytest.mark.parametrize("autostart", ["true", "false"])
 def test_launch_managed(workspace, tmp_path, autostart):
-    """`ros2 launch ... managed:=true`: autostart:=true configures and activates it through
-    launch's lifecycle events; autostart:=false leaves it unconfigured until a manager (here
-    `ros2 lifecycle set`) moves it. Ctrl-C stops either cleanly.
+    """`ros2 launch ... managed:=true`.
+
+    Autostart:=true configures and activates it through launch's lifecycle events; autostart:=false
+    leaves it unconfigured until a manager (here `ros2 lifecycle set`) moves it. Ctrl-C stops
+    either cleanly.
     """
     env = sourced_env(workspace, random_domain(), tmp_path / "log")
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "managed:=true",

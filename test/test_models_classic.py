@@ -1,5 +1,7 @@
-"""FCN-8s, SegNet, DeconvNet, U-Net and DilatedNet: layouts, parameter counts, shapes at odd sizes,
-max-unpooling, training mode, batch-norm folding, and the pipeline.
+"""FCN-8s, SegNet, DeconvNet, U-Net and DilatedNet.
+
+Layouts, parameter counts, shapes at odd sizes, max-unpooling, training mode, batch-norm folding,
+and the pipeline.
 
 The key/shape layouts below are written out from the architectures' descriptions (and, for the
 VGG-16 trunks, torchvision's ``vgg.make_layers`` numbering), independently of our modules; a model
@@ -273,8 +275,10 @@ def test_dilatednet_context_module_starts_as_identity():
 
 
 def test_fcn_upsampling_is_bilinear():
-    """Kernel 2f, stride f, padding f/2 with bilinear taps: F.interpolate's bilinear upsampling
-    (align_corners=False) away from the border.
+    """Kernel 2f, stride f.
+
+    Padding f/2 with bilinear taps: F.interpolate's bilinear upsampling (align_corners=False) away
+    from the border.
     """
     x = torch.randn(1, 3, 6, 7)
     for factor in (2, 8):
@@ -360,9 +364,11 @@ def test_train_mode_forward_and_backward(name):
 
 @pytest.mark.parametrize("name", CLASSIC)
 def test_every_batchnorm_folds_and_outputs_stay_equal(name):
-    """In float64: in float32 the folded network's rounding differs in the last bits, which can move
-    a near-tie maximum of a pooling window and with it where unpooling puts the value (DeconvNet's
-    logits then differ by ~1e-3 of their range), a property of pooling indices, not of folding.
+    """In float64: in float32 the folded network's rounding differs in the last bits.
+
+    Which can move a near-tie maximum of a pooling window and with it where unpooling puts the
+    value (DeconvNet's logits then differ by ~1e-3 of their range), a property of pooling indices,
+    not of folding.
     """
     model = built(name).double()
     gen = torch.Generator().manual_seed(1)

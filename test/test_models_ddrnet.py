@@ -161,8 +161,10 @@ class _Payload:
 
 
 def test_unreadable_files_are_clear(tmp_path):
-    """Each refusal names the file and says plainly why it is not a weights file, without PyTorch's
-    advice to load it with weights_only=False (which would run the code a file carries).
+    """Each refusal names the file and says plainly why it is not a weights file.
+
+    Without PyTorch's advice to load it with weights_only=False (which would run the code a file
+    carries).
     """
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(build_model("ddrnet23_slim", 19), tmp_path / "missing.pt")

@@ -1,7 +1,8 @@
-"""segment_node over real DDS: the node runs as its own process, started exactly as the launch
-file does, and this test process publishes frames and reads labels, masks, overlays,
-class_info and /diagnostics back. Expected labels come from the offline SegmentationPipeline
-loading the same weights file.
+"""segment_node over real DDS.
+
+The node runs as its own process, started exactly as the launch file does, and this test process
+publishes frames and reads labels, masks, overlays, class_info and /diagnostics back. Expected
+labels come from the offline SegmentationPipeline loading the same weights file.
 
 One node per module (start-up costs seconds), each module on its own ROS_DOMAIN_ID.
 """
@@ -113,8 +114,10 @@ ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2",
 
 
 def test_every_encoding(ros, offline, small_image):
-    """Each encoding, with row padding, through DDS: the node's labels equal the offline pipeline's
-    on the same pixels (lossless encodings: the original RGB frame itself).
+    """Each encoding, with row padding.
+
+    Through DDS: the node's labels equal the offline pipeline's on the same pixels (lossless
+    encodings: the original RGB frame itself).
     """
     node, peer = ros
     h, w = small_image.shape[:2]
@@ -189,8 +192,10 @@ def test_bad_input_is_skipped_counted_and_the_node_goes_on(ros, offline, small_i
 
 
 def test_too_many_pixels_and_runtime_parameters(ros, offline, small_image):
-    """max_input_pixels changed at run time: a frame above it is skipped and counted; invalid
-    values and read-only parameters are rejected with a reason.
+    """max_input_pixels changed at run time.
+
+    A frame above it is skipped and counted; invalid values and read-only parameters are rejected
+    with a reason.
     """
     node, peer = ros
     h, w = SMALL
@@ -233,8 +238,10 @@ def test_output_resolution_inference(ros, weights_file, road_image):
 
 
 def test_overload_latest_frame_wins(ros, road_image):
-    """Frames ~3x faster than the node processes them: drops are counted, latency stays bounded
-    (no queue builds up), the newest frame is always processed and memory stays flat.
+    """Frames ~3x faster than the node processes them.
+
+    Drops are counted, latency stays bounded (no queue builds up), the newest frame is always
+    processed and memory stays flat.
     """
     node, peer = ros
     # 240x320 rgb8 (230 KB) stays below Fast DDS's default 512 KiB shared-memory segment, so the

@@ -1,7 +1,8 @@
-"""segment_node with ``input_transport: compressed`` over real DDS: JPEG and PNG frames on
-``image/compressed`` (resolved from the remapped ``image``), image_transport's channel order,
-corrupt, depth and non-JPEG/PNG data skipped and counted without any decoder output in the log,
-reliable input QoS, and a clean exit on SIGTERM.
+"""segment_node with ``input_transport: compressed`` over real DDS.
+
+JPEG and PNG frames on ``image/compressed`` (resolved from the remapped ``image``),
+image_transport's channel order, corrupt, depth and non-JPEG/PNG data skipped and counted without
+any decoder output in the log, reliable input QoS, and a clean exit on SIGTERM.
 """
 from __future__ import annotations
 
@@ -100,9 +101,11 @@ def test_compressed_frames(ros, offline, small_image, fmt, ext):
 
 
 def test_legacy_rgb_png_is_read_as_rgb(ros, offline, small_image):
-    """'rgb8; png compressed rgb8': publishers before 2012 handed the RGB pixels to OpenCV's
-    encoder, so (image_transport's rule) the file's red and blue are swapped; the labels are the
-    pipeline's on the RGB image.
+    """A legacy 'rgb8; png compressed rgb8' frame is read as RGB.
+
+    'rgb8; png compressed rgb8': publishers before 2012 handed the RGB pixels to OpenCV's encoder,
+    so (image_transport's rule) the file's red and blue are swapped; the labels are the pipeline's
+    on the RGB image.
     """
     node, peer = ros
     data = cv2.imencode(".png", np.ascontiguousarray(small_image))[1].tobytes()  # RGB straight in

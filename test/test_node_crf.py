@@ -1,7 +1,9 @@
-"""segment_node with crf:=fast over real DDS: refined labels arrive on ~/labels_refined (equal to
-the offline pipeline's refinement of the same frame), the raw labels still arrive on ~/labels,
-and the raw stream's latency is not held up by the CRF (compared with a crf:=off node on the
-same frames). One node process per mode, each on its own ROS domain.
+"""segment_node with crf:=fast over real DDS.
+
+Refined labels arrive on ~/labels_refined (equal to the offline pipeline's refinement of the same
+frame), the raw labels still arrive on ~/labels, and the raw stream's latency is not held up by the
+CRF (compared with a crf:=off node on the same frames). One node process per mode, each on its own
+ROS domain.
 """
 from __future__ import annotations
 

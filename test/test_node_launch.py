@@ -36,8 +36,9 @@ NODE_ACTIONS = {"Node", "LifecycleNode"}
 
 
 def _action_names(func: ast.expr) -> set[str]:
-    """The launch_ros action classes a call may create: ``Node(...)`` or
-    ``(LifecycleNode if managed else Node)(...)``.
+    """Return the launch_ros action classes a call may create.
+
+    ``Node(...)`` or ``(LifecycleNode if managed else Node)(...)``.
     """
     if isinstance(func, ast.Name):
         return {func.id}
@@ -80,7 +81,7 @@ def _constants() -> dict[str, object]:
 
 
 def _resolve(expr: ast.expr, consts: dict[str, object]) -> list[object]:
-    """The values ``expr`` can take (both branches of ``A if managed else B``)."""
+    """Return the values ``expr`` can take (both branches of ``A if managed else B``)."""
     if isinstance(expr, ast.IfExp):
         return _resolve(expr.body, consts) + _resolve(expr.orelse, consts)
     if isinstance(expr, ast.Name):

@@ -1,7 +1,9 @@
-"""Models and backends through the real node over DDS: DeepLab and PSPNet with the ``output_stride``
-parameter (the same registry, pipeline and node as DDRNet), SegNet for the classic models (pooling
-indices, full-resolution logits), the default backend, ``auto`` (torch on the CPU), and onnxruntime.
-Labels equal the offline pipeline's with the same model and backend.
+"""Models and backends through the real node over DDS.
+
+DeepLab and PSPNet with the ``output_stride`` parameter (the same registry, pipeline and node as
+DDRNet), SegNet for the classic models (pooling indices, full-resolution logits), the default
+backend, ``auto`` (torch on the CPU), and onnxruntime. Labels equal the offline pipeline's with the
+same model and backend.
 """
 from __future__ import annotations
 

@@ -91,8 +91,9 @@ def test_bare_off_reads_as_off_and_output_stride_reaches_the_model_only_when_set
 
 
 def test_settings_are_derived_from_the_parameter_table():
-    """Every run-time parameter of the table is a Settings field (none can be forgotten), and no
-    read-only one is.
+    """Every run-time parameter of the table is a Settings field (none can be forgotten).
+
+    And no read-only one is.
     """
     fields = {f.name for f in __import__("dataclasses").fields(P.Settings)}
     runtime = {p.name for p in P.PARAMETERS if p.in_yaml and not p.read_only}
@@ -123,8 +124,9 @@ def test_unknown_overrides_from_the_command_line_and_params_files(tmp_path):
 
 
 def test_params_files_written_by_launch_ros_are_read(tmp_path):
-    """launch_ros dumps list parameters as !!python/tuple; rcl ignores the tag, and so do the
-    node's own checks of its params files.
+    """launch_ros dumps list parameters as !!python/tuple.
+
+    rcl ignores the tag, and so do the node's own checks of its params files.
     """
     params = tmp_path / "launch_params.yaml"
     params.write_text("/**:\n  ros__parameters:\n    cameras: !!python/tuple\n    - front\n"

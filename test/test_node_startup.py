@@ -1,6 +1,7 @@
-"""segment_node start-up errors: one clear log line naming the file or parameter and the
-problem, exit code 2, no traceback. All cases start in parallel to keep the suite short; the
-parameter checks themselves are unit-tested in test_node_parts.py.
+"""segment_node start-up errors: one clear log line naming the file or parameter and the problem.
+
+Exit code 2, no traceback. All cases start in parallel to keep the suite short; the parameter
+checks themselves are unit-tested in test_node_parts.py.
 """
 from __future__ import annotations
 
@@ -135,8 +136,10 @@ def test_startup_error(outcomes, case):
 
 
 def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):
-    """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
-    replaced ones count as dropped and the newest is segmented once the model is warm.
+    """The node subscribes before its warm-up trace.
+
+    Frames sent meanwhile are not invisible, the replaced ones count as dropped and the newest is
+    segmented once the model is warm.
     """
     domain = random_domain()
     env = node_env(domain)

@@ -131,8 +131,10 @@ print([str(w.message) for w in caught if "not writable" in str(w.message)],
 
 @pytest.mark.slow
 def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
-    """A ROS buffer is a read-only view: torch's 'not writable' warning is silenced at the one
-    call that views it, not for the whole process (a fresh one: torch warns once per process).
+    """A ROS buffer is a read-only view.
+
+    Torch's 'not writable' warning is silenced at the one call that views it, not for the whole
+    process (a fresh one: torch warns once per process).
     """
     out = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(weights_file)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
@@ -226,8 +228,10 @@ def test_folded_model_matches_eager(weights_file):
 
 
 def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file, road_image):
-    """With an input size (here from the weights file), start-up work happens in warm_up(); a frame
-    of the same aspect reuses it. Without one, there is nothing to warm.
+    """Warm-up builds the per-shape graph before the first frame.
+
+    With an input size (here from the weights file), start-up work happens in warm_up(); a frame of
+    the same aspect reuses it. Without one, there is nothing to warm.
     """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     assert pipe.warm_up() == (96, 128)
@@ -238,10 +242,11 @@ def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file,
 
 
 def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
-    """Up to ``capacity`` sizes run as they are; beyond, a new size replaces the least recently
-    used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
-    kept size nearest in shape. A camera that changes size for good is adopted within that
-    bound.
+    """Up to ``capacity`` sizes run as they are.
+
+    Beyond, a new size replaces the least recently used one at most once per
+    ``min_frames_per_new_size`` frames, and frames in between run at the kept size nearest in
+    shape. A camera that changes size for good is adopted within that bound.
     """
     sizes = KeptSizes(min_frames_per_new_size=5)
     first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]

@@ -1,5 +1,6 @@
-"""The default weights the package ships (weights/ddrnet23_slim_camvid.pt, docs/training.md):
-self-describing, picked by ``weights: default``, and accurate on real CamVid val frames.
+"""The default weights the package ships (weights/ddrnet23_slim_camvid.pt, docs/training.md).
+
+Self-describing, picked by ``weights: default``, and accurate on real CamVid val frames.
 """
 from __future__ import annotations
 

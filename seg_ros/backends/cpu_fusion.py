@@ -67,8 +67,9 @@ def load_private(script: bytes) -> torch.jit.ScriptModule:
 
 def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
                    example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``traced`` frozen, warmed up on ``example`` until the fused graph is in place, and checked
-    against the eager ``model`` on it (RuntimeError when they differ).
+    """``traced`` frozen, warmed up on ``example`` until the fused graph is in place.
+
+    And checked against the eager ``model`` on it (RuntimeError when they differ).
     """
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -105,7 +106,7 @@ def forget_released_graphs() -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    """The last line of an exception (TorchScript errors carry a whole trace before it)."""
+    """Return the last line of an exception (TorchScript errors carry a whole trace before it)."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 

@@ -1,5 +1,7 @@
-"""The fast CUDA path of the torch backend: CUDA graphs per input shape, a dedicated stream, and
-a reusable pinned staging buffer for frame uploads.
+"""The fast CUDA path of the torch backend.
+
+CUDA graphs per input shape, a dedicated stream, and a reusable pinned staging buffer for frame
+uploads.
 
 A CUDA graph replays a captured forward pass with one launch instead of hundreds of kernel
 launches, which is what bounds a small network like DDRNet-23-slim on a big GPU. A graph is only
@@ -34,8 +36,10 @@ def graph_key(x: torch.Tensor) -> Hashable:
 
 
 def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
-    """A replay function with a graph's contract, run eagerly: the input is copied into a static
-    buffer, the forward writes into a static output, and the caller gets a copy of it.
+    """Return a replay function with a graph's contract.
+
+    Run eagerly: the input is copied into a static buffer, the forward writes into a static output,
+    and the caller gets a copy of it.
     """
     static_in = example.clone()
     static_out = fn(static_in)
@@ -121,8 +125,10 @@ class PinnedUploader:
 
 
 def on_stream(stream: torch.cuda.Stream, fn: Forward, x: torch.Tensor) -> torch.Tensor:
-    """Run ``fn(x)`` on ``stream``, ordered after the caller's current stream's work and before
-    its later work, with the allocator told which streams use which tensors.
+    """Run ``fn(x)`` on ``stream``.
+
+    Ordered after the caller's current stream's work and before its later work, with the allocator
+    told which streams use which tensors.
     """
     current = torch.cuda.current_stream(x.device)
     stream.wait_stream(current)

@@ -45,8 +45,9 @@ def default_cache_root() -> Path:
 
 
 def model_digest(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers (names, dtypes, shapes, values): two
-    models with the same digest export the same graph, whatever file they were loaded from.
+    """Content hash of a model's parameters and buffers (names, dtypes, shapes, values).
+
+    Two models with the same digest export the same graph, whatever file they were loaded from.
     """
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -91,7 +92,7 @@ class AdaptiveAvgPoolMatmul(nn.Module):
 
 
 def exportable_copy(model: nn.Module) -> nn.Module:
-    """A CPU fp32 NCHW copy of ``model`` with multi-bin adaptive pools made exportable."""
+    """Return a CPU fp32 NCHW copy of ``model`` with multi-bin adaptive pools made exportable."""
     m = (
         copy.deepcopy(model)
         .to("cpu", torch.float32)
@@ -106,8 +107,10 @@ def exportable_copy(model: nn.Module) -> nn.Module:
 
 
 def pipeline_metadata(pipe: Any) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: classes, normalisation, sizes
-    (the pipeline's :class:`~seg_ros.backends.registry.BackendContext` carries it).
+    """Return what a consumer of the ONNX file needs besides the graph.
+
+    Classes, normalisation, sizes (the pipeline's
+    :class:`~seg_ros.backends.registry.BackendContext` carries it).
     """
     return {
         "model": pipe.config.model,
@@ -127,8 +130,10 @@ def pipeline_metadata(pipe: Any) -> dict[str, str]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], *,
                 dynamic: bool = False, opset: int = DEFAULT_OPSET,
                 metadata: Mapping[str, str] | None = None) -> Path:
-    """Export ``model`` to ``path`` (written atomically), add ``metadata`` as metadata_props
-    (keys prefixed ``seg_ros.``), and check the result with onnx's checker.
+    """Export ``model`` to ``path`` (written atomically).
+
+    Add ``metadata`` as metadata_props (keys prefixed ``seg_ros.``), and check the result with
+    onnx's checker.
     """
     onnx = require_onnx()
     if opset < 17:
@@ -181,7 +186,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, 
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``seg_ros.*`` metadata_props of an ONNX file, prefix stripped."""
+    """Return the ``seg_ros.*`` metadata_props of an ONNX file, prefix stripped."""
     onnx = require_onnx()
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key[len(METADATA_PREFIX):]: p.value for p in proto.metadata_props
@@ -209,10 +214,12 @@ def onnx_cache_name(
 
 
 class OnnxCache:
-    """Exports of one prepared model, per input shape (None: dynamic H/W), cached on disk under
-    ``cache_dir`` (default ``~/.cache/seg_ros/onnx``) by weight digest, model name, shape, opset
-    and exporter version. Untrained (random-init) models export into a temporary directory
-    unless ``cache_dir`` is given, so throwaway weights never fill the persistent cache.
+    """Exports of one prepared model.
+
+    Per input shape (None: dynamic H/W), cached on disk under ``cache_dir`` (default
+    ``~/.cache/seg_ros/onnx``) by weight digest, model name, shape, opset and exporter version.
+    Untrained (random-init) models export into a temporary directory unless ``cache_dir`` is given,
+    so throwaway weights never fill the persistent cache.
     """
 
     def __init__(self, model: nn.Module, context: BackendContext | None = None,
@@ -239,7 +246,10 @@ class OnnxCache:
         return self.cache_dir / onnx_cache_name(self.model_name, self.digest, shape, self.opset)
 
     def get(self, shape: tuple[int, int] | None) -> Path:
-        """The ONNX file for ``shape``, exported first when missing or not carrying its key."""
+        """Return the ONNX file for ``shape``.
+
+        Exported first when missing or not carrying its key.
+        """
         path = self.path_for(shape)
         if path.is_file():
             try:

@@ -83,8 +83,10 @@ class _Session:
 
 @register_backend("onnxruntime")
 class OnnxRuntimeBackend:
-    """Options: ``onnx_path`` (use this file), ``cache_dir``, ``num_threads``, ``dynamic``
-    (one dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``.
+    """The onnxruntime backend.
+
+    Options: ``onnx_path`` (use this file), ``cache_dir``, ``num_threads``, ``dynamic`` (one
+    dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``.
     """
 
     name = "onnxruntime"
@@ -150,7 +152,10 @@ class OnnxRuntimeBackend:
         return sess
 
     def cached_onnx(self, shape: tuple[int, int] | None) -> Path:
-        """The ONNX file for ``shape`` (None: dynamic H/W), exported into the cache if missing."""
+        """Return the ONNX file for ``shape`` (None: dynamic H/W).
+
+        Exported into the cache if missing.
+        """
         return self.exports.get(shape)
 
     def _build(self, key: Hashable) -> _Session:

@@ -35,9 +35,11 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What a backend may know of the pipeline it serves, instead of the pipeline itself:
-    ``metadata`` goes into the files it exports (ONNX metadata_props); ``network_input(frame,
-    color_order)`` preprocesses a uint8 frame exactly as the pipeline does (INT8 calibration).
+    """What a backend may know of the pipeline it serves.
+
+    Instead of the pipeline itself: ``metadata`` goes into the files it exports (ONNX
+    metadata_props); ``network_input(frame, color_order)`` preprocesses a uint8 frame exactly as
+    the pipeline does (INT8 calibration).
     """
 
     model_name: str
@@ -67,7 +69,8 @@ def list_backends() -> list[str]:
 
 def create_backend(name: str, model: nn.Module, device: torch.device, half: bool,
                    context: BackendContext | None = None, **options: Any) -> Backend:
-    """Build backend ``name`` around a model already prepared for inference on ``device``;
+    """Build backend ``name`` around a model already prepared for inference on ``device``.
+
     ``options`` are the backend's own (``max_shapes`` is understood by all).
     """
     if name not in _BACKENDS:
@@ -87,7 +90,10 @@ AUTO_FALLBACK = "torch"  # any other device kind: the one backend that runs ever
 
 
 def auto_backend_name(device: torch.device) -> str:
-    """The backend ``auto`` picks for ``device``: the :data:`AUTO_BACKENDS` entry of its kind."""
+    """Return the backend ``auto`` picks for ``device``.
+
+    The :data:`AUTO_BACKENDS` entry of its kind.
+    """
     return AUTO_BACKENDS.get(device.type, (AUTO_FALLBACK, ""))[0]
 
 

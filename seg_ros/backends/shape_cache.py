@@ -37,10 +37,12 @@ def release_freed_memory() -> None:
 
 
 class ShapeCache(Generic[V]):
-    """``get(key, *args)`` returns the artefact for ``key``, building it with ``build(key, *args)``
-    on a miss (``args``: e.g. the example input a graph is captured on) and evicting the least
-    recently used one beyond ``max_entries``. With ``fallback_on_error`` a failed build is logged
-    once, remembered, and ``get`` returns None for that key.
+    """``get(key, *args)`` returns the artefact for ``key``.
+
+    Building it with ``build(key, *args)`` on a miss (``args``: e.g. the example input a graph is
+    captured on) and evicting the least recently used one beyond ``max_entries``. With
+    ``fallback_on_error`` a failed build is logged once, remembered, and ``get`` returns None for
+    that key.
     """
 
     def __init__(self, build: Callable[..., V], max_entries: int = 4,
@@ -78,8 +80,10 @@ class ShapeCache(Generic[V]):
         return value
 
     def require(self, key: Hashable, *build_args: Any) -> V:
-        """Like :meth:`get`, for callers that have no fallback: RuntimeError when there is no
-        artefact for ``key`` (its build failed earlier under ``fallback_on_error``).
+        """Like :meth:`get`, for callers that have no fallback.
+
+        RuntimeError when there is no artefact for ``key`` (its build failed earlier under
+        ``fallback_on_error``).
         """
         value = self.get(key, *build_args)
         if value is None:

@@ -114,7 +114,10 @@ class EngineCache:
         return engine_path.with_suffix(".json")
 
     def load(self, key: EngineKey, name: str = "model") -> bytes | None:
-        """The cached engine for ``key``; None (with the reason logged) when absent or mismatched."""
+        """Return the cached engine for ``key``.
+
+        None (with the reason logged) when absent or mismatched.
+        """
         return load_engine_file(self.path_for(key, name), key)
 
     def store(self, key: EngineKey, engine: bytes, name: str = "model") -> Path:
@@ -190,8 +193,10 @@ def images_digest(files: Sequence[Path]) -> str:
 
 
 class CalibrationData:
-    """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device, made from an
-    image folder by the pipeline's own preprocessing, so int8 ranges match what the engine sees.
+    """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device.
+
+    Made from an image folder by the pipeline's own preprocessing, so int8 ranges match what the
+    engine sees.
     """
 
     def __init__(self, network_input: Callable[[np.ndarray, str], torch.Tensor],
@@ -374,7 +379,9 @@ class Engine:
 
 @register_backend("tensorrt")
 class TensorRTBackend:
-    """Options: ``precision`` (fp32/fp16/int8; default the pipeline's), ``calib_images`` (folder,
+    """The TensorRT backend.
+
+    Options: ``precision`` (fp32/fp16/int8; default the pipeline's), ``calib_images`` (folder,
     int8), ``calib_max_images``, ``onnx_path``, ``engine_path`` (a prebuilt engine; its sidecar
     must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``.
     """

@@ -72,7 +72,10 @@ class RecordedFrame:
 
 
 def bench_frames(args: argparse.Namespace) -> list[RecordedFrame]:
-    """The frames to time, as serialised messages (a bag's own, or one rgb8 Image made from a picture)."""
+    """Return the frames to time.
+
+    As serialised messages (a bag's own, or one rgb8 Image made from a picture).
+    """
     if args.bag is not None:
         frames = [
             RecordedFrame(f.message.rawdata, f.msgtype)

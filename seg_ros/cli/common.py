@@ -99,7 +99,10 @@ def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> Pipeline
 
 
 def refiner_from_args(args: argparse.Namespace, pipe: SegmentationPipeline) -> Refiner | None:
-    """The CRF refiner asked for with --crf / --crf-config (None for off), on the pipeline's device."""
+    """Return the CRF refiner asked for with --crf / --crf-config (None for off).
+
+    On the pipeline's device.
+    """
     mode = getattr(args, "crf", "off")
     if mode == "off":
         return None

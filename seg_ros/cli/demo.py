@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def expect_trained(model: str, weights: str) -> bool:
-    """Whether the node will load real weights (it also says so in /diagnostics 'trained');
+    """Whether the node will load real weights (it also says so in /diagnostics 'trained').
+
     WeightsError, before anything starts, for a setting the node would refuse.
     """
     return weights_file_for(model, weights) is not None
@@ -152,8 +153,10 @@ class LiveStats:
 
 
 def demo_env() -> dict[str, str]:
-    """The user's ROS_DOMAIN_ID and discovery range, else a random domain in 50..101 (off a
-    robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only.
+    """Return the user's ROS_DOMAIN_ID and discovery range.
+
+    Else a random domain in 50..101 (off a robot's domain 0; <= 101 keeps DDS ports off the
+    ephemeral range) on this machine only.
     """
     domain = os.environ.get("ROS_DOMAIN_ID") or random.randint(50, 101)
     return private_env(int(domain), discovery_range=os.environ.get(
@@ -201,8 +204,10 @@ def player_command(args: argparse.Namespace, bag_path: Path) -> list[str]:
 
 def play_and_drain(session: LiveSession, stats: "LiveStats", args: argparse.Namespace,
                    bag_path: Path, env: dict[str, str]) -> tuple[str, float]:
-    """Wait for the node, play the bag, wait for the node's last outputs and final counters;
-    (the player's output, seconds from the start of playing).
+    """Wait for the node.
+
+    Play the bag, wait for the node's last outputs and final counters; (the player's output,
+    seconds from the start of playing).
     """
     while not session.node_matched():
         session.spin(0.1, args.timeout)
@@ -274,7 +279,7 @@ def live_summary(args: argparse.Namespace, stats: "LiveStats", play_out: str,
 
 
 def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict[str, Any]:
-    """The same pipeline in-process, every frame (no DDS)."""
+    """Return the same pipeline in-process, every frame (no DDS)."""
     from ..pipeline import SegmentationPipeline
     from .replay import replay
     pipe = SegmentationPipeline(model=args.model, weights=args.weights, device=args.device,
@@ -329,7 +334,7 @@ def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: i
 
 
 def check_args(args: argparse.Namespace) -> Path:
-    """The bag to play; ConfigError for options that cannot work."""
+    """Return the bag to play; ConfigError for options that cannot work."""
     bag_path = args.bag or share_path(*DEMO_BAG)
     if not bag_path.exists():
         raise ConfigError(f"demo bag {bag_path} not found (is the package installed with its "

@@ -63,7 +63,10 @@ def check_fleet_args(args: argparse.Namespace) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
-    """The pipeline every worker builds; file paths made absolute (workers may run elsewhere)."""
+    """Return the pipeline every worker builds.
+
+    File paths made absolute (workers may run elsewhere).
+    """
     config = pipeline_config_from_args(args)
     if config.weights not in ("default", "none", "") and Path(config.weights).exists():
         config = dataclasses.replace(config, weights=str(Path(config.weights).absolute()))

@@ -29,7 +29,7 @@ OUTPUTS = ("labels", "color_mask", "overlay", "confidence")
 
 
 def node_executable() -> list[str]:
-    """The installed ``segment_node`` script beside this Python, else ``python -m``."""
+    """Return the installed ``segment_node`` script beside this Python, else ``python -m``."""
     script = Path(sys.executable).with_name(NODE)
     if script.exists():
         return [str(script)]
@@ -39,9 +39,11 @@ def node_executable() -> list[str]:
 def node_command(*params: str, namespace: str | None = "/bench",
                  input_topic: str = "/bench/image", params_file: Path | None = None,
                  executable: list[str] | None = None) -> list[str]:
-    """The command line the launch file produces: params file, ``-p`` overrides (``NAME:=VALUE``),
-    remap and namespace (None: the root one). The one way the tools and the tests start the
-    node; ``executable``: another entry point (default :func:`node_executable`).
+    """Return the command line the launch file produces.
+
+    Params file, ``-p`` overrides (``NAME:=VALUE``), remap and namespace (None: the root one). The
+    one way the tools and the tests start the node; ``executable``: another entry point (default
+    :func:`node_executable`).
     """
     cmd = [*(executable or node_executable()), "--ros-args", "--params-file",
            str(params_file or share_path("config", "segment.yaml"))]
@@ -61,9 +63,11 @@ DISCOVERY_VARS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHO
 
 def private_env(domain: int, base: Mapping[str, str] | None = None,
                 discovery_range: str = "LOCALHOST") -> dict[str, str]:
-    """``base`` (default: this process's environment) for processes of one ROS graph: domain
-    ``domain``, discovery ``discovery_range`` (this machine only by default), output unbuffered.
-    ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the range.
+    """Return ``base`` (default: this process's environment) for processes of one ROS graph.
+
+    Domain ``domain``, discovery ``discovery_range`` (this machine only by default), output
+    unbuffered. ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the
+    range.
     """
     env = dict(os.environ if base is None else base, ROS_DOMAIN_ID=str(domain),
                ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range,
@@ -73,8 +77,9 @@ def private_env(domain: int, base: Mapping[str, str] | None = None,
 
 
 def isolated_env(domain: int) -> dict[str, str]:
-    """:func:`private_env` without the user's Fast DDS settings, so node and client run as with
-    a default environment.
+    """:func:`private_env` without the user's Fast DDS settings.
+
+    So node and client run as with a default environment.
     """
     env = private_env(domain)
     for name in FASTDDS_USER_VARS:
@@ -145,8 +150,10 @@ class NodeProcess:
         return rss_kib(self.proc.pid)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0, strict: bool = True) -> int:
-        """Signal the node and wait; killed if it does not exit in time, and then, if
-        ``strict``, a RuntimeError with the end of its log.
+        """Signal the node and wait.
+
+        Killed if it does not exit in time, and then, if ``strict``, a RuntimeError with the end of
+        its log.
         """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -165,7 +172,10 @@ class NodeProcess:
 
 
 def image_message(frame: np.ndarray, encoding: str = "rgb8"):
-    """A sensor_msgs/Image of an HxWx3 (or HxW) uint8 array, its stamp and frame_id unset."""
+    """Return a sensor_msgs/Image of an HxWx3 (or HxW) uint8 array.
+
+    Its stamp and frame_id unset.
+    """
     from sensor_msgs.msg import Image
     height, width = frame.shape[:2]
     msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0,
@@ -328,12 +338,12 @@ def latency_percentiles(values_ms: list[float]) -> dict[str, float | None]:
 
 
 def counters(diagnostics: dict[str, str]) -> dict[str, int]:
-    """The node's cumulative frame counters from its /diagnostics values."""
+    """Return the node's cumulative frame counters from its /diagnostics values."""
     return {k: int(diagnostics.get(k, 0)) for k in COUNTERS}
 
 
 def _idle(counts: dict[str, int]) -> bool:
-    """The node holds no frame: every frame received is accounted for."""
+    """Return whether the node holds no frame: every frame received is accounted for."""
     return counts["frames_received"] == sum(counts[k] for k in COUNTERS[1:])
 
 
@@ -359,8 +369,9 @@ def stream(client: LiveClient, frames: list[tuple[Any, str]], rate_hz: float,
 
 def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], timeout: float = 5.0
            ) -> dict[str, int]:
-    """Wait until every frame the node processed since ``before`` was delivered on every output,
-    or ``timeout`` s (longer than Fast DDS's default 3 s heartbeat, so stalled frames are seen).
+    """Wait until every frame the node processed since ``before`` was delivered on every output.
+
+    Or ``timeout`` s (longer than Fast DDS's default 3 s heartbeat, so stalled frames are seen).
     Returns the node's counters since ``before``.
     """
     deadline = time.monotonic() + timeout
@@ -402,8 +413,10 @@ def roundtrip(client: LiveClient, msg, frame_id: str, timeout: float) -> float |
 
 
 def warm_up(client: LiveClient, msg, key: str, frames: int, timeout: float = 120.0) -> None:
-    """``frames`` frames through the node before timing: the first of a size traces the model's
-    graph. Not timed, so a frame lost on the way in is simply sent again.
+    """``frames`` frames through the node before timing.
+
+    The first of a size traces the model's graph. Not timed, so a frame lost on the way in is
+    simply sent again.
     """
     for i in range(frames):
         deadline = time.monotonic() + timeout

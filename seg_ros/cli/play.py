@@ -20,8 +20,9 @@ from ..errors import ConfigError
 
 
 def ros_message_class(msgtype: str) -> Any:
-    """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class, or
-    None when its package is missing.
+    """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class.
+
+    Or None when its package is missing.
     """
     pkg, kind, name = bags.normalize_type(msgtype).split("/")
     try:
@@ -58,7 +59,7 @@ class StopFlag:
 
 
 def init_ros(name: str) -> tuple[Any, Any]:
-    """A private rclpy context and node that leave signal handling to us."""
+    """Return a private rclpy context and node that leave signal handling to us."""
     import rclpy
     from rclpy.context import Context
     from rclpy.node import Node
@@ -165,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
 
 def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
                       remaps: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    """A publisher per playable topic (under its remapped name); ConfigError when none is."""
+    """Return a publisher per playable topic (under its remapped name).
+
+    ConfigError when none is.
+    """
     publishers: dict[str, Any] = {}
     for t in topics:
         cls = ros_message_class(bag.topics[t].msgtype)

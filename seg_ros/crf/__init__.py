@@ -1,5 +1,7 @@
-"""Optional CRF refinement of the network's labels: ``dense`` (DeepLab's fully connected CRF via
-pydensecrf) or ``fast`` (local-window mean-field in PyTorch, on the model's device).
+"""Optional CRF refinement of the network's labels.
+
+``dense`` (DeepLab's fully connected CRF via pydensecrf) or ``fast`` (local-window mean-field in
+PyTorch, on the model's device).
 
 A refiner is a callable ``refiner(image, logits, out_hw) -> labels``: ``image`` the (H, W, 3)
 uint8 RGB frame as a tensor, ``logits`` the network's (1, C, h, w) class scores, ``out_hw`` the
@@ -71,7 +73,7 @@ class CRFConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "CRF config") -> "CRFConfig":
-        """A validated config from ``values`` (missing keys keep their defaults)."""
+        """Return a validated config from ``values`` (missing keys keep their defaults)."""
         if not isinstance(values, dict):
             raise ConfigError(
                 f"{source}: expected a mapping of CRF parameters, got {type(values).__name__}"
@@ -157,7 +159,7 @@ Refiner = Callable[..., Any]
 
 def create_refiner(mode: str, config: CRFConfig | None = None, device: Any = "cpu",
                    *, isolate: bool = False) -> Refiner | None:
-    """The refiner for ``mode`` (None for ``off``).
+    """Return the refiner for ``mode`` (None for ``off``).
 
     ``isolate`` runs the dense CRF in a helper process: pydensecrf holds the GIL for the whole
     inference, which would stall every other thread of a node for seconds. Raises ConfigError with

@@ -34,7 +34,7 @@ def dense_labels(image: np.ndarray, probs: np.ndarray, config: dict[str, Any]) -
 
 
 def _ignore_sigint() -> None:
-    """Helper processes leave Ctrl-C to their parent, which shuts them down."""
+    """Leave Ctrl-C to the parent, which shuts helper processes down."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

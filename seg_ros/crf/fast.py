@@ -1,5 +1,7 @@
-"""``fast`` CRF: mean-field inference in PyTorch with DeepLab's unary and pairwise terms, the
-pairwise kernels truncated to a k x k window (in the spirit of ConvCRF, Teichmann & Cipolla 2018).
+"""``fast`` CRF: mean-field inference in PyTorch with DeepLab's unary and pairwise terms.
+
+The pairwise kernels truncated to a k x k window (in the spirit of ConvCRF, Teichmann & Cipolla
+2018).
 
 Gaussian (spatial) + bilateral (spatial and colour) kernels, Potts compatibility, each kernel
 normalised symmetrically (D^-1/2 K D^-1/2, as densecrf's default) over its window. It runs where
@@ -25,9 +27,10 @@ def _shift(x: torch.Tensor, r: int, dy: int, dx: int, h: int, w: int) -> torch.T
 
 def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
                    ) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """Neighbour offsets and their weights (n, h, w): w1 * bilateral + w2 * Gaussian, each
-    normalised symmetrically; neighbours outside the image weigh 0. A handful of whole-window
-    operations (unfold), so the GPU path launches few kernels.
+    """Neighbour offsets and their weights (n, h, w).
+
+    w1 * bilateral + w2 * Gaussian, each normalised symmetrically; neighbours outside the image
+    weigh 0. A handful of whole-window operations (unfold), so the GPU path launches few kernels.
     """
     _, _, h, w = image.shape
     k = config.fast_window

@@ -41,7 +41,7 @@ class Manifest:
         return self.path.is_file()
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        """The latest entry of each bag, by ``bag``."""
+        """Return the latest entry of each bag, by ``bag``."""
         out: dict[str, dict[str, Any]] = {}
         if not self.exists():
             return out

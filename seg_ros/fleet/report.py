@@ -55,7 +55,7 @@ def worst_first(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(report: dict[str, Any], figure: str | None = None) -> str:
-    """A reviewer's summary: overall, per class, per bag (worst first), failures."""
+    """Return a reviewer's summary: overall, per class, per bag (worst first), failures."""
     m = report.get("model") or {}
     lines = [f"# Fleet evaluation: {m.get('model', '?')} ({m.get('weights', '?')})", "",
              f"{report['bags_scored']} bags scored, {report['bags_failed']} failed; "

@@ -1,5 +1,7 @@
-"""Score a model on labelled data: what ``seg-ros eval`` does for one bag or image folder and what
-every fleet evaluation task runs. Scores come from summed confusion matrices (seg_ros.metrics).
+"""Score a model on labelled data.
+
+What ``seg-ros eval`` does for one bag or image folder and what every fleet evaluation task runs.
+Scores come from summed confusion matrices (seg_ros.metrics).
 
 Ground truth of a bag is a label topic in it (messages paired with image messages by header
 stamp, in either order) or a label folder holding one PNG of class ids per image message, named
@@ -54,7 +56,7 @@ class EvalPart:
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """A single-channel PNG of class ids (InputError when unreadable or colour-coded)."""
+    """Return a single-channel PNG of class ids (InputError when unreadable or colour-coded)."""
     lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
         raise InputError("unreadable_label", f"label file {path} cannot be read")
@@ -66,7 +68,7 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 def predict(pipe: Any, refiner: Any, image: np.ndarray, order: str) -> np.ndarray:
-    """The labels that are scored: the pipeline's, refined when a CRF is on."""
+    """Return the labels that are scored: the pipeline's, refined when a CRF is on."""
     res = pipe(image, order, keep_scores=refiner is not None)
     return (pipe.refine(res, refiner) if refiner is not None else res).labels
 
@@ -80,9 +82,10 @@ def check_sizes(gt: np.ndarray, image_hw: tuple[int, ...]) -> None:
 def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAccumulator,
                 boundary: BoundaryAccumulator | None, skipped: list[str],
                 limit: int | None = None) -> None:
-    """Segment and score each (image, ground truth) pair; a pair with bad input (InputError) is
-    skipped with its reason. Anything else is a bug and propagates: it must not shrink the scored
-    set while the command succeeds.
+    """Segment and score each (image, ground truth) pair.
+
+    A pair with bad input (InputError) is skipped with its reason. Anything else is a bug and
+    propagates: it must not shrink the scored set while the command succeeds.
     """
     for name, load in pairs:
         if limit and acc.images >= limit:

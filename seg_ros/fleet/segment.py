@@ -1,5 +1,6 @@
-"""Segment the images of one bag (or one chunk of it) into an output bag: what ``seg-ros replay``
-does for one bag and what every fleet task runs.
+"""Segment the images of one bag (or one chunk of it) into an output bag.
+
+What ``seg-ros replay`` does for one bag and what every fleet task runs.
 
 The output bag holds every input message unchanged plus ``<topic>/labels`` (mono8),
 ``<topic>/color_mask`` and ``<topic>/overlay`` (rgb8) per image message, at the input's bag
@@ -68,8 +69,9 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
 
 
 def output_suffixes(refiner: Any, crf_replaces_labels: bool) -> tuple[str, ...]:
-    """Topic suffixes written per image topic; with a CRF the refined ones get ``_refined``
-    unless they replace the raw ones.
+    """Topic suffixes written per image topic.
+
+    With a CRF the refined ones get ``_refined`` unless they replace the raw ones.
     """
     if refiner is None or crf_replaces_labels:
         return OUTPUT_SUFFIXES
@@ -156,7 +158,7 @@ def _copy_and_segment(bag: bags.BagReader, out: bags.BagWriter, pipe: Any, optio
 
 def summarize(parts: Sequence[ReplayPart], output: str, describe: dict[str, Any], trained: bool,
               crf: str) -> dict[str, Any]:
-    """The replay summary of a bag from its parts (one per chunk, in order)."""
+    """Return the replay summary of a bag from its parts (one per chunk, in order)."""
     failures: Counter = sum((p.failures for p in parts), Counter())
     examples: dict[str, str] = {}
     for p in parts:

@@ -46,8 +46,9 @@ def is_bag_file(path: Path) -> bool:
 
 
 def is_single_bag(text: str) -> bool:
-    """Whether an input names one bag (or nothing: a typo is then that bag's error), not a
-    search.
+    """Whether an input names one bag (or nothing: a typo is then that bag's error).
+
+    Not a search.
     """
     path = Path(text)
     return not any(c in text for c in GLOB_CHARS) and not (path.is_dir() and not is_bag_dir(path))
@@ -65,8 +66,10 @@ def walk_bags(folder: Path, exclude: Path | None = None) -> Iterator[Path]:
 
 
 def read_list_file(path: Path) -> list[str]:
-    """Inputs of a list file: one a line, '#' starts a comment; relative entries are relative to
-    the list file's folder (a list travels with the data it names).
+    """Return inputs of a list file.
+
+    One a line, '#' starts a comment; relative entries are relative to the list file's folder (a
+    list travels with the data it names).
     """
     try:
         lines = path.read_text().splitlines()
@@ -81,7 +84,7 @@ def read_list_file(path: Path) -> list[str]:
 
 
 def _glob_root(pattern: str) -> Path:
-    """The folder part of a pattern before its first wildcard."""
+    """Return the folder part of a pattern before its first wildcard."""
     parts = Path(pattern).parts
     first_wild = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
     return Path(*parts[:first_wild]) if first_wild else Path(".")

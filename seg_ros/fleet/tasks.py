@@ -43,7 +43,7 @@ class PipelineSpec:
         return dataclasses.replace(self, config=config)
 
     def settings(self) -> dict[str, Any]:
-        """What decides the outputs, for the manifest's config fingerprint."""
+        """Return what decides the outputs, for the manifest's config fingerprint."""
         return {"pipeline": dataclasses.asdict(self.config), "crf": self.crf,
                 "crf_config": self.crf_config}
 

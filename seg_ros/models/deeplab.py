@@ -76,8 +76,9 @@ def fcn_head(in_ch: int, num_classes: int, mid_ch: int, dropout: float = 0.1) ->
 
 
 class DeepLabV3(SegmentationModel):
-    """DeepLab v3 (torchvision layout); optional FCN auxiliary head on stage 3 (loss weight 0.5
-    in torchvision's training recipe).
+    """DeepLab v3 (torchvision layout).
+
+    Optional FCN auxiliary head on stage 3 (loss weight 0.5 in torchvision's training recipe).
     """
 
     aux_head_name = "aux_classifier"
@@ -110,8 +111,10 @@ class DeepLabV3(SegmentationModel):
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """v3+ decoder: 48-channel projection of the stride-4 features, concatenated with the
-    upsampled ASPP output, 3x3 refinement and classifier (DeepLabV3Plus-Pytorch names).
+    """v3+ decoder: 48-channel projection of the stride-4 features.
+
+    Concatenated with the upsampled ASPP output, 3x3 refinement and classifier
+    (DeepLabV3Plus-Pytorch names).
     """
 
     def __init__(self, in_ch: int, low_ch: int, num_classes: int, rates: Sequence[int]) -> None:

@@ -31,8 +31,10 @@ def _head(in_ch: int, mid_ch: int, num_classes: int, dropout: float) -> nn.Seque
 
 
 class PyramidPooling(nn.Module):
-    """Average-pool to each bin size, reduce by 1x1 conv + BN + ReLU, upsample, concatenate with
-    the input: context at four scales beside the local features.
+    """Average-pool to each bin size.
+
+    Reduce by 1x1 conv + BN + ReLU, upsample, concatenate with the input: context at four scales
+    beside the local features.
     """
 
     def __init__(self, in_ch: int, reduction_ch: int, bins: Sequence[int]) -> None:
@@ -52,8 +54,10 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(DilatedResNet, SegmentationModel):
-    """Deep-stem dilated ResNet + pyramid pooling + 3x3 head; auxiliary FCN head on stage 3
-    (loss weight 0.4). The trunk's stages are this module's own children, as in semseg.
+    """Deep-stem dilated ResNet + pyramid pooling + 3x3 head.
+
+    Auxiliary FCN head on stage 3 (loss weight 0.4). The trunk's stages are this module's own
+    children, as in semseg.
     """
 
     aux_head_name = "aux"

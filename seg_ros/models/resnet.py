@@ -101,8 +101,10 @@ def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
 
 
 class DilatedResNet(nn.Module):
-    """ResNet-50/101 trunk (no pooling/fc) at output stride 8 or 16; ``features`` returns all
-    the stages the heads need. ``deep_stem`` selects semseg's three-conv ``layer0``.
+    """ResNet-50/101 trunk (no pooling/fc) at output stride 8 or 16.
+
+    ``features`` returns all the stages the heads need. ``deep_stem`` selects semseg's three-conv
+    ``layer0``.
     """
 
     def __init__(self, depth: int = 50, output_stride: int = 8, deep_stem: bool = False,
@@ -217,7 +219,10 @@ def msra_stem() -> nn.Sequential:
 
 
 def msra_layer(blocks: int, in_ch: int, out_ch: int, stride: int, dilation: int) -> nn.Sequential:
-    """A stage of ``block1``..``blockN``; every block of a dilated stage uses ``dilation``."""
+    """Return a stage of ``block1``..``blockN``.
+
+    Every block of a dilated stage uses ``dilation``.
+    """
     layer = nn.Sequential()
     for i in range(blocks):
         layer.add_module(

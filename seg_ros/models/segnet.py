@@ -1,5 +1,7 @@
-"""SegNet (Badrinarayanan et al., 2017) and DeconvNet (Noh et al., 2015): VGG-16 encoders whose
-mirrored decoders upsample by max-unpooling with the encoder's pooling indices.
+"""SegNet (Badrinarayanan et al., 2017) and DeconvNet (Noh et al., 2015).
+
+VGG-16 encoders whose mirrored decoders upsample by max-unpooling with the encoder's pooling
+indices.
 
 Both encoders are torchvision's ``vgg16_bn().features`` (13 convs, each with BN; ImageNet
 weights load into ``features.*``), pooling with indices. The decoders mirror it stage by stage
@@ -38,9 +40,11 @@ from .vgg import (
 
 
 def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Inverse of a 2x2/stride-2 max pooling: each value goes back to the position its pooling
-    took it from (``indices`` from ``max_pool2d(..., return_indices=True)``, flat ``h * W + w``
-    per channel, W the pooled input's width = 2 * x's); every other position is zero.
+    """Inverse of a 2x2/stride-2 max pooling.
+
+    Each value goes back to the position its pooling took it from (``indices`` from
+    ``max_pool2d(..., return_indices=True)``, flat ``h * W + w`` per channel, W the pooled input's
+    width = 2 * x's); every other position is zero.
     """
     n, c, h, w = x.shape
     out = x.new_zeros(n, c, 4 * h * w).scatter_(2, indices.flatten(2), x.flatten(2))
@@ -48,8 +52,10 @@ def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
-    """Decoder stages for pool5..pool1: VGG-16's widths reversed, each layer a 3x3 (transposed)
-    conv + BN + ReLU, the last of a stage narrowing to the next stage's width.
+    """Return decoder stages for pool5..pool1.
+
+    VGG-16's widths reversed, each layer a 3x3 (transposed) conv + BN + ReLU, the last of a stage
+    narrowing to the next stage's width.
     """
     stages = []
     for i in reversed(range(len(VGG16_STAGES))):
@@ -63,8 +69,9 @@ def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
 
 
 class UnpoolingNet(SegmentationModel):
-    """VGG-16-BN encoder with pooling indices, ``fc`` (identity for SegNet), mirrored
-    unpooling decoder, classifier; logits at the input size.
+    """VGG-16-BN encoder with pooling indices.
+
+    ``fc`` (identity for SegNet), mirrored unpooling decoder, classifier; logits at the input size.
     """
 
     output_stride = 1
@@ -103,8 +110,9 @@ class SegNet(UnpoolingNet):
 
 
 class DeconvNet(UnpoolingNet):
-    """DeconvNet: fc6/fc7 (+BN) and the fc6 deconvolution in ``fc``, transposed-conv decoder,
-    1x1 classifier.
+    """DeconvNet: fc6/fc7 (+BN) and the fc6 deconvolution in ``fc``.
+
+    Transposed-conv decoder, 1x1 classifier.
     """
 
     def __init__(self, num_classes: int) -> None:

@@ -33,8 +33,10 @@ def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class UNet(SegmentationModel):
-    """``down.0`` runs at full resolution, ``down.i`` after the i-th pooling (``down.depth`` is
-    the bottleneck); ``up.i`` / ``decode.i`` go back from ``down.depth - i``.
+    """``down.0`` runs at full resolution.
+
+    ``down.i`` after the i-th pooling (``down.depth`` is the bottleneck); ``up.i`` / ``decode.i``
+    go back from ``down.depth - i``.
     """
 
     output_stride = 1

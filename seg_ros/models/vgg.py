@@ -101,8 +101,10 @@ def vgg16_features(
 
 
 def fc_as_conv(in_ch: int, out_ch: int, kernel_size: int, dilation: int = 1) -> nn.Conv2d:
-    """A fully connected layer as a convolution over the whole map (VGG's fc6/fc7); padded to
-    keep the size, so it slides over inputs of any size instead of needing pool5 to be 7x7.
+    """Return a fully connected layer as a convolution over the whole map (VGG's fc6/fc7).
+
+    Padded to keep the size, so it slides over inputs of any size instead of needing pool5 to be
+    7x7.
     """
     return nn.Conv2d(
         in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation
@@ -116,5 +118,5 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def crop_to(x: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
-    """The top-left ``hw`` of (N, C, H, W): undoes ``pad_to_multiple``."""
+    """Return the top-left ``hw`` of (N, C, H, W): undoes ``pad_to_multiple``."""
     return x if tuple(x.shape[-2:]) == tuple(hw) else x[..., :hw[0], :hw[1]]

@@ -115,7 +115,7 @@ def _why_unloadable(path: str, exc: Exception) -> str:
 
 
 def _optional_missing(model: SegmentationModel, missing: list[str]) -> bool:
-    """True when only training-only parts are missing (the aux head, BN step counters)."""
+    """Return True when only training-only parts are missing (the aux head, BN step counters)."""
     aux = model.aux_head_prefix
     return all(k.endswith("num_batches_tracked") or (aux and k.startswith(aux)) for k in missing)
 

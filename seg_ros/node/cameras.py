@@ -23,8 +23,10 @@ from .diagnostics import NodeStats
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output image topic: ``~/<camera/>topic`` (``topic_refined`` for the CRF's), the
-    result field it carries, its encoder and the ``publish_*`` parameter that switches it.
+    """One output image topic.
+
+    ``~/<camera/>topic`` (``topic_refined`` for the CRF's), the result field it carries, its
+    encoder and the ``publish_*`` parameter that switches it.
     """
 
     topic: str
@@ -44,8 +46,10 @@ OUTPUTS: tuple[OutputSpec, ...] = (
 
 
 def image_msg(header, encoding: str, step: int, data, array_2d: np.ndarray) -> Image:
-    """An Image sharing ``header``; the pixels are copied once, into the array.array rclpy uses
-    (``check_fields=True`` makes the setter keep that array instead of copying it again).
+    """Return an Image sharing ``header``.
+
+    The pixels are copied once, into the array.array rclpy uses (``check_fields=True`` makes the
+    setter keep that array instead of copying it again).
     """
     msg = Image(check_fields=True)
     msg.header = header
@@ -89,8 +93,9 @@ def frame_options(wanted: dict[str, bool], settings: Any, keep_scores: bool) -> 
 
 
 class Camera:
-    """One camera: where its frames and camera_info come from, where its results go, and its
-    statistics. ``name`` is ``""`` for the single-camera node.
+    """One camera: where its frames and camera_info come from.
+
+    Where its results go, and its statistics. ``name`` is ``""`` for the single-camera node.
     """
 
     def __init__(self, name: str, resolve: Callable[[str], str], transport: str) -> None:
@@ -118,8 +123,9 @@ class Camera:
 
     def publish_camera_info(self, header, frame_hw: tuple[int, int],
                             labels_hw: tuple[int, int]) -> None:
-        """The newest CameraInfo with the labels' header, scaled to the labels' size; nothing
-        when none came in or nobody listens.
+        """Return the newest CameraInfo with the labels' header.
+
+        Scaled to the labels' size; nothing when none came in or nobody listens.
         """
         info = self._info
         if info is None or self.pub_info.get_subscription_count() == 0:

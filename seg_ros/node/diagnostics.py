@@ -61,7 +61,7 @@ class NodeStats:
             self._latencies.append(latency_s)
 
     def frame_idle(self) -> None:
-        """A frame not processed because no output has a subscriber."""
+        """Count a frame not processed because no output has a subscriber."""
         with self._lock:
             self.skipped_idle += 1
 

@@ -1,5 +1,7 @@
-"""The node's parameters: one table used to declare them, to validate them (at start-up and at
-run time), to write config/segment.yaml's documentation and to test the config file against.
+"""The node's parameters: one table used to declare them.
+
+To validate them (at start-up and at run time), to write config/segment.yaml's documentation and to
+test the config file against.
 
 ROS-free on purpose (rclpy is imported only by :func:`descriptor`), so the table can be checked
 on machines without ROS.
@@ -218,7 +220,7 @@ Settings.__doc__ = "The node's run-time changeable parameters (the table's non-r
 
 
 def settings_from(values: dict[str, Any]) -> Any:
-    """A :data:`Settings` from parameter values (extra names ignored)."""
+    """Return a :data:`Settings` from parameter values (extra names ignored)."""
     return Settings(**{name: values[name] for name in RUNTIME_NAMES})
 CONFIG_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml)
 METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
@@ -293,13 +295,16 @@ def model_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_size(value: Sequence[int]) -> tuple[int, int] | None:
-    """The pipeline's input_size from the parameter ([0, 0] = automatic)."""
+    """Return the pipeline's input_size from the parameter ([0, 0] = automatic)."""
     size = [int(v) for v in value]
     return None if size == [0, 0] else (size[0], size[1])
 
 
 def _ros_type(default: Any) -> int:
-    """The rcl_interfaces ParameterType of ``default``, so a wrongly typed override is rejected."""
+    """Return the rcl_interfaces ParameterType of ``default``.
+
+    So a wrongly typed override is rejected.
+    """
     from rcl_interfaces.msg import ParameterType as T
 
     if isinstance(default, bool):
@@ -347,7 +352,7 @@ def descriptor(spec: ParamSpec):
 
 
 def _type_name(value: Any) -> str:
-    """The ROS parameter type name of a Python value ('double', 'string_array', ...)."""
+    """Return the ROS parameter type name of a Python value ('double', 'string_array', ...)."""
     if isinstance(value, (list, tuple)):
         return (_type_name(value[0]) if value else "string") + "_array"
     for kind, name in ((bool, "bool"), (int, "integer"), (float, "double"), (str, "string")):
@@ -374,8 +379,10 @@ def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[
 
 
 class _ParamsLoader(yaml.SafeLoader):
-    """YAML as rcl reads it: tags are ignored. launch_ros writes list parameters as
-    ``!!python/tuple`` (it dumps tuples), which a plain safe loader refuses.
+    """YAML as rcl reads it.
+
+    Tags are ignored. launch_ros writes list parameters as ``!!python/tuple`` (it dumps tuples),
+    which a plain safe loader refuses.
     """
 
 
@@ -391,7 +398,7 @@ _ParamsLoader.add_multi_constructor("", _untagged)
 
 
 def load_params_file(path: str) -> Any:
-    """A ROS params file's content; OSError or yaml.YAMLError when it cannot be read."""
+    """Return a ROS params file's content; OSError or yaml.YAMLError when it cannot be read."""
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=_ParamsLoader)  # noqa: S506 - a safe loader, tags ignored
 
@@ -425,8 +432,9 @@ def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def unknown_overrides(args: Sequence[str], node_names: Sequence[str]) -> list[str]:
-    """Overrides (``-p`` or ``--params-file``) of parameters the node does not declare, sorted;
-    ROS's own (``use_sim_time``, ``qos_overrides.*``) are known.
+    """Return overrides (``-p`` or ``--params-file``) of parameters the node does not declare.
+
+    Sorted; ROS's own (``use_sim_time``, ``qos_overrides.*``) are known.
     """
     names = [name for name, _ in command_line_params(args, node_names)]
     for flag, path in zip(args, args[1:]):

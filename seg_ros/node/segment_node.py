@@ -146,8 +146,9 @@ class SegmentParts:
         self._hardware_id = socket.gethostname()
 
     def declare_node_parameters(self, cli_args: list[str] | None = None) -> dict[str, Any]:
-        """Declare every configurable parameter (command-line and params-file overrides applied);
-        their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
+        """Declare every configurable parameter (command-line and params-file overrides applied).
+
+        Their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
         rclpy refuses (wrong type, out of range). ``cli_args``: the process's ROS arguments, to
         warn about overrides of parameters this node does not have.
         """
@@ -190,8 +191,10 @@ class SegmentParts:
             raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
 
     def config_values(self) -> dict[str, Any]:
-        """The current value of every configurable parameter; ConfigError naming the first
-        invalid one (a choice or structure rclpy's descriptors cannot express).
+        """Return the current value of every configurable parameter.
+
+        ConfigError naming the first invalid one (a choice or structure rclpy's descriptors cannot
+        express).
         """
         values = {name: self.get_parameter(name).value for name in P.CONFIG_NAMES}
         for name, value in values.items():
@@ -208,9 +211,11 @@ class SegmentParts:
         self._diag_timer = self.create_timer(period, self._publish_diagnostics)
 
     def load(self, values: dict[str, Any]) -> None:
-        """Build the pipeline (model and weights), declare the class metadata parameters and
-        create the output publishers and the CRF refiner. Raises ConfigError / WeightsError with
-        one clear message; what it built before failing is dropped by :meth:`release`.
+        """Build the pipeline (model and weights).
+
+        Declare the class metadata parameters and create the output publishers and the CRF refiner.
+        Raises ConfigError / WeightsError with one clear message; what it built before failing is
+        dropped by :meth:`release`.
         """
         self.settings = P.settings_from(values)
         self.transport = values["input_transport"]
@@ -252,8 +257,9 @@ class SegmentParts:
         self._last_warn: dict[str, tuple[float, int]] = {}
 
     def warm_up(self) -> None:
-        """Trace/capture the per-shape graph at the configured input size now, not on the first
-        camera frame. Raises what the model raises when it cannot run at all.
+        """Trace/capture the per-shape graph at the configured input size now.
+
+        Not on the first camera frame. Raises what the model raises when it cannot run at all.
         """
         started = time.monotonic()
         batch_sizes = range(1, len(self.cameras) + 1)
@@ -292,9 +298,11 @@ class SegmentParts:
                                          qos)]
 
     def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
-        """Stop taking frames: unsubscribe, and let the worker finish the batch in hand; wait for
-        it at most ``timeout`` seconds (None: as long as that batch takes). False when it is
-        still busy, e.g. in the warm-up trace, which cannot be interrupted.
+        """Stop taking frames: unsubscribe.
+
+        And let the worker finish the batch in hand; wait for it at most ``timeout`` seconds (None:
+        as long as that batch takes). False when it is still busy, e.g. in the warm-up trace, which
+        cannot be interrupted.
         """
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
@@ -302,9 +310,11 @@ class SegmentParts:
         return self._worker is None or self._worker.stop(timeout)
 
     def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Drop the CRF refiner, the output publishers and the model, and give the memory back
-        (CUDA cache, glibc's free pages), so that another model can be loaded in this process.
-        Call after :meth:`stop_frames`; safe after a partial :meth:`load`.
+        """Drop the CRF refiner.
+
+        The output publishers and the model, and give the memory back (CUDA cache, glibc's free
+        pages), so that another model can be loaded in this process. Call after
+        :meth:`stop_frames`; safe after a partial :meth:`load`.
         """
         if self.crf_worker is not None:
             self.crf_worker.stop(timeout)
@@ -340,7 +350,7 @@ class SegmentParts:
         return f"parameter {name!r} is read-only (needs a restart)"
 
     def _health(self) -> Report:
-        """What /diagnostics says: the frame statistics and what is running."""
+        """Return what /diagnostics says: the frame statistics and what is running."""
         return self._running_report()
 
     # -- parameters -----------------------------------------------------------------------
@@ -410,15 +420,17 @@ class SegmentParts:
         self._process(self._round_robin(batch))
 
     def _on_batch_error(self, batch: dict[int, tuple[Any, float]], exc: Exception) -> None:
-        """A failure outside any one frame's handling: said once (throttled), unless ROS is
-        gone (shutting down).
+        """Report a failure outside any one frame's handling.
+
+        A failure outside any one frame's handling: said once (throttled), unless ROS is gone
+        (shutting down).
         """
         if rclpy.ok(context=self.context):
             self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: {exc}",
                                  error=True)
 
     def _round_robin(self, batch: dict[int, tuple[Any, float]]) -> list[_Frame]:
-        """The batch's frames, a different camera first each time (its group runs first)."""
+        """Return the batch's frames, a different camera first each time (its group runs first)."""
         order = sorted(batch, key=lambda i: (i - self._first_camera) % len(self.cameras))
         self._first_camera = (self._first_camera + 1) % len(self.cameras)
         return [_Frame(self.cameras[i], *batch[i]) for i in order]
@@ -462,8 +474,9 @@ class SegmentParts:
             self.crf_worker.submit(refine_later)
 
     def _prepare(self, frame: _Frame, s: Any) -> _Job | None:
-        """The decoded frame and what to compute for it; None when nothing is wanted (counted
-        idle) or the frame is bad (counted by kind).
+        """Return the decoded frame and what to compute for it.
+
+        None when nothing is wanted (counted idle) or the frame is bad (counted by kind).
         """
         camera = frame.camera
         wanted = camera.raw.wanted(s)
@@ -545,8 +558,10 @@ class SegmentParts:
         )
 
     def _publish_refined(self, batch: list[tuple[Camera, Any, Any]]) -> None:
-        """On the CRF worker thread: refine a batch's raw results from their kept logits and
-        publish them; a batch replaces a waiting one, so every camera keeps its turn.
+        """On the CRF worker thread.
+
+        Refine a batch's raw results from their kept logits and publish them; a batch replaces a
+        waiting one, so every camera keeps its turn.
         """
         s = self.settings
         for camera, result, header in batch:
@@ -571,7 +586,7 @@ class SegmentParts:
 
     # -- diagnostics --------------------------------------------------------------------
     def _static_values(self) -> list[tuple[str, str]]:
-        """What is running (the loaded model) and where its frames come from."""
+        """Return what is running (the loaded model) and where its frames come from."""
         return [
             ("model", self.info["model"]),
             ("backend", self.info["backend"]),
@@ -585,8 +600,10 @@ class SegmentParts:
         ]
 
     def _running_report(self) -> Report:
-        """The node's status: its one camera's statistics, or with several cameras the worst
-        camera's level and the batch sizes (each camera also gets a status of its own).
+        """Return the node's status: its one camera's statistics.
+
+        Or with several cameras the worst camera's level and the batch sizes (each camera also gets
+        a status of its own).
         """
         s = self.settings
         if len(self.cameras) == 1:
@@ -658,8 +675,10 @@ class SegmentNode(SegmentParts, Node):
         self.subscribe(first=self._warm_up_on_worker)
 
     def _warm_up_on_worker(self, stopping: threading.Event) -> bool:
-        """On the worker thread, while the subscription already counts frames: warm up, then
-        announce readiness. A model that cannot run at all is a start-up error (exit code 2).
+        """On the worker thread.
+
+        While the subscription already counts frames: warm up, then announce readiness. A model
+        that cannot run at all is a start-up error (exit code 2).
         """
         try:
             self.warm_up()
@@ -672,9 +691,11 @@ class SegmentNode(SegmentParts, Node):
         return True
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
-        """Stop the worker (it finishes the frame in hand) and wait for it, at most ``timeout``
-        seconds (launch escalates to SIGTERM after 5 s), then release the model. False when the
-        worker is still busy, e.g. in the warm-up trace, which cannot be interrupted.
+        """Stop the worker (it finishes the frame in hand) and wait for it.
+
+        At most ``timeout`` seconds (launch escalates to SIGTERM after 5 s), then release the
+        model. False when the worker is still busy, e.g. in the warm-up trace, which cannot be
+        interrupted.
         """
         finished = self.stop_frames(timeout)
         self.release(timeout)
@@ -706,7 +727,7 @@ def _check_params_files(args: list[str]) -> str | None:
 
 
 def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> int:
-    """The node's life: check the command line, start, spin until a stop signal, clean up.
+    """Run the node's life: check the command line, start, spin until a stop signal, clean up.
 
     Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0.
     ``node_class``: :class:`SegmentNode` or the managed ``SegmentLifecycleNode``; it has a
