@@ -1,9 +1,10 @@
-"""rosbag2 files without ROS: reading image frames and writing messages with the ``rosbags`` library.
+"""rosbag2 files without ROS: reading image frames and writing messages with ``rosbags``.
 
 Shared by replay, eval, bench, play, record and bag-from-images so every tool opens, decodes and
-writes bags the same way. Both storage formats are supported (sqlite3 ``.db3`` and ``.mcap``), as a
-standard bag directory (``metadata.yaml`` + storage file) or as a single storage file. Every failure
-to open or read a bag becomes one :class:`BagError` naming the file and what is wrong with it.
+writes bags the same way (with the ``rosbags`` library). Both storage formats are supported
+(sqlite3 ``.db3`` and ``.mcap``), as a standard bag directory (``metadata.yaml`` + storage file) or
+as a single storage file. Every failure to open or read a bag becomes one :class:`BagError` naming
+the file and what is wrong with it.
 """
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ class TopicInfo:
 
 @dataclass
 class BagMessage:
-    """One recorded message: ``timestamp`` is the bag's receive time (ns), ``rawdata`` CDR bytes."""
+    """One recorded message.
+
+    ``timestamp`` is the bag's receive time (ns), ``rawdata`` CDR bytes.
+    """
 
     topic: str
     msgtype: str
@@ -169,7 +173,10 @@ class BagReader:
         return sorted(t for t, info in self.topics.items() if info.msgtype in IMAGE_TYPES)
 
     def select_topics(self, topics: Sequence[str] | None, image_only: bool = False) -> list[str]:
-        """Check requested topics exist (and are images when asked); default: all (image) topics."""
+        """Check requested topics exist (and are images when asked).
+
+        Default: all (image) topics.
+        """
         known = self.topics
         if not topics:
             chosen = self.image_topics() if image_only else sorted(known)
@@ -236,7 +243,10 @@ class BagReader:
 def decode_image_msg(
     msg: Any, msgtype: str, max_pixels: int | None = None
 ) -> tuple[np.ndarray, str]:
-    """A deserialised Image/CompressedImage -> (H, W, 3) uint8 and 'rgb'|'bgr' (InputError if bad)."""
+    """Decode a deserialised Image/CompressedImage.
+
+    Returns (H, W, 3) uint8 and 'rgb'|'bgr'; InputError if bad.
+    """
     if msgtype == COMPRESSED_TYPE:
         return image_codec.decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     if msgtype == IMAGE_TYPE:
@@ -384,7 +394,10 @@ def image_msg_from_array(header: Any, image: np.ndarray, kind: str = "rgb") -> A
 
 # -- writing -----------------------------------------------------------------------------------
 def storage_of(path: str | Path, storage: str | None = None) -> str:
-    """'mcap' or 'sqlite3': from the file suffix, else ``storage``, else mcap (the ROS 2 default)."""
+    """Return 'mcap' or 'sqlite3' for a bag path.
+
+    From the file suffix, else ``storage``, else mcap (the ROS 2 default).
+    """
     suffix = Path(path).suffix
     for name, suf in STORAGE_SUFFIX.items():
         if suffix == suf:

@@ -1,4 +1,7 @@
-"""Class metadata (ids, names, colours, ignore id): loading, validation and colour lookup tables."""
+"""Class metadata (ids, names, colours, ignore id).
+
+Loading, validation and colour lookup tables.
+"""
 
 from __future__ import annotations
 
@@ -101,7 +104,10 @@ class ClassSet:
 
     @classmethod
     def generic(cls, num_classes: int) -> "ClassSet":
-        """Placeholder names and distinct deterministic colours for a model without a classes file."""
+        """Return placeholder names and distinct colours for a model without a classes file.
+
+        The colours are deterministic.
+        """
         rng = np.random.default_rng(0)
         colors = rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
         return cls(

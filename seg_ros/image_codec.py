@@ -398,7 +398,10 @@ def _flat(arr: np.ndarray) -> np.ndarray:
 
 
 def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:
-    """(H, W) class ids -> ('mono8' | 'mono16', step, flat contiguous uint8 data); little-endian."""
+    """Encode (H, W) class ids as ('mono8' | 'mono16', step, flat contiguous uint8 data).
+
+    Little-endian.
+    """
     if labels.ndim != 2:
         raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
     if labels.dtype == np.uint8:

@@ -66,7 +66,10 @@ class Scores:
 
 
 def scores_from_confusion(confusion: np.ndarray) -> Scores:
-    """IoU_c = TP / (TP + FP + FN); classes with TP + FP + FN = 0 are NaN and excluded from the mean."""
+    """Return the scores of a confusion matrix: IoU_c = TP / (TP + FP + FN).
+
+    Classes with TP + FP + FN = 0 are NaN and excluded from the mean.
+    """
     cm = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(cm)
     gt_count = cm.sum(axis=1)

@@ -1,4 +1,6 @@
-"""The one segmentation pipeline: uint8 image in, labels (and colour mask, overlay, confidence) out.
+"""The one segmentation pipeline: uint8 image in, labels out.
+
+Besides the labels it can give a colour mask, an overlay and the confidence.
 
 Used unchanged by the ROS node, the command-line tools and the tests. Everything between the
 input upload and the uint8 results runs on the model's device.
@@ -114,7 +116,8 @@ class PipelineConfig:
                 int(v) < 8 or int(v) > 16384 for v in self.input_size
             ):
                 raise ConfigError(
-                    f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}"
+                    "input_size must be [height, width] with each in 8..16384, got "
+                    f"{list(self.input_size)}"
                 )
         if not 1 <= int(self.max_input_pixels) <= 1 << 30:
             raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")

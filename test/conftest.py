@@ -15,7 +15,10 @@ from helpers import (CAMVID, SMALL, build_workspace, camvid_available, require_r
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> Path:
-    """DDRNet-23-slim test weights saved once, so every pipeline and node loads identical tensors."""
+    """Return DDRNet-23-slim test weights, saved once.
+
+    Every pipeline and node loads identical tensors.
+    """
     return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
 
 

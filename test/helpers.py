@@ -49,7 +49,10 @@ requires_camvid = pytest.mark.skipif(not camvid_available(),
 
 
 def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Path:
-    """Random (seed 0) weights for ``model`` with CamVid class metadata: the same tensors every time."""
+    """Return random (seed 0) weights for ``model`` with CamVid class metadata.
+
+    The same tensors every time.
+    """
     import torch
     from seg_ros.classes import load_classes
     from seg_ros.models import build_model, save_weights
@@ -69,7 +72,10 @@ Layout = dict[str, tuple[int, ...]]
 def conv_layout(
     name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False
 ) -> Layout:
-    """Keys and shapes of a (transposed) convolution as nn.Conv2d / nn.ConvTranspose2d store them."""
+    """Return the keys and shapes of a (transposed) convolution.
+
+    As nn.Conv2d / nn.ConvTranspose2d store them.
+    """
     out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
     if bias:
         out[f"{name}.bias"] = (cout,)

@@ -126,7 +126,10 @@ def test_torch_backend_cuda_graphs_match_eager(small_image, weights_file):
 
 
 def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
-    """The default CPU path (oneDNN-fused traced graph per shape) gives the eager module's labels."""
+    """The default CPU path gives the eager module's labels.
+
+    The default CPU path is a oneDNN-fused traced graph per shape.
+    """
     fused = _pipe(weights_file)
     eager = _pipe(weights_file, backend_options={"cpu_fusion": False})
     assert fused.backend.describe()["cpu_fusion"] and not eager.backend.describe()["cpu_fusion"]

@@ -1,4 +1,7 @@
-"""Real rosbag2 files (both storage formats) written and read back; damaged bags give clear errors."""
+"""Real rosbag2 files (both storage formats) written and read back.
+
+Damaged bags give clear errors.
+"""
 
 from __future__ import annotations
 

@@ -77,7 +77,10 @@ def test_bench_json_report(tmp_path, capsys):
 
 
 def test_bench_on_bag_frames(tmp_path, road_image):
-    """--bag times the bag's own frames (their size, their encodings) through decode ... serialise."""
+    """--bag times the bag's own frames through decode ... serialise.
+
+    Their size, their encodings.
+    """
     from seg_ros import bags
     bag = tmp_path / "cam.mcap"
     small = cv2.resize(road_image, (96, 72))

@@ -342,7 +342,10 @@ def test_output_shapes_at_odd_sizes(name):
 
 @pytest.mark.parametrize("name", ["segnet_vgg16", "unet"])
 def test_padding_is_cropped_back(name):
-    """An odd-sized input gives the top-left of what the input zero-padded to the size divisor gives."""
+    """An odd-sized input gives the top-left of the padded input's output.
+
+    The padded input: zero-padded to the size divisor.
+    """
     model = _seeded(name)
     x = torch.randn(1, 3, 75, 101)
     div = model.size_divisor

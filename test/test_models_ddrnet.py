@@ -1,4 +1,7 @@
-"""DDRNet family: exact sizes, the authors' checkpoint layout, and outputs of a loaded checkpoint."""
+"""DDRNet family.
+
+Exact sizes, the authors' checkpoint layout, and outputs of a loaded checkpoint.
+"""
 
 from __future__ import annotations
 

@@ -109,7 +109,8 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
     # generous: the CPU is shared with the CRF thread (niced) and other jobs; inline refinement
     # would add the CRF's whole cost (measured above) to every raw frame
     print(
-        f"raw latency median: crf on {med_crf:.0f} ms, off {med_off:.0f} ms; crf alone {crf_ms:.0f} ms"
+        f"raw latency median: crf on {med_crf:.0f} ms, off {med_off:.0f} ms; crf alone "
+        f"{crf_ms:.0f} ms"
     )
     assert med_crf < med_off + 0.5 * crf_ms + 100, (med_crf, med_off, crf_ms)
     assert "Traceback" not in node.log

@@ -48,7 +48,10 @@ def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
 
 @pytest.mark.parametrize("backend,runs", [(None, "torch"), ("onnxruntime", "onnxruntime")])
 def test_node_backends_on_cpu(tmp_path, road_image, backend, runs):
-    """No ``backend`` parameter means ``auto``, which is torch on the CPU; onnxruntime on request."""
+    """No ``backend`` parameter means ``auto``, which is torch on the CPU.
+
+    Onnxruntime on request.
+    """
     if runs == "onnxruntime":
         pytest.importorskip("onnxruntime")
     weights = save_test_weights(tmp_path / "ddrnet.pt", "ddrnet23_slim")

@@ -142,7 +142,10 @@ def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
 
 
 def test_flipped_view_input(pipe, road_image):
-    """Negative-stride views (a mirrored camera, a BGR view by ``[..., ::-1]``) work like copies."""
+    """Negative-stride views work like copies.
+
+    E.g. a mirrored camera, a BGR view by ``[..., ::-1]``.
+    """
     mirrored = road_image[:, ::-1]
     assert np.array_equal(pipe(mirrored, "rgb").labels, pipe(mirrored.copy(), "rgb").labels)
     assert np.array_equal(

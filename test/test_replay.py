@@ -1,4 +1,7 @@
-"""Replay writes, per input frame, the labels the pipeline computes for it, with the input's header."""
+"""Replay writes the labels the pipeline computes for each input frame.
+
+With the input's header.
+"""
 
 from __future__ import annotations
 

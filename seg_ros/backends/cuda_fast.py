@@ -53,8 +53,10 @@ def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
 
 
 def capture_cuda_graph(fn: Forward, example: torch.Tensor, warmup: int = 3) -> Forward:
-    """Capture ``fn`` on a static copy of ``example`` as a CUDA graph (after warm-up iterations on a
-    side stream, as CUDA graphs require, which also lets cudnn.benchmark pick its kernels).
+    """Capture ``fn`` on a static copy of ``example`` as a CUDA graph.
+
+    Capture follows warm-up iterations on a side stream, as CUDA graphs require, which also lets
+    cudnn.benchmark pick its kernels.
     """
     static_in = example.clone()
     side = torch.cuda.Stream(example.device)

@@ -114,7 +114,8 @@ class OnnxRuntimeBackend:
             available = self.ort.get_available_providers()
             if "CUDAExecutionProvider" not in available:
                 raise ConfigError(
-                    f"backend onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"backend onnxruntime on {device} needs onnxruntime-gpu "
+                    "(CUDAExecutionProvider); "
                     f"installed providers: {', '.join(available)}; use device cpu or backend torch"
                 )
             self.providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}),

@@ -409,7 +409,8 @@ class TensorRTBackend:
         self.precision = precision or ("fp16" if half else "fp32")
         if self.precision not in PRECISIONS:
             raise ConfigError(
-                f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+                f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got "
+                f"{self.precision!r}"
             )
         if self.precision == "int8" and not calib_images and not engine_path:
             raise ConfigError(
@@ -466,8 +467,9 @@ class TensorRTBackend:
             log.info("loaded cached TensorRT engine %s", self.engines_cache.path_for(key, name))
             return cached
         say(
-            f"no cached TensorRT engine for {name} {shape[0]}x{shape[1]} {self.precision} on {self.gpu}: "
-            f"building one now (this can take minutes; `seg-ros build-engine` builds ahead of time)"
+            f"no cached TensorRT engine for {name} {shape[0]}x{shape[1]} {self.precision} on "
+            f"{self.gpu}: building one now (this can take minutes; `seg-ros build-engine` "
+            "builds ahead of time)"
         )
         calibrator = None
         if data_set is not None:

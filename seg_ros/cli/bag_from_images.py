@@ -38,7 +38,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def image_message(rgb: np.ndarray, header, encoding: str, jpeg_quality: int = 90):
-    """The message for one frame in the requested encoding (Image, or CompressedImage for jpeg/png)."""
+    """Return the message for one frame in the requested encoding.
+
+    An Image, or a CompressedImage for jpeg/png.
+    """
     if encoding in ("jpeg", "png"):
         params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if encoding == "jpeg" else []
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png",
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         f.stat().st_size for f in ([args.out] if args.out.is_file() else args.out.rglob("*"))
     )
     print(
-        f"wrote {len(files)} frames ({args.encoding}, {msgtype}) on {args.topic} at {args.rate:g} Hz "
+        f"wrote {len(files)} frames ({args.encoding}, {msgtype}) on {args.topic} at "
+        f"{args.rate:g} Hz "
         f"to {args.out} ({size / 1e6:.1f} MB)"
     )
     return 0

@@ -99,7 +99,10 @@ def bench_frames(args: argparse.Namespace) -> list[RecordedFrame]:
 
 
 class MessageLoop:
-    """message bytes -> decode -> pipeline -> labels/colour/overlay Image messages -> bytes, timed by stage."""
+    """Time the node's work on one message, by stage.
+
+    message bytes -> decode -> pipeline -> labels/colour/overlay Image messages -> bytes.
+    """
 
     def __init__(self, pipe: SegmentationPipeline, frames: list[RecordedFrame]) -> None:
         self.pipe, self.frames, self.store = pipe, frames, bags.typestore()

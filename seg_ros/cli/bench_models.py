@@ -63,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(name: str, output_stride: int | None) -> dict:
-    """``{'output_stride': n}`` when asked for and the model takes it (DDRNet has a fixed stride)."""
+    """Return ``{'output_stride': n}`` when asked for and the model takes it.
+
+    DDRNet has a fixed stride.
+    """
     if output_stride is None or "output_stride" not in model_options(name):
         return {}
     return {"output_stride": output_stride}
@@ -154,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             row |= time_model(name, args, options)
         rows.append(row)
         timing = (
-            f", forward {row['forward_ms']['median']:.0f} ms, pipeline {row['pipeline_ms']['median']:.0f} ms"
+            f", forward {row['forward_ms']['median']:.0f} ms, pipeline "
+            f"{row['pipeline_ms']['median']:.0f} ms"
             if args.timing
             else ""
         )

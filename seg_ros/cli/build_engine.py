@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
     progress(
-        f"{pipe.config.model} at {shape[0]}x{shape[1]}, {pipe.backend.precision}, {pipe.backend.gpu}"
+        f"{pipe.config.model} at {shape[0]}x{shape[1]}, {pipe.backend.precision}, "
+        f"{pipe.backend.gpu}"
     )
     pipe.backend.engine_bytes(shape, progress=progress)
     print(json.dumps(pipe.backend.describe()))

@@ -87,7 +87,10 @@ def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPip
 
 
 def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
-    """The pipeline configuration the options describe (fleet workers build their pipeline from it)."""
+    """Return the pipeline configuration the options describe.
+
+    Fleet workers build their pipeline from it.
+    """
     config = PipelineConfig(model=args.model, weights=args.weights, classes=args.classes,
                             backend=getattr(args, "backend", "torch"),
                             device=args.device, precision=args.precision,

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other work)",
+        help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other "
+             "work)",
     )
     p.add_argument(
         "--offline", action="store_true", help="skip DDS: replay through the pipeline in-process"
@@ -96,7 +97,10 @@ def node_available() -> str | None:
 
 
 class LiveStats:
-    """Frames in/out and input-to-output latency, matched by header stamp, from the recorder hook."""
+    """Frames in/out and input-to-output latency, from the recorder hook.
+
+    Inputs and outputs are matched by header stamp.
+    """
 
     def __init__(self) -> None:
         self.inputs: dict[int, int] = {}
@@ -320,7 +324,10 @@ def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
 
 def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: int = 320,
                 label: str | None = None) -> None:
-    """Evenly spaced overlay frames side by side, ``width`` pixels each; ``label`` stamped on each."""
+    """Write evenly spaced overlay frames side by side.
+
+    ``width`` pixels each; ``label`` stamped on each.
+    """
     idx = np.linspace(0, len(overlays) - 1, min(count, len(overlays))).round().astype(int)
     tiles = []
     for i in idx:

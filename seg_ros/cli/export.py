@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"max_abs_logit_diff": diff, "tolerance": args.tolerance, "ok": ok}))
         if not ok:
             print(
-                f"seg-ros export: error: onnxruntime and torch differ by {diff:.3g} > {args.tolerance}"
+                f"seg-ros export: error: onnxruntime and torch differ by {diff:.3g} > "
+                f"{args.tolerance}"
             )
             return 1
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

@@ -128,7 +128,8 @@ def wait_for_subscribers(
             return True
         if time.monotonic() > deadline:
             print(
-                f"play: warning: after {timeout:g} s fewer than {count} subscribers on {', '.join(missing)}; "
+                f"play: warning: after {timeout:g} s fewer than {count} subscribers on "
+                f"{', '.join(missing)}; "
                 f"playing anyway",
                 file=sys.stderr,
             )
@@ -216,7 +217,10 @@ def wait_acked(publishers: dict[str, Any], seconds: float = 2.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m seg_ros.cli.play``: this command alone, without importing torch (starts fast)."""
+    """Run ``python -m seg_ros.cli.play``: this command alone.
+
+    Without importing torch, so it starts fast.
+    """
     from ..errors import SegRosError
     parser = argparse.ArgumentParser(prog="seg-ros")
     register(parser.add_subparsers(dest="command", required=True))

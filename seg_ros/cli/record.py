@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         shutdown_ros(ctx, node)
     detail = ", ".join(f"{t}: {n}" for t, n in rec.counts.items()) or "nothing"
     print(
-        f"recorded {rec.total} messages in {time.monotonic() - t_start:.1f} s to {args.out} ({detail})"
+        f"recorded {rec.total} messages in {time.monotonic() - t_start:.1f} s to {args.out} "
+        f"({detail})"
     )
     if rec.pending:
         print(f"record: never saw a publisher on {', '.join(rec.pending)}", file=sys.stderr)
@@ -146,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m seg_ros.cli.record``: this command alone, without importing torch (starts fast)."""
+    """Run ``python -m seg_ros.cli.record``: this command alone.
+
+    Without importing torch, so it starts fast.
+    """
     from ..errors import SegRosError
     parser = argparse.ArgumentParser(prog="seg-ros")
     register(parser.add_subparsers(dest="command", required=True))

@@ -148,7 +148,8 @@ def dense_unavailable_reason() -> str | None:
         import pydensecrf.densecrf  # noqa: F401
     except Exception as exc:  # ImportError, or a broken native build
         return (
-            f"crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a C++ "
+            "crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a "
+            "C++ "
             f"compiler and Cython), which is not importable here: {type(exc).__name__}: {exc}"
         )
     return None

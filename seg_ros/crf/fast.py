@@ -64,7 +64,10 @@ def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
 
 def mean_field(log_unary: torch.Tensor, offsets: list[tuple[int, int]], kernels: torch.Tensor,
                iterations: int, r: int) -> torch.Tensor:
-    """Q after ``iterations`` updates Q <- softmax(log P + sum_d K_d * Q(p + d)) (Potts), (1, C, h, w)."""
+    """Return Q, (1, C, h, w), after ``iterations`` mean-field updates (Potts).
+
+    Each update is Q <- softmax(log P + sum_d K_d * Q(p + d)).
+    """
     _, _, h, w = log_unary.shape
     q = torch.softmax(log_unary, dim=1)
     for _ in range(iterations):

@@ -35,7 +35,10 @@ def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; the last block of a stage skips its final ReLU (the fusion adds first)."""
+    """ResNet basic block.
+
+    The last block of a stage skips its final ReLU (the fusion adds first).
+    """
 
     expansion = 1
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
@@ -244,7 +247,10 @@ class DualResNet(SegmentationModel):
         return new_low, new_high
 
     def _stages_3_4(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stages 3 and 4 of both branches; returns (low, high, high-after-stage-3 for the aux head)."""
+        """Run stages 3 and 4 of both branches.
+
+        Returns (low, high, high-after-stage-3 for the aux head).
+        """
         low = self.layer3(self.relu(x))
         high = self.layer3_(self.relu(x))
         low, high = self._fuse(low, high, self.down3, self.compression3, low)

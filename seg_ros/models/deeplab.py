@@ -7,7 +7,8 @@ docs/models.md):
   ``classifier.{0..4}``, ``aux_classifier.{0,1,4}``);
 * ``DeepLabV3Plus``: DeepLabV3Plus-Pytorch (``backbone.*``, ``classifier.project``,
   ``classifier.aspp``, ``classifier.classifier``);
-* ``DeepLabV2``: the DeepLab v2 PyTorch port (``layer1``..``layer5`` Caffe ResNet, ``aspp.c0..c3``).
+* ``DeepLabV2``: the DeepLab v2 PyTorch port (``layer1``..``layer5`` Caffe ResNet,
+  ``aspp.c0..c3``).
 
 Every model returns class scores at its output stride (1/4 of the input for v3+, whose
 decoder works at stride 4); the pipeline upsamples them. In training mode a model built with
@@ -28,7 +29,10 @@ ASPP_CHANNELS = 256
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
-    """Atrous rates of DeepLab v3's three 3x3 branches: doubled when the features are twice as dense."""
+    """Return the atrous rates of DeepLab v3's three 3x3 branches.
+
+    Doubled when the features are twice as dense.
+    """
     return (12, 24, 36) if output_stride == 8 else (6, 12, 18)
 
 
@@ -51,7 +55,10 @@ class ASPPPooling(nn.Sequential):
 
 
 class ASPP(nn.Module):
-    """DeepLab v3 ASPP: 1x1, three atrous 3x3 and an image-pooling branch, concatenated and projected."""
+    """DeepLab v3 ASPP.
+
+    1x1, three atrous 3x3 and an image-pooling branch, concatenated and projected.
+    """
 
     def __init__(self, in_ch: int, rates: Sequence[int], out_ch: int = ASPP_CHANNELS,
                  dropout: float = 0.5) -> None:
@@ -169,7 +176,10 @@ class AtrousSum(nn.Module):
 
 
 class DeepLabV2(SegmentationModel):
-    """DeepLab v2: Caffe ResNet-101 dilated to output stride 8, ASPP rates 6/12/18/24 (v2 port layout)."""
+    """DeepLab v2 (v2 port layout).
+
+    Caffe ResNet-101 dilated to output stride 8, ASPP rates 6/12/18/24.
+    """
 
     output_stride = 8
     size_divisor = 8

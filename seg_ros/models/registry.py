@@ -29,7 +29,10 @@ def list_models() -> list[str]:
 
 
 def model_options(name: str) -> list[str]:
-    """Names of the build options a registered model takes (e.g. ``output_stride``), so callers offer only those."""
+    """Return the build options a registered model takes (e.g. ``output_stride``).
+
+    Callers offer only those.
+    """
     try:
         builder = _REGISTRY[name]
     except KeyError:

@@ -173,7 +173,10 @@ class DilatedResNet(nn.Module):
 # -- MSRA (Caffe) ResNet of the DeepLab v2 port ----------------------------------------------
 
 class ConvBn(nn.Sequential):
-    """``conv`` (no bias) + ``bn`` (+ ``relu``): the v2 port's unit; BN folds by Sequential order."""
+    """``conv`` (no bias) + ``bn`` (+ ``relu``): the v2 port's unit.
+
+    BN folds by Sequential order.
+    """
 
     def __init__(
         self,
@@ -195,7 +198,10 @@ class ConvBn(nn.Sequential):
 
 
 class MsraBottleneck(nn.Module):
-    """Caffe ResNet bottleneck: stride in ``reduce`` (1x1); ``shortcut`` projects in block 1 only."""
+    """Caffe ResNet bottleneck.
+
+    Stride in ``reduce`` (1x1); ``shortcut`` projects in block 1 only.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, dilation: int, project: bool) -> None:
         super().__init__()

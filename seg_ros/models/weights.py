@@ -73,7 +73,10 @@ def _find_state_dict(obj: Any, path: str) -> tuple[Mapping[str, Any], dict[str, 
 
 
 def read_weights(path: str | os.PathLike) -> WeightsFile:
-    """Load a checkpoint safely (``weights_only``) and normalise its keys; WeightsError on failure."""
+    """Load a checkpoint safely (``weights_only``) and normalise its keys.
+
+    WeightsError on failure.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError(f"weights file {path} does not exist")
@@ -159,7 +162,10 @@ def _abbrev(keys: list[str], limit: int = 8) -> str:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> WeightsFile:
-    """Load a checkpoint in any supported layout into ``model``; returns the file with its metadata."""
+    """Load a checkpoint in any supported layout into ``model``.
+
+    Returns the file with its metadata.
+    """
     weights = read_weights(path)
     apply_state_dict(model, weights.state_dict, weights.path, strict=strict)
     return weights

@@ -26,7 +26,10 @@ class Report:
 
 
 class NodeStats:
-    """Counts frames in, out, dropped and failed (by kind); keeps recent latencies for percentiles."""
+    """Count frames in, out, dropped and failed (by kind).
+
+    Keeps recent latencies for percentiles.
+    """
 
     def __init__(self, error_kinds: tuple[str, ...] = (), clock=time.monotonic) -> None:
         self._lock = threading.Lock()

@@ -254,7 +254,8 @@ def validate(name: str, value: Any) -> str | None:
     if name == "input_size":
         size = list(value)
         if len(size) != 2 or not (size == [0, 0] or all(8 <= int(v) <= 16384 for v in size)):
-            return f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, got {size}"
+            return (f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, "
+                    f"got {size}")
     return None
 
 
@@ -271,8 +272,11 @@ def _cameras_problem(names: list[str]) -> str | None:
 
 
 def unquoted_off(name: str, value: Any) -> Any:
-    """``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML 1.1);
-    for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode.
+    """Read the boolean false as 'off' for a mode parameter that has an 'off' choice.
+
+    ``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML
+    1.1); for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no
+    mode.
     """
     spec = SPECS.get(name)
     if (
@@ -290,7 +294,10 @@ def unquoted_off(name: str, value: Any) -> Any:
 
 
 def model_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Build options for the model from the parameters (only those set, so every model accepts them)."""
+    """Return build options for the model from the parameters.
+
+    Only those set, so every model accepts them.
+    """
     return {"output_stride": values["output_stride"]} if values.get("output_stride") else {}
 
 

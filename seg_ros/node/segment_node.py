@@ -106,9 +106,10 @@ class SegmentParts:
 
     Mixed into an rclpy ``Node`` (or ``LifecycleNode``): the parts create that node's publishers,
     subscription and timer. The parts, in the order a node calls them: :meth:`init_parts`,
-    :meth:`declare_node_parameters` / :meth:`config_values`, :meth:`start_diagnostics`, :meth:`load`
-    (model, weights, publishers), :meth:`warm_up`, :meth:`subscribe` (frames in, results out),
-    :meth:`stop_frames` and :meth:`release` (model and publishers gone, memory given back).
+    :meth:`declare_node_parameters` / :meth:`config_values`, :meth:`start_diagnostics`,
+    :meth:`load` (model, weights, publishers), :meth:`warm_up`, :meth:`subscribe` (frames in,
+    results out), :meth:`stop_frames` and :meth:`release` (model and publishers gone, memory given
+    back).
 
     A subclass sets :attr:`RECONFIGURABLE` and may override the hooks :meth:`_create_output`,
     :meth:`_destroy_output`, :meth:`_restart_parameter_refusal` and :meth:`_health`.
@@ -270,7 +271,10 @@ class SegmentParts:
                                    f"{time.monotonic() - started:.1f} s")
 
     def announce_ready(self) -> None:
-        """Publish the class metadata on ~/class_info (latched: it also says 'ready') and log it."""
+        """Publish the class metadata on ~/class_info and log it.
+
+        Latched: it also says 'ready'.
+        """
         self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))
         self.get_logger().info(
             f"ready: model {self.info['model']} ({self.info['weights']}), "
@@ -518,7 +522,10 @@ class SegmentParts:
                                                f"{type(exc).__name__}: {exc}", error=True)
 
     def _warn_throttled(self, kind: str, text: str, error: bool = False) -> None:
-        """At most one line per error kind every WARN_THROTTLE_S, saying how many were not shown."""
+        """Log at most one line per error kind every WARN_THROTTLE_S.
+
+        Each says how many were not shown.
+        """
         now = time.monotonic()
         last, suppressed = self._last_warn.get(kind, (-1e9, 0))
         if now - last < WARN_THROTTLE_S:
