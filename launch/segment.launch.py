@@ -75,7 +75,9 @@ def _camera_names(text: str) -> list[str]:
 
 
 def _camera_info_topic(image_topic: str) -> str:
-    """The camera_info topic beside an image topic (image_transport's rule: the last name
+    """Return the camera_info topic beside an image topic.
+
+    The camera_info topic beside an image topic (image_transport's rule: the last name
     replaced), e.g. /camera/image_raw -> /camera/camera_info.
     """
     parent = image_topic.rstrip("/").rpartition("/")[0]
@@ -83,7 +85,9 @@ def _camera_info_topic(image_topic: str) -> str:
 
 
 def _autostart(node: LifecycleNode) -> list:
-    """Configure now; activate once configure has succeeded (configuring -> inactive only: a
+    """Configure the node now and activate it once configure has succeeded.
+
+    Configure now; activate once configure has succeeded (configuring -> inactive only: a
     manager's later deactivate, active -> inactive, is left alone).
     """
     def change(transition_id: int) -> EmitEvent:

@@ -44,7 +44,9 @@ class BagError(SegRosError):
 
 @lru_cache(maxsize=None)
 def typestore(distro: str = "jazzy") -> Any:
-    """Message definitions of a ROS 2 distro (sensor_msgs, std_msgs, ... are identical for
+    """Return the message definitions of a ROS 2 distro.
+
+    Message definitions of a ROS 2 distro (sensor_msgs, std_msgs, ... are identical for
     Humble and Jazzy image messages; Jazzy adds the type hashes newer bags record).
     """
     from rosbags.typesys import Stores, get_typestore

@@ -28,7 +28,7 @@ class Intrinsics:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def scaled(self, scale_x: float, scale_y: float) -> "Intrinsics":
-        """These intrinsics for the image resized by ``scale_x`` across and ``scale_y`` down."""
+        """Return these intrinsics for the image scaled by ``scale_x`` across, ``scale_y`` down."""
         if scale_x == 1.0 and scale_y == 1.0:
             return self
         k, p = list(self.k), list(self.p)

@@ -60,7 +60,9 @@ _YUV_TO_RGB = {
 
 
 def as_uint8_buffer(data: Any) -> np.ndarray:
-    """A flat uint8 view of a message's ``data`` (bytes, bytearray, memoryview, array.array,
+    """Return a flat uint8 view of a message's ``data``.
+
+    A flat uint8 view of a message's ``data`` (bytes, bytearray, memoryview, array.array,
     numpy array); copies only for plain sequences such as lists.
     """
     if isinstance(data, np.ndarray):

@@ -29,7 +29,9 @@ def resident_bytes(pid: int | str = "self") -> int | None:
 
 
 def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool = False) -> None:
-    """Collect unreachable objects (the pipeline and its backend refer to each other), empty
+    """Give freed memory back to the system, so that the process's RSS falls.
+
+    Collect unreachable objects (the pipeline and its backend refer to each other), empty
     PyTorch's CUDA cache when ``device`` is a CUDA device, and ask glibc to return its free heap
     pages to the system (``malloc_trim``), so that the process's RSS falls. ``forget_graphs``:
     also free the fused CPU graphs that torch itself keeps (see

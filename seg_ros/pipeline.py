@@ -72,7 +72,9 @@ def weights_file_for(model: str, weights: str) -> str | None:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights;
+    """Everything that fixes a pipeline.
+
+    ``weights``: ``"default"`` (the model's shipped weights;
     WeightsError when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
     ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
     frame's own size. Sizes are rounded to the model's size divisor. ``min_frames_per_new_size``:
@@ -140,7 +142,9 @@ def check_output_resolution(value: str) -> None:
 
 @dataclass(frozen=True)
 class FrameOptions:
-    """What to compute for one frame, chosen per call (the node's run-time parameters) rather than
+    """What to compute for one frame, chosen per call.
+
+    What to compute for one frame, chosen per call (the node's run-time parameters) rather than
     fixed with the pipeline. Labels are always computed; ``color``, ``overlay`` and ``confidence``
     only when asked. ``keep_scores`` keeps the logits on the result (no extra work) so
     :meth:`SegmentationPipeline.refine` can run a CRF on them later. ``keep_aspect``,
@@ -197,7 +201,7 @@ class RefineInput:
 
 
 def with_overrides(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
-    """A copy of ``config`` with ``overrides`` applied (the caller's object is left alone)."""
+    """Return a copy of ``config`` with ``overrides`` applied (the caller's one is left alone)."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PipelineConfig)})
     if unknown:
         raise ConfigError(f"unknown pipeline option {unknown[0]!r}")
@@ -360,7 +364,7 @@ class SegmentationPipeline:
         return inference_size(frame_hw, self.input_size, keep, self.size_divisor)
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
-        """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
+        """Return the frame as an (H, W, 3) uint8 tensor on the device (zero-copy on the CPU)."""
         if any(
             stride < 0 for stride in image.strides
         ):  # e.g. image[:, ::-1]: torch cannot view it
@@ -394,7 +398,9 @@ class SegmentationPipeline:
         return self.preprocess(self._upload(image), color_order)
 
     def _chosen_size(self, frame_hw: tuple[int, int], keep_aspect: bool | None) -> tuple[int, int]:
-        """The size a frame runs at: its own inference size, or the kept size
+        """Return the size a frame runs at.
+
+        The size a frame runs at: its own inference size, or the kept size
         :class:`KeptSizes` chooses when frames come in more sizes than the backend keeps graphs
         for (its capacity shared by the batch sizes in use).
         """

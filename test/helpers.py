@@ -306,7 +306,9 @@ class Peer:
             time.sleep(0.1)
 
     def roundtrip(self, msg, topics=("labels",), timeout: float = 30.0) -> dict[str, Image]:
-        """Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
+        """Publish ``msg`` until every topic has a result with its frame_id.
+
+        Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
         have discovered this process's subscriptions; a repeated frame is harmless).
         """
         fid = msg.header.frame_id
@@ -382,7 +384,9 @@ def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendia
 
 @contextmanager
 def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
-    """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
+    """Start the node from ``cmd`` with a test peer; yield (node process, peer).
+
+    The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
     both are stopped on exit. Yields (node process, peer).
     """
     domain = random_domain()
@@ -593,7 +597,7 @@ class Ros2Process:
 
 
 def child_pid(pid: int) -> int:
-    """The one process that ``pid`` started (`ros2 run` runs the executable as its child)."""
+    """Return the one process ``pid`` started (`ros2 run` runs the executable as its child)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     assert len(children) == 1, children
     return int(children[0])
@@ -694,7 +698,9 @@ class FramePeer:
             self._cond.notify_all()
 
     def roundtrip(self, rgb, frame_id: str, timeout: float = 60.0):
-        """Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
+        """Publish ``rgb`` until its labels come back; return them.
+
+        Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
         covers discovery: this peer's subscription may not be matched yet); returns them.
         """
         from sensor_msgs.msg import Image
@@ -782,7 +788,9 @@ READY = r"segment_node\]: ready: "
 
 
 def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
-    """The command lines of the first bash block under the README's ``heading`` (comments
+    """Return the command lines of the first bash block under a README heading.
+
+    The command lines of the first bash block under the README's ``heading`` (comments
     dropped).
     """
     text = (REPO / "README.md").read_text()

@@ -152,7 +152,9 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
 
 
 def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
-    """A model oneDNN cannot fuse (DeepLab v3+'s ASPP concatenation in torch 2.13) runs eagerly
+    """A model oneDNN cannot fuse runs eagerly after one warning.
+
+    A model oneDNN cannot fuse (DeepLab v3+'s ASPP concatenation in torch 2.13) runs eagerly
     after one warning naming the reason, with the eager module's outputs.
     """
     from seg_ros.backends.cpu_fusion import FusedCpuForward

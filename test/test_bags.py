@@ -201,7 +201,7 @@ def test_a_bag_appears_only_when_complete(tmp_path, name):
     path = tmp_path / name
 
     def killed_writer() -> None:
-        """A process that dies (os._exit: nothing closed, as under SIGKILL) while writing."""
+        """Return a process that dies while writing (os._exit: nothing closed, as on SIGKILL)."""
         code = ("import os, sys, numpy as np; from seg_ros import bags; "
                 "w = bags.BagWriter(sys.argv[1]); w.open(); w.add_topic('/cam', bags.IMAGE_TYPE); "
                 "w.write('/cam', 1, bags.image_msg_from_array(bags.make_header(1), "

@@ -1,4 +1,6 @@
-"""CRF refinement (seg_ros.crf): both CRFs clean a noisy unary on an image of clean colour regions,
+"""CRF refinement (seg_ros.crf), from the refiners to the labels the tools write.
+
+CRF refinement (seg_ros.crf): both CRFs clean a noisy unary on an image of clean colour regions,
 agree with each other there, reject bad parameters with a reason, and reach the labels the tools
 write (segment, eval, replay, bench with --crf).
 """

@@ -311,7 +311,9 @@ def _job(src: Path, out: Path, weights_file: Path, attempts: int) -> FleetJob:
 
 
 def _killer(engine_cls, kills: int, victim: str, **kwargs):
-    """An engine factory whose engine kills (SIGKILL) the worker running ``victim`` as soon as it
+    """Return an engine factory whose engine kills a worker: a real worker death.
+
+    An engine factory whose engine kills (SIGKILL) the worker running ``victim`` as soon as it
     reports progress, ``kills`` times: a real worker death, as the OOM killer would do it.
     """
     left = {"n": kills}

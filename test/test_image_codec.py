@@ -238,7 +238,9 @@ def test_bytes_per_pixel_table_matches_ros():
 
 # -- compressed: image_transport's format conventions -----------------------------------------
 def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ()) -> bytes:
-    """An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
+    """Return an image encoded as an image_transport publisher sends it.
+
+    An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
     sends: today's convert colour to BGR for OpenCV's encoder, so the file is an ordinary image
     file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped.
     """
@@ -249,7 +251,7 @@ def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ())
 
 
 def is_swapped_wrong(image: np.ndarray, order: str, reference: np.ndarray) -> bool:
-    """The other channel order would be far off: the test can tell the orders apart."""
+    """Return whether the other channel order would be far off (the test can tell them apart)."""
     other = rgb_of(image, "bgr" if order == "rgb" else "rgb")
     return np.abs(other.astype(int) - reference).mean() > 20
 

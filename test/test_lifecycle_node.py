@@ -96,12 +96,14 @@ def send_unanswered(peer: FramePeer, tag: str, frames: int = 5, wait_s: float = 
 
 @pytest.fixture(scope="module")
 def default_offline() -> SegmentationPipeline:
-    """The shipped weights, as the README's commands run them (backend auto = torch on CPU)."""
+    """Return the shipped weights, as the README's commands run them (auto = torch on CPU)."""
     return SegmentationPipeline(device="cpu")
 
 
 def test_readme_commands_drive_every_transition(workspace, tmp_path, default_offline):
-    """`ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
+    """The README's commands drive the node through every transition.
+
+    `ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
     types them: no labels before activation or after deactivation, labels equal to the offline
     pipeline's when active, RSS falls at cleanup, and a second configure works.
     """
@@ -183,7 +185,9 @@ def wait_line(node: NodeProcess, pattern: str, timeout: float) -> str:
 
 @contextmanager
 def managed_node(workspace, tmp_path, weights, *params: str):
-    """The installed segment_lifecycle_node, started as the launch file does (params file,
+    """Start the installed segment_lifecycle_node, unconfigured, with a test peer.
+
+    The installed segment_lifecycle_node, started as the launch file does (params file,
     remap, namespace), unconfigured; with the test peer and its lifecycle client.
     """
     exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_lifecycle_node"
@@ -216,7 +220,9 @@ def labels_equal_offline(peer: Peer, pipeline: SegmentationPipeline, image: np.n
 
 def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_file, offline,
                                                    small_image):
-    """~/change_state from rclpy: configure fails on a missing weights file (one line, still
+    """A failed configure can be fixed, and a cleaned-up node can load another model.
+
+    ~/change_state from rclpy: configure fails on a missing weights file (one line, still
     unconfigured, alive), succeeds once the parameter is fixed; after cleanup another model and
     weights load in the same process. /diagnostics follows the state.
     """
@@ -294,7 +300,9 @@ def interrupted_cleanly(node: NodeProcess) -> str:
 @pytest.mark.parametrize("state", ["unconfigured", "inactive", "active"])
 @pytest.mark.parametrize("how", ["shutdown_transition", "SIGINT"])
 def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how):
-    """The shutdown transition (~/change_state) from each primary state reaches finalized with
+    """The shutdown transition and SIGINT from each state end the node cleanly.
+
+    The shutdown transition (~/change_state) from each primary state reaches finalized with
     everything released, and the process then stops cleanly on SIGINT; SIGINT in each state runs
     the shutdown transition itself: exit code 0, no traceback, one stop line.
     """
@@ -323,7 +331,9 @@ def test_sigint_during_configure(workspace, tmp_path, weights_file):
 
 
 def test_error_processing_releases_everything(weights_file, capfd):
-    """A transition that raises (here activate, as if the camera driver vanished: a fault
+    """A transition that raises is logged once and error processing releases everything.
+
+    A transition that raises (here activate, as if the camera driver vanished: a fault
     injected by overriding subscribe) is logged once; error processing stops frames and releases
     the model and returns to unconfigured, from where a manager can configure again.
     """

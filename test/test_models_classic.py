@@ -322,7 +322,7 @@ def _seeded(name: str, nc: int = 5) -> nn.Module:
 
 
 def built(name: str) -> nn.Module:
-    """A fresh copy of a seeded model (building DeconvNet's 252M parameters once is enough)."""
+    """Return a fresh copy of a seeded model (DeconvNet's 252M parameters are built once)."""
     return copy.deepcopy(_seeded(name))
 
 

@@ -370,7 +370,9 @@ def test_each_model_runs_through_the_pipeline(road_image, name, options):
 
 
 def test_pipeline_loads_a_reference_checkpoint(tmp_path, road_image):
-    """A semseg-format PSPNet file (11 classes, like CamVid; no aux head) configures a working
+    """A semseg-format PSPNet file configures a working pipeline.
+
+    A semseg-format PSPNet file (11 classes, like CamVid; no aux head) configures a working
     pipeline, and its labels equal the argmax of the network loaded directly from the same file.
     """
     state = _random_state(semseg_pspnet(50, 11, aux=False), seed=3)

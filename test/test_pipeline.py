@@ -18,7 +18,7 @@ from seg_ros.sizes import KeptSizes
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
-    """A project weights file with metadata (8 custom classes, own normalisation, input size)."""
+    """Write a weights file with metadata (8 custom classes, own normalisation, input size)."""
     torch.manual_seed(0)
     model = build_model("ddrnet23_slim", 8)
     path = tmp_path_factory.mktemp("w") / "custom.pt"
@@ -188,7 +188,9 @@ def test_class_count_mismatch_with_weights(weights_file):
 
 
 def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
-    """Weights 'default' for a model without shipped weights (or with its file not installed) is
+    """Random weights only when asked for explicitly.
+
+    Weights 'default' for a model without shipped weights (or with its file not installed) is
     a start-up error naming the fix, not a silent fall-back to random weights.
     """
     with pytest.raises(WeightsError, match=r"'unet' has no shipped weights .*--weights.*'none'"):
@@ -269,7 +271,9 @@ def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
 
 
 def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_image):
-    """Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
+    """Frames in more sizes than graphs run at kept sizes.
+
+    Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
     frame's resolution), and the backend holds no more graphs than it may.
     """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", input_size=(64, 64))

@@ -59,7 +59,7 @@ def serialise(traced: torch.jit.ScriptModule) -> bytes:
 
 
 def load_private(script: bytes) -> torch.jit.ScriptModule:
-    """A module loaded from ``script`` into a compilation unit of its own (freed with it)."""
+    """Load ``script`` into a compilation unit of its own (freed with it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(io.BytesIO(script), map_location="cpu")
@@ -91,7 +91,9 @@ def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
 
 
 def forget_released_graphs() -> bool:
-    """Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
+    """Free the memory of traced graphs nobody uses any more.
+
+    Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
     methods, with the weights frozen into them, in its global TorchScript compilation unit for
     the life of the process (pytorch/pytorch#96726): graphs loaded into units of their own go
     with them, but the trace and the first graph frozen from it do not, so

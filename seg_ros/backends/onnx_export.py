@@ -66,7 +66,9 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 class AdaptiveAvgPoolMatmul(nn.Module):
-    """``nn.AdaptiveAvgPool2d(bins)`` as ``P_h @ x @ P_w^T`` with 0/1-window averaging matrices
+    """``nn.AdaptiveAvgPool2d(bins)`` as matrix products, which ONNX exports for any size.
+
+    ``nn.AdaptiveAvgPool2d(bins)`` as ``P_h @ x @ P_w^T`` with 0/1-window averaging matrices
     built from the input size (PyTorch's bin edges: floor(i*n/b) .. ceil((i+1)*n/b)).
     """
 

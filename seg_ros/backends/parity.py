@@ -24,7 +24,9 @@ def onnxruntime_logits(path: str | os.PathLike, x: torch.Tensor, threads: int = 
 
 def verify_against_torch(pipe: Any, path: str | os.PathLike, image: np.ndarray,
                          size: tuple[int, int] | None = None) -> float:
-    """Max abs logit difference between the ONNX file (onnxruntime, CPU) and the pipeline's own
+    """Return the max abs logit difference between the ONNX file and the torch model.
+
+    Max abs logit difference between the ONNX file (onnxruntime, CPU) and the pipeline's own
     torch model on ``image``, preprocessed by the pipeline (resized to ``size`` when given).
     """
     import cv2

@@ -18,7 +18,9 @@ from ..errors import ConfigError
 
 
 class Backend(Protocol):
-    """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
+    """What the pipeline needs of a backend: a call on a batch, ``describe`` and two limits.
+
+    ``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
     session or engine that takes long to build); None when any shape runs without one.
     ``max_batch``: the most frames one call takes (the pipeline splits larger batches); None:
     any number.

@@ -98,7 +98,9 @@ def engine_key(
 
 
 class EngineCache:
-    """Engine files ``<name>-<HxW>-<precision>-<key digest>.engine`` with a ``.json`` sidecar
+    """TensorRT engines cached on disk, each with the key it was built for.
+
+    Engine files ``<name>-<HxW>-<precision>-<key digest>.engine`` with a ``.json`` sidecar
     holding the full key.
     """
 
@@ -229,7 +231,9 @@ class CalibrationData:
 
 
 def make_calibrator(trt: Any, data: CalibrationData, cache_file: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` over ``data`` whose table is read from / written to
+    """Return an ``IInt8EntropyCalibrator2`` over ``data`` with a calibration cache.
+
+    An ``IInt8EntropyCalibrator2`` over ``data`` whose table is read from / written to
     ``cache_file`` (so a rebuild with the same images skips calibration).
     """
 
@@ -484,7 +488,7 @@ class TensorRTBackend:
         return data
 
     def key_for_prebuilt(self, shape: tuple[int, int]) -> EngineKey:
-        """The fields of a prebuilt engine's key that can be checked without its ONNX file."""
+        """Return the fields of a prebuilt engine's key that are checkable without its ONNX."""
         return EngineKey("", self.trt.__version__, self.gpu, self.cc, self.precision, tuple(shape))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,9 @@ class MessageLoop:
 
 
 def eager_baseline(pipe: SegmentationPipeline, x: torch.Tensor) -> torch.nn.Module:
-    """The same network as plain eager fp32 NCHW with unfolded batch norm (random weights: the
+    """Return the eager fp32 NCHW baseline of the same network.
+
+    The same network as plain eager fp32 NCHW with unfolded batch norm (random weights: the
     arithmetic, not the values, sets the time).
     """
     model = build_model(

@@ -111,7 +111,7 @@ class LiveStats:
         self.last_output = time.monotonic()
 
     def node_done(self) -> bool:
-        """The node's own counters account for every frame we saw go in (dropped ones included)."""
+        """Return whether the node's counters account for every frame we saw go in (drops too)."""
         d = self.diagnostics
         try:
             settled = sum(
@@ -191,7 +191,7 @@ class LiveSession:
                 raise ConfigError(f"demo timed out after {timeout_s:g} s; see {self.log}")
 
     def node_matched(self) -> bool:
-        """The node is up once its output publishers are matched with our subscriptions."""
+        """Return whether the node is up: its output publishers matched with our subscriptions."""
         rec = self.rec
         return not (any(f"/{NODE}/{k}" in rec.pending for k in OUTPUTS)
                     or any(s.get_publisher_count() == 0

@@ -89,7 +89,9 @@ def isolated_env(domain: int) -> dict[str, str]:
 
 @contextmanager
 def ros_env_here(env: Mapping[str, str]) -> Iterator[None]:
-    """This process's DDS variables as in ``env`` only while the block creates a ROS context and
+    """Set this process's DDS variables as in ``env`` while the block starts ROS.
+
+    This process's DDS variables as in ``env`` only while the block creates a ROS context and
     its first node, restored after. rclpy takes a domain id but no discovery range or Fast DDS
     profile: rcl reads those from the environment at init, Fast DDS at the first participant.
     """
@@ -185,7 +187,9 @@ def image_message(frame: np.ndarray, encoding: str = "rgb8"):
 
 
 def spin_in_background(node, context):
-    """A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
+    """Spin ``node`` in a daemon thread; return its single-threaded executor.
+
+    A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
     down (call ``executor.shutdown()`` first).
     """
     from rclpy.executors import SingleThreadedExecutor
@@ -313,7 +317,7 @@ class LiveClient:
             return sum(frame_id in self.latency[t] for t in self.outputs)
 
     def diagnostics_after(self, t_wall: float, timeout: float = 5.0) -> dict[str, str]:
-        """The node's /diagnostics values from a message received after ``t_wall`` ({} if none)."""
+        """Return the node's /diagnostics values from a message after ``t_wall`` ({} if none)."""
         fresh = self.wait(lambda: self.diagnostics_at > t_wall, timeout)
         return dict(self.diagnostics) if fresh else {}
 
@@ -348,7 +352,10 @@ def _idle(counts: dict[str, int]) -> bool:
 
 
 def idle_counters(client: LiveClient, timeout: float = 10.0) -> dict[str, int]:
-    """The node's counters once it holds no frame (its outputs go out before they are counted)."""
+    """Return the node's counters once it holds no frame.
+
+    The node's counters once it holds no frame (its outputs go out before they are counted).
+    """
     deadline = time.monotonic() + timeout
     while True:
         now = counters(client.diagnostics_after(time.time(), timeout=2.0) or client.diagnostics)
@@ -386,7 +393,9 @@ def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], tim
 
 def delivery_summary(client: LiveClient, frame_ids: list[str], node_counts: dict[str, int],
                      late_s: float = 1.0) -> dict[str, Any]:
-    """Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
+    """Summarise the delivery of ``frame_ids`` as the client and the node saw it.
+
+    Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
     each frame, in ms), with the node's own counts and latency (receipt -> published, its last
     200 frames): frames that never reached the node were lost by DDS on the way in, processed
     frames without all outputs were lost on the way out.

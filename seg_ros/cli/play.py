@@ -187,7 +187,9 @@ def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
 
 def play_messages(bag: bags.BagReader, publishers: dict[str, Any], args: argparse.Namespace,
                   stop: StopFlag) -> dict[str, int]:
-    """Publish the recorded messages with their recorded timing (scaled by --rate), once or
+    """Publish the recorded messages with their recorded timing; return the count per topic.
+
+    Publish the recorded messages with their recorded timing (scaled by --rate), once or
     --loop, at most --max-messages; the count per topic.
     """
     counts = {t: 0 for t in publishers}

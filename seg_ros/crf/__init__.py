@@ -120,7 +120,9 @@ def check_value(name: str, value: Any) -> str | None:
 
 
 def load_crf_config(path: str | Path | None = None) -> CRFConfig:
-    """The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
+    """Return the CRF parameters of a YAML file or a shipped profile name.
+
+    The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
     or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md).
     """
     import yaml

@@ -100,7 +100,7 @@ class InProcessEngine:
 
 # -- local processes ---------------------------------------------------------------------------
 def _process_main(conn: Any, spec: PipelineSpec, stop: Any) -> None:
-    """A local worker process: load the pipeline once, then run the tasks sent over ``conn``."""
+    """Run a local worker process: load the pipeline once, run the tasks sent over ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, tells us by ``stop``
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _spawn until ignored
     try:

@@ -19,7 +19,9 @@ MAX_BAG_BARS = 30
 
 def fleet_report(bag_reports: Sequence[dict[str, Any]],
                  failed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Overall scores of the per-bag reports (``OUT/<bag>.eval.json`` contents) plus a row per bag
+    """Merge the per-bag evaluation reports into one fleet report.
+
+    Overall scores of the per-bag reports (``OUT/<bag>.eval.json`` contents) plus a row per bag
     and the failed bags (``bag``, ``error``).
     """
     if not bag_reports:

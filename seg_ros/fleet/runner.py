@@ -283,7 +283,7 @@ class FleetRunner:
                 self._fail(work, str(exc))
 
     def _on_lost(self, task: Task, error: str) -> Task | None:
-        """A worker died holding ``task``: the task to run again, or None when given up."""
+        """Handle a worker that died holding ``task``: return it to rerun, or None (given up)."""
         work = self.works[task.bag]
         work.lost += 1
         self.losses[task.key] += 1

@@ -140,7 +140,9 @@ class BagGroundTruth:
             return None
 
     def from_topic(self, label_topic: str, keep_unpaired: bool = False) -> Iterator[Pair]:
-        """Image and label messages paired by header stamp (labels may come before or after their
+        """Score the image and label messages of a bag, paired by header stamp.
+
+        Image and label messages paired by header stamp (labels may come before or after their
         image). Images left without label are skipped, or with ``keep_unpaired`` kept in
         ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks.
         """

@@ -87,7 +87,7 @@ def output_messages(header: Any, result: Any, suffix: str = "") -> dict[str, Any
 
 def segment_message(bag: bags.BagReader, m: bags.BagMessage, pipe: Any, refiner: Any, alpha: float,
                     refined_suffix: str) -> tuple[dict[str, Any], np.ndarray]:
-    """The output messages of one image message and the overlay shown (InputError when bad)."""
+    """Return the output messages of one image message and the overlay (InputError when bad)."""
     msg = bag.deserialize(m)
     image, order = bags.decode_image_msg(msg, m.msgtype, pipe.config.max_input_pixels)
     res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha,
@@ -103,7 +103,9 @@ def replay_bag(bag_path: Path, out_path: Path, pipe: Any,
                options: ReplayOptions = ReplayOptions(), *, refiner: Any = None,
                video: OverlaySink | None = None, span: Span = WHOLE,
                control: Control = NO_CONTROL) -> ReplayPart:
-    """Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
+    """Copy a bag (or a span of it) to ``out_path``, adding the segmentation topics.
+
+    Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
     topics. With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or
     replace the raw ones). Raises BagError for an unreadable bag, Interrupted when stopped; then
     the output is removed.

@@ -159,7 +159,9 @@ WHOLE = Span(0, 1)
 
 
 def spans(time_range: tuple[int, int], frames: int, chunk_frames: int | None) -> list[Span]:
-    """Equal time spans holding about ``chunk_frames`` frames each (exactly, for a camera at a
+    """Cut a bag's time range into spans of about ``chunk_frames`` frames.
+
+    Equal time spans holding about ``chunk_frames`` frames each (exactly, for a camera at a
     steady rate): spans come from the bag's metadata, so planning reads no message. Every message
     falls in exactly one span.
     """
@@ -184,7 +186,9 @@ class BagPlan:
 
 def plan_bag(path: Path, topics: Iterable[str] | None, chunk_frames: int | None,
              max_frames: int | None = None, not_images: Iterable[str] = ()) -> BagPlan:
-    """Open ``path`` (metadata only) to choose its image topics (given, else every image topic
+    """Plan one bag: its image topics, their frame count and its spans.
+
+    Open ``path`` (metadata only) to choose its image topics (given, else every image topic
     but ``not_images``, e.g. a ground-truth label topic), count their frames and cut the bag
     into spans. BagError when it is unreadable or lacks the topics.
     """

@@ -36,7 +36,10 @@ class PipelineSpec:
     crf_config: str | None = None
 
     def with_threads(self, threads: int) -> "PipelineSpec":
-        """The spec with ``threads`` CPU threads unless a thread count was chosen explicitly."""
+        """Return the spec with ``threads`` CPU threads.
+
+        The spec with ``threads`` CPU threads unless a thread count was chosen explicitly.
+        """
         if self.config.num_threads or threads <= 0:
             return self
         config = dataclasses.replace(self.config, num_threads=threads)

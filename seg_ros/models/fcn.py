@@ -24,7 +24,9 @@ from .vgg import crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
 
 def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
-    """A bias-free ``factor``x transposed convolution initialised to bilinear interpolation per
+    """Return a transposed convolution initialised to bilinear upsampling by ``factor``.
+
+    A bias-free ``factor``x transposed convolution initialised to bilinear interpolation per
     channel (kernel 2*factor, padding factor/2: the output is exactly ``factor`` times larger).
     """
     size = 2 * factor

@@ -13,7 +13,7 @@ _REGISTRY: dict[str, ModelBuilder] = {}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder ``f(num_classes, **options) -> nn.Module`` under ``name``."""
+    """Add a builder ``f(num_classes, **options) -> nn.Module`` under ``name`` (a decorator)."""
 
     def wrap(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:

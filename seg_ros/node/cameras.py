@@ -83,7 +83,7 @@ class OutputSet:
 
 
 def frame_options(wanted: dict[str, bool], settings: Any, keep_scores: bool) -> FrameOptions:
-    """The pipeline's per-frame options for the outputs wanted and the run-time parameters."""
+    """Return the pipeline's per-frame options for the outputs wanted and run-time parameters."""
     return FrameOptions(color=wanted.get("color", False), overlay=wanted.get("overlay", False),
                         confidence=wanted.get("confidence", False),
                         overlay_alpha=settings.overlay_alpha, keep_scores=keep_scores,
@@ -142,7 +142,7 @@ class Camera:
 
 
 def scaled_camera_info(info: CameraInfo, scale_x: float, scale_y: float) -> CameraInfo:
-    """A copy of ``info`` for its image resized by the factors (:mod:`seg_ros.camera_info`)."""
+    """Return a copy of ``info`` for its image resized by the factors (seg_ros.camera_info)."""
     roi = info.roi
     scaled = Intrinsics(
         info.width,

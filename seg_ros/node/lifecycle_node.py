@@ -92,7 +92,9 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         self.get_logger().info("unconfigured: parameters declared, waiting for configure")
 
     def lifecycle_state(self) -> str:
-        """The current state's label (rclpy has no public getter; its own trigger_shutdown reads
+        """Return the current state's label.
+
+        The current state's label (rclpy has no public getter; its own trigger_shutdown reads
         the state machine the same way).
         """
         return self._state_machine.current_state[1]

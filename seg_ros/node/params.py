@@ -369,7 +369,9 @@ def _type_name(value: Any) -> str:
 
 
 def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
+    """Return the ``-p`` overrides on the command line for this node.
+
+    (name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
     that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``).
     """
     found: list[tuple[str, str]] = []
@@ -411,7 +413,9 @@ def load_params_file(path: str) -> Any:
 
 
 def params_file_names(path: str, node_names: Sequence[str]) -> list[str]:
-    """The parameter names a params file sets for a node called one of ``node_names`` (by its
+    """Return the parameter names a params file sets for this node.
+
+    The parameter names a params file sets for a node called one of ``node_names`` (by its
     name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'.
     """
     try:

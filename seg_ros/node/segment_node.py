@@ -101,7 +101,9 @@ class _RosLogHandler(logging.Handler):
 
 
 class SegmentParts:
-    """The node's parts, shared by :class:`SegmentNode` (everything at start-up) and the managed
+    """The node's parts, shared by the plain and the managed node.
+
+    The node's parts, shared by :class:`SegmentNode` (everything at start-up) and the managed
     :class:`~seg_ros.node.lifecycle_node.SegmentLifecycleNode` (one part per transition).
 
     Mixed into an rclpy ``Node`` (or ``LifecycleNode``): the parts create that node's publishers,
@@ -283,7 +285,9 @@ class SegmentParts:
             f"({self.transport}, {self._qos_reliability})")
 
     def subscribe(self, first: Callable[[threading.Event], bool] | None = None) -> None:
-        """Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
+        """Take frames: subscribe and start the worker thread.
+
+        Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
         -> a new worker thread, which runs ``first(stopping)`` (if given) before its first batch
         and ends at once when that returns False. Each camera's camera_info is kept for
         republishing with its labels.
@@ -789,7 +793,9 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Kept for ``python -m seg_ros.node.segment_node``; the console script is
+    """Run the node (``python -m seg_ros.node.segment_node``).
+
+    Kept for ``python -m seg_ros.node.segment_node``; the console script is
     :func:`seg_ros.node.entry.main`, which guards the imports too.
     """
     from .entry import main as entry_main

@@ -25,7 +25,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ShutdownRequested(BaseException):
-    """Raised in the main thread by the first stop signal during start-up (a BaseException, so
+    """The first stop signal during start-up.
+
+    Raised in the main thread by the first stop signal during start-up (a BaseException, so
     that ``except Exception`` in start-up code cannot swallow it).
     """
 
