@@ -58,7 +58,8 @@ def _node(context, *_):
         # with input_transport: compressed the node subscribes to <input_topic>/compressed;
         # camera_info beside the image, as image_transport's camera subscribers expect
         remappings=[("image", input_topic), ("camera_info", _camera_info_topic(input_topic))],
-        # stop cleanly, not orphaned, when launch itself is ended with SIGTERM (seg_ros.node.shutdown)
+        # stop cleanly, not orphaned, when launch itself is ended with SIGTERM
+        # (seg_ros.node.shutdown)
         additional_env={"SEG_ROS_EXIT_WITH_PARENT": "1"},
     )
     if not managed or not _flag(context, "autostart"):
@@ -74,15 +75,21 @@ def _camera_names(text: str) -> list[str]:
 
 
 def _camera_info_topic(image_topic: str) -> str:
-    """The camera_info topic beside an image topic (image_transport's rule: the last name
-    replaced), e.g. /camera/image_raw -> /camera/camera_info."""
+    """Return the camera_info topic beside an image topic.
+
+    The camera_info topic beside an image topic (image_transport's rule: the last name
+    replaced), e.g. /camera/image_raw -> /camera/camera_info.
+    """
     parent = image_topic.rstrip("/").rpartition("/")[0]
     return f"{parent}/camera_info" if parent or image_topic.startswith("/") else "camera_info"
 
 
 def _autostart(node: LifecycleNode) -> list:
-    """configure now; activate once configure has succeeded (configuring -> inactive only: a
-    manager's later deactivate, active -> inactive, is left alone)."""
+    """Configure the node now and activate it once configure has succeeded.
+
+    Configure now; activate once configure has succeeded (configuring -> inactive only: a
+    manager's later deactivate, active -> inactive, is left alone).
+    """
     def change(transition_id: int) -> EmitEvent:
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                            transition_id=transition_id))
@@ -97,28 +104,60 @@ def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(get_package_share_directory(PACKAGE), PARAMS_FILE)
     keep = " (empty: the params file's value)"
     args = [
-        DeclareLaunchArgument("model", default_value="", description="network architecture, e.g. ddrnet23_slim" + keep),
-        DeclareLaunchArgument("weights", default_value="",
-                              description="weights file, 'default' (shipped) or 'none' (random, tests)" + keep),
-        DeclareLaunchArgument("classes", default_value="",
-                              description="classes file or name (camvid, cityscapes); needed for weights "
-                                          "without metadata, e.g. the DDRNet authors' checkpoints" + keep),
-        DeclareLaunchArgument("backend", default_value="",
-                              description="inference backend: auto, torch, onnxruntime, tensorrt" + keep),
-        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N" + keep),
-        DeclareLaunchArgument("input_topic", default_value="/camera/image_raw",
-                              description="camera topic remapped onto the node's 'image' input"),
-        DeclareLaunchArgument("cameras", default_value="",
-                              description="camera names, e.g. \"[front, left, right]\": one node, "
-                                          "batched, reading <namespace>/<name>/image" + keep),
+        DeclareLaunchArgument(
+            "model",
+            default_value="",
+            description="network architecture, e.g. ddrnet23_slim" + keep,
+        ),
+        DeclareLaunchArgument(
+            "weights",
+            default_value="",
+            description="weights file, 'default' (shipped) or 'none' (random, tests)" + keep,
+        ),
+        DeclareLaunchArgument(
+            "classes",
+            default_value="",
+            description="classes file or name (camvid, cityscapes); needed for weights "
+            "without metadata, e.g. the DDRNet authors' checkpoints" + keep,
+        ),
+        DeclareLaunchArgument(
+            "backend",
+            default_value="",
+            description="inference backend: auto, torch, onnxruntime, tensorrt" + keep,
+        ),
+        DeclareLaunchArgument(
+            "device", default_value="", description="auto, cpu, cuda or cuda:N" + keep
+        ),
+        DeclareLaunchArgument(
+            "input_topic",
+            default_value="/camera/image_raw",
+            description="camera topic remapped onto the node's 'image' input",
+        ),
+        DeclareLaunchArgument(
+            "cameras",
+            default_value="",
+            description="camera names, e.g. \"[front, left, right]\": one node, "
+            "batched, reading <namespace>/<name>/image" + keep,
+        ),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("params_file", default_value=default_params,
-                              description="parameters YAML (every parameter, with comments)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
-        DeclareLaunchArgument("managed", default_value="false",
-                              description="true: the managed (lifecycle) node, segment_lifecycle_node"),
-        DeclareLaunchArgument("autostart", default_value="true",
-                              description="with managed:=true: configure and activate it at launch; "
-                                          "false: leave it unconfigured for a lifecycle manager"),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=default_params,
+            description="parameters YAML (every parameter, with comments)",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="use /clock (bag replay)"
+        ),
+        DeclareLaunchArgument(
+            "managed",
+            default_value="false",
+            description="true: the managed (lifecycle) node, segment_lifecycle_node",
+        ),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="true",
+            description="with managed:=true: configure and activate it at launch; "
+            "false: leave it unconfigured for a lifecycle manager",
+        ),
     ]
     return LaunchDescription(args + [OpaqueFunction(function=_node)])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How long do segment_lifecycle_node's transitions take, and what does cleanup give back?
+"""Measure how long segment_lifecycle_node's transitions take and what cleanup gives back.
 
 Builds the package with colcon (a clean copy of this repository), starts the installed node with
 `ros2 run` as the README does (shipped weights, backend auto), and drives it through

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ctrl-C under `ros2 launch`, repeated: is the stop clean every time?
+"""Repeat Ctrl-C under `ros2 launch` and check that the stop is clean every time.
 
 A terminal's Ctrl-C sends SIGINT to the whole process group and launch forwards a second SIGINT
 to the node; whether that second signal lands during start-up, mid-frame or mid-clean-up is a

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Tune a dense-CRF profile for a network and data set on frames other than the ones reported.
+r"""Tune a dense-CRF profile for a network and data set on frames other than the ones reported.
 
 The network runs once per frame; each candidate CRF setting then refines the kept class
-probabilities (pydensecrf, the same ``dense_labels`` the pipeline uses) and is scored by mIoU on the
-tuning frames. The best setting is written as a profile YAML (config/crf/<name>.yaml) and, with
+probabilities (pydensecrf, the same ``dense_labels`` the pipeline uses) and is scored by mIoU on
+the tuning frames. The best setting is written as a profile YAML (config/crf/<name>.yaml) and, with
 ``--report-images/--report-labels``, the raw network, the DeepLab v2 defaults and the new profile
 are scored on the report split (e.g. CamVid val) - a split the tuning never saw.
 
     C=../shared/datasets/camvid
-    .venv/bin/python scripts/tune_crf.py --images $C/train --labels $C/trainannot --every 4 \\
+    .venv/bin/python scripts/tune_crf.py --images $C/train --labels $C/trainannot --every 4 \
         --report-images $C/val --report-labels $C/valannot --out config/crf/camvid.yaml
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _score_one(args) -> np.ndarray:
 
 
 def score(frames, config: dict | None, num_classes: int, ignore_id, workers: int) -> float:
-    """mIoU % of ``config`` (None: the raw network) over ``frames``, split across workers."""
+    """Mean IoU % of ``config`` (None: the raw network) over ``frames``, split across workers."""
     if config is None:
         acc = ConfusionAccumulator(num_classes, ignore_id)
         for _, _, gt, labels in frames:
@@ -76,7 +76,9 @@ def score(frames, config: dict | None, num_classes: int, ignore_id, workers: int
         return 100 * acc.scores().miou
     chunks = [frames[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
-        matrices = list(pool.map(_score_one, [(c, config, num_classes, ignore_id) for c in chunks]))
+        matrices = list(
+            pool.map(_score_one, [(c, config, num_classes, ignore_id) for c in chunks])
+        )
     acc = ConfusionAccumulator(num_classes, ignore_id)
     acc.matrix = sum(matrices)
     return 100 * acc.scores().miou
@@ -130,9 +132,11 @@ def main() -> int:
 
 
 def profile_yaml(profile: dict, best: dict, frames: int, args) -> str:
-    lines = [f"# Dense-CRF profile tuned by scripts/tune_crf.py on {frames} frames of {args.images}",
-             f"# (every {args.every}th; weights {args.weights}): tuning mIoU {best['miou']:.2f} %.",
-             "# Only the dense CRF's parameters were tuned; the fast CRF keeps its defaults."]
+    lines = [
+        f"# Dense-CRF profile tuned by scripts/tune_crf.py on {frames} frames of {args.images}",
+        f"# (every {args.every}th; weights {args.weights}): tuning mIoU {best['miou']:.2f} %.",
+        "# Only the dense CRF's parameters were tuned; the fast CRF keeps its defaults.",
+    ]
     lines += [f"{name}: {value}" for name, value in profile.items()]
     return "\n".join(lines) + "\n"
 

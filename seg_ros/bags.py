@@ -1,9 +1,10 @@
-"""rosbag2 files without ROS: reading image frames and writing messages with the ``rosbags`` library.
+"""rosbag2 files without ROS: reading image frames and writing messages with ``rosbags``.
 
 Shared by replay, eval, bench, play, record and bag-from-images so every tool opens, decodes and
-writes bags the same way. Both storage formats are supported (sqlite3 ``.db3`` and ``.mcap``), as a
-standard bag directory (``metadata.yaml`` + storage file) or as a single storage file. Every failure
-to open or read a bag becomes one :class:`BagError` naming the file and what is wrong with it.
+writes bags the same way (with the ``rosbags`` library). Both storage formats are supported
+(sqlite3 ``.db3`` and ``.mcap``), as a standard bag directory (``metadata.yaml`` + storage file) or
+as a single storage file. Every failure to open or read a bag becomes one :class:`BagError` naming
+the file and what is wrong with it.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ DISTROS = ("jazzy", "humble")
 
 
 def normalize_type(msgtype: str) -> str:
-    """The ROS 2 spelling of a message type: 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image'.
+    """Return the ROS 2 spelling of a message type: 'sensor_msgs/Image' -> 'sensor_msgs/msg/Image'.
 
     Bags recorded by earlier ROS 2 releases and by other tools write 'pkg/Name'; ROS 2 accepts it
     as the same type. BagReader applies this to every connection once, so every tool (replay, eval,
-    play, bench, the demo) sees one spelling. Other names are returned unchanged."""
+    play, bench, the demo) sees one spelling. Other names are returned unchanged.
+    """
     parts = msgtype.split("/")
     return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 and all(parts) else msgtype
 
@@ -42,8 +44,11 @@ class BagError(SegRosError):
 
 @lru_cache(maxsize=None)
 def typestore(distro: str = "jazzy") -> Any:
-    """Message definitions of a ROS 2 distro (sensor_msgs, std_msgs, ... are identical for
-    Humble and Jazzy image messages; Jazzy adds the type hashes newer bags record)."""
+    """Return the message definitions of a ROS 2 distro.
+
+    Message definitions of a ROS 2 distro (sensor_msgs, std_msgs, ... are identical for
+    Humble and Jazzy image messages; Jazzy adds the type hashes newer bags record).
+    """
     from rosbags.typesys import Stores, get_typestore
     if distro not in DISTROS:
         raise BagError(f"unknown ROS distro {distro!r}; known: {', '.join(DISTROS)}")
@@ -65,7 +70,10 @@ class TopicInfo:
 
 @dataclass
 class BagMessage:
-    """One recorded message: ``timestamp`` is the bag's receive time (ns), ``rawdata`` CDR bytes."""
+    """One recorded message.
+
+    ``timestamp`` is the bag's receive time (ns), ``rawdata`` CDR bytes.
+    """
 
     topic: str
     msgtype: str
@@ -75,7 +83,10 @@ class BagMessage:
 
 
 class BagReader:
-    """A rosbag2 opened for reading (context manager). Accepts a bag directory, ``.mcap`` or ``.db3``."""
+    """A rosbag2 opened for reading (context manager).
+
+    Accepts a bag directory, ``.mcap`` or ``.db3``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -96,14 +107,18 @@ class BagReader:
         if not p.exists():
             raise BagError(f"bag {p} does not exist")
         if p.is_dir() and not (p / "metadata.yaml").is_file():
-            raise BagError(f"bag {p} is a directory without metadata.yaml (not a rosbag2 directory)")
+            raise BagError(
+                f"bag {p} is a directory without metadata.yaml (not a rosbag2 directory)"
+            )
         if p.is_file() and p.suffix not in (".mcap", ".db3"):
             raise BagError(f"bag {p} is neither a rosbag2 directory nor a .mcap / .db3 file")
         try:
             reader = Reader(p)
             reader.open()
         except Exception as exc:  # rosbags raises ReaderError, sqlite3, struct, yaml, KeyError ...
-            raise BagError(f"bag {p} cannot be opened (corrupt or truncated?): {_reason(exc)}") from None
+            raise BagError(
+                f"bag {p} cannot be opened (corrupt or truncated?): {_reason(exc)}"
+            ) from None
         self._reader = reader
         self._conns = [c._replace(msgtype=normalize_type(c.msgtype)) for c in reader.connections]
         self._register_unknown_types()
@@ -131,8 +146,10 @@ class BagReader:
 
     @property
     def reader(self) -> Any:
-        """The open ``rosbags`` reader (BagError when closed); its connections keep the recorded
-        type spelling: use :attr:`connections`."""
+        """The open ``rosbags`` reader (BagError when closed).
+
+        Its connections keep the recorded type spelling: use :attr:`connections`.
+        """
         if self._reader is None:
             raise BagError(f"bag {self.path} is not open")
         return self._reader
@@ -158,20 +175,31 @@ class BagReader:
         return sorted(t for t, info in self.topics.items() if info.msgtype in IMAGE_TYPES)
 
     def select_topics(self, topics: Sequence[str] | None, image_only: bool = False) -> list[str]:
-        """Check requested topics exist (and are images when asked); default: all (image) topics."""
+        """Check requested topics exist (and are images when asked).
+
+        Default: all (image) topics.
+        """
         known = self.topics
         if not topics:
             chosen = self.image_topics() if image_only else sorted(known)
             if image_only and not chosen:
-                listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(known.items())) or "none"
-                raise BagError(f"bag {self.path} has no sensor_msgs/Image or CompressedImage topic; "
-                               f"topics: {listing}")
+                listing = (
+                    ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(known.items())) or "none"
+                )
+                raise BagError(
+                    f"bag {self.path} has no sensor_msgs/Image or CompressedImage topic; "
+                    f"topics: {listing}"
+                )
             return chosen
         for t in topics:
             if t not in known:
-                raise BagError(f"bag {self.path} has no topic {t!r}; topics: {', '.join(sorted(known))}")
+                raise BagError(
+                    f"bag {self.path} has no topic {t!r}; topics: {', '.join(sorted(known))}"
+                )
             if image_only and known[t].msgtype not in IMAGE_TYPES:
-                raise BagError(f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type")
+                raise BagError(
+                    f"bag {self.path}: topic {t} holds {known[t].msgtype}, not an image type"
+                )
         return list(topics)
 
     @property
@@ -181,9 +209,11 @@ class BagReader:
 
     def messages(self, topics: Sequence[str] | None = None, start: int | None = None,
                  stop: int | None = None) -> Iterator[BagMessage]:
-        """Messages of ``topics`` (all when None) in timestamp order, only those with
-        ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage found while
-        reading (a truncated file) raises BagError naming the file."""
+        """Messages of ``topics`` (all when None) in timestamp order.
+
+        Only those with ``start <= timestamp < stop`` when given (a chunk of a long bag). Damage
+        found while reading (a truncated file) raises BagError naming the file.
+        """
         conns = {c.id: c for c in self.connections if not topics or c.topic in topics}
         if topics and not conns:
             return
@@ -195,49 +225,76 @@ class BagReader:
         except BagError:
             raise
         except Exception as exc:
-            raise BagError(f"bag {self.path} is corrupt or truncated (failed while reading messages): "
-                           f"{_reason(exc)}") from None
+            raise BagError(
+                f"bag {self.path} is corrupt or truncated (failed while reading messages): "
+                f"{_reason(exc)}"
+            ) from None
 
     def deserialize(self, message: BagMessage) -> Any:
         try:
             return self.store.deserialize_cdr(message.rawdata, message.msgtype)
         except Exception as exc:
-            raise InputError("bad_message", f"{message.topic} message at t={message.timestamp} ns cannot "
-                                            f"be deserialised as {message.msgtype}: {_reason(exc)}") from None
+            raise InputError(
+                "bad_message",
+                f"{message.topic} message at t={message.timestamp} ns cannot "
+                f"be deserialised as {message.msgtype}: {_reason(exc)}",
+            ) from None
 
 
 # -- decoding images ------------------------------------------------------------------------
-def decode_image_msg(msg: Any, msgtype: str, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
-    """A deserialised Image/CompressedImage -> (H, W, 3) uint8 and 'rgb'|'bgr' (InputError if bad)."""
+def decode_image_msg(
+    msg: Any, msgtype: str, max_pixels: int | None = None
+) -> tuple[np.ndarray, str]:
+    """Decode a deserialised Image/CompressedImage.
+
+    Returns (H, W, 3) uint8 and 'rgb'|'bgr'; InputError if bad.
+    """
     if msgtype == COMPRESSED_TYPE:
         return image_codec.decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     if msgtype == IMAGE_TYPE:
-        return image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                                        msg.data, max_pixels=max_pixels)
+        return image_codec.decode_image(
+            msg.encoding,
+            msg.height,
+            msg.width,
+            msg.step,
+            msg.is_bigendian,
+            msg.data,
+            max_pixels=max_pixels,
+        )
     raise InputError("not_an_image", f"message type {msgtype} is not an image")
 
 
 def labels_from_msg(msg: Any) -> np.ndarray:
-    """A ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
-    Class ids are not colours, so this is a plain reshape, never a colour conversion."""
+    """Return a ground-truth label Image (mono8 / mono16 / 8UC1 / 16UC1 class ids) -> (H, W) array.
+
+    Class ids are not colours, so this is a plain reshape, never a colour conversion.
+    """
     enc = str(msg.encoding).lower()
     dtypes = {"mono8": np.uint8, "8uc1": np.uint8, "mono16": np.uint16, "16uc1": np.uint16}
     if enc not in dtypes:
-        raise InputError("bad_label_encoding", f"label image encoding {msg.encoding!r} is not a class-id "
-                                               f"encoding (mono8, mono16, 8UC1, 16UC1)")
+        raise InputError(
+            "bad_label_encoding",
+            f"label image encoding {msg.encoding!r} is not a class-id "
+            f"encoding (mono8, mono16, 8UC1, 16UC1)",
+        )
     dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     buf = image_codec.as_uint8_buffer(msg.data)
     if h <= 0 or w <= 0 or step < w * dt.itemsize or buf.size != step * h:
-        raise InputError("size_mismatch", f"label image {h}x{w} step {step} does not fit {buf.size} bytes")
+        raise InputError(
+            "size_mismatch", f"label image {h}x{w} step {step} does not fit {buf.size} bytes"
+        )
     rows = buf.reshape(h, step)[:, : w * dt.itemsize]
     return np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dtypes[enc])
 
 
 @dataclass
 class BagFrame:
-    """One image message of a bag, decoded. ``image`` is None and ``error`` says why when the
-    frame cannot be decoded; ``decode_ms`` is deserialise + decode time."""
+    """One image message of a bag, decoded.
+
+    ``image`` is None and ``error`` says why when the frame cannot be decoded; ``decode_ms`` is
+    deserialise + decode time.
+    """
 
     topic: str
     msgtype: str
@@ -253,12 +310,21 @@ class BagFrame:
     def stamp_ns(self) -> int | None:
         """The header stamp (ns), which is what matches outputs to inputs."""
         header = getattr(self.msg, "header", None)
-        return None if header is None else int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        return (
+            None if header is None else int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+        )
 
 
-def frames_from_reader(bag: BagReader, topics: Sequence[str] | None = None,
-                       max_frames: int | None = None, max_pixels: int | None = None) -> Iterator[BagFrame]:
-    """Decoded frames of an open bag's image topics (all image topics when None), in time order."""
+def frames_from_reader(
+    bag: BagReader,
+    topics: Sequence[str] | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[BagFrame]:
+    """Return decoded frames of an open bag's image topics (all image topics when None).
+
+    In time order.
+    """
     chosen = bag.select_topics(topics, image_only=True)
     n = 0
     for m in bag.messages(chosen):
@@ -276,10 +342,16 @@ def frames_from_reader(bag: BagReader, topics: Sequence[str] | None = None,
                        (time.perf_counter() - t0) * 1e3, error)
 
 
-def iter_bag_frames(path: str | Path, topics: Sequence[str] | None = None, max_frames: int | None = None,
-                    max_pixels: int | None = None) -> Iterator[BagFrame]:
+def iter_bag_frames(
+    path: str | Path,
+    topics: Sequence[str] | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[BagFrame]:
     """Open ``path`` and yield its decoded image frames (the entry point for bench and scripts).
-    Undecodable frames are yielded with ``error`` set rather than stopping the iteration."""
+
+    Undecodable frames are yielded with ``error`` set rather than stopping the iteration.
+    """
     with BagReader(path) as bag:
         yield from frames_from_reader(bag, topics, max_frames, max_pixels)
 
@@ -289,13 +361,24 @@ def make_header(stamp_ns: int, frame_id: str = "") -> Any:
     ts = typestore()
     Time = ts.types["builtin_interfaces/msg/Time"]
     Header = ts.types["std_msgs/msg/Header"]
-    return Header(stamp=Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)), frame_id=frame_id)
+    return Header(
+        stamp=Time(sec=int(stamp_ns // 10**9), nanosec=int(stamp_ns % 10**9)), frame_id=frame_id
+    )
 
 
-def make_image(header: Any, encoding: str, height: int, width: int, step: int, data: np.ndarray) -> Any:
+def make_image(
+    header: Any, encoding: str, height: int, width: int, step: int, data: np.ndarray
+) -> Any:
     Image = typestore().types[IMAGE_TYPE]
-    return Image(header=header, height=int(height), width=int(width), encoding=encoding, is_bigendian=0,
-                 step=int(step), data=np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
+    return Image(
+        header=header,
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=0,
+        step=int(step),
+        data=np.ascontiguousarray(data, dtype=np.uint8).reshape(-1),
+    )
 
 
 def make_compressed(header: Any, fmt: str, data: bytes | np.ndarray) -> Any:
@@ -305,13 +388,18 @@ def make_compressed(header: Any, fmt: str, data: bytes | np.ndarray) -> Any:
 
 def image_msg_from_array(header: Any, image: np.ndarray, kind: str = "rgb") -> Any:
     """Labels (H, W) -> mono8/mono16; RGB (H, W, 3) -> rgb8 (``kind`` 'labels' or 'rgb')."""
-    enc, step, data = (image_codec.encode_labels(image) if kind == "labels" else image_codec.encode_rgb(image))
+    enc, step, data = (
+        image_codec.encode_labels(image) if kind == "labels" else image_codec.encode_rgb(image)
+    )
     return make_image(header, enc, image.shape[0], image.shape[1], step, data)
 
 
 # -- writing -----------------------------------------------------------------------------------
 def storage_of(path: str | Path, storage: str | None = None) -> str:
-    """'mcap' or 'sqlite3': from the file suffix, else ``storage``, else mcap (the ROS 2 default)."""
+    """Return 'mcap' or 'sqlite3' for a bag path.
+
+    From the file suffix, else ``storage``, else mcap (the ROS 2 default).
+    """
     suffix = Path(path).suffix
     for name, suf in STORAGE_SUFFIX.items():
         if suffix == suf:
@@ -325,9 +413,12 @@ def storage_of(path: str | Path, storage: str | None = None) -> str:
 
 
 class BagWriter:
-    """Writes a new rosbag2 (context manager). A path ending in ``.mcap`` / ``.db3`` becomes that
-    single storage file; any other path a standard bag directory. The bag appears at its path
-    when it is closed (see :func:`staging_dir`). Never overwrites unless asked."""
+    """Writes a new rosbag2 (context manager).
+
+    A path ending in ``.mcap`` / ``.db3`` becomes that single storage file; any other path a
+    standard bag directory. The bag appears at its path when it is closed (see
+    :func:`staging_dir`). Never overwrites unless asked.
+    """
 
     def __init__(self, path: str | Path, storage: str | None = None, overwrite: bool = False,
                  compress: bool = False) -> None:
@@ -337,7 +428,9 @@ class BagWriter:
         self.single_file = self.path.suffix in (".mcap", ".db3")
         if self.path.exists():
             if not overwrite:
-                raise BagError(f"output bag {self.path} exists already (pass --overwrite to replace it)")
+                raise BagError(
+                    f"output bag {self.path} exists already (pass --overwrite to replace it)"
+                )
             remove_bag(self.path)
         self._staging = staging_dir(self.path)
         if self._staging.exists():  # left by a writer that was killed
@@ -366,8 +459,15 @@ class BagWriter:
             raise BagError(f"cannot create bag {self.path}: {_reason(exc)}") from None
         self._open = True
 
-    def add_topic(self, topic: str, msgtype: str, *, msgdef: str | None = None, rihs01: str | None = None,
-                  store: Any = None) -> None:
+    def add_topic(
+        self,
+        topic: str,
+        msgtype: str,
+        *,
+        msgdef: str | None = None,
+        rihs01: str | None = None,
+        store: Any = None,
+    ) -> None:
         """Declare a topic once; types unknown to the distro need their ``msgdef`` + ``rihs01``."""
         if topic in self._conns:
             return
@@ -377,7 +477,9 @@ class BagWriter:
         elif msgdef and rihs01:
             conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=rihs01)
         else:
-            raise BagError(f"cannot write {topic}: message type {msgtype} is unknown and has no definition")
+            raise BagError(
+                f"cannot write {topic}: message type {msgtype} is unknown and has no definition"
+            )
         self._conns[topic] = conn
         self.counts[topic] = 0
 
@@ -409,19 +511,26 @@ class BagWriter:
 
 
 def staging_dir(path: Path) -> Path:
-    """Where BagWriter writes ``path`` until the bag is complete: a hidden folder beside it, so a
-    write that is interrupted or killed never leaves a half-written bag at ``path``."""
+    """Where BagWriter writes ``path`` until the bag is complete.
+
+    A hidden folder beside it, so a write that is interrupted or killed never leaves a half-written
+    bag at ``path``.
+    """
     return path.with_name(f".{path.name}.partial")
 
 
 def remove_bag(path: str | Path) -> None:
-    """Delete a bag file or bag directory (only things that look like bags), and what a killed
-    writer left of it."""
+    """Delete a bag file or bag directory (only things that look like bags).
+
+    And what a killed writer left of it.
+    """
     p = Path(path)
     shutil.rmtree(staging_dir(p), ignore_errors=True)
     if p.is_dir():
         if not (p / "metadata.yaml").exists() and any(p.iterdir()):
-            raise BagError(f"refusing to delete {p}: it is a non-empty directory but not a rosbag2")
+            raise BagError(
+                f"refusing to delete {p}: it is a non-empty directory but not a rosbag2"
+            )
         shutil.rmtree(p)
     elif p.exists():
         if p.suffix not in (".mcap", ".db3"):
@@ -433,9 +542,12 @@ def summarize(path: str | Path) -> dict[str, Any]:
     """Topics, types and counts of a bag (for tools' summaries and the tests)."""
     with BagReader(path) as bag:
         r = bag.reader
-        return {"path": str(path), "messages": bag.message_count,
-                "duration_s": r.duration / 1e9 if bag.message_count else 0.0,
-                "topics": {t: {"type": i.msgtype, "count": i.count} for t, i in bag.topics.items()}}
+        return {
+            "path": str(path),
+            "messages": bag.message_count,
+            "duration_s": r.duration / 1e9 if bag.message_count else 0.0,
+            "topics": {t: {"type": i.msgtype, "count": i.count} for t, i in bag.topics.items()},
+        }
 
 
 def copy_message(bag: BagReader, writer: BagWriter, m: BagMessage) -> None:

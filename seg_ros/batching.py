@@ -38,8 +38,10 @@ class LatestFrames(Generic[K, T]):
         self._clock = clock
 
     def put(self, key: K, item: T) -> bool:
-        """Store ``item`` as ``key``'s newest frame; True when it replaced (dropped) a waiting
-        one."""
+        """Store ``item`` as ``key``'s newest frame.
+
+        True when it replaced (dropped) a waiting one.
+        """
         with self._cond:
             replaced = key in self._items
             self.dropped += int(replaced)
@@ -49,9 +51,11 @@ class LatestFrames(Generic[K, T]):
             return replaced
 
     def gather(self, timeout: float | None, wait_s: float = 0.0) -> dict[K, T]:
-        """The waiting frame of every camera that has one (removed), in key order; empty on
-        ``timeout`` with nothing waiting, or once closed. Once a first frame waits, wait up to
-        ``wait_s`` more for the other live cameras' frames."""
+        """Return the waiting frame of every camera that has one (removed).
+
+        In key order; empty on ``timeout`` with nothing waiting, or once closed. Once a first frame
+        waits, wait up to ``wait_s`` more for the other live cameras' frames.
+        """
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
@@ -69,8 +73,10 @@ class LatestFrames(Generic[K, T]):
             return batch
 
     def take(self, timeout: float | None = None) -> dict[K, T] | None:
-        """:meth:`gather` with the current ``wait_s``, None when nothing came (a worker's
-        mailbox, :class:`seg_ros.worker.BackgroundWorker`)."""
+        """:meth:`gather` with the current ``wait_s``.
+
+        None when nothing came (a worker's mailbox, :class:`seg_ros.worker.BackgroundWorker`).
+        """
         return self.gather(timeout, self.wait_s) or None
 
     def _all_live_waiting(self) -> bool:

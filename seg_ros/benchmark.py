@@ -9,7 +9,7 @@ import torch
 
 
 def rss_mb() -> float:
-    """This process's resident memory in MB (Linux /proc; NaN elsewhere)."""
+    """Return this process's resident memory in MB (Linux /proc; NaN elsewhere)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -22,14 +22,20 @@ def rss_mb() -> float:
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=np.float64)
-    return {"median": round(float(np.median(arr)), 3), "p95": round(float(np.percentile(arr, 95)), 3),
-            "runs": int(arr.size)}
+    return {
+        "median": round(float(np.median(arr)), 3),
+        "p95": round(float(np.percentile(arr, 95)), 3),
+        "runs": int(arr.size),
+    }
 
 
-def time_call(fn: Callable[[], object], runs: int, warmup: int = 2, device: torch.device | None = None
-              ) -> list[float]:
+def time_call(
+    fn: Callable[[], object], runs: int, warmup: int = 2, device: torch.device | None = None
+) -> list[float]:
     """Wall time of ``fn`` in ms per run, after ``warmup`` untimed calls (CUDA synchronised)."""
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    sync = (
+        torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    )
     for _ in range(warmup):
         fn()
     sync()

@@ -16,8 +16,10 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """The resolution-dependent fields of a CameraInfo: ``k`` (3x3) and ``p`` (3x4) row-major,
-    ``roi`` as (x_offset, y_offset, width, height)."""
+    """The resolution-dependent fields of a CameraInfo.
+
+    ``k`` (3x3) and ``p`` (3x4) row-major, ``roi`` as (x_offset, y_offset, width, height).
+    """
 
     width: int
     height: int
@@ -26,7 +28,7 @@ class Intrinsics:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def scaled(self, scale_x: float, scale_y: float) -> "Intrinsics":
-        """These intrinsics for the image resized by ``scale_x`` across and ``scale_y`` down."""
+        """Return these intrinsics for the image scaled by ``scale_x`` across, ``scale_y`` down."""
         if scale_x == 1.0 and scale_y == 1.0:
             return self
         k, p = list(self.k), list(self.p)
@@ -39,9 +41,14 @@ class Intrinsics:
         for i in (5, 6):  # fy', cy'
             p[i] *= scale_y
         x, y, w, h = self.roi
-        return replace(self, width=int(self.width * scale_x), height=int(self.height * scale_y),
-                       k=tuple(k), p=tuple(p),
-                       roi=(int(x * scale_x), int(y * scale_y), int(w * scale_x), int(h * scale_y)))
+        return replace(
+            self,
+            width=int(self.width * scale_x),
+            height=int(self.height * scale_y),
+            k=tuple(k),
+            p=tuple(p),
+            roi=(int(x * scale_x), int(y * scale_y), int(w * scale_x), int(h * scale_y)),
+        )
 
 
 def resize_factors(frame_hw: tuple[int, int], labels_hw: tuple[int, int]) -> tuple[float, float]:

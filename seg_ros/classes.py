@@ -1,4 +1,8 @@
-"""Class metadata (ids, names, colours, ignore id): loading, validation and colour lookup tables."""
+"""Class metadata (ids, names, colours, ignore id).
+
+Loading, validation and colour lookup tables.
+"""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +19,10 @@ from .resources import share_path
 
 @dataclass(frozen=True)
 class ClassSet:
-    """Ordered class list. Class ``i`` is the model's output channel ``i`` and label value ``i``."""
+    """Ordered class list.
+
+    Class ``i`` is the model's output channel ``i`` and label value ``i``.
+    """
 
     name: str
     names: tuple[str, ...]
@@ -41,8 +48,10 @@ class ClassSet:
 
     def check_num_classes(self, num_classes: int, source: str) -> None:
         if num_classes != self.num_classes:
-            raise ConfigError(f"classes {self.name!r} define {self.num_classes} classes but {source} "
-                              f"predicts {num_classes}")
+            raise ConfigError(
+                f"classes {self.name!r} define {self.num_classes} classes but {source} "
+                f"predicts {num_classes}"
+            )
 
     @classmethod
     def from_entries(cls, entries: Iterable[Any], name: str = "custom",
@@ -54,35 +63,58 @@ class ClassSet:
         by_id: dict[int, tuple[str, Sequence[int]]] = {}
         for n, entry in enumerate(entries):
             if not isinstance(entry, dict) or not {"id", "name", "color"} <= set(entry):
-                raise ConfigError(f"{source}: class entry {n} must have 'id', 'name' and 'color', got {entry!r}")
+                raise ConfigError(
+                    f"{source}: class entry {n} must have 'id', 'name' and 'color', got {entry!r}"
+                )
             cid, cname, color = entry["id"], entry["name"], entry["color"]
             if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
-                raise ConfigError(f"{source}: class {cname!r} has invalid id {cid!r} (need an integer >= 0)")
+                raise ConfigError(
+                    f"{source}: class {cname!r} has invalid id {cid!r} (need an integer >= 0)"
+                )
             if cid in by_id:
-                raise ConfigError(f"{source}: duplicate class id {cid} ({by_id[cid][0]!r} and {cname!r})")
-            if (not isinstance(color, (list, tuple)) or len(color) != 3
-                    or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+                raise ConfigError(
+                    f"{source}: duplicate class id {cid} ({by_id[cid][0]!r} and {cname!r})"
+                )
+            if (
+                not isinstance(color, (list, tuple))
+                or len(color) != 3
+                or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color
+                )
+            ):
                 raise ConfigError(f"{source}: class {cname!r} (id {cid}) has colour {color!r}; "
                                   f"need three integers in 0..255")
             by_id[cid] = (str(cname), color)
         ids = sorted(by_id)
         if ids != list(range(len(ids))):
             gaps = sorted(set(range(max(ids) + 1)) - set(ids))
-            raise ConfigError(f"{source}: class ids must be contiguous from 0 (model output channels); "
-                              f"missing ids {gaps}")
-        if ignore_id is not None and (not isinstance(ignore_id, int) or ignore_id in by_id or ignore_id < 0):
-            raise ConfigError(f"{source}: ignore_id {ignore_id!r} must be an integer >= 0 that is not a class id")
+            raise ConfigError(
+                f"{source}: class ids must be contiguous from 0 (model output channels); "
+                f"missing ids {gaps}"
+            )
+        if ignore_id is not None and (
+            not isinstance(ignore_id, int) or ignore_id in by_id or ignore_id < 0
+        ):
+            raise ConfigError(
+                f"{source}: ignore_id {ignore_id!r} must be an integer >= 0 that is not a class id"
+            )
         names = tuple(by_id[i][0] for i in ids)
         colors = np.array([by_id[i][1] for i in ids], dtype=np.uint8).reshape(-1, 3)
         return cls(name=name, names=names, colors=colors, ignore_id=ignore_id)
 
     @classmethod
     def generic(cls, num_classes: int) -> "ClassSet":
-        """Placeholder names and distinct deterministic colours for a model without a classes file."""
+        """Return placeholder names and distinct colours for a model without a classes file.
+
+        The colours are deterministic.
+        """
         rng = np.random.default_rng(0)
         colors = rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
-        return cls(name=f"generic{num_classes}", names=tuple(f"class_{i}" for i in range(num_classes)),
-                   colors=colors)
+        return cls(
+            name=f"generic{num_classes}",
+            names=tuple(f"class_{i}" for i in range(num_classes)),
+            colors=colors,
+        )
 
 
 def builtin_classes_path(name: str) -> Path:

@@ -19,14 +19,20 @@ class DeviceChoice:
 
 
 def resolve_device(device: str, precision: str = "fp32") -> DeviceChoice:
-    """``auto`` picks CUDA when present and says so when it falls back to the CPU;
-    an explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError."""
+    """``auto`` picks CUDA when present and says so when it falls back to the CPU.
+
+    An explicit ``cuda`` without CUDA, or fp16 on an explicit CPU, is a ConfigError.
+    """
     notes: list[str] = []
     base = device.split(":", 1)[0]
     if base not in DEVICE_CHOICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {device!r}")
+        raise ConfigError(
+            f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {device!r}"
+        )
     if precision not in PRECISION_CHOICES:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
+        )
     if base == "auto":
         if torch.cuda.is_available():
             dev = torch.device("cuda")
@@ -39,7 +45,9 @@ def resolve_device(device: str, precision: str = "fp32") -> DeviceChoice:
                               "(use device 'auto' or 'cpu')")
         dev = torch.device(device)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ConfigError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
     else:
         dev = torch.device("cpu")
     half = precision == "fp16"

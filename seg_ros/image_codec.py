@@ -60,8 +60,11 @@ _YUV_TO_RGB = {
 
 
 def as_uint8_buffer(data: Any) -> np.ndarray:
-    """A flat uint8 view of a message's ``data`` (bytes, bytearray, memoryview, array.array,
-    numpy array); copies only for plain sequences such as lists."""
+    """Return a flat uint8 view of a message's ``data``.
+
+    A flat uint8 view of a message's ``data`` (bytes, bytearray, memoryview, array.array,
+    numpy array); copies only for plain sequences such as lists.
+    """
     if isinstance(data, np.ndarray):
         if data.dtype == np.uint8 and data.ndim == 1:
             return data
@@ -84,16 +87,24 @@ def _check_geometry(encoding: str, height: int, width: int, step: int, nbytes: i
     """Validate the header against the buffer; returns bytes per pixel."""
     bpp = BYTES_PER_PIXEL.get(encoding)
     if bpp is None:
-        raise InputError(KIND_UNKNOWN_ENCODING,
-                         f"unknown image encoding {name!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        raise InputError(
+            KIND_UNKNOWN_ENCODING,
+            f"unknown image encoding {name!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}",
+        )
     if height <= 0 or width <= 0:
         raise InputError(KIND_EMPTY, f"image is empty: {height}x{width} (height x width)")
     if max_pixels is not None and height * width > max_pixels:
-        raise InputError(KIND_TOO_LARGE, f"image has {height}x{width} = {height * width} pixels, more "
-                                         f"than max_input_pixels = {max_pixels}")
+        raise InputError(
+            KIND_TOO_LARGE,
+            f"image has {height}x{width} = {height * width} pixels, more "
+            f"than max_input_pixels = {max_pixels}",
+        )
     if step < width * bpp:
-        raise InputError(KIND_SIZE_MISMATCH, f"step {step} is smaller than width {width} x {bpp} bytes "
-                                             f"per pixel = {width * bpp} for encoding {encoding}")
+        raise InputError(
+            KIND_SIZE_MISMATCH,
+            f"step {step} is smaller than width {width} x {bpp} bytes "
+            f"per pixel = {width * bpp} for encoding {encoding}",
+        )
     if bpp in (2, 6) and encoding.endswith("16") and step % 2:
         raise InputError(KIND_SIZE_MISMATCH, f"step {step} is odd for 16-bit encoding {encoding}")
     if encoding in _YUV_TO_RGB and width % 2:
@@ -117,9 +128,12 @@ def _rows(buf: np.ndarray, height: int, width: int, step: int, channels: int,
 
 def _keep_high_byte(buf: np.ndarray, height: int, width: int, step: int, pixel_bytes: int,
                     channels: int, is_bigendian: bool) -> np.ndarray:
-    """The one 16-bit -> 8-bit rule (raw rgb16/bgr16/mono16 and 16-bit PNG): keep the most
-    significant byte of each of the first ``channels`` samples of every pixel (value >> 8). A
-    strided view of those bytes, made C-contiguous: one copy."""
+    """Apply the one 16-bit -> 8-bit rule: keep the most significant byte.
+
+    The one 16-bit -> 8-bit rule (raw rgb16/bgr16/mono16 and 16-bit PNG): keep the most significant
+    byte of each of the first ``channels`` samples of every pixel (value >> 8). A strided view of
+    those bytes, made C-contiguous: one copy.
+    """
     high = np.ndarray(shape=(height, width, channels), dtype=np.uint8, buffer=buf,
                       offset=0 if is_bigendian else 1, strides=(step, pixel_bytes, 2))
     return np.ascontiguousarray(high)
@@ -232,7 +246,8 @@ def _parse_format(fmt: str) -> tuple[str, str]:
 
     image_transport's compressed subscriber: without ';' or with 'compressed bgr' after it the
     publisher encoded a BGR image with OpenCV, so the file is an ordinary RGB image file; else
-    (older publishers) it encoded RGB pixels as if they were BGR, so the file's R holds blue."""
+    (older publishers) it encoded RGB pixels as if they were BGR, so the file's R holds blue.
+    """
     lower = fmt.lower()
     if "compresseddepth" in lower:
         raise InputError(KIND_UNSUPPORTED_FORMAT, f"compressed format {fmt!r} is a depth image "
@@ -262,7 +277,7 @@ def _codec_of(buf: np.ndarray, what: str) -> str:
 
 
 def _other_image_type(head: bytes) -> str | None:
-    """The name of a known non-JPEG/PNG image file type from its first bytes, or None."""
+    """Return the name of a known non-JPEG/PNG image file type from its first bytes, or None."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     if head[4:8] == b"ftyp":
@@ -296,10 +311,12 @@ def _png_size(buf: np.ndarray) -> tuple[int, int] | None:
 
 
 def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(H, W) from the JPEG start-of-frame header, walking the marker segments from SOI; None
-    when the walk breaks or reaches the scan first. Without an image library, so none of its
-    own size limits or warnings come in; stricter than libjpeg (no skipping of stray bytes), so
-    a size this walk cannot read is never decoded."""
+    """(H, W) from the JPEG start-of-frame header.
+
+    Walking the marker segments from SOI; None when the walk breaks or reaches the scan first.
+    Without an image library, so none of its own size limits or warnings come in; stricter than
+    libjpeg (no skipping of stray bytes), so a size this walk cannot read is never decoded.
+    """
     b = memoryview(buf)
     i, n = 2, len(b)
     while i + 9 < n:
@@ -329,7 +346,8 @@ def _decode_jpeg(buf: np.ndarray, what: str) -> np.ndarray:
     tell; a skipped, counted frame is what the node's contract promises for bad input. (strict:
     TurboJPEG raises on libjpeg's first warning, with its message.) A camera that appends junk
     to every frame is thus refused frame by frame, visibly (errors.corrupt_compressed, the ERROR
-    diagnostic quoting libjpeg), not silently."""
+    diagnostic quoting libjpeg), not silently.
+    """
     try:
         return simplejpeg.decode_jpeg(buf, colorspace="RGB", strict=True)
     except ValueError as exc:
@@ -345,8 +363,11 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.er
 
 
 def _decode_png(buf: np.ndarray, what: str, encoding: str, order: str) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 and its order; PngImageFile, not Image.open: no other decoder is tried
-    and max_pixels (checked before) is the only size limit."""
+    """(H, W, 3) uint8 and its order.
+
+    PngImageFile, not Image.open: no other decoder is tried and max_pixels (checked before) is the
+    only size limit.
+    """
     try:
         with PngImagePlugin.PngImageFile(io.BytesIO(buf.tobytes())) as im:
             im.load()
@@ -379,7 +400,10 @@ def _flat(arr: np.ndarray) -> np.ndarray:
 
 
 def encode_labels(labels: np.ndarray) -> tuple[str, int, np.ndarray]:
-    """(H, W) class ids -> ('mono8' | 'mono16', step, flat contiguous uint8 data); little-endian."""
+    """Encode (H, W) class ids as ('mono8' | 'mono16', step, flat contiguous uint8 data).
+
+    Little-endian.
+    """
     if labels.ndim != 2:
         raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
     if labels.dtype == np.uint8:

@@ -29,12 +29,15 @@ def resident_bytes(pid: int | str = "self") -> int | None:
 
 
 def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool = False) -> None:
-    """Collect unreachable objects (the pipeline and its backend refer to each other), empty
+    """Give freed memory back to the system, so that the process's RSS falls.
+
+    Collect unreachable objects (the pipeline and its backend refer to each other), empty
     PyTorch's CUDA cache when ``device`` is a CUDA device, and ask glibc to return its free heap
     pages to the system (``malloc_trim``), so that the process's RSS falls. ``forget_graphs``:
     also free the fused CPU graphs that torch itself keeps (see
     :func:`~seg_ros.backends.cpu_fusion.forget_released_graphs`; only in a process with no
-    other TorchScript user)."""
+    other TorchScript user).
+    """
     gc.collect()
     if forget_graphs:
         from .backends.cpu_fusion import forget_released_graphs
@@ -50,8 +53,10 @@ def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool 
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
-    """glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay); None
-    where there is none (not Linux, or not glibc)."""
+    """Glibc's ``malloc_trim``, loaded once (each CDLL load creates classes that stay).
+
+    None where there is none (not Linux, or not glibc).
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -16,10 +16,15 @@ import numpy as np
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
                      ignore_id: int | None = None) -> np.ndarray:
-    """(K, K) int64 counts for one image. Ground truth outside 0..K-1 (and ``ignore_id``) is skipped;
-    a prediction outside 0..K-1 on a counted pixel is a caller bug and raises ValueError."""
+    """(K, K) int64 counts for one image.
+
+    Ground truth outside 0..K-1 (and ``ignore_id``) is skipped; a prediction outside 0..K-1 on a
+    counted pixel is a caller bug and raises ValueError.
+    """
     if gt.shape != pred.shape:
-        raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+        raise ValueError(
+            f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}"
+        )
     gt = np.asarray(gt).astype(np.int64, copy=False).ravel()
     pred = np.asarray(pred).astype(np.int64, copy=False).ravel()
     valid = (gt >= 0) & (gt < num_classes)
@@ -61,7 +66,10 @@ class Scores:
 
 
 def scores_from_confusion(confusion: np.ndarray) -> Scores:
-    """IoU_c = TP / (TP + FP + FN); classes with TP + FP + FN = 0 are NaN and excluded from the mean."""
+    """Return the scores of a confusion matrix: IoU_c = TP / (TP + FP + FN).
+
+    Classes with TP + FP + FN = 0 are NaN and excluded from the mean.
+    """
     cm = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(cm)
     gt_count = cm.sum(axis=1)
@@ -101,8 +109,10 @@ class ConfusionAccumulator:
 
 # -- boundary F-score ---------------------------------------------------------------------------
 def label_boundaries(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label (both pixels ``valid``), so a
-    change between two classes marks one pixel on each side's first row/column."""
+    """Pixels whose right or lower neighbour has another label (both pixels ``valid``).
+
+    So a change between two classes marks one pixel on each side's first row/column.
+    """
     lab = np.asarray(labels)
     b = np.zeros(lab.shape, bool)
     right = lab[:, 1:] != lab[:, :-1]
@@ -130,17 +140,24 @@ def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 class BoundaryAccumulator:
-    """Boundary F-score over a dataset: a predicted boundary pixel is correct when a ground-truth
-    boundary lies within ``tolerance`` pixels (precision), and vice versa (recall); counts are
-    summed over images. Boundaries touching ignored ground truth are not scored."""
+    """Boundary F-score over a dataset.
 
-    def __init__(self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None) -> None:
+    A predicted boundary pixel is correct when a ground-truth boundary lies within ``tolerance``
+    pixels (precision), and vice versa (recall); counts are summed over images. Boundaries touching
+    ignored ground truth are not scored.
+    """
+
+    def __init__(
+        self, tolerance: int = 3, ignore_id: int | None = None, num_classes: int | None = None
+    ) -> None:
         self.tolerance, self.ignore_id, self.num_classes = tolerance, ignore_id, num_classes
         self.matched_pred = self.pred = self.matched_gt = self.gt = 0
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
-            raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+            raise ValueError(
+                f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}"
+            )
         valid = np.ones(gt.shape, bool)
         if self.num_classes is not None:
             valid &= (gt >= 0) & (gt < self.num_classes)
@@ -158,4 +175,9 @@ class BoundaryAccumulator:
         p = self.matched_pred / self.pred if self.pred else float("nan")
         r = self.matched_gt / self.gt if self.gt else float("nan")
         f = 2 * p * r / (p + r) if (p + r) > 0 else (0.0 if p == 0 and r == 0 else float("nan"))
-        return {"boundary_precision": p, "boundary_recall": r, "boundary_f": f, "tolerance_px": self.tolerance}
+        return {
+            "boundary_precision": p,
+            "boundary_recall": r,
+            "boundary_f": f,
+            "tolerance_px": self.tolerance,
+        }

@@ -33,14 +33,20 @@ def resize_and_normalize(x: torch.Tensor, size: tuple[int, int], scale: torch.Te
         x = x.index_select(1, channel_order)
     # a float input passed straight through is the caller's: copy it rather than write to it
     owned = x.data_ptr() != source.data_ptr()
-    x = x.contiguous(memory_format=torch.channels_last) if owned else x.clone(memory_format=torch.channels_last)
+    x = (
+        x.contiguous(memory_format=torch.channels_last)
+        if owned
+        else x.clone(memory_format=torch.channels_last)
+    )
     x.mul_(scale).add_(shift)  # in place on our own float copy: no further full-size buffers
     return x.to(dtype=dtype)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a (H, W, 3) uint8 image tensor, rounded back to uint8."""
-    x = F.interpolate(image_to_tensor(image).float(), size=size, mode="bilinear", align_corners=False)
+    x = F.interpolate(
+        image_to_tensor(image).float(), size=size, mode="bilinear", align_corners=False
+    )
     return x.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
 
 
@@ -66,7 +72,8 @@ def confidence_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def colorize(labels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     """(H, W) ids -> (H, W, 3) uint8 colours from a (K, 3) palette."""
-    # index_select on flat int32 ids: one gather, no int64 copy of the label image (3x faster on a CPU)
+    # index_select on flat int32 ids: one gather, no int64 copy of the label image (3x faster on a
+    # CPU)
     return palette.index_select(0, labels.reshape(-1).to(torch.int32)).view(*labels.shape, 3)
 
 
@@ -91,8 +98,10 @@ def _source_index(in_size: int, out_size: int, device: torch.device):
     return i0.to(device), i1.to(device), (src - i0).to(device)
 
 
-def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], label_dtype: torch.dtype) -> torch.Tensor:
-    """argmax of bilinearly upsampled logits without upsampling all of them.
+def upsampled_argmax(
+    logits: torch.Tensor, size: tuple[int, int], label_dtype: torch.dtype
+) -> torch.Tensor:
+    """Argmax of bilinearly upsampled logits without upsampling all of them.
 
     A bilinear output is a convex combination of its four source pixels, so where those four share
     one argmax class the output has that class too (if c beats k at every corner it beats k in any
@@ -114,11 +123,15 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], label_dtype: t
     labels = low.to(label_dtype).index_select(1, c0).index_select(0, r0)
     ys, xs = torch.nonzero((~uniform_cell).index_select(1, c0).index_select(0, r0), as_tuple=True)
     if ys.numel():
-        cells = scores.permute(1, 2, 0).reshape(h * w, -1)  # one row of class scores per source cell
+        cells = scores.permute(1, 2, 0).reshape(
+            h * w, -1
+        )  # one row of class scores per source cell
         a0, a1, b0, b1 = r0[ys] * w, r1[ys] * w, c0[xs], c1[xs]
         ly, lx = wy[ys].unsqueeze(1), wx[xs].unsqueeze(1)
         corner = lambda rows, cols: cells.index_select(0, rows + cols)  # noqa: E731 - flat row gather
         top = torch.lerp(corner(a0, b0), corner(a0, b1), lx)
         bottom = torch.lerp(corner(a1, b0), corner(a1, b1), lx)
-        labels.view(-1)[ys * out_w + xs] = torch.lerp(top, bottom, ly).argmax(dim=1).to(label_dtype)
+        labels.view(-1)[ys * out_w + xs] = (
+            torch.lerp(top, bottom, ly).argmax(dim=1).to(label_dtype)
+        )
     return labels

@@ -1,4 +1,6 @@
-"""The one segmentation pipeline: uint8 image in, labels (and colour mask, overlay, confidence) out.
+"""The one segmentation pipeline: uint8 image in, labels out.
+
+Besides the labels it can give a colour mask, an overlay and the confidence.
 
 Used unchanged by the ROS node, the command-line tools and the tests. Everything between the
 input upload and the uint8 results runs on the model's device.
@@ -43,9 +45,12 @@ SHAPES_PER_BATCH_SIZE = 4
 
 
 def weights_file_for(model: str, weights: str) -> str | None:
-    """The weights file a pipeline loads for ``model`` given the ``weights`` setting, or None for
-    random initialisation, which only an explicit ``"none"`` gives: a vehicle must not drive on a
-    model that silently fell back to random weights (WeightsError naming the fix instead)."""
+    """Return the weights file a pipeline loads for ``model`` given the ``weights`` setting.
+
+    Or None for random initialisation, which only an explicit ``"none"`` gives: a vehicle must not
+    drive on a model that silently fell back to random weights (WeightsError naming the fix
+    instead).
+    """
     fix = ("give a weights file (node parameter 'weights', tool option --weights), or weights "
            "'none' to run on random weights on purpose (tests, benchmarks: labels meaningless)")
     if weights == "none":
@@ -67,7 +72,9 @@ def weights_file_for(model: str, weights: str) -> str | None:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything that fixes a pipeline. ``weights``: ``"default"`` (the model's shipped weights;
+    """Everything that fixes a pipeline.
+
+    ``weights``: ``"default"`` (the model's shipped weights;
     WeightsError when it has none), ``"none"`` (random, for tests and benchmarks), or a path.
     ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
     frame's own size. Sizes are rounded to the model's size divisor. ``min_frames_per_new_size``:
@@ -78,7 +85,8 @@ class PipelineConfig:
     pass (the node's camera count); backends keep graphs for every batch size up to it.
     ``keep_aspect``, ``output_resolution`` and ``max_input_pixels`` are defaults that
     :class:`FrameOptions` may override per frame. Frozen: a pipeline's configuration never changes
-    under it (``dataclasses.replace`` makes a changed copy)."""
+    under it (``dataclasses.replace`` makes a changed copy).
+    """
 
     model: str = "ddrnet23_slim"
     weights: str = "default"
@@ -98,16 +106,27 @@ class PipelineConfig:
 
     def validate(self) -> None:
         if self.backend not in list_backends():
-            raise ConfigError(f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}")
+            raise ConfigError(
+                f"unknown backend {self.backend!r}; known backends: {', '.join(list_backends())}"
+            )
         if self.model not in list_models():
-            raise ConfigError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
+            raise ConfigError(
+                f"unknown model {self.model!r}; known models: {', '.join(list_models())}"
+            )
         if self.input_size is not None:
-            if len(self.input_size) != 2 or any(int(v) < 8 or int(v) > 16384 for v in self.input_size):
-                raise ConfigError(f"input_size must be [height, width] with each in 8..16384, got {list(self.input_size)}")
+            if len(self.input_size) != 2 or any(
+                int(v) < 8 or int(v) > 16384 for v in self.input_size
+            ):
+                raise ConfigError(
+                    "input_size must be [height, width] with each in 8..16384, got "
+                    f"{list(self.input_size)}"
+                )
         if not 1 <= int(self.max_input_pixels) <= 1 << 30:
             raise ConfigError(f"max_input_pixels must be in 1..2^30, got {self.max_input_pixels}")
         if self.num_threads < 0:
-            raise ConfigError(f"num_threads must be >= 0 (0 = library default), got {self.num_threads}")
+            raise ConfigError(
+                f"num_threads must be >= 0 (0 = library default), got {self.num_threads}"
+            )
         if int(self.min_frames_per_new_size) < 1:
             raise ConfigError(f"min_frames_per_new_size must be >= 1, "
                               f"got {self.min_frames_per_new_size}")
@@ -123,11 +142,14 @@ def check_output_resolution(value: str) -> None:
 
 @dataclass(frozen=True)
 class FrameOptions:
-    """What to compute for one frame, chosen per call (the node's run-time parameters) rather than
+    """What to compute for one frame, chosen per call.
+
+    What to compute for one frame, chosen per call (the node's run-time parameters) rather than
     fixed with the pipeline. Labels are always computed; ``color``, ``overlay`` and ``confidence``
     only when asked. ``keep_scores`` keeps the logits on the result (no extra work) so
     :meth:`SegmentationPipeline.refine` can run a CRF on them later. ``keep_aspect``,
-    ``output_resolution`` and ``max_input_pixels``: None takes the pipeline configuration's."""
+    ``output_resolution`` and ``max_input_pixels``: None takes the pipeline configuration's.
+    """
 
     color: bool = False
     overlay: bool = False
@@ -150,8 +172,11 @@ class FrameOptions:
 
 @dataclass
 class SegmentationResult:
-    """uint8/uint16 labels (H, W); optional RGB colour mask and overlay (H, W, 3) uint8 and
-    confidence (H, W) float32; ``timings_ms`` per stage when profiling was requested."""
+    """uint8/uint16 labels (H, W).
+
+    Optional RGB colour mask and overlay (H, W, 3) uint8 and confidence (H, W) float32;
+    ``timings_ms`` per stage when profiling was requested.
+    """
 
     labels: np.ndarray
     color: np.ndarray | None = None
@@ -164,8 +189,11 @@ class SegmentationResult:
 
 @dataclass(frozen=True)
 class RefineInput:
-    """What :meth:`SegmentationPipeline.refine` needs of a segmented frame, on the device: its
-    class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels' size."""
+    """What :meth:`SegmentationPipeline.refine` needs of a segmented frame.
+
+    On the device: its class scores (1, C, h, w), the frame as RGB (H, W, 3) uint8 and the labels'
+    size.
+    """
 
     logits: torch.Tensor
     rgb: torch.Tensor
@@ -173,7 +201,7 @@ class RefineInput:
 
 
 def with_overrides(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
-    """A copy of ``config`` with ``overrides`` applied (the caller's object is left alone)."""
+    """Return a copy of ``config`` with ``overrides`` applied (the caller's one is left alone)."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PipelineConfig)})
     if unknown:
         raise ConfigError(f"unknown pipeline option {unknown[0]!r}")
@@ -186,7 +214,7 @@ def round_to_multiple(value: float, divisor: int) -> int:
 
 def inference_size(frame_hw: tuple[int, int], target: tuple[int, int] | None, keep_aspect: bool,
                    divisor: int) -> tuple[int, int]:
-    """The size the network runs at for a frame, rounded to the model's size divisor."""
+    """Return the size the network runs at for a frame, rounded to the model's size divisor."""
     h, w = frame_hw
     if target is None:
         th, tw = h, w
@@ -273,7 +301,7 @@ class SegmentationPipeline:
 
     # -- construction helpers -------------------------------------------------------------
     def backend_context(self) -> BackendContext:
-        """What the backend may know of this pipeline (see :class:`BackendContext`)."""
+        """Return what the backend may know of this pipeline (see :class:`BackendContext`)."""
         return BackendContext(model_name=self.config.model,
                               num_classes=self.classes.num_classes,
                               size_divisor=self.size_divisor, trained=self.trained,
@@ -289,12 +317,18 @@ class SegmentationPipeline:
         if self.config.classes:
             classes = load_classes(self.config.classes)
         elif meta.get("classes"):
-            classes = ClassSet.from_entries(meta["classes"], name=meta.get("classes_name", "weights"),
-                                            ignore_id=meta.get("ignore_id"), source="weights metadata")
+            classes = ClassSet.from_entries(
+                meta["classes"],
+                name=meta.get("classes_name", "weights"),
+                ignore_id=meta.get("ignore_id"),
+                source="weights metadata",
+            )
         else:
             classes = load_classes(DEFAULT_CLASSES)
         if meta.get("num_classes") is not None:
-            classes.check_num_classes(int(meta["num_classes"]), f"weights file {self.config.weights}")
+            classes.check_num_classes(
+                int(meta["num_classes"]), f"weights file {self.config.weights}"
+            )
         return classes
 
     # -- per-frame work -------------------------------------------------------------------
@@ -307,11 +341,15 @@ class SegmentationPipeline:
     def check_image(self, image: Any, max_input_pixels: int | None = None) -> None:
         """Raise InputError (a ValueError) naming the problem before anything reaches torch."""
         if not isinstance(image, np.ndarray):
-            raise InputError("bad_type", f"image must be a numpy array, got {type(image).__name__}")
+            raise InputError(
+                "bad_type", f"image must be a numpy array, got {type(image).__name__}"
+            )
         if image.dtype != np.uint8:
             raise InputError("bad_dtype", f"image dtype must be uint8, got {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError("bad_channels", f"image must be HxWx3 (3 colour channels), got shape {image.shape}")
+            raise InputError(
+                "bad_channels", f"image must be HxWx3 (3 colour channels), got shape {image.shape}"
+            )
         h, w = image.shape[:2]
         if h == 0 or w == 0:
             raise InputError("empty", f"image is empty ({h}x{w})")
@@ -326,8 +364,10 @@ class SegmentationPipeline:
         return inference_size(frame_hw, self.input_size, keep, self.size_divisor)
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
-        """The frame as a (H, W, 3) uint8 tensor on the device (a zero-copy view on the CPU)."""
-        if any(stride < 0 for stride in image.strides):  # e.g. image[:, ::-1]: torch cannot view it
+        """Return the frame as an (H, W, 3) uint8 tensor on the device (zero-copy on the CPU)."""
+        if any(
+            stride < 0 for stride in image.strides
+        ):  # e.g. image[:, ::-1]: torch cannot view it
             image = np.ascontiguousarray(image)
         if self.device.type == "cuda":
             return self._uploader(image)  # reusable pinned buffer, non-blocking copy
@@ -337,8 +377,10 @@ class SegmentationPipeline:
 
     def preprocess(self, frame: torch.Tensor, color_order: str = "rgb",
                    size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w), at
-        ``size`` (default: the frame's own inference size)."""
+        """(H, W, 3) uint8 frame tensor on the device -> the network input (1, 3, h, w).
+
+        At ``size`` (default: the frame's own inference size).
+        """
         if color_order not in COLOR_ORDERS:
             raise ConfigError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
         size = size or self.inference_size_for(tuple(frame.shape[:2]))
@@ -347,16 +389,21 @@ class SegmentationPipeline:
                                         bgr_to_rgb, self.dtype)
 
     def network_input(self, image: np.ndarray, color_order: str = "rgb") -> torch.Tensor:
-        """The network input for a uint8 HxWx3 frame, checked, uploaded and preprocessed exactly as
-        in ``__call__``: benchmarks, export checks and INT8 calibration use it, so every backend
-        sees the same input."""
+        """Return the network input for a uint8 HxWx3 frame.
+
+        Checked, uploaded and preprocessed exactly as in ``__call__``: benchmarks, export checks
+        and INT8 calibration use it, so every backend sees the same input.
+        """
         self.check_image(image)
         return self.preprocess(self._upload(image), color_order)
 
     def _chosen_size(self, frame_hw: tuple[int, int], keep_aspect: bool | None) -> tuple[int, int]:
-        """The size a frame runs at: its own inference size, or the kept size
+        """Return the size a frame runs at.
+
+        The size a frame runs at: its own inference size, or the kept size
         :class:`KeptSizes` chooses when frames come in more sizes than the backend keeps graphs
-        for (its capacity shared by the batch sizes in use)."""
+        for (its capacity shared by the batch sizes in use).
+        """
         capacity = self.backend.max_shapes
         if capacity is not None:
             capacity = max(1, capacity // int(self.config.max_batch))
@@ -372,18 +419,24 @@ class SegmentationPipeline:
 
     def __call__(self, image: np.ndarray, color_order: str = "rgb",
                  options: FrameOptions | None = None, **fields: Any) -> SegmentationResult:
-        """Segment one frame. Only the outputs asked for are computed: ``options`` and/or its
-        fields as keywords (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`)."""
+        """Segment one frame.
+
+        Only the outputs asked for are computed: ``options`` and/or its fields as keywords
+        (``color=True, overlay_alpha=0.3``, see :class:`FrameOptions`).
+        """
         return self.segment_batch([(image, color_order)], self.frame_options(options, **fields))[0]
 
     @torch.inference_mode()
     def segment_batch(self, frames: Sequence[tuple[np.ndarray, str]],
                       options: FrameOptions | Sequence[FrameOptions]) -> list[SegmentationResult]:
-        """Segment several frames (e.g. one per camera), ``(image, color_order)`` each: frames
-        whose network input sizes agree share one forward pass, at most ``max_batch`` at a time;
-        each keeps its own options (one for all, or one per frame). Results in input order. An
-        invalid frame raises InputError before anything runs: check frames first
-        (:meth:`check_image`) when one bad camera must not cost the others their frame."""
+        """Segment several frames (e.g. one per camera).
+
+        ``(image, color_order)`` each: frames whose network input sizes agree share one forward
+        pass, at most ``max_batch`` at a time; each keeps its own options (one for all, or one per
+        frame). Results in input order. An invalid frame raises InputError before anything runs:
+        check frames first (:meth:`check_image`) when one bad camera must not cost the others their
+        frame.
+        """
         per_frame = (list(options) if not isinstance(options, FrameOptions)
                      else [options] * len(frames))
         if len(per_frame) != len(frames):
@@ -417,15 +470,21 @@ class SegmentationPipeline:
         return results  # type: ignore[return-value]
 
     def batch_limit(self) -> int:
-        """The most frames one forward pass takes: ``max_batch``, or less when the backend
-        takes fewer (onnxruntime and TensorRT run one frame per pass)."""
+        """Return the most frames one forward pass takes.
+
+        ``max_batch``, or less when the backend takes fewer (onnxruntime and TensorRT run one frame
+        per pass).
+        """
         limit = int(self.config.max_batch)
         return min(limit, self.backend.max_batch) if self.backend.max_batch else limit
 
     @staticmethod
     def _batch(inputs: list[torch.Tensor]) -> torch.Tensor:
-        """One network input of several; a single frame's is used as it is (its strides, which
-        key the per-shape graphs, stay those of the one-frame path)."""
+        """One network input of several.
+
+        A single frame's is used as it is (its strides, which key the per-shape graphs, stay those
+        of the one-frame path).
+        """
         if len(inputs) == 1:
             return inputs[0]
         return torch.cat(inputs).contiguous(memory_format=torch.channels_last)
@@ -436,7 +495,9 @@ class SegmentationPipeline:
         """Labels (and confidence, colour mask, overlay) of one frame from its class scores."""
         h, w = frame.shape[:2]
         resolution = opts.output_resolution or self.config.output_resolution
-        out_hw = (h, w) if resolution == "input" else self.inference_size_for((h, w), opts.keep_aspect)
+        out_hw = (
+            (h, w) if resolution == "input" else self.inference_size_for((h, w), opts.keep_aspect)
+        )
         conf = None
         if opts.confidence or self.device.type != "cpu":
             # GPUs upsample every score faster than they can sync on the sparse path's nonzero()
@@ -456,7 +517,7 @@ class SegmentationPipeline:
     def _results(self, labels: torch.Tensor, rgb: torch.Tensor, out_hw: tuple[int, int],
                  opts: FrameOptions, conf: torch.Tensor | None,
                  clock: _StageClock) -> SegmentationResult:
-        """The one colour / overlay / download step of raw and refined labels."""
+        """Run the one colour / overlay / download step of raw and refined labels."""
         color_t = ops.colorize(labels, self._palette) if (opts.color or opts.overlay) else None
         clock.mark("color")
         overlay_t = None
@@ -478,11 +539,15 @@ class SegmentationPipeline:
     @torch.inference_mode()
     def refine(self, result: SegmentationResult, refiner: Any, options: FrameOptions | None = None,
                **fields: Any) -> SegmentationResult:
-        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``,
-        from its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
-        run on another thread while the next frame goes through ``__call__``."""
+        """CRF-refined labels (and colour mask / overlay) of a result made with ``keep_scores``.
+
+        From its logits (see :mod:`seg_ros.crf`). Reads only state fixed at construction, so it may
+        run on another thread while the next frame goes through ``__call__``.
+        """
         if result.refine_input is None:
-            raise ConfigError("this result kept no scores to refine: segment with keep_scores=True")
+            raise ConfigError(
+                "this result kept no scores to refine: segment with keep_scores=True"
+            )
         opts = self.frame_options(options, **fields)
         kept = result.refine_input
         t0 = time.perf_counter()
@@ -494,23 +559,32 @@ class SegmentationPipeline:
         return refined
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> tuple[int, int] | None:
-        """Segment blank frames at the configured input size, once per batch size, so the
-        per-shape work (fused CPU graph, CUDA graph capture, onnxruntime session, cuDNN
-        autotuning) happens now rather than on the first camera frames. Frames of the same aspect
-        ratio then reuse it. Returns the size warmed, or None when the inference size depends on
-        each frame (no input size set)."""
+        """Segment blank frames at the configured input size.
+
+        Once per batch size, so the per-shape work (fused CPU graph, CUDA graph capture,
+        onnxruntime session, cuDNN autotuning) happens now rather than on the first camera frames.
+        Frames of the same aspect ratio then reuse it. Returns the size warmed, or None when the
+        inference size depends on each frame (no input size set).
+        """
         if self.input_size is None:
             return None
         h, w = self.input_size
         blank = np.zeros((h, w, 3), np.uint8)
         for batch in sorted({min(int(b), self.batch_limit()) for b in batch_sizes}):
-            self.segment_batch([(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True))
+            self.segment_batch(
+                [(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True)
+            )
         return h, w
 
     def describe(self) -> dict[str, Any]:
-        """What is running, for logs, diagnostics and benchmark reports."""
-        return {"model": self.config.model, "backend": getattr(self.backend, "name", self.config.backend),
-                "device": str(self.device),
-                "precision": "fp16" if self.half else "fp32", "weights": self.weights_path or "random-init",
-                "classes": self.classes.name, "num_classes": self.classes.num_classes,
-                "input_size": list(self.input_size) if self.input_size else None}
+        """Return what is running, for logs, diagnostics and benchmark reports."""
+        return {
+            "model": self.config.model,
+            "backend": getattr(self.backend, "name", self.config.backend),
+            "device": str(self.device),
+            "precision": "fp16" if self.half else "fp32",
+            "weights": self.weights_path or "random-init",
+            "classes": self.classes.name,
+            "num_classes": self.classes.num_classes,
+            "input_size": list(self.input_size) if self.input_size else None,
+        }

@@ -25,7 +25,11 @@ def sample_road_image(height: int = 512, width: int = 1024, seed: int = 0) -> np
             img[wy:wy + 6, x + 4:x + bw - 4:10] = 40
         x += bw
     for _ in range(6):  # trees
-        cx, cy, r = int(rng.integers(0, w)), int(rng.integers(int(h * .2), horizon)), int(rng.integers(h // 20, h // 8))
+        cx, cy, r = (
+            int(rng.integers(0, w)),
+            int(rng.integers(int(h * 0.2), horizon)),
+            int(rng.integers(h // 20, h // 8)),
+        )
         yy, xx = np.ogrid[:h, :w]
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (70, 110, 40)
     yy, xx = np.mgrid[horizon:h, 0:w]

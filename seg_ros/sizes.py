@@ -22,15 +22,19 @@ DEFAULT_MIN_FRAMES_PER_NEW_SIZE = 100
 
 
 def distortion(a: Size, b: Size) -> float:
-    """How much resizing between ``a`` and ``b`` stretches an image: the larger per-axis log
-    ratio."""
+    """How much resizing between ``a`` and ``b`` stretches an image.
+
+    The larger per-axis log ratio.
+    """
     return max(abs(math.log(a[0] / b[0])), abs(math.log(a[1] / b[1])))
 
 
 class KeptSizes:
-    """``choose(size, capacity)``: the size a frame whose own inference size is ``size`` runs at,
-    given the backend's current ``capacity`` (its ``max_shapes``; None when it runs any shape
-    without a per-shape build, e.g. once the fused CPU path fell back to eager: then ``size``)."""
+    """``choose(size, capacity)``: the size a frame whose own inference size is ``size`` runs at.
+
+    Given the backend's current ``capacity`` (its ``max_shapes``; None when it runs any shape
+    without a per-shape build, e.g. once the fused CPU path fell back to eager: then ``size``).
+    """
 
     def __init__(self, min_frames_per_new_size: int = DEFAULT_MIN_FRAMES_PER_NEW_SIZE) -> None:
         if min_frames_per_new_size < 1:
@@ -74,5 +78,5 @@ class KeptSizes:
         return size
 
     def kept(self) -> list[Size]:
-        """The sizes in use, least recently used first."""
+        """Return the sizes in use, least recently used first."""
         return list(self._kept)

@@ -1,5 +1,6 @@
-"""Latest-wins hand-over to one background thread, shared by the node's frame worker and the
-CRF refiner (:mod:`seg_ros.crf.worker`).
+"""Latest-wins hand-over to one background thread.
+
+Shared by the node's frame worker and the CRF refiner (:mod:`seg_ros.crf.worker`).
 
 The producer only ``submit``s (never blocks, never runs the work); a newer item replaces a
 waiting one, which is dropped and counted. So at most one item waits while one is processed,
@@ -35,7 +36,7 @@ class FrameSlot(Generic[T]):
             return replaced
 
     def take(self, timeout: float | None = None) -> T | None:
-        """The waiting item (removing it), or None on timeout or once closed."""
+        """Return the waiting item (removing it), or None on timeout or once closed."""
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
@@ -55,8 +56,11 @@ class FrameSlot(Generic[T]):
 
 
 class Mailbox(Protocol[T]):
-    """Where a worker takes its items from: a :class:`FrameSlot`, or one latest-wins slot per
-    camera gathered into batches (:class:`seg_ros.batching.LatestFrames`)."""
+    """Where a worker takes its items from.
+
+    A :class:`FrameSlot`, or one latest-wins slot per camera gathered into batches
+    (:class:`seg_ros.batching.LatestFrames`).
+    """
 
     dropped: int
 
@@ -66,15 +70,15 @@ class Mailbox(Protocol[T]):
 
 
 class BackgroundWorker(Generic[T]):
-    """One daemon thread running ``handle(item)`` on the newest item ``submit``\\ ted.
+    r"""One daemon thread running ``handle(item)`` on the newest item ``submit``\ ted.
 
-    An exception from ``handle`` goes to ``on_error(item, exc)`` and the worker goes on (unless
-    it is stopping: then the exception is the stop's doing and the thread ends).
-    ``first(stopping)``, if given, runs on the thread before the first item, with the event set
-    by :meth:`stop`; the thread ends at once when it returns False. ``nice`` > 0 lowers the thread's scheduling priority (and that of the threads it
-    starts, e.g. torch's CPU pool), so on a busy CPU other work keeps the cores it needs.
-    ``mailbox``: where items wait (default: a one-item :class:`FrameSlot` fed by ``submit``);
-    a producer may also ``put`` into it directly.
+    An exception from ``handle`` goes to ``on_error(item, exc)`` and the worker goes on (unless it
+    is stopping: then the exception is the stop's doing and the thread ends). ``first(stopping)``,
+    if given, runs on the thread before the first item, with the event set by :meth:`stop`; the
+    thread ends at once when it returns False. ``nice`` > 0 lowers the thread's scheduling priority
+    (and that of the threads it starts, e.g. torch's CPU pool), so on a busy CPU other work keeps
+    the cores it needs. ``mailbox``: where items wait (default: a one-item :class:`FrameSlot` fed
+    by ``submit``); a producer may also ``put`` into it directly.
     """
 
     def __init__(self, handle: Callable[[T], None], on_error: Callable[[T, Exception], None],
@@ -126,8 +130,11 @@ class BackgroundWorker(Generic[T]):
                 self._on_error(item, exc)
 
     def stop(self, timeout: float | None = 10.0) -> bool:
-        """Stop after the item in hand (a waiting one is discarded); wait at most ``timeout``
-        seconds (None: as long as that item takes). False when the thread is still busy."""
+        """Stop after the item in hand (a waiting one is discarded).
+
+        Wait at most ``timeout`` seconds (None: as long as that item takes). False when the thread
+        is still busy.
+        """
         self.stopping.set()
         self.slot.close()
         if self.is_alive():

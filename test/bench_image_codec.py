@@ -50,8 +50,11 @@ def baseline_decoder(root: str) -> Callable:
 
 
 def alternating_ms(decoders: dict[str, Callable], n: int) -> dict[str, tuple[float, float]]:
-    """(median, p90) in ms of each decoder, called in turn N times after 5 warm-up rounds; the
-    turn rotates, so none always follows the same one."""
+    """(median, p90) in ms of each decoder.
+
+    Called in turn N times after 5 warm-up rounds; the turn rotates, so none always follows the
+    same one.
+    """
     samples: dict[str, list[float]] = {name: [] for name in decoders}
     names = list(decoders)
     for i in range(n + 5):

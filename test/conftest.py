@@ -1,5 +1,7 @@
 """Shared test fixtures: real CamVid frames when ../shared is present, isolated ROS domains.
-The functions behind them, and everything else test modules share, are in helpers.py."""
+
+The functions behind them, and everything else test modules share, are in helpers.py.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +15,10 @@ from helpers import (CAMVID, SMALL, build_workspace, camvid_available, require_r
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> Path:
-    """DDRNet-23-slim test weights saved once, so every pipeline and node loads identical tensors."""
+    """Return DDRNet-23-slim test weights, saved once.
+
+    Every pipeline and node loads identical tensors.
+    """
     return save_test_weights(tmp_path_factory.mktemp("weights") / "ddrnet_test.pt")
 
 
@@ -26,7 +31,10 @@ def camvid_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def road_image() -> np.ndarray:
-    """A real CamVid val frame (RGB uint8) when available, else a synthetic road-like scene."""
+    """Return a real CamVid val frame (RGB uint8) when available.
+
+    Else a synthetic road-like scene.
+    """
     if camvid_available():
         from PIL import Image
         first = sorted((CAMVID / "val").glob("*.png"))[0]
@@ -42,7 +50,10 @@ def road_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def offline(weights_file):
-    """The offline reference: the pipeline on the test weights, as the node under test loads them."""
+    """Return the offline reference: the pipeline on the test weights.
+
+    As the node under test loads them.
+    """
     from seg_ros.pipeline import SegmentationPipeline
     return SegmentationPipeline(weights=str(weights_file), device="cpu")
 
@@ -63,9 +74,11 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def ros_domain_id(monkeypatch) -> int:
-    """A ROS_DOMAIN_ID of its own for each test, so parallel runs never cross-talk, with
-    discovery on this machine only (the tools' private_env), for this test's process and the
-    processes it starts."""
+    """Return a ROS_DOMAIN_ID of its own for each test.
+
+    So parallel runs never cross-talk, with discovery on this machine only (the tools'
+    private_env), for this test's process and the processes it starts.
+    """
     from seg_ros.cli.live_node import DISCOVERY_VARS, private_env, random_domain
 
     domain = random_domain()
@@ -80,9 +93,12 @@ def ros_domain_id(monkeypatch) -> int:
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """A pipeline built with num_threads changes torch's process-wide thread count; restore it so a
-    later test's in-process reference computes with the same thread count as the node it is compared to
-    (float reductions, and so near-tie labels, depend on it)."""
+    """Restore torch's process-wide thread count after each test.
+
+    A pipeline built with num_threads changes torch's process-wide thread count; restore it so a
+    later test's in-process reference computes with the same thread count as the node it is
+    compared to (float reductions, and so near-tie labels, depend on it).
+    """
     import torch
     threads = torch.get_num_threads()
     yield

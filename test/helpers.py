@@ -1,6 +1,8 @@
-"""Helpers shared by the test modules and scripts/: data, images in ROS encodings, bags, the
-node as a process with a DDS peer, and the ROS 2 command line. Fixtures live in conftest.py, which
-uses these; test modules import from here, never from each other.
+"""Helpers shared by the test modules and scripts/.
+
+Data, images in ROS encodings, bags, the node as a process with a DDS peer, and the ROS 2 command
+line. Fixtures live in conftest.py, which uses these; test modules import from here, never from
+each other.
 
 Nothing here imports rclpy at import time: modules without ROS (bags, eval) use it too.
 """
@@ -47,7 +49,10 @@ requires_camvid = pytest.mark.skipif(not camvid_available(),
 
 
 def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Path:
-    """Random (seed 0) weights for ``model`` with CamVid class metadata: the same tensors every time."""
+    """Return random (seed 0) weights for ``model`` with CamVid class metadata.
+
+    The same tensors every time.
+    """
     import torch
     from seg_ros.classes import load_classes
     from seg_ros.models import build_model, save_weights
@@ -59,12 +64,18 @@ def save_test_weights(path: Path, model: str = "ddrnet23_slim", **options) -> Pa
     return path
 
 
-# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility tests
+# -- state-dict layouts written from the reference projects' code, for checkpoint-compatibility
+# tests
 Layout = dict[str, tuple[int, ...]]
 
 
-def conv_layout(name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False) -> Layout:
-    """Keys and shapes of a (transposed) convolution as nn.Conv2d / nn.ConvTranspose2d store them."""
+def conv_layout(
+    name: str, cin: int, cout: int, k: int, bias: bool = False, transposed: bool = False
+) -> Layout:
+    """Return the keys and shapes of a (transposed) convolution.
+
+    As nn.Conv2d / nn.ConvTranspose2d store them.
+    """
     out = {f"{name}.weight": (cin, cout, k, k) if transposed else (cout, cin, k, k)}
     if bias:
         out[f"{name}.bias"] = (cout,)
@@ -114,8 +125,10 @@ def scan_range(jpeg: bytes) -> tuple[int, int]:
 
 
 def corrupt_entropy(jpeg: bytes, seed: int, n: int = 64) -> bytes:
-    """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes: every marker
-    stays intact (OpenCV decodes this silently into grey and garbage blocks)."""
+    """Overwrite ``n`` bytes in the middle of the scan with random non-0xFF bytes.
+
+    Every marker stays intact (OpenCV decodes this silently into grey and garbage blocks).
+    """
     start, end = scan_range(jpeg)
     at = (start + end) // 2
     data = bytearray(jpeg)
@@ -151,8 +164,11 @@ def legacy_name(msgtype: str) -> str:
 
 
 def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3") -> Path:
-    """A rosbag2 whose connections use the older type spelling. ``path`` ending in ``.mcap`` /
-    ``.db3`` becomes a single storage file, any other path a bag directory with metadata.yaml."""
+    """Return a rosbag2 whose connections use the older type spelling.
+
+    ``path`` ending in ``.mcap`` / ``.db3`` becomes a single storage file, any other path a bag
+    directory with metadata.yaml.
+    """
     ts = bags.typestore()
     single = path.suffix in (".mcap", ".db3")
     folder = path.with_name(path.name + ".dir") if single else path
@@ -185,17 +201,22 @@ def node_env(domain: int) -> dict[str, str]:
 
 def node_command(weights: str | Path, *params: str, backend: str | None = "torch",
                  executable: list[str] | None = None) -> list[str]:
-    """The tools' command line (live_node.node_command) for the node under test: this checkout's
-    params file, ``weights``, ``INPUT`` remapped, namespace /perception. ``backend`` is set to
-    torch, the offline reference's backend, unless None (the node's default, auto)."""
+    """Return the tools' command line (live_node.node_command) for the node under test.
+
+    This checkout's params file, ``weights``, ``INPUT`` remapped, namespace /perception.
+    ``backend`` is set to torch, the offline reference's backend, unless None (the node's default,
+    auto).
+    """
     first = [f"weights:={weights}", *([f"backend:={backend}"] if backend else [])]
     return live_node_command(*first, *params, namespace="/perception", input_topic=INPUT,
                              params_file=PARAMS_FILE, executable=executable)
 
 
 class NodeProcess(LiveNodeProcess):
-    """The node under test (seg_ros/cli/live_node.py), run from the repository root; its output
-    is collected for the log assertions."""
+    """The node under test (seg_ros/cli/live_node.py).
+
+    Run from the repository root; its output is collected for the log assertions.
+    """
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         super().__init__(cmd, env, cwd=REPO)
@@ -217,19 +238,30 @@ class Peer:
         rclpy.init(context=self.ctx, domain_id=domain)
         self.node = rclpy.create_node("segment_node_test_peer", context=self.ctx)
         self.cond = threading.Condition()
-        self.received: dict[str, dict[str, object]] = {t: {} for t in ("labels", "color_mask", "overlay",
-                                                                        "confidence")}
+        self.received: dict[str, dict[str, object]] = {
+            t: {} for t in ("labels", "color_mask", "overlay", "confidence")
+        }
         self.received_at: dict[str, float] = {}
         self.class_info: dict | None = None
         self.diagnostics: list[tuple[float, object]] = []
         if transport == "compressed":
-            self.pub = self.node.create_publisher(CompressedImage, INPUT + "/compressed", output_qos(1))
+            self.pub = self.node.create_publisher(
+                CompressedImage, INPUT + "/compressed", output_qos(1)
+            )
         else:
             self.pub = self.node.create_publisher(Image, INPUT, output_qos(1))
-        self.subs = [self.node.create_subscription(Image, f"{NODE}/{topic}", self._collector(topic),
-                                                   output_qos(10)) for topic in self.received]
-        self.node.create_subscription(String, f"{NODE}/class_info", self._on_class_info, latched_qos())
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos())
+        self.subs = [
+            self.node.create_subscription(
+                Image, f"{NODE}/{topic}", self._collector(topic), output_qos(10)
+            )
+            for topic in self.received
+        ]
+        self.node.create_subscription(
+            String, f"{NODE}/class_info", self._on_class_info, latched_qos()
+        )
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diag, diagnostics_qos()
+        )
         self.params = AsyncParameterClient(self.node, NODE)
         self.executor = spin_in_background(self.node, self.ctx)
 
@@ -274,8 +306,11 @@ class Peer:
             time.sleep(0.1)
 
     def roundtrip(self, msg, topics=("labels",), timeout: float = 30.0) -> dict[str, Image]:
-        """Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
-        have discovered this process's subscriptions; a repeated frame is harmless)."""
+        """Publish ``msg`` until every topic has a result with its frame_id.
+
+        Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
+        have discovered this process's subscriptions; a repeated frame is harmless).
+        """
         fid = msg.header.frame_id
         deadline = time.monotonic() + timeout
         while True:
@@ -288,8 +323,11 @@ class Peer:
                     raise
 
     def latest_diag(self, after: float = 0.0):
-        return self.wait(lambda: next((s for t, s in reversed(self.diagnostics) if t > after), None),
-                         10.0, "diagnostics")
+        return self.wait(
+            lambda: next((s for t, s in reversed(self.diagnostics) if t > after), None),
+            10.0,
+            "diagnostics",
+        )
 
     def diag_values(self, after: float = 0.0) -> dict[str, str]:
         return {kv.key: kv.value for kv in self.latest_diag(after).values}
@@ -331,7 +369,7 @@ def header_for(msg, tag: str) -> str:
 
 def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendian: int = 0,
               extra: int = 0, tag: str | None = None) -> Image:
-    """An Image with ``extra`` padding bytes after every row."""
+    """Return an Image with ``extra`` padding bytes after every row."""
     from sensor_msgs.msg import Image
 
     rows = np.ascontiguousarray(rows).reshape(height, -1).view(np.uint8)
@@ -346,8 +384,11 @@ def image_msg(encoding: str, rows: np.ndarray, height: int, width: int, bigendia
 
 @contextmanager
 def running_node(cmd: list[str], peer_type: type = None, **peer_kwargs):
-    """The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
-    both are stopped on exit. Yields (node process, peer)."""
+    """Start the node from ``cmd`` with a test peer; yield (node process, peer).
+
+    The node started from ``cmd`` on a fresh ROS domain and a test peer that has seen it ready;
+    both are stopped on exit. Yields (node process, peer).
+    """
     domain = random_domain()
     env = node_env(domain)
     node = NodeProcess(cmd, env)
@@ -380,7 +421,9 @@ def check_outputs(out: dict[str, Image], sent: Image, expected, offline) -> None
     if "overlay" in out:
         ov = out["overlay"]
         assert ov.encoding == "rgb8" and ov.step == w * 3
-        np.testing.assert_array_equal(np.frombuffer(ov.data, np.uint8).reshape(h, w, 3), expected.overlay)
+        np.testing.assert_array_equal(
+            np.frombuffer(ov.data, np.uint8).reshape(h, w, 3), expected.overlay
+        )
 
 
 # -- the ROS 2 command line as a user runs it (test_ros2_cli.py, scripts/) ------------------
@@ -400,22 +443,27 @@ def require_ros2_cli() -> None:
     missing = [name for name in ("ros2", "colcon") if ros2_executable(name) is None]
     if not missing:
         return
-    reason = (f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
-              "with ../shared/ros2-cli present")
+    reason = (
+        f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
+        "with ../shared/ros2-cli present"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the ROS 2 CLI tests: {reason}")
     pytest.skip(reason)
 
 
 def repo_files() -> list[str]:
-    """The files of a clean checkout: tracked, plus untracked ones git does not ignore."""
+    """Return the files of a clean checkout: tracked, plus untracked ones git does not ignore."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                          capture_output=True, check=True).stdout.decode()
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
 def build_workspace(root: Path) -> Path:
-    """A colcon workspace with a clean copy of this repository in src/; returns its install/."""
+    """Return a colcon workspace with a clean copy of this repository in src/.
+
+    Returns its install/.
+    """
     src = root / "src" / "seg_ros"
     for rel in repo_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +475,7 @@ def build_workspace(root: Path) -> Path:
 
 
 def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
-    """The environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
+    """Return the environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
     dump = subprocess.run(["bash", "-c", f". '{install}/setup.sh' && env -0"], capture_output=True,
                           check=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
                                                               f"{os.environ.get('PATH', '')}"))
@@ -437,13 +485,18 @@ def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
 
 def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
          attempts: int = 3) -> subprocess.CompletedProcess:
-    """One `ros2 ...` command, as typed. The daemon is not used (tests run on many domains and
-    leave nothing behind), so a node or parameter query discovers the graph itself: on a loaded
-    CPU that can miss the node ('Unable to find node', 'Node not found'), and the query is
-    repeated, as a user would."""
+    """One `ros2 ...` command, as typed.
+
+    The daemon is not used (tests run on many domains and leave nothing behind), so a node or
+    parameter query discovers the graph itself: on a loaded CPU that can miss the node ('Unable to
+    find node', 'Node not found'), and the query is repeated, as a user would.
+    """
     cmd = [ros2_executable("ros2"), *args]
-    if (args[0] in ("param", "node") and args[1] in ("get", "set", "list", "info", "describe", "dump")
-            or args[0] == "lifecycle"):
+    if (
+        args[0] in ("param", "node")
+        and args[1] in ("get", "set", "list", "info", "describe", "dump")
+        or args[0] == "lifecycle"
+    ):
         cmd += ["--no-daemon", "--spin-time", "2"]
     for _ in range(attempts):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -465,8 +518,14 @@ class Ros2Process:
     """`ros2 launch ...` or `ros2 run ...` in its own process group, as in a terminal."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen([ros2_executable("ros2"), *args], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ros2_executable("ros2"), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -484,7 +543,10 @@ class Ros2Process:
             return "\n".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        """The first log line matching ``pattern``; fails if the process exits or time runs out."""
+        """Return the first log line matching ``pattern``.
+
+        Fails if the process exits or time runs out.
+        """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -505,15 +567,17 @@ class Ros2Process:
         return [int(m) for m in re.findall(r"process started with pid \[(\d+)\]", self.log)]
 
     def terminal_ctrl_c(self) -> None:
-        """What a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
+        """Do what a terminal does on Ctrl-C: SIGINT to every process of the foreground group."""
         os.killpg(self.proc.pid, signal.SIGINT)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> tuple[int | None, float]:
-        """(exit code, seconds) once it exits; the code is None (and all is killed) after
-        ``timeout``."""
+        """(exit code, seconds) once it exits.
+
+        The code is None (and all is killed) after ``timeout``.
+        """
         started = time.monotonic()
         try:
             code = self.proc.wait(timeout)
@@ -533,7 +597,7 @@ class Ros2Process:
 
 
 def child_pid(pid: int) -> int:
-    """The one process that ``pid`` started (`ros2 run` runs the executable as its child)."""
+    """Return the one process ``pid`` started (`ros2 run` runs the executable as its child)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     assert len(children) == 1, children
     return int(children[0])
@@ -547,9 +611,11 @@ LOST_ANSWER = ("a service answer can be lost: a server that has not yet discover
 
 
 class LifecycleClient:
-    """``~/change_state`` and ``~/get_state`` of the managed node ``target``, called from
-    ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is handled
-    as a manager would: ask for the state, and repeat the request if nothing happened."""
+    """``~/change_state`` and ``~/get_state`` of the managed node ``target``.
+
+    Called from ``node`` (an rclpy node that something else spins). A lost answer (LOST_ANSWER) is
+    handled as a manager would: ask for the state, and repeat the request if nothing happened.
+    """
 
     def __init__(self, node, target: str) -> None:
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -560,7 +626,7 @@ class LifecycleClient:
 
     @staticmethod
     def _call(client, request, timeout: float):
-        """The answer, or None when none came within ``timeout``."""
+        """Return the answer, or None when none came within ``timeout``."""
         assert client.wait_for_service(timeout_sec=60.0), f"no {client.srv_name}"
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
@@ -632,11 +698,16 @@ class FramePeer:
             self._cond.notify_all()
 
     def roundtrip(self, rgb, frame_id: str, timeout: float = 60.0):
-        """Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
-        covers discovery: this peer's subscription may not be matched yet); returns them."""
+        """Publish ``rgb`` until its labels come back; return them.
+
+        Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
+        covers discovery: this peer's subscription may not be matched yet); returns them.
+        """
         from sensor_msgs.msg import Image
 
-        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+        msg = Image(
+            height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3
+        )
         msg.data = rgb.tobytes()
         msg.header.frame_id = frame_id
         msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
@@ -666,8 +737,10 @@ def stream_frames(peer: FramePeer, stop: threading.Event, rate_hz: float = 30.0)
 
 
 def one_run(env: dict[str, str], delay: float, after_ready: bool) -> dict:
-    """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid, or after the node
-    said it is ready."""
+    """Launch, press Ctrl-C ``delay`` s after launch printed the node's pid.
+
+    Or after the node said it is ready.
+    """
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "input_topic:=/cam")
     peer = FramePeer(int(env["ROS_DOMAIN_ID"]), "/cam", "/segment_node")
     stop = threading.Event()
@@ -700,8 +773,9 @@ def ctrl_c_race(env: dict[str, str], runs: int, seed: int, max_delay: float) -> 
     results = []
     for i in range(runs):
         after_ready = i % 2 == 1  # every other run: while frames are being segmented
-        result = one_run(env, rng.uniform(0.0, 3.0) if after_ready else rng.uniform(0.2, max_delay),
-                         after_ready)
+        result = one_run(
+            env, rng.uniform(0.0, 3.0) if after_ready else rng.uniform(0.2, max_delay), after_ready
+        )
         results.append(result)
         print(f"run {i + 1:2d}: Ctrl-C at {result['after']} +{result['delay_s']:.2f} s "
               f"({result['phase']}): exit "
@@ -714,8 +788,11 @@ READY = r"segment_node\]: ready: "
 
 
 def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str]:
-    """The command lines of the first bash block under the README's ``heading`` (comments
-    dropped)."""
+    """Return the command lines of the first bash block under a README heading.
+
+    The command lines of the first bash block under the README's ``heading`` (comments
+    dropped).
+    """
     text = (REPO / "README.md").read_text()
     section = text[text.index(heading):]
     block = section[section.index("```bash") + len("```bash"):]

@@ -1,5 +1,6 @@
-"""The layers of docs/architecture.md, enforced by reading every module's imports (nothing is
-imported: the scan works without ROS).
+"""The layers of docs/architecture.md.
+
+Enforced by reading every module's imports (nothing is imported: the scan works without ROS).
 
 core (seg_ros/*.py, models, backends, crf)  <- training, fleet  <- node  <- cli
 The core never imports the node, the tools, ROS or the layers built on it.

@@ -32,7 +32,9 @@ from seg_ros.models import build_model, save_weights
 from seg_ros.pipeline import SegmentationPipeline, inference_size
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (optional extra 'onnx')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (optional extra 'onnx')")
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime not installed (optional extra 'onnx')"
+)
 HAS_CUDA = torch.cuda.is_available()
 try:
     import tensorrt  # noqa: F401
@@ -62,7 +64,11 @@ def test_shape_cache_lru_and_failures():
         return f"artefact-{key}"
 
     cache = ShapeCache(build, max_entries=2, fallback_on_error=True)
-    assert cache.get("a") == "artefact-a" and cache.get("b") == "artefact-b" and cache.get("a") == "artefact-a"
+    assert (
+        cache.get("a") == "artefact-a"
+        and cache.get("b") == "artefact-b"
+        and cache.get("a") == "artefact-a"
+    )
     assert cache.get("c") == "artefact-c"  # evicts b, the least recently used
     assert cache.keys() == ["a", "c"] and cache.evictions == 1
     assert cache.get("bad") is None and cache.get("bad") is None
@@ -90,7 +96,9 @@ def test_graphed_forward_recaptures_per_shape_and_falls_back():
     with torch.inference_mode():
         a, b = torch.randn(1, 3, 16, 24), torch.randn(1, 3, 16, 24)
         out_a, out_b = graphed(a), graphed(b)
-        assert torch.allclose(out_a, net(a), atol=1e-6) and torch.allclose(out_b, net(b), atol=1e-6)
+        assert torch.allclose(out_a, net(a), atol=1e-6) and torch.allclose(
+            out_b, net(b), atol=1e-6
+        )
         assert not torch.equal(out_a, out_b)  # the first result was not overwritten by the replay
         c = torch.randn(1, 3, 8, 32)
         assert torch.allclose(graphed(c), net(c), atol=1e-6)
@@ -110,18 +118,25 @@ def test_torch_backend_cuda_graphs_match_eager(small_image, weights_file):
     eager = SegmentationPipeline(model="ddrnet23_slim", weights=str(weights_file), device="cuda",
                                  backend_options={"cuda_graphs": False, "dedicated_stream": False})
     for img in (small_image, small_image[:96, :128]):
-        torch.testing.assert_close(pipe.forward_logits(img), eager.forward_logits(img), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(
+            pipe.forward_logits(img), eager.forward_logits(img), atol=1e-3, rtol=1e-3
+        )
         np.testing.assert_array_equal(pipe(img).labels, eager(img).labels)
     assert pipe.backend.describe()["graphs"] == 2
 
 
 def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
-    """The default CPU path (oneDNN-fused traced graph per shape) gives the eager module's labels."""
+    """The default CPU path gives the eager module's labels.
+
+    The default CPU path is a oneDNN-fused traced graph per shape.
+    """
     fused = _pipe(weights_file)
     eager = _pipe(weights_file, backend_options={"cpu_fusion": False})
     assert fused.backend.describe()["cpu_fusion"] and not eager.backend.describe()["cpu_fusion"]
     for img in (small_image, small_image[:96, :128], small_image):
-        torch.testing.assert_close(fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(
+            fused.forward_logits(img), eager.forward_logits(img), atol=2e-3, rtol=1e-3
+        )
         agree = (fused(img).labels == eager(img).labels).mean()
         assert agree > 0.999, agree
     from seg_ros.backends.cpu_fusion import fuse_for_shape, trace_model
@@ -130,17 +145,24 @@ def test_torch_backend_fused_cpu_graph_matches_eager(small_image, weights_file):
     last_run = str(torch.jit.last_executed_optimized_graph())  # needs ``graph`` alive
     assert graph is not None and "prim::oneDNNFusionGroup" in last_run
     info = fused.backend.describe()
-    assert info["graphs"] == 2 and info["cpu_fusion_disabled"] is None  # one graph per shape, reused
+    assert (
+        info["graphs"] == 2 and info["cpu_fusion_disabled"] is None
+    )  # one graph per shape, reused
     assert fused.backend.fused.graphs.hits >= 4
 
 
 def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
-    """A model oneDNN cannot fuse (DeepLab v3+'s ASPP concatenation in torch 2.13) runs eagerly
-    after one warning naming the reason, with the eager module's outputs."""
+    """A model oneDNN cannot fuse runs eagerly after one warning.
+
+    A model oneDNN cannot fuse (DeepLab v3+'s ASPP concatenation in torch 2.13) runs eagerly
+    after one warning naming the reason, with the eager module's outputs.
+    """
     from seg_ros.backends.cpu_fusion import FusedCpuForward
     from seg_ros.models.optimize import prepare_for_inference
     torch.manual_seed(0)
-    model = prepare_for_inference(build_model("deeplabv3plus_resnet50", 11, output_stride=16), torch.device("cpu"))
+    model = prepare_for_inference(
+        build_model("deeplabv3plus_resnet50", 11, output_stride=16), torch.device("cpu")
+    )
     fused = FusedCpuForward(model)
     x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -157,9 +179,11 @@ def test_fused_cpu_graph_falls_back_to_eager_once_with_one_warning(caplog):
 # -- memory of evicted graphs and sizes that cycle (issue 18) ----------------------------------
 @pytest.mark.slow
 def test_evicted_fused_graphs_free_their_memory():
-    """A one-graph cache fed three shapes in turn builds a real fused graph on every call; the
-    evicted ones must give their memory back. Before the fix each build left ~24 MB (its frozen
-    weights) in TorchScript's process-wide compilation unit: +290 MB over these 12 builds."""
+    """A one-graph cache fed three shapes in turn builds a real fused graph on every call.
+
+    The evicted ones must give their memory back. Before the fix each build left ~24 MB (its frozen
+    weights) in TorchScript's process-wide compilation unit: +290 MB over these 12 builds.
+    """
     from seg_ros.backends.cpu_fusion import FusedCpuForward
     from seg_ros.benchmark import rss_mb
     from seg_ros.models.optimize import prepare_for_inference
@@ -182,9 +206,12 @@ def test_evicted_fused_graphs_free_their_memory():
 
 @pytest.mark.slow
 def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, road_image):
-    """Frames in 5 sizes, one at a time, through a 4-graph backend (the issue's camera): graphs
-    are built for the first sizes, the rest run at the nearest kept size instead of a build per
-    frame, frames at their own size get the same labels as alone, and memory stays flat."""
+    """Frames in 5 sizes.
+
+    One at a time, through a 4-graph backend (the issue's camera): graphs are built for the first
+    sizes, the rest run at the nearest kept size instead of a build per frame, frames at their own
+    size get the same labels as alone, and memory stays flat.
+    """
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), cv2.cvtColor(road_image, cv2.COLOR_RGB2BGR))
     out = tmp_path / "sizes.json"
@@ -209,7 +236,9 @@ def test_adaptive_pool_rewrite_matches_torch_and_exports_dynamic(tmp_path):
     for bins in (2, 3, 6, (2, 3)):
         for hw in ((12, 18), (7, 11), (25, 9)):
             x = torch.randn(1, 4, *hw)
-            torch.testing.assert_close(AdaptiveAvgPoolMatmul(bins)(x), nn.AdaptiveAvgPool2d(bins)(x))
+            torch.testing.assert_close(
+                AdaptiveAvgPoolMatmul(bins)(x), nn.AdaptiveAvgPool2d(bins)(x)
+            )
 
     class Pyramid(nn.Module):  # PSPNet's pooling pattern
         def __init__(self):
@@ -235,17 +264,35 @@ def test_export_ddrnet_metadata_checker_and_parity(tmp_path, weights_file, road_
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 64, 96]
     meta = read_metadata(path)
-    assert meta["model"] == "ddrnet23_slim" and meta["input_size"] == "64x96" and meta["dynamic"] == "false"
+    assert (
+        meta["model"] == "ddrnet23_slim"
+        and meta["input_size"] == "64x96"
+        and meta["dynamic"] == "false"
+    )
     assert json.loads(meta["classes"]) == pipe.classes.to_dicts()
-    assert json.loads(meta["mean"]) == pytest.approx(pipe.mean) and json.loads(meta["std"]) == pytest.approx(pipe.std)
+    assert json.loads(meta["mean"]) == pytest.approx(pipe.mean) and json.loads(
+        meta["std"]
+    ) == pytest.approx(pipe.std)
     diff = verify_against_torch(pipe, path, road_image, size=(64, 96))
     assert diff < 1e-3
 
 
 def test_export_cli_dynamic(tmp_path, weights_file, capsys):
     out = tmp_path / "dyn.onnx"
-    rc = cli_main(["export", "--model", "ddrnet23_slim", "--weights", str(weights_file), "--size", "64x96",
-                   "--dynamic", "--out", str(out)])
+    rc = cli_main(
+        [
+            "export",
+            "--model",
+            "ddrnet23_slim",
+            "--weights",
+            str(weights_file),
+            "--size",
+            "64x96",
+            "--dynamic",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr()
     assert '"ok": true' in capsys.readouterr().out
     pipe = _pipe(weights_file)
@@ -262,16 +309,24 @@ def test_pspnet_onnxruntime_parity_small(road_image):
     got = pipe.forward_logits(img)
     with torch.inference_mode():
         ref = pipe.model(pipe.preprocess(torch.from_numpy(img)))
-    # random-init ResNet logits reach ~1e3, where float32 rounding alone is ~1e-4: compare relatively
+    # random-init ResNet logits reach ~1e3, where float32 rounding alone is ~1e-4: compare
+    # relatively
     assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item() + 1e-3
-    assert pipe.backend.cache_dir.name.startswith("seg_ros_onnx_")  # random init: not the persistent cache
+    assert pipe.backend.cache_dir.name.startswith(
+        "seg_ros_onnx_"
+    )  # random init: not the persistent cache
 
 
 # -- onnxruntime backend ------------------------------------------------------------------------
 def test_onnxruntime_pipeline_matches_torch_and_caches(tmp_path, weights_file, small_image):
     cache = tmp_path / "cache"
     ref = _pipe(weights_file)
-    pipe = _pipe(weights_file, backend="onnxruntime", backend_options={"cache_dir": str(cache)}, num_threads=1)
+    pipe = _pipe(
+        weights_file,
+        backend="onnxruntime",
+        backend_options={"cache_dir": str(cache)},
+        num_threads=1,
+    )
     assert pipe.backend.threads == 1 and pipe.describe()["backend"] == "onnxruntime"
     got, want = pipe.forward_logits(small_image), ref.forward_logits(small_image)
     assert (got - want).abs().max().item() < 1e-3
@@ -298,7 +353,9 @@ def test_onnxruntime_cache_rejects_a_file_without_its_key(tmp_path, weights_file
     pipe = _pipe(weights_file)
     cache = OnnxCache(pipe.model, pipe.backend_context(), tmp_path)
     path = cache.path_for((64, 96))
-    export_onnx(cache.model, path, (64, 96))  # right name, no cache_key inside (e.g. copied by hand)
+    export_onnx(
+        cache.model, path, (64, 96)
+    )  # right name, no cache_key inside (e.g. copied by hand)
     assert cache.get((64, 96)) == path and read_metadata(path)["cache_key"] == path.stem
 
 
@@ -315,10 +372,18 @@ def test_onnxruntime_dynamic_and_onnx_path(tmp_path, weights_file, small_image):
     with pytest.raises(ConfigError, match="fixed 120x160 input but this frame needs 64x96"):
         given(small_image[:64, :96])
     with pytest.raises(ConfigError, match="does not exist"):
-        _pipe(weights_file, backend="onnxruntime", backend_options={"onnx_path": str(tmp_path / "no.onnx")})
+        _pipe(
+            weights_file,
+            backend="onnxruntime",
+            backend_options={"onnx_path": str(tmp_path / "no.onnx")},
+        )
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="not a valid model"):
-        _pipe(weights_file, backend="onnxruntime", backend_options={"onnx_path": str(tmp_path / "junk.onnx")})
+        _pipe(
+            weights_file,
+            backend="onnxruntime",
+            backend_options={"onnx_path": str(tmp_path / "junk.onnx")},
+        )
 
 
 def test_auto_table_names_registered_backends_with_a_reason():
@@ -342,10 +407,32 @@ def test_auto_backend_and_missing_onnxruntime(weights_file, monkeypatch):
 
 def test_bench_cli_onnxruntime(tmp_path, weights_file):
     out = tmp_path / "bench.json"
-    rc = cli_main(["bench", "--backend", "onnxruntime", "--device", "cpu", "--weights", str(weights_file),
-                   "--size", "64x96", "--runs", "2", "--warmup", "1", "--no-baseline", "--json", str(out)])
+    rc = cli_main(
+        [
+            "bench",
+            "--backend",
+            "onnxruntime",
+            "--device",
+            "cpu",
+            "--weights",
+            str(weights_file),
+            "--size",
+            "64x96",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--no-baseline",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
-    assert rc == 0 and report["backend"] == "onnxruntime" and report["timings_ms"]["pipeline"]["runs"] == 2
+    assert (
+        rc == 0
+        and report["backend"] == "onnxruntime"
+        and report["timings_ms"]["pipeline"]["runs"] == 2
+    )
 
 
 # -- TensorRT: refusal, cache keys, calibration data ------------------------------------------
@@ -354,7 +441,9 @@ def test_tensorrt_refuses_clearly(weights_file, capsys):
     with pytest.raises(ConfigError) as err:
         _pipe(weights_file, backend="tensorrt")
     assert str(err.value).startswith(REFUSAL)
-    assert cli_main(["build-engine", "--size", "64x96", "--weights", "none", "--device", "cpu"]) == 2
+    assert (
+        cli_main(["build-engine", "--size", "64x96", "--weights", "none", "--device", "cpu"]) == 2
+    )
     assert REFUSAL in capsys.readouterr().err
 
 
@@ -371,9 +460,15 @@ def test_engine_cache_keys_and_invalidation(tmp_path, caplog):
     onnx_b.write_bytes(b"graph B")
     key = _key(onnx_a)
     assert key == _key(onnx_a) and key.digest() == _key(onnx_a).digest()
-    variants = [_key(onnx_b), _key(onnx_a, tensorrt_version="10.4.0"), _key(onnx_a, gpu="Orin"),
-                _key(onnx_a, compute_capability="8.7"), _key(onnx_a, precision="fp32"),
-                _key(onnx_a, input_shape=(384, 768)), _key(onnx_a, precision="int8", calibration="c1")]
+    variants = [
+        _key(onnx_b),
+        _key(onnx_a, tensorrt_version="10.4.0"),
+        _key(onnx_a, gpu="Orin"),
+        _key(onnx_a, compute_capability="8.7"),
+        _key(onnx_a, precision="fp32"),
+        _key(onnx_a, input_shape=(384, 768)),
+        _key(onnx_a, precision="int8", calibration="c1"),
+    ]
     assert len({v.digest() for v in variants} | {key.digest()}) == len(variants) + 1
     with pytest.raises(ConfigError, match="precision must be one of"):
         _key(onnx_a, precision="int4")
@@ -399,7 +494,12 @@ def test_engine_cache_keys_and_invalidation(tmp_path, caplog):
     partial = EngineKey("", "10.3.0", "NVIDIA H100 80GB HBM3", "9.0", "fp16", (512, 1024))
     fields = ("tensorrt", "gpu", "compute_capability", "input_shape")
     assert load_engine_file(path, partial, check=fields) == b"engine bytes"
-    assert load_engine_file(path, EngineKey("", "10.3.0", "Orin", "8.7", "fp16", (512, 1024)), check=fields) is None
+    assert (
+        load_engine_file(
+            path, EngineKey("", "10.3.0", "Orin", "8.7", "fp16", (512, 1024)), check=fields
+        )
+        is None
+    )
 
 
 def test_engine_key_follows_onnx_content(tmp_path, weights_file):
@@ -407,7 +507,9 @@ def test_engine_key_follows_onnx_content(tmp_path, weights_file):
     a = export_onnx(pipe.model, tmp_path / "a.onnx", (64, 96))
     b = export_onnx(pipe.model, tmp_path / "b.onnx", (64, 128))
     assert _key(a).onnx_sha != _key(b).onnx_sha
-    assert _key(a).onnx_sha == _key(export_onnx(pipe.model, tmp_path / "a2.onnx", (64, 96))).onnx_sha
+    assert (
+        _key(a).onnx_sha == _key(export_onnx(pipe.model, tmp_path / "a2.onnx", (64, 96))).onnx_sha
+    )
 
 
 def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
@@ -415,7 +517,10 @@ def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
     (folder / "sub").mkdir(parents=True)
     for i in range(5):
         img = np.roll(road_image, 17 * i, axis=1)
-        cv2.imwrite(str(folder / ("sub" if i % 2 else "") / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(
+            str(folder / ("sub" if i % 2 else "") / f"f{i}.png"),
+            cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+        )
     (folder / "notes.txt").write_text("not an image")
     pipe = _pipe(weights_file)
     data = CalibrationData(pipe.network_input, folder, (64, 96), batch_size=2)
@@ -423,7 +528,9 @@ def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
     batches = list(data.batches())
     assert [tuple(b.shape) for b in batches] == [(2, 3, 64, 96), (2, 3, 64, 96), (1, 3, 64, 96)]
     assert all(b.dtype == torch.float32 and b.is_contiguous() for b in batches)
-    frame = cv2.resize(road_image, (96, 64), interpolation=cv2.INTER_AREA)  # f0: same preprocessing
+    frame = cv2.resize(
+        road_image, (96, 64), interpolation=cv2.INTER_AREA
+    )  # f0: same preprocessing
     with torch.inference_mode():
         want = pipe.preprocess(torch.from_numpy(frame))
     assert data.files[0].name == "f0.png"
@@ -442,15 +549,22 @@ def test_calibration_data_from_image_folder(tmp_path, weights_file, road_image):
         list_images(tmp_path / "nope")
 
 
-@pytest.mark.skipif(not (HAS_TRT and HAS_CUDA), reason="needs the TensorRT Python package and a CUDA GPU "
-                    "(neither on the development machines)")
+@pytest.mark.skipif(
+    not (HAS_TRT and HAS_CUDA),
+    reason="needs the TensorRT Python package and a CUDA GPU "
+    "(neither on the development machines)",
+)
 def test_tensorrt_engine_matches_torch(tmp_path, weights_file, small_image):
     ref = SegmentationPipeline(model="ddrnet23_slim", weights=str(weights_file), device="cuda")
     pipe = SegmentationPipeline(model="ddrnet23_slim", weights=str(weights_file), device="cuda",
                                 backend="tensorrt", backend_options={"cache_dir": str(tmp_path),
                                                                      "precision": "fp32"})
-    torch.testing.assert_close(pipe.forward_logits(small_image).float(), ref.forward_logits(small_image).float(),
-                               atol=1e-2, rtol=1e-3)
+    torch.testing.assert_close(
+        pipe.forward_logits(small_image).float(),
+        ref.forward_logits(small_image).float(),
+        atol=1e-2,
+        rtol=1e-3,
+    )
     engines = list((tmp_path / "engines").glob("*.engine"))
     assert len(engines) == 1 and engines[0].with_suffix(".json").is_file()
     again = SegmentationPipeline(model="ddrnet23_slim", weights=str(weights_file), device="cuda",

@@ -1,4 +1,8 @@
-"""Real rosbag2 files (both storage formats) written and read back; damaged bags give clear errors."""
+"""Real rosbag2 files (both storage formats) written and read back.
+
+Damaged bags give clear errors.
+"""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +31,12 @@ def _write(path: Path, frames: list[np.ndarray], topic: str = "/cam") -> None:
         w.add_topic("/other", "std_msgs/msg/String")
         for i, img in enumerate(frames):
             stamp = 10**9 * (7 + i) + 123
-            w.write(topic, 5000 + i, bags.image_msg_from_array(bags.make_header(stamp, f"f{i}"), img))
-            w.write("/other", 5000 + i, bags.typestore().types["std_msgs/msg/String"](data=f"s{i}"))
+            w.write(
+                topic, 5000 + i, bags.image_msg_from_array(bags.make_header(stamp, f"f{i}"), img)
+            )
+            w.write(
+                "/other", 5000 + i, bags.typestore().types["std_msgs/msg/String"](data=f"s{i}")
+            )
 
 
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
@@ -105,15 +113,39 @@ def test_bag_from_images_cli(tmp_path, encoding):
     for i, img in enumerate(frames):  # written out of order: the tool sorts by name
         cv2.imwrite(str(folder / f"frame_{2 - i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out.db3"
-    assert cli(["bag-from-images", str(folder), "--out", str(out), "--rate", "5", "--encoding", encoding,
-                "--start-time", "100"]) == 0
+    assert (
+        cli(
+            [
+                "bag-from-images",
+                str(folder),
+                "--out",
+                str(out),
+                "--rate",
+                "5",
+                "--encoding",
+                encoding,
+                "--start-time",
+                "100",
+            ]
+        )
+        == 0
+    )
     got = list(bags.iter_bag_frames(out))
     assert len(got) == 3
-    assert [f.stamp_ns for f in got] == [100 * 10**9, 100 * 10**9 + 2 * 10**8, 100 * 10**9 + 4 * 10**8]
+    assert [f.stamp_ns for f in got] == [
+        100 * 10**9,
+        100 * 10**9 + 2 * 10**8,
+        100 * 10**9 + 4 * 10**8,
+    ]
     for f, img in zip(got, frames[::-1]):
         rgb = f.image if f.color_order == "rgb" else f.image[:, :, ::-1]
         np.testing.assert_array_equal(rgb, img)  # lossless encodings round-trip exactly
-    assert cli(["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]) == 2
+    assert (
+        cli(
+            ["bag-from-images", str(tmp_path / "empty_missing"), "--out", str(tmp_path / "x.mcap")]
+        )
+        == 2
+    )
 
 
 def test_normalize_type_accepts_the_older_spelling():
@@ -162,12 +194,14 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
 @pytest.mark.slow  # a writer process killed half-way
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bagdir"])
 def test_a_bag_appears_only_when_complete(tmp_path, name):
-    """A writer killed half-way (never closed) leaves no half bag at the path; the next writer of
-    that path, or remove_bag, clears what it left."""
+    """A writer killed half-way (never closed) leaves no half bag at the path.
+
+    The next writer of that path, or remove_bag, clears what it left.
+    """
     path = tmp_path / name
 
     def killed_writer() -> None:
-        """A process that dies (os._exit: nothing closed, as under SIGKILL) while writing."""
+        """Return a process that dies while writing (os._exit: nothing closed, as on SIGKILL)."""
         code = ("import os, sys, numpy as np; from seg_ros import bags; "
                 "w = bags.BagWriter(sys.argv[1]); w.open(); w.add_topic('/cam', bags.IMAGE_TYPE); "
                 "w.write('/cam', 1, bags.image_msg_from_array(bags.make_header(1), "

@@ -1,5 +1,8 @@
-"""The core of multi-camera batching: LatestFrames (per-camera latest-wins slots gathered into a
-batch), the pipeline's segment_batch, and CameraInfo scaling. No ROS needed."""
+"""The core of multi-camera batching.
+
+LatestFrames (per-camera latest-wins slots gathered into a batch), the pipeline's segment_batch,
+and CameraInfo scaling. No ROS needed.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -129,8 +132,10 @@ def test_config_is_frozen_and_overrides_leave_the_callers_object_alone(weights_f
 
 
 def test_a_backend_that_takes_one_frame_per_pass_gets_one(weights_file, small_image):
-    """onnxruntime's exported graphs have a batch of 1: a batch of 3 runs as 3 passes, with the
-    same labels as one frame at a time."""
+    """Onnxruntime's exported graphs have a batch of 1.
+
+    A batch of 3 runs as 3 passes, with the same labels as one frame at a time.
+    """
     pytest.importorskip("onnxruntime")
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", backend="onnxruntime",
                                 max_batch=3)

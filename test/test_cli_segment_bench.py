@@ -18,9 +18,22 @@ def test_segment_writes_labels_color_overlay(tmp_path, road_image):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     torch.manual_seed(0)
     weights = tmp_path / "w.pt"
-    save_weights(weights, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim", "num_classes": 11})
-    rc = main(["segment", str(img_path), str(tmp_path / "broken.png"), "--out", str(tmp_path / "out"),
-               "--weights", str(weights), "--device", "cpu"])
+    save_weights(
+        weights, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim", "num_classes": 11}
+    )
+    rc = main(
+        [
+            "segment",
+            str(img_path),
+            str(tmp_path / "broken.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 1  # one unreadable file is reported, the good one is still written
     labels = cv2.imread(str(tmp_path / "out" / "frame_labels.png"), cv2.IMREAD_UNCHANGED)
     color = cv2.imread(str(tmp_path / "out" / "frame_color.png"))
@@ -38,10 +51,25 @@ def test_bench_json_report(tmp_path, capsys):
                "--device", "cpu", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert report["model"] == "ddrnet23_slim" and report["backend"] == "torch" and report["device"] == "cpu"
+    assert (
+        report["model"] == "ddrnet23_slim"
+        and report["backend"] == "torch"
+        and report["device"] == "cpu"
+    )
     assert report["size"] == [64, 128]
-    for stage in ("forward", "pipeline", "forward_eager_fp32_nchw", "preprocess", "postprocess", "color",
-                  "overlay", "download", "decode", "serialise", "message_to_messages"):
+    for stage in (
+        "forward",
+        "pipeline",
+        "forward_eager_fp32_nchw",
+        "preprocess",
+        "postprocess",
+        "color",
+        "overlay",
+        "download",
+        "decode",
+        "serialise",
+        "message_to_messages",
+    ):
         t = report["timings_ms"][stage]
         assert t["median"] > 0 and t["p95"] >= t["median"]
     assert "pipeline_vs_forward" in report["ratios"]
@@ -49,7 +77,10 @@ def test_bench_json_report(tmp_path, capsys):
 
 
 def test_bench_on_bag_frames(tmp_path, road_image):
-    """--bag times the bag's own frames (their size, their encodings) through decode ... serialise."""
+    """--bag times the bag's own frames through decode ... serialise.
+
+    Their size, their encodings.
+    """
     from seg_ros import bags
     bag = tmp_path / "cam.mcap"
     small = cv2.resize(road_image, (96, 72))
@@ -59,11 +90,34 @@ def test_bench_on_bag_frames(tmp_path, road_image):
         for i in range(3):
             w.write("/cam/image_raw", i, bags.image_msg_from_array(bags.make_header(i), small))
             ok, jpeg = cv2.imencode(".jpg", small)
-            w.write("/cam/image_raw/compressed", i, bags.make_compressed(bags.make_header(i), "jpeg", jpeg))
+            w.write(
+                "/cam/image_raw/compressed",
+                i,
+                bags.make_compressed(bags.make_header(i), "jpeg", jpeg),
+            )
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--bag", str(bag), "--topic", "/cam/image_raw/compressed", "--size", "64x96",
-               "--runs", "3", "--warmup", "1", "--weights", "none", "--device", "cpu", "--no-baseline",
-               "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--bag",
+            str(bag),
+            "--topic",
+            "/cam/image_raw/compressed",
+            "--size",
+            "64x96",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--weights",
+            "none",
+            "--device",
+            "cpu",
+            "--no-baseline",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["frames"] == 3 and report["size"] == [72, 96] and report["source"] == str(bag)

@@ -1,6 +1,9 @@
-"""CRF refinement (seg_ros.crf): both CRFs clean a noisy unary on an image of clean colour regions,
+"""CRF refinement (seg_ros.crf), from the refiners to the labels the tools write.
+
+CRF refinement (seg_ros.crf): both CRFs clean a noisy unary on an image of clean colour regions,
 agree with each other there, reject bad parameters with a reason, and reach the labels the tools
-write (segment, eval, replay, bench with --crf)."""
+write (segment, eval, replay, bench with --crf).
+"""
 from __future__ import annotations
 
 import json
@@ -14,8 +17,14 @@ import torch
 
 from seg_ros import bags
 from seg_ros.cli.main import main as cli
-from seg_ros.crf import (CRF_MODES, CRFConfig, create_refiner, dense_unavailable_reason, load_crf_config,
-                         parameter_table)
+from seg_ros.crf import (
+    CRF_MODES,
+    CRFConfig,
+    create_refiner,
+    dense_unavailable_reason,
+    load_crf_config,
+    parameter_table,
+)
 from seg_ros.crf.worker import BackgroundRefiner
 from seg_ros.errors import ConfigError
 from seg_ros.metrics import BoundaryAccumulator
@@ -30,8 +39,11 @@ COLORS = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 200], [230, 220, 60]],
 
 
 def regions_scene(seed: int = 0, noise: float = 1.0):
-    """Four clean colour regions (two blocks, a band, a disc), pixel noise of 2 grey levels, and a
-    unary that prefers the right class by 1.0 under N(0, noise) logit noise."""
+    """Four clean colour regions (two blocks, a band, a disc).
+
+    Pixel noise of 2 grey levels, and a unary that prefers the right class by 1.0 under N(0, noise)
+    logit noise.
+    """
     rng = np.random.default_rng(seed)
     gt = np.zeros((H, W), np.int64)
     gt[:, W // 2:] = 1
@@ -72,7 +84,9 @@ def test_fast_recovers_the_regions(scene, fast_labels):
 
 def test_fast_at_full_resolution_and_other_window_also_recovers(scene):
     image, logits, gt = scene
-    labels = refine("fast", image, logits, CRFConfig(fast_scale=1.0, fast_window=5, fast_iterations=8))
+    labels = refine(
+        "fast", image, logits, CRFConfig(fast_scale=1.0, fast_window=5, fast_iterations=8)
+    )
     assert (labels == gt).mean() > 0.95
 
 
@@ -87,7 +101,9 @@ def test_dense_recovers_the_regions_and_agrees_with_fast(scene, fast_labels):
 def test_without_pairwise_terms_the_crf_keeps_the_unary(scene):
     """w1 = w2 = 0 leaves only the unary: the labels are its argmax (the kernels do the work)."""
     image, logits, _ = scene
-    labels = refine("fast", image, logits, CRFConfig(bilateral_weight=0.0, gaussian_weight=0.0, fast_scale=1.0))
+    labels = refine(
+        "fast", image, logits, CRFConfig(bilateral_weight=0.0, gaussian_weight=0.0, fast_scale=1.0)
+    )
     np.testing.assert_array_equal(labels, logits[0].argmax(0).numpy())
 
 
@@ -104,7 +120,8 @@ def test_colour_edges_steer_the_fast_crf():
     assert (labels == gt).mean() > 0.97
 
 
-# -- parameters ------------------------------------------------------------------------------------
+# -- parameters
+# ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("values, words", [
     ({"fast_window": 4}, "odd"),
     ({"theta_alpha": 0}, "theta_alpha"),
@@ -164,7 +181,8 @@ def test_dense_mode_refused_with_the_reason_when_pydensecrf_is_missing(monkeypat
         create_refiner("dense")
 
 
-# -- pipeline and tools ----------------------------------------------------------------------------
+# -- pipeline and tools
+# ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe(weights_file):
     return SegmentationPipeline(weights=str(weights_file), device="cpu")
@@ -195,18 +213,38 @@ def test_pipeline_refine_reuses_the_raw_logits(pipe, frame):
 
 
 def test_refine_at_inference_resolution(weights_file, frame):
-    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference",
-                                input_size=(32, 40))
+    pipe = SegmentationPipeline(
+        weights=str(weights_file), device="cpu", output_resolution="inference", input_size=(32, 40)
+    )
     res = pipe(frame, "rgb", keep_scores=True)
     refined = pipe.refine(res, create_refiner("fast"), overlay=True)
-    assert refined.labels.shape == res.labels.shape == (32, 40) and refined.overlay.shape == (32, 40, 3)
+    assert refined.labels.shape == res.labels.shape == (32, 40) and refined.overlay.shape == (
+        32,
+        40,
+        3,
+    )
 
 
 def test_segment_writes_refined_labels(tmp_path, weights_file, pipe, frame):
     path = tmp_path / "f.png"
     cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert cli(["segment", str(path), "--out", str(tmp_path / "out"), "--weights", str(weights_file),
-                "--device", "cpu", "--crf", "fast"]) == 0
+    assert (
+        cli(
+            [
+                "segment",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--weights",
+                str(weights_file),
+                "--device",
+                "cpu",
+                "--crf",
+                "fast",
+            ]
+        )
+        == 0
+    )
     labels = cv2.imread(str(tmp_path / "out" / "f_labels.png"), cv2.IMREAD_UNCHANGED)
     expected = pipe.refine(pipe(frame, "rgb", keep_scores=True), create_refiner("fast"))
     np.testing.assert_array_equal(labels, expected.labels)
@@ -221,8 +259,27 @@ def test_eval_scores_the_refined_labels_with_boundary_f(tmp_path, weights_file, 
     report = {}
     for mode in ("off", "fast"):
         out = tmp_path / f"{mode}.json"
-        assert cli(["eval", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--weights",
-                    str(weights_file), "--device", "cpu", "--crf", mode, "--boundary-f", "--json", str(out)]) == 0
+        assert (
+            cli(
+                [
+                    "eval",
+                    "--images",
+                    str(tmp_path / "img"),
+                    "--labels",
+                    str(tmp_path / "lab"),
+                    "--weights",
+                    str(weights_file),
+                    "--device",
+                    "cpu",
+                    "--crf",
+                    mode,
+                    "--boundary-f",
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         report[mode] = json.loads(out.read_text())
     assert report["fast"]["crf"] == "fast" and report["fast"]["pixel_accuracy"] == 1.0
     assert report["fast"]["boundary_f"] == 1.0 and report["fast"]["tolerance_px"] == 3
@@ -235,22 +292,60 @@ def test_replay_writes_refined_topics(tmp_path, weights_file, pipe, frame):
         w.add_topic("/cam", bags.IMAGE_TYPE)
         w.write("/cam", 1000, bags.image_msg_from_array(bags.make_header(5, "f0"), frame))
     out = tmp_path / "out.mcap"
-    assert cli(["replay", str(bag), "--out", str(out), "--weights", str(weights_file), "--device", "cpu",
-                "--crf", "fast"]) == 0
+    assert (
+        cli(
+            [
+                "replay",
+                str(bag),
+                "--out",
+                str(out),
+                "--weights",
+                str(weights_file),
+                "--device",
+                "cpu",
+                "--crf",
+                "fast",
+            ]
+        )
+        == 0
+    )
     with bags.BagReader(out) as reader:
         msgs = {m.topic: reader.deserialize(m) for m in reader.messages()}
     raw = pipe(frame, "rgb", keep_scores=True)
     refined = pipe.refine(raw, create_refiner("fast"))
     np.testing.assert_array_equal(bags.labels_from_msg(msgs["/cam/labels"]), raw.labels)
-    np.testing.assert_array_equal(bags.labels_from_msg(msgs["/cam/labels_refined"]), refined.labels)
+    np.testing.assert_array_equal(
+        bags.labels_from_msg(msgs["/cam/labels_refined"]), refined.labels
+    )
     assert {"/cam/color_mask_refined", "/cam/overlay_refined"} <= set(msgs)
     assert msgs["/cam/labels_refined"].header.frame_id == "f0"
 
 
 def test_bench_times_the_crf_stage(tmp_path):
     out = tmp_path / "b.json"
-    assert cli(["bench", "--size", "64x80", "--runs", "2", "--warmup", "1", "--weights", "none", "--device", "cpu",
-                "--no-baseline", "--crf", "fast", "--json", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "--size",
+                "64x80",
+                "--runs",
+                "2",
+                "--warmup",
+                "1",
+                "--weights",
+                "none",
+                "--device",
+                "cpu",
+                "--no-baseline",
+                "--crf",
+                "fast",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["crf"] == "fast" and report["timings_ms"]["crf_fast"]["median"] > 0
 
@@ -262,7 +357,8 @@ def test_crf_flag_choices(capsys):
     assert CRF_MODES == ("off", "dense", "fast")
 
 
-# -- boundary F and the background worker ----------------------------------------------------------
+# -- boundary F and the background worker
+# ----------------------------------------------------------
 def test_boundary_f_score():
     gt = np.zeros((20, 30), np.int64)
     gt[:, 15:] = 1
@@ -314,8 +410,11 @@ ISOLATE = True  # False shows the stall this test exists to catch
 @pytest.mark.slow  # a helper process
 @needs_dense
 def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(scene):
-    """The node's dense CRF runs in a helper process: same labels, and this process's threads
-    keep running meanwhile (pydensecrf in-process holds the GIL for the whole inference)."""
+    """The node's dense CRF runs in a helper process.
+
+    Same labels, and this process's threads keep running meanwhile (pydensecrf in-process holds the
+    GIL for the whole inference).
+    """
     image, logits, _ = scene
     image = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))  # 128 x 160
     logits = logits.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
@@ -344,7 +443,9 @@ def test_isolated_dense_gives_the_same_labels_and_leaves_other_threads_running(s
     in_process = create_refiner("dense", config)(torch.from_numpy(image), logits, size).numpy()
     np.testing.assert_array_equal(labels, in_process)
     gaps = np.diff([t for t in ticks if t >= t0])
-    print(f"dense {elapsed * 1e3:.0f} ms, longest stall of another thread {gaps.max() * 1e3:.0f} ms")
+    print(
+        f"dense {elapsed * 1e3:.0f} ms, longest stall of another thread {gaps.max() * 1e3:.0f} ms"
+    )
     assert elapsed > 0.05 and gaps.max() < 0.5 * elapsed, (gaps.max(), elapsed)
 
 

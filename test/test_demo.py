@@ -28,8 +28,25 @@ def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id):
     weights = tmp_path / "seed0.pt"
     save_weights(weights, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})
     out = tmp_path / "demo"
-    proc = subprocess.run([*CLI, "demo", "--max-frames", "3", "--out", str(out), "--weights", str(weights),
-                           "--device", "cpu", "--rate", "0.5"], capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "demo",
+            "--max-frames",
+            "3",
+            "--out",
+            str(out),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--rate",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "live (segment_node + seg-ros play over DDS)" in proc.stdout
     summary = json.loads((out / "stats.json").read_text())
@@ -62,10 +79,31 @@ def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id):
 
 def test_demo_offline_fallback_says_untrained(tmp_path, capsys):
     from seg_ros.cli.main import main as cli
-    assert cli(["demo", "--offline", "--max-frames", "2", "--out", str(tmp_path), "--weights", "none",
-                "--device", "cpu"]) == 0
+
+    assert (
+        cli(
+            [
+                "demo",
+                "--offline",
+                "--max-frames",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--weights",
+                "none",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "replaying the bag offline" in stdout and "UNTRAINED" in stdout
     summary = json.loads((tmp_path / "stats.json").read_text())
     assert summary["frames_in"] == 2 and summary["frames_out"] == 2 and summary["trained"] is False
-    assert bags.summarize(tmp_path / "demo_output.mcap")["topics"]["/camera/image_raw/labels"]["count"] == 2
+    assert (
+        bags.summarize(tmp_path / "demo_output.mcap")["topics"]["/camera/image_raw/labels"][
+            "count"
+        ]
+        == 2
+    )

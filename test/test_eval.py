@@ -23,9 +23,25 @@ H, W = 64, 96
 
 def test_eval_cli_on_camvid_writes_json_and_figure(tmp_path, camvid_dir):
     report_path = tmp_path / "report.json"
-    rc = cli(["eval", "--images", str(camvid_dir / "val"), "--labels", str(camvid_dir / "valannot"),
-              "--classes", "camvid", "--weights", "none", "--device", "cpu", "--max-images", "2",
-              "--json", str(report_path)])
+    rc = cli(
+        [
+            "eval",
+            "--images",
+            str(camvid_dir / "val"),
+            "--labels",
+            str(camvid_dir / "valannot"),
+            "--classes",
+            "camvid",
+            "--weights",
+            "none",
+            "--device",
+            "cpu",
+            "--max-images",
+            "2",
+            "--json",
+            str(report_path),
+        ]
+    )
     assert rc == 0
     rep = json.loads(report_path.read_text())
     names = list(load_classes("camvid").names)
@@ -92,7 +108,14 @@ def test_bad_inputs_are_reported(tmp_path, road_image, weights_file, capsys):
     cv2.imwrite(str(gts / "b.png"), img)  # colour-coded label: refused with a reason
     (imgs / "d.png").write_bytes(b"not a PNG")  # unreadable image: skipped, counted
     cv2.imwrite(str(gts / "d.png"), np.zeros((H, W), np.uint8))
-    common = ["--weights", str(weights_file), "--device", "cpu", "--figure", str(tmp_path / "f.png")]
+    common = [
+        "--weights",
+        str(weights_file),
+        "--device",
+        "cpu",
+        "--figure",
+        str(tmp_path / "f.png"),
+    ]
     report = tmp_path / "bad.json"
     assert cli(["eval", "--images", str(imgs), "--labels", str(gts), *common,
                 "--json", str(report)]) == 0
@@ -101,7 +124,9 @@ def test_bad_inputs_are_reported(tmp_path, road_image, weights_file, capsys):
     rep = json.loads(report.read_text())
     assert rep["images"] == 1 and rep["skipped_frames"] == 3 == len(rep["skipped"])
     assert "skipped       3 frames" in out
-    assert cli(["eval", "--images", str(imgs), "--labels", str(tmp_path / "missing"), *common]) == 2
+    assert (
+        cli(["eval", "--images", str(imgs), "--labels", str(tmp_path / "missing"), *common]) == 2
+    )
     assert "label folder" in capsys.readouterr().err
 
 
@@ -125,8 +150,11 @@ def test_eval_accepts_the_older_type_spelling(tmp_path, road_image, weights_file
 
 
 def test_a_bug_is_not_a_skipped_frame(weights_file):
-    """Only input errors skip a pair; any other error propagates instead of silently shrinking
-    the scored set while the command exits 0."""
+    """Only input errors skip a pair.
+
+    Any other error propagates instead of silently shrinking the scored set while the command exits
+    0.
+    """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     acc = ConfusionAccumulator(pipe.classes.num_classes, pipe.classes.ignore_id)
     image = np.zeros((H, W, 3), np.uint8)

@@ -1,6 +1,8 @@
-"""Fleet runs of ``seg-ros replay`` / ``seg-ros eval`` over many real bags: layout, manifest,
-resume, chunks, fleet evaluation, engines (in-process, local processes, Ray), Ctrl-C, dead
-workers."""
+"""Fleet runs of ``seg-ros replay`` / ``seg-ros eval`` over many real bags.
+
+Layout, manifest, resume, chunks, fleet evaluation, engines (in-process, local processes, Ray),
+Ctrl-C, dead workers.
+"""
 from __future__ import annotations
 
 import json
@@ -43,8 +45,10 @@ def stamp(seed: int, i: int) -> int:
 
 
 def records(seed: int, n: int, gt=None, label_delay: int = 1) -> list:
-    """Images on /cam, a String on /note, and (with ``gt(i, image)``) labels on /gt recorded
-    ``label_delay`` ns after their image."""
+    """Images on /cam, a String on /note.
+
+    And (with ``gt(i, image)``) labels on /gt recorded ``label_delay`` ns after their image.
+    """
     out = []
     for i, img in enumerate(frames_for(seed, n)):
         hdr = bags.make_header(stamp(seed, i), f"f{i}")
@@ -76,8 +80,10 @@ def pipe(weights_file):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, pipe):
-    """Four good bags in folders (mcap file, db3 file, bag directory, older type spelling), a
-    corrupt one, ground-truth labels on /gt equal to the model's own labels (a perfect score)."""
+    """Four good bags in folders (mcap file, db3 file, bag directory, older type spelling).
+
+    A corrupt one, ground-truth labels on /gt equal to the model's own labels (a perfect score).
+    """
     root = tmp_path_factory.mktemp("fleet") / "drives"
     gt = lambda i, img: pipe(img, "rgb").labels  # noqa: E731
     for name, (seed, n) in TREE.items():
@@ -305,8 +311,11 @@ def _job(src: Path, out: Path, weights_file: Path, attempts: int) -> FleetJob:
 
 
 def _killer(engine_cls, kills: int, victim: str, **kwargs):
-    """An engine factory whose engine kills (SIGKILL) the worker running ``victim`` as soon as it
-    reports progress, ``kills`` times: a real worker death, as the OOM killer would do it."""
+    """Return an engine factory whose engine kills a worker: a real worker death.
+
+    An engine factory whose engine kills (SIGKILL) the worker running ``victim`` as soon as it
+    reports progress, ``kills`` times: a real worker death, as the OOM killer would do it.
+    """
     left = {"n": kills}
 
     def make(spec, progress):

@@ -75,9 +75,13 @@ def test_colour_encodings_exact(rgb, encoding, extra):
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array", "numpy"])
 def test_rgb8_is_a_view_of_the_buffer(rgb, kind):
     data, step = pad_rows(as_rows(rgb), 4)
-    buffers = {"bytes": lambda: data, "bytearray": lambda: bytearray(data),
-               "memoryview": lambda: memoryview(bytearray(data)),
-               "array": lambda: array.array("B", data), "numpy": lambda: np.frombuffer(data, np.uint8).copy()}
+    buffers = {
+        "bytes": lambda: data,
+        "bytearray": lambda: bytearray(data),
+        "memoryview": lambda: memoryview(bytearray(data)),
+        "array": lambda: array.array("B", data),
+        "numpy": lambda: np.frombuffer(data, np.uint8).copy(),
+    }
     buf = buffers[kind]()
     image, _ = decode_image("rgb8", H, W, step, False, buf)
     np.testing.assert_array_equal(image, rgb)
@@ -177,8 +181,24 @@ def test_bayer_smooth_image(pattern):
 
 
 def test_every_supported_encoding_is_tested():
-    tested = {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "rgb16", "bgr16", "mono16", "yuv422",
-              "yuv422_yuy2", "uyvy", "yuyv", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"}
+    tested = {
+        "rgb8",
+        "bgr8",
+        "rgba8",
+        "bgra8",
+        "mono8",
+        "rgb16",
+        "bgr16",
+        "mono16",
+        "yuv422",
+        "yuv422_yuy2",
+        "uyvy",
+        "yuyv",
+        "bayer_rggb8",
+        "bayer_bggr8",
+        "bayer_gbrg8",
+        "bayer_grbg8",
+    }
     assert set(SUPPORTED_ENCODINGS) == tested
 
 
@@ -218,9 +238,12 @@ def test_bytes_per_pixel_table_matches_ros():
 
 # -- compressed: image_transport's format conventions -----------------------------------------
 def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ()) -> bytes:
-    """An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
+    """Return an image encoded as an image_transport publisher sends it.
+
+    An RGB (or grey, or 16-bit) image as the JPEG/PNG file an image_transport publisher
     sends: today's convert colour to BGR for OpenCV's encoder, so the file is an ordinary image
-    file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped."""
+    file; ``legacy`` ones (before 2012) handed it the RGB pixels: red and blue swapped.
+    """
     src = img if img.ndim == 2 or legacy else img[..., ::-1]
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(src), list(params))
     assert ok
@@ -228,7 +251,7 @@ def encoded(img: np.ndarray, ext: str, legacy: bool = False, params: tuple = ())
 
 
 def is_swapped_wrong(image: np.ndarray, order: str, reference: np.ndarray) -> bool:
-    """The other channel order would be far off: the test can tell the orders apart."""
+    """Return whether the other channel order would be far off (the test can tell them apart)."""
     other = rgb_of(image, "bgr" if order == "rgb" else "rgb")
     return np.abs(other.astype(int) - reference).mean() > 20
 
@@ -252,7 +275,9 @@ def test_png_channel_order_follows_image_transport(rgb, fmt, legacy):
 def test_jpeg(fmt, legacy, kind):
     img = smooth_image(48, 64)
     data = encoded(img, ".jpg", legacy)
-    buf = {"bytes": data, "array": array.array("B", data), "numpy": np.frombuffer(data, np.uint8)}[kind]
+    buf = {"bytes": data, "array": array.array("B", data), "numpy": np.frombuffer(data, np.uint8)}[
+        kind
+    ]
     image, order = decode_compressed(fmt, buf)
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
     assert np.abs(rgb_of(image, order).astype(int) - img).mean() < 3
@@ -292,8 +317,11 @@ def test_grey(fmt, ext):
     ("mono16", "mono16; png compressed "),
 ])
 def test_16bit_png_is_scaled_as_raw_16bit(rgb, encoding, fmt):
-    """16-bit PNG keeps the high byte of each sample, exactly as decode_image does for the raw
-    encoding of the same samples (a rounding scaler, value * 255 / 65535, would fail here)."""
+    """16-bit PNG keeps the high byte of each sample.
+
+    Exactly as decode_image does for the raw encoding of the same samples (a rounding scaler, value
+    * 255 / 65535, would fail here).
+    """
     rng = np.random.default_rng(6)
     src8 = rgb[..., 0] if encoding == "mono16" else rgb
     src16 = src8.astype(np.uint16) * 256 + rng.integers(0, 256, src8.shape, dtype=np.uint16)
@@ -399,9 +427,11 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_big_files_are_refused_before_decoding(tmp_path, rgb):
-    """Decompression bombs: a 12000x12000 TIFF and a 4000x4000 WebP sent as 'jpeg', BMP as 'jpeg'
-    and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh process,
-    none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB)."""
+    """Decompression bombs: a 12000x12000 TIFF and a 4000x4000 WebP sent as 'jpeg'.
+
+    BMP as 'jpeg' and '', a 12000x12000 PNG and a 6000x6000 JPEG over max_input_pixels. In a fresh
+    process, none of them raises the peak RSS by more than 8 MiB (decoding would take 48-432 MiB).
+    """
     files = {
         "tiff": (pil_encoded(np.zeros((12000, 12000), bool), "TIFF", compression="packbits"),
                  "jpeg"),
@@ -485,8 +515,11 @@ def test_jpeg_with_corrupt_entropy_data_is_refused(photo_jpeg, seed):
 
 
 def test_damaged_files_are_refused_and_nothing_is_printed(capfd, photo_jpeg, road_image):
-    """The decoders report damage as an error; nothing reaches stdout/stderr (file descriptors,
-    so C libraries printing directly would show here)."""
+    """The decoders report damage as an error.
+
+    Nothing reaches stdout/stderr (file descriptors, so C libraries printing directly would show
+    here).
+    """
     files = damaged_files(photo_jpeg, encoded(road_image, ".png"))
     for name, data in files.items():
         with pytest.raises(InputError) as info:
@@ -519,8 +552,11 @@ def test_garbage_compressed_is_rejected(data):
 
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_fuzzed_compressed_data_gives_an_image_or_one_input_error(ext, capfd):
-    """300 random overwrites, bit flips and cuts: each frame decodes to its header's size or
-    raises InputError with a known kind; no other exception, nothing printed."""
+    """300 random overwrites, bit flips and cuts.
+
+    Each frame decodes to its header's size or raises InputError with a known kind; no other
+    exception, nothing printed.
+    """
     good = encoded(smooth_image(48, 64), ext)
     rng = np.random.default_rng(8)
     outcomes = set()

@@ -42,9 +42,11 @@ RSS_FALL_MIB = 16  # the model, its fused graph and buffers: far more than this 
 
 # -- the README's commands: `ros2 run` and `ros2 lifecycle set` ---------------------------------
 def lifecycle_set(env: dict[str, str], node: str, transition: str) -> bool:
-    """`ros2 lifecycle set NODE TRANSITION`: True on 'Transitioning successful'. The command
-    waits for the answer without a time limit; when that answer is lost (LOST_ANSWER), check
-    the state and type the command again if nothing happened, as a user would."""
+    """`ros2 lifecycle set NODE TRANSITION`: True on 'Transitioning successful'.
+
+    The command waits for the answer without a time limit; when that answer is lost (LOST_ANSWER),
+    check the state and type the command again if nothing happened, as a user would.
+    """
     for _ in range(2):
         try:
             done = ros2(env, "lifecycle", "set", node, transition, timeout=150, attempts=5)
@@ -94,14 +96,17 @@ def send_unanswered(peer: FramePeer, tag: str, frames: int = 5, wait_s: float = 
 
 @pytest.fixture(scope="module")
 def default_offline() -> SegmentationPipeline:
-    """The shipped weights, as the README's commands run them (backend auto = torch on CPU)."""
+    """Return the shipped weights, as the README's commands run them (auto = torch on CPU)."""
     return SegmentationPipeline(device="cpu")
 
 
 def test_readme_commands_drive_every_transition(workspace, tmp_path, default_offline):
-    """`ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
+    """The README's commands drive the node through every transition.
+
+    `ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
     types them: no labels before activation or after deactivation, labels equal to the offline
-    pipeline's when active, RSS falls at cleanup, and a second configure works."""
+    pipeline's when active, RSS falls at cleanup, and a second configure works.
+    """
     commands = readme_commands("### Managed (lifecycle) node")
     run = next(c for c in commands if c.startswith("ros2 run"))
     lifecycle = [c for c in commands if c.startswith("ros2 lifecycle")]
@@ -180,8 +185,11 @@ def wait_line(node: NodeProcess, pattern: str, timeout: float) -> str:
 
 @contextmanager
 def managed_node(workspace, tmp_path, weights, *params: str):
-    """The installed segment_lifecycle_node, started as the launch file does (params file,
-    remap, namespace), unconfigured; with the test peer and its lifecycle client."""
+    """Start the installed segment_lifecycle_node, unconfigured, with a test peer.
+
+    The installed segment_lifecycle_node, started as the launch file does (params file,
+    remap, namespace), unconfigured; with the test peer and its lifecycle client.
+    """
     exe = workspace / "seg_ros" / "lib" / "seg_ros" / "segment_lifecycle_node"
     domain = random_domain()
     env = sourced_env(workspace, domain, tmp_path / "log")
@@ -212,9 +220,12 @@ def labels_equal_offline(peer: Peer, pipeline: SegmentationPipeline, image: np.n
 
 def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_file, offline,
                                                    small_image):
-    """~/change_state from rclpy: configure fails on a missing weights file (one line, still
+    """A failed configure can be fixed, and a cleaned-up node can load another model.
+
+    ~/change_state from rclpy: configure fails on a missing weights file (one line, still
     unconfigured, alive), succeeds once the parameter is fixed; after cleanup another model and
-    weights load in the same process. /diagnostics follows the state."""
+    weights load in the same process. /diagnostics follows the state.
+    """
     missing = tmp_path / "no_such_weights.pt"
     other_weights = save_test_weights(tmp_path / "ddrnet23.pt", "ddrnet23")
     other = SegmentationPipeline(model="ddrnet23", weights=str(other_weights), device="cpu")
@@ -269,8 +280,11 @@ def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_
 
 
 def interrupted_cleanly(node: NodeProcess) -> str:
-    """SIGINT to the node: exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no
-    error line. Returns its log."""
+    """SIGINT to the node.
+
+    Exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no error line. Returns its
+    log.
+    """
     started = time.monotonic()
     code = node.stop(signal.SIGINT)
     seconds = time.monotonic() - started
@@ -286,9 +300,12 @@ def interrupted_cleanly(node: NodeProcess) -> str:
 @pytest.mark.parametrize("state", ["unconfigured", "inactive", "active"])
 @pytest.mark.parametrize("how", ["shutdown_transition", "SIGINT"])
 def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how):
-    """The shutdown transition (~/change_state) from each primary state reaches finalized with
+    """The shutdown transition and SIGINT from each state end the node cleanly.
+
+    The shutdown transition (~/change_state) from each primary state reaches finalized with
     everything released, and the process then stops cleanly on SIGINT; SIGINT in each state runs
-    the shutdown transition itself: exit code 0, no traceback, one stop line."""
+    the shutdown transition itself: exit code 0, no traceback, one stop line.
+    """
     with managed_node(workspace, tmp_path, weights_file) as (node, peer, lifecycle):
         go(lifecycle, state)
         if how == "shutdown_transition":
@@ -301,8 +318,10 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
 
 
 def test_sigint_during_configure(workspace, tmp_path, weights_file):
-    """A stop signal while configure traces the graph (which cannot be interrupted): the node
-    gives the configure up and exits cleanly without waiting for the trace."""
+    """A stop signal while configure traces the graph (which cannot be interrupted).
+
+    The node gives the configure up and exits cleanly without waiting for the trace.
+    """
     with managed_node(workspace, tmp_path, weights_file, "input_size:=[360, 480]") as (
             node, peer, lifecycle):
         lifecycle.send("configure")
@@ -312,9 +331,12 @@ def test_sigint_during_configure(workspace, tmp_path, weights_file):
 
 
 def test_error_processing_releases_everything(weights_file, capfd):
-    """A transition that raises (here activate, as if the camera driver vanished: a fault
+    """A transition that raises is logged once and error processing releases everything.
+
+    A transition that raises (here activate, as if the camera driver vanished: a fault
     injected by overriding subscribe) is logged once; error processing stops frames and releases
-    the model and returns to unconfigured, from where a manager can configure again."""
+    the model and returns to unconfigured, from where a manager can configure again.
+    """
     from seg_ros.node.lifecycle_node import SegmentLifecycleNode
 
     class CameraGone(SegmentLifecycleNode):
@@ -355,9 +377,12 @@ def test_error_processing_releases_everything(weights_file, capfd):
 # -- launch: managed:=true ---------------------------------------------------------------------
 @pytest.mark.parametrize("autostart", ["true", "false"])
 def test_launch_managed(workspace, tmp_path, autostart):
-    """`ros2 launch ... managed:=true`: autostart:=true configures and activates it through
-    launch's lifecycle events; autostart:=false leaves it unconfigured until a manager (here
-    `ros2 lifecycle set`) moves it. Ctrl-C stops either cleanly."""
+    """`ros2 launch ... managed:=true`.
+
+    Autostart:=true configures and activates it through launch's lifecycle events; autostart:=false
+    leaves it unconfigured until a manager (here `ros2 lifecycle set`) moves it. Ctrl-C stops
+    either cleanly.
+    """
     env = sourced_env(workspace, random_domain(), tmp_path / "log")
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", "managed:=true",
                        f"autostart:={autostart}", "input_topic:=/cam")

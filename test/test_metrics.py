@@ -38,12 +38,15 @@ def test_ignore_id_pixels_are_not_counted():
     assert s.counted_pixels == 2
     assert s.miou == 1.0 and s.pixel_accuracy == 1.0
     # An ignore id inside 0..K-1 is honoured too.
-    s = scores_from_confusion(confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 0]), 3, ignore_id=1))
+    s = scores_from_confusion(
+        confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 0]), 3, ignore_id=1)
+    )
     assert s.counted_pixels == 1 and s.miou == 1.0
 
 
 def test_predicted_but_absent_class_counts_against_the_mean():
-    # gt all 0, pred half 1: class 0 IoU 1/2, class 1 IoU 0 (a false positive class is not "absent").
+    # gt all 0, pred half 1: class 0 IoU 1/2, class 1 IoU 0 (a false positive class is not
+    # "absent").
     s = scores_from_confusion(confusion_matrix(np.zeros(4, int), np.array([0, 0, 1, 1]), 3))
     assert s.per_class_iou[:2].tolist() == [0.5, 0.0]
     assert s.miou == pytest.approx(0.25)

@@ -1,5 +1,7 @@
-"""FCN-8s, SegNet, DeconvNet, U-Net and DilatedNet: layouts, parameter counts, shapes at odd sizes,
-max-unpooling, training mode, batch-norm folding, and the pipeline.
+"""FCN-8s, SegNet, DeconvNet, U-Net and DilatedNet.
+
+Layouts, parameter counts, shapes at odd sizes, max-unpooling, training mode, batch-norm folding,
+and the pipeline.
 
 The key/shape layouts below are written out from the architectures' descriptions (and, for the
 VGG-16 trunks, torchvision's ``vgg.make_layers`` numbering), independently of our modules; a model
@@ -41,11 +43,34 @@ FULL_RESOLUTION = {"fcn8s_vgg16", "segnet_vgg16", "deconvnet_vgg16", "unet"}
 # -- reference layouts ----------------------------------------------------------------------------
 
 # torchvision's cfg "D": conv widths, "M" a max pooling; make_layers numbers conv, [bn], relu, pool
-VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+VGG16_CFG = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+]
 
 
-def _conv(name: str, cin: int, cout: int, k: int, bias: bool = True, transposed: bool = False) -> Layout:
-    return conv_layout(name, cin, cout, k, bias, transposed)  # these models mostly keep conv biases
+def _conv(
+    name: str, cin: int, cout: int, k: int, bias: bool = True, transposed: bool = False
+) -> Layout:
+    return conv_layout(
+        name, cin, cout, k, bias, transposed
+    )  # these models mostly keep conv biases
 
 
 _bn = bn_layout
@@ -66,16 +91,29 @@ def torchvision_vgg16_features(bn: bool) -> Layout:
 
 
 def fcn8s(nc: int) -> Layout:
-    keys = torchvision_vgg16_features(bn=False) | _conv("fc6", 512, 4096, 7) | _conv("fc7", 4096, 4096, 1)
-    keys |= _conv("score_fr", 4096, nc, 1) | _conv("score_pool4", 512, nc, 1) | _conv("score_pool3", 256, nc, 1)
+    keys = (
+        torchvision_vgg16_features(bn=False)
+        | _conv("fc6", 512, 4096, 7)
+        | _conv("fc7", 4096, 4096, 1)
+    )
+    keys |= (
+        _conv("score_fr", 4096, nc, 1)
+        | _conv("score_pool4", 512, nc, 1)
+        | _conv("score_pool3", 256, nc, 1)
+    )
     for name, k in (("upscore2", 4), ("upscore_pool4", 4), ("upscore8", 16)):
         keys |= _conv(name, nc, nc, k, bias=False, transposed=True)
     return keys
 
 
 # decoder layers (in, out) from pool5 back to pool1: VGG-16 mirrored
-DECODER = [[(512, 512)] * 3, [(512, 512), (512, 512), (512, 256)], [(256, 256), (256, 256), (256, 128)],
-           [(128, 128), (128, 64)], [(64, 64)]]
+DECODER = [
+    [(512, 512)] * 3,
+    [(512, 512), (512, 512), (512, 256)],
+    [(256, 256), (256, 256), (256, 128)],
+    [(128, 128), (128, 64)],
+    [(64, 64)],
+]
 
 
 def _decoder(transposed: bool, stage1: list[tuple[int, int]]) -> Layout:
@@ -88,12 +126,21 @@ def _decoder(transposed: bool, stage1: list[tuple[int, int]]) -> Layout:
 
 
 def segnet(nc: int) -> Layout:
-    return torchvision_vgg16_features(bn=True) | _decoder(False, [(64, 64)]) | _conv("classifier", 64, nc, 3)
+    return (
+        torchvision_vgg16_features(bn=True)
+        | _decoder(False, [(64, 64)])
+        | _conv("classifier", 64, nc, 3)
+    )
 
 
 def deconvnet(nc: int) -> Layout:
     keys = torchvision_vgg16_features(bn=True)
-    keys |= _conv("fc.0", 512, 4096, 7) | _bn("fc.1", 4096) | _conv("fc.3", 4096, 4096, 1) | _bn("fc.4", 4096)
+    keys |= (
+        _conv("fc.0", 512, 4096, 7)
+        | _bn("fc.1", 4096)
+        | _conv("fc.3", 4096, 4096, 1)
+        | _bn("fc.4", 4096)
+    )
     keys |= _conv("fc.6", 4096, 512, 7, transposed=True) | _bn("fc.7", 512)
     return keys | _decoder(True, [(64, 64), (64, 64)]) | _conv("classifier", 64, nc, 1)
 
@@ -115,7 +162,11 @@ def unet(nc: int, base_width: int = 64, depth: int = 4) -> Layout:
 
 
 def dilatednet(nc: int, context: bool = False) -> Layout:
-    keys = torchvision_vgg16_features(bn=False) | _conv("fc6", 512, 4096, 7) | _conv("fc7", 4096, 4096, 1)
+    keys = (
+        torchvision_vgg16_features(bn=False)
+        | _conv("fc6", 512, 4096, 7)
+        | _conv("fc7", 4096, 4096, 1)
+    )
     keys |= _conv("final", 4096, nc, 1)
     if context:
         for i in range(7):
@@ -142,7 +193,10 @@ CASES = {
     ("unet", 11, (("base_width", 16), ("depth", 3))): (unet(11, 16, 3), 482_907),
     ("dilatednet_vgg16", 21, ()): (dilatednet(21), 134_346_581),
     ("dilatednet_vgg16", 19, ()): (dilatednet(19), 134_338_387),
-    ("dilatednet_vgg16", 19, (("context_module", True),)): (dilatednet(19, True), 134_338_387 + 64 * 19 ** 2 + 8 * 19),
+    ("dilatednet_vgg16", 19, (("context_module", True),)): (
+        dilatednet(19, True),
+        134_338_387 + 64 * 19**2 + 8 * 19,
+    ),
 }
 
 
@@ -177,17 +231,33 @@ def test_published_figures():
 
 def test_architecture_details():
     dil = meta_model("dilatednet_vgg16", 19, context_module=True)
-    assert isinstance(dil.features[23], nn.Identity) and isinstance(dil.features[30], nn.Identity)  # pool4, pool5
+    assert isinstance(dil.features[23], nn.Identity) and isinstance(
+        dil.features[30], nn.Identity
+    )  # pool4, pool5
     assert [dil.features[i].dilation for i in (21, 24, 26, 28)] == [(1, 1), (2, 2), (2, 2), (2, 2)]
     assert dil.fc6.dilation == (4, 4) and dil.fc6.kernel_size == (7, 7)
-    assert [m.dilation[0] for m in dil.context if isinstance(m, nn.Conv2d)] == [1, 1, 2, 4, 8, 16, 1, 1]
+    assert [m.dilation[0] for m in dil.context if isinstance(m, nn.Conv2d)] == [
+        1,
+        1,
+        2,
+        4,
+        8,
+        16,
+        1,
+        1,
+    ]
     assert all(m.ceil_mode for m in dil.features if isinstance(m, nn.MaxPool2d))
     seg = meta_model("segnet_vgg16", 11)
     assert all(m.return_indices for m in seg.features if isinstance(m, nn.MaxPool2d))
     deconv = meta_model("deconvnet_vgg16", 21)
-    assert sum(isinstance(m, nn.ConvTranspose2d) for m in deconv.modules()) == 14  # fc6's + 13 in the decoder
-    assert all(isinstance(b, nn.BatchNorm2d) for m, b in zip(deconv.decoder[0], deconv.decoder[0][1:])
-               if isinstance(m, nn.ConvTranspose2d))
+    assert (
+        sum(isinstance(m, nn.ConvTranspose2d) for m in deconv.modules()) == 14
+    )  # fc6's + 13 in the decoder
+    assert all(
+        isinstance(b, nn.BatchNorm2d)
+        for m, b in zip(deconv.decoder[0], deconv.decoder[0][1:])
+        if isinstance(m, nn.ConvTranspose2d)
+    )
     with pytest.raises(ConfigError, match="context_module"):
         meta_model("dilatednet_vgg16", 19, context_module="yes")
     with pytest.raises(ConfigError, match="depth"):
@@ -205,8 +275,11 @@ def test_dilatednet_context_module_starts_as_identity():
 
 
 def test_fcn_upsampling_is_bilinear():
-    """Kernel 2f, stride f, padding f/2 with bilinear taps: F.interpolate's bilinear upsampling
-    (align_corners=False) away from the border."""
+    """Kernel 2f, stride f.
+
+    Padding f/2 with bilinear taps: F.interpolate's bilinear upsampling (align_corners=False) away
+    from the border.
+    """
     x = torch.randn(1, 3, 6, 7)
     for factor in (2, 8):
         up = bilinear_upsampling(3, factor)
@@ -214,7 +287,9 @@ def test_fcn_upsampling_is_bilinear():
             got = up(x)
         ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
         assert got.shape == ref.shape
-        torch.testing.assert_close(got[..., factor:-factor, factor:-factor], ref[..., factor:-factor, factor:-factor])
+        torch.testing.assert_close(
+            got[..., factor:-factor, factor:-factor], ref[..., factor:-factor, factor:-factor]
+        )
 
 
 # -- max-unpooling --------------------------------------------------------------------------------
@@ -247,7 +322,7 @@ def _seeded(name: str, nc: int = 5) -> nn.Module:
 
 
 def built(name: str) -> nn.Module:
-    """A fresh copy of a seeded model (building DeconvNet's 252M parameters once is enough)."""
+    """Return a fresh copy of a seeded model (DeconvNet's 252M parameters are built once)."""
     return copy.deepcopy(_seeded(name))
 
 
@@ -267,7 +342,10 @@ def test_output_shapes_at_odd_sizes(name):
 
 @pytest.mark.parametrize("name", ["segnet_vgg16", "unet"])
 def test_padding_is_cropped_back(name):
-    """An odd-sized input gives the top-left of what the input zero-padded to the size divisor gives."""
+    """An odd-sized input gives the top-left of the padded input's output.
+
+    The padded input: zero-padded to the size divisor.
+    """
     model = _seeded(name)
     x = torch.randn(1, 3, 75, 101)
     div = model.size_divisor
@@ -289,9 +367,12 @@ def test_train_mode_forward_and_backward(name):
 
 @pytest.mark.parametrize("name", CLASSIC)
 def test_every_batchnorm_folds_and_outputs_stay_equal(name):
-    """In float64: in float32 the folded network's rounding differs in the last bits, which can move
-    a near-tie maximum of a pooling window and with it where unpooling puts the value (DeconvNet's
-    logits then differ by ~1e-3 of their range), a property of pooling indices, not of folding."""
+    """In float64: in float32 the folded network's rounding differs in the last bits.
+
+    Which can move a near-tie maximum of a pooling window and with it where unpooling puts the
+    value (DeconvNet's logits then differ by ~1e-3 of their range), a property of pooling indices,
+    not of folding.
+    """
     model = built(name).double()
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():  # non-trivial statistics, so folding has something to get right
@@ -303,8 +384,16 @@ def test_every_batchnorm_folds_and_outputs_stay_equal(name):
     with torch.no_grad():
         before = model(x)
         n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-        assert n_bn == {"fcn8s_vgg16": 0, "dilatednet_vgg16": 0, "segnet_vgg16": 25, "deconvnet_vgg16": 29,
-                        "unet": 18}[name]
+        assert (
+            n_bn
+            == {
+                "fcn8s_vgg16": 0,
+                "dilatednet_vgg16": 0,
+                "segnet_vgg16": 25,
+                "deconvnet_vgg16": 29,
+                "unet": 18,
+            }[name]
+        )
         assert fold_batchnorm(model) == n_bn
         assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         after = model(x)

@@ -1,4 +1,8 @@
-"""DDRNet family: exact sizes, the authors' checkpoint layout, and outputs of a loaded checkpoint."""
+"""DDRNet family.
+
+Exact sizes, the authors' checkpoint layout, and outputs of a loaded checkpoint.
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +25,32 @@ PARAMS = {  # (without auxiliary head, with it), 19 classes, as published for th
 # Key names and shapes of the authors' Cityscapes checkpoints (flat dicts, ``model.`` prefix).
 OFFICIAL_KEYS = {
     "ddrnet23_slim": {
-        "model.conv1.0.weight": (32, 3, 3, 3), "model.conv1.0.bias": (32,),
-        "model.layer1.1.bn2.running_var": (32,), "model.layer2.0.downsample.0.weight": (64, 32, 1, 1),
-        "model.layer3_.1.conv2.weight": (64, 64, 3, 3), "model.compression3.0.weight": (64, 128, 1, 1),
-        "model.down3.0.weight": (128, 64, 3, 3), "model.down4.3.weight": (256, 128, 3, 3),
-        "model.layer5_.0.conv3.weight": (128, 64, 1, 1), "model.layer5.0.downsample.1.weight": (512,),
-        "model.spp.scale1.3.weight": (128, 512, 1, 1), "model.spp.scale4.1.num_batches_tracked": (),
-        "model.spp.process4.2.weight": (128, 128, 3, 3), "model.spp.compression.2.weight": (128, 640, 1, 1),
-        "model.spp.shortcut.2.weight": (128, 512, 1, 1), "model.final_layer.conv2.weight": (19, 64, 1, 1),
-        "model.final_layer.conv2.bias": (19,), "model.seghead_extra.conv1.weight": (64, 64, 3, 3),
+        "model.conv1.0.weight": (32, 3, 3, 3),
+        "model.conv1.0.bias": (32,),
+        "model.layer1.1.bn2.running_var": (32,),
+        "model.layer2.0.downsample.0.weight": (64, 32, 1, 1),
+        "model.layer3_.1.conv2.weight": (64, 64, 3, 3),
+        "model.compression3.0.weight": (64, 128, 1, 1),
+        "model.down3.0.weight": (128, 64, 3, 3),
+        "model.down4.3.weight": (256, 128, 3, 3),
+        "model.layer5_.0.conv3.weight": (128, 64, 1, 1),
+        "model.layer5.0.downsample.1.weight": (512,),
+        "model.spp.scale1.3.weight": (128, 512, 1, 1),
+        "model.spp.scale4.1.num_batches_tracked": (),
+        "model.spp.process4.2.weight": (128, 128, 3, 3),
+        "model.spp.compression.2.weight": (128, 640, 1, 1),
+        "model.spp.shortcut.2.weight": (128, 512, 1, 1),
+        "model.final_layer.conv2.weight": (19, 64, 1, 1),
+        "model.final_layer.conv2.bias": (19,),
+        "model.seghead_extra.conv1.weight": (64, 64, 3, 3),
     },
     "ddrnet39": {
-        "model.layer3_1.2.conv1.weight": (256, 256, 3, 3), "model.layer3_2_.2.conv2.weight": (128, 128, 3, 3),
-        "model.down3_2.0.weight": (256, 128, 3, 3), "model.compression3_2.0.weight": (128, 256, 1, 1),
-        "model.layer4_.2.conv1.weight": (128, 128, 3, 3), "model.final_layer.conv1.weight": (256, 256, 3, 3),
+        "model.layer3_1.2.conv1.weight": (256, 256, 3, 3),
+        "model.layer3_2_.2.conv2.weight": (128, 128, 3, 3),
+        "model.down3_2.0.weight": (256, 128, 3, 3),
+        "model.compression3_2.0.weight": (128, 256, 1, 1),
+        "model.layer4_.2.conv1.weight": (128, 128, 3, 3),
+        "model.final_layer.conv1.weight": (256, 256, 3, 3),
         "model.seghead_extra.conv2.weight": (19, 256, 1, 1),
     },
 }
@@ -88,14 +104,19 @@ def _randomise_bn(model: torch.nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("wrap", ["official", "flat", "state_dict", "model_state", "model", "module"])
+@pytest.mark.parametrize(
+    "wrap", ["official", "flat", "state_dict", "model_state", "model", "module"]
+)
 def test_checkpoint_formats_round_trip(tmp_path, wrap):
     torch.manual_seed(0)
     src = build_model("ddrnet23_slim", 19).eval()
     _randomise_bn(src)
     state = src.state_dict()
     obj = {
-        "official": {**{f"model.{k}": v for k, v in state.items()}, "loss.criterion.weight": torch.ones(19)},
+        "official": {
+            **{f"model.{k}": v for k, v in state.items()},
+            "loss.criterion.weight": torch.ones(19),
+        },
         "flat": dict(state),
         "state_dict": {"state_dict": dict(state), "epoch": 3},
         "model_state": {"model_state": dict(state), "optimizer_state": {}},
@@ -143,8 +164,11 @@ class _Payload:
 
 
 def test_unreadable_files_are_clear(tmp_path):
-    """Each refusal names the file and says plainly why it is not a weights file, without PyTorch's
-    advice to load it with weights_only=False (which would run the code a file carries)."""
+    """Each refusal names the file and says plainly why it is not a weights file.
+
+    Without PyTorch's advice to load it with weights_only=False (which would run the code a file
+    carries).
+    """
     with pytest.raises(WeightsError, match="does not exist"):
         load_weights(build_model("ddrnet23_slim", 19), tmp_path / "missing.pt")
     trunc = tmp_path / "trunc.pt"
@@ -172,8 +196,16 @@ def test_unreadable_files_are_clear(tmp_path):
 # --- an independent functional reference of DDRNet-23-slim, driven by the official key names ---
 
 def _bn(s, p, x):
-    return F.batch_norm(x, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"], s[p + ".bias"],
-                        False, 0.0, 1e-5)
+    return F.batch_norm(
+        x,
+        s[p + ".running_mean"],
+        s[p + ".running_var"],
+        s[p + ".weight"],
+        s[p + ".bias"],
+        False,
+        0.0,
+        1e-5,
+    )
 
 
 def _conv(s, p, x, stride=1, pad=None):
@@ -184,7 +216,11 @@ def _conv(s, p, x, stride=1, pad=None):
 def _basic(s, p, x, stride, last):
     out = F.relu(_bn(s, p + ".bn1", _conv(s, p + ".conv1", x, stride)))
     out = _bn(s, p + ".bn2", _conv(s, p + ".conv2", out))
-    res = _bn(s, p + ".downsample.1", _conv(s, p + ".downsample.0", x, stride, 0)) if p + ".downsample.0.weight" in s else x
+    res = (
+        _bn(s, p + ".downsample.1", _conv(s, p + ".downsample.0", x, stride, 0))
+        if p + ".downsample.0.weight" in s
+        else x
+    )
     return out + res if last else F.relu(out + res)
 
 
@@ -230,8 +266,12 @@ def reference_ddrnet23_slim(s, x):
     x0 = _pre(s, "spp.scale0", z)
     outs = [x0]
     for k, (kern, st) in enumerate(((5, 2), (9, 4), (17, 8), (None, None)), start=1):
-        pooled = F.adaptive_avg_pool2d(z, 1) if kern is None else F.avg_pool2d(z, kern, st, kern // 2)
-        outs.append(_pre(s, f"spp.process{k}", _up(_pre(s, f"spp.scale{k}", pooled, 1), size) + outs[-1]))
+        pooled = (
+            F.adaptive_avg_pool2d(z, 1) if kern is None else F.avg_pool2d(z, kern, st, kern // 2)
+        )
+        outs.append(
+            _pre(s, f"spp.process{k}", _up(_pre(s, f"spp.scale{k}", pooled, 1), size) + outs[-1])
+        )
     spp = _pre(s, "spp.compression", torch.cat(outs, 1)) + _pre(s, "spp.shortcut", z)
     y = _up(spp, hw) + h
     y = _conv(s, "final_layer.conv1", F.relu(_bn(s, "final_layer.bn1", y)))
@@ -253,5 +293,8 @@ def test_outputs_match_independent_reference_on_official_checkpoint(tmp_path):
 
 
 def test_unknown_model_option_is_a_config_error():
-    with pytest.raises(ConfigError, match="'ddrnet23_slim' does not take option\\(s\\) output_stride; it takes: aux_loss"):
+    with pytest.raises(
+        ConfigError,
+        match="'ddrnet23_slim' does not take option\\(s\\) output_stride; it takes: aux_loss",
+    ):
         build_model("ddrnet23_slim", 19, output_stride=16)

@@ -23,8 +23,15 @@ from seg_ros.models import build_model, list_models, load_weights
 from seg_ros.models.optimize import fold_batchnorm
 from seg_ros.pipeline import SegmentationPipeline
 
-NEW_MODELS = ["deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3plus_resnet50",
-              "deeplabv3plus_resnet101", "pspnet_resnet50", "pspnet_resnet101"]
+NEW_MODELS = [
+    "deeplabv2_resnet101",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3plus_resnet50",
+    "deeplabv3plus_resnet101",
+    "pspnet_resnet50",
+    "pspnet_resnet101",
+]
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
@@ -34,11 +41,13 @@ _conv, _bn = conv_layout, bn_layout
 
 
 def _torchvision_resnet(prefix: str, depth: int, semseg_stem: bool = False) -> Layout:
-    """torchvision ResNet names; semseg's deep stem is Sequential(conv,bn,relu)x3 + maxpool."""
+    """Torchvision ResNet names; semseg's deep stem is Sequential(conv,bn,relu)x3 + maxpool."""
     keys: Layout = {}
     if semseg_stem:
         for idx, (cin, cout) in zip((0, 3, 6), ((3, 64), (64, 64), (64, 128))):
-            keys |= _conv(f"{prefix}layer0.{idx}", cin, cout, 3) | _bn(f"{prefix}layer0.{idx + 1}", cout)
+            keys |= _conv(f"{prefix}layer0.{idx}", cin, cout, 3) | _bn(
+                f"{prefix}layer0.{idx + 1}", cout
+            )
         inplanes = 128
     else:
         keys |= _conv(f"{prefix}conv1", 3, 64, 7) | _bn(f"{prefix}bn1", 64)
@@ -52,7 +61,9 @@ def _torchvision_resnet(prefix: str, depth: int, semseg_stem: bool = False) -> L
             keys |= _conv(p + "conv2", planes, planes, 3) | _bn(p + "bn2", planes)
             keys |= _conv(p + "conv3", planes, planes * 4, 1) | _bn(p + "bn3", planes * 4)
             if j == 0:
-                keys |= _conv(p + "downsample.0", inplanes, planes * 4, 1) | _bn(p + "downsample.1", planes * 4)
+                keys |= _conv(p + "downsample.0", inplanes, planes * 4, 1) | _bn(
+                    p + "downsample.1", planes * 4
+                )
         inplanes = planes * 4
     return keys
 
@@ -61,13 +72,19 @@ def _aspp_v3(prefix: str) -> Layout:
     keys = _conv(f"{prefix}convs.0.0", 2048, 256, 1) | _bn(f"{prefix}convs.0.1", 256)
     for b in (1, 2, 3):
         keys |= _conv(f"{prefix}convs.{b}.0", 2048, 256, 3) | _bn(f"{prefix}convs.{b}.1", 256)
-    keys |= _conv(f"{prefix}convs.4.1", 2048, 256, 1) | _bn(f"{prefix}convs.4.2", 256)  # 4.0: pooling
+    keys |= _conv(f"{prefix}convs.4.1", 2048, 256, 1) | _bn(
+        f"{prefix}convs.4.2", 256
+    )  # 4.0: pooling
     return keys | _conv(f"{prefix}project.0", 1280, 256, 1) | _bn(f"{prefix}project.1", 256)
 
 
 def torchvision_deeplabv3(depth: int, nc: int, aux: bool) -> Layout:
     keys = _torchvision_resnet("backbone.", depth) | _aspp_v3("classifier.0.")
-    keys |= _conv("classifier.1", 256, 256, 3) | _bn("classifier.2", 256) | _conv("classifier.4", 256, nc, 1, True)
+    keys |= (
+        _conv("classifier.1", 256, 256, 3)
+        | _bn("classifier.2", 256)
+        | _conv("classifier.4", 256, nc, 1, True)
+    )
     if aux:
         keys |= _conv("aux_classifier.0", 1024, 256, 3) | _bn("aux_classifier.1", 256)
         keys |= _conv("aux_classifier.4", 256, nc, 1, True)
@@ -99,7 +116,11 @@ def kazuto_deeplabv2(nc: int) -> Layout:
         mid = cout // 4
         for b in range(1, n + 1):
             p = f"layer{layer}.block{b}."
-            units = [("reduce", cin if b == 1 else cout, mid, 1), ("conv3x3", mid, mid, 3), ("increase", mid, cout, 1)]
+            units = [
+                ("reduce", cin if b == 1 else cout, mid, 1),
+                ("conv3x3", mid, mid, 3),
+                ("increase", mid, cout, 1),
+            ]
             if b == 1:
                 units.append(("shortcut", cin, cout, 1))
             for unit, i, o, k in units:
@@ -238,7 +259,9 @@ def _dilation(conv: nn.Conv2d) -> int:
 
 
 def test_dilation_schemes_follow_each_reference():
-    v3 = meta_model("deeplabv3_resnet50", 21)  # torchvision: first block keeps the previous dilation
+    v3 = meta_model(
+        "deeplabv3_resnet50", 21
+    )  # torchvision: first block keeps the previous dilation
     bb = v3.backbone
     assert [_dilation(bb.layer3[i].conv2) for i in (0, 1)] == [1, 2]
     assert [_dilation(bb.layer4[i].conv2) for i in (0, 1)] == [2, 4]
@@ -253,7 +276,10 @@ def test_dilation_schemes_follow_each_reference():
     assert psp.layer3[0].downsample[0].stride == (1, 1)
     v2 = meta_model("deeplabv2_resnet101", 21)  # Caffe ResNet: stride in the 1x1 reduce conv
     assert v2.layer3.block1.reduce.conv.stride == (2, 2)
-    assert v2.layer4.block1.conv3x3.conv.dilation == (2, 2) and v2.layer5.block3.conv3x3.conv.dilation == (4, 4)
+    assert v2.layer4.block1.conv3x3.conv.dilation == (
+        2,
+        2,
+    ) and v2.layer5.block3.conv3x3.conv.dilation == (4, 4)
     assert [_dilation(getattr(v2.aspp, f"c{i}")) for i in range(4)] == [6, 12, 18, 24]
     assert v2.layer1.pool.ceil_mode
 
@@ -291,17 +317,24 @@ def test_deeplabv2_output_stride_8_at_odd_size():
     assert tuple(out.shape) == (1, 3, 9, 11)
 
 
-@pytest.mark.parametrize("name,options", [
-    ("deeplabv3_resnet50", {"output_stride": 4}), ("pspnet_resnet101", {"output_stride": 32}),
-    ("deeplabv3plus_resnet50", {"output_stride": "16"}), ("deeplabv2_resnet101", {"output_stride": 16}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("deeplabv3_resnet50", {"output_stride": 4}),
+        ("pspnet_resnet101", {"output_stride": 32}),
+        ("deeplabv3plus_resnet50", {"output_stride": "16"}),
+        ("deeplabv2_resnet101", {"output_stride": 16}),
+    ],
+)
 def test_bad_output_stride_is_a_config_error(name, options):
     with pytest.raises(ConfigError, match="output_stride"):
         meta_model(name, 3, **options)
 
 
-@pytest.mark.parametrize("name", ["deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3plus_resnet50",
-                                  "pspnet_resnet50"])
+@pytest.mark.parametrize(
+    "name",
+    ["deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3plus_resnet50", "pspnet_resnet50"],
+)
 def test_every_batchnorm_folds_and_outputs_stay_equal(name):
     torch.manual_seed(0)
     model = build_model(name, 4).eval()
@@ -337,14 +370,22 @@ def test_each_model_runs_through_the_pipeline(road_image, name, options):
 
 
 def test_pipeline_loads_a_reference_checkpoint(tmp_path, road_image):
-    """A semseg-format PSPNet file (11 classes, like CamVid; no aux head) configures a working
-    pipeline, and its labels equal the argmax of the network loaded directly from the same file."""
+    """A semseg-format PSPNet file configures a working pipeline.
+
+    A semseg-format PSPNet file (11 classes, like CamVid; no aux head) configures a working
+    pipeline, and its labels equal the argmax of the network loaded directly from the same file.
+    """
     state = _random_state(semseg_pspnet(50, 11, aux=False), seed=3)
     path = tmp_path / "train_epoch_50.pth"
     torch.save(_wrap(state, "semseg"), path)
     image = np.ascontiguousarray(road_image[:64, :96])
-    pipe = SegmentationPipeline(model="pspnet_resnet50", weights=str(path), classes="camvid", device="cpu",
-                                output_resolution="inference")
+    pipe = SegmentationPipeline(
+        model="pspnet_resnet50",
+        weights=str(path),
+        classes="camvid",
+        device="cpu",
+        output_resolution="inference",
+    )
     assert pipe.trained and pipe.model.aux is None
     res = pipe(image)
     direct = build_model("pspnet_resnet50", 11).eval()
@@ -361,14 +402,30 @@ def test_pipeline_loads_a_reference_checkpoint(tmp_path, road_image):
 def test_bench_models_reports_params_flops_and_times(tmp_path, capsys):
     from seg_ros.cli.main import main
     report_path, table_path = tmp_path / "bench.json", tmp_path / "bench.md"
-    rc = main(["bench-models", "--models", "deeplabv3_resnet50,ddrnet23_slim", "--size", "64x128",
-               "--output-stride", "16", "--no-timing", "--json", str(report_path), "--markdown", str(table_path)])
+    rc = main(
+        [
+            "bench-models",
+            "--models",
+            "deeplabv3_resnet50,ddrnet23_slim",
+            "--size",
+            "64x128",
+            "--output-stride",
+            "16",
+            "--no-timing",
+            "--json",
+            str(report_path),
+            "--markdown",
+            str(table_path),
+        ]
+    )
     assert rc == 0
     rows = {r["model"]: r for r in json.loads(report_path.read_text())["results"]}
     v3 = rows["deeplabv3_resnet50"]
     assert v3["options"] == {"output_stride": 16} and rows["ddrnet23_slim"]["options"] == {}
-    assert (v3["params"], v3["params_with_aux"]) == (EXPECTED_PARAMS["deeplabv3_resnet50"][(19, False)],
-                                                     EXPECTED_PARAMS["deeplabv3_resnet50"][(19, True)])
+    assert (v3["params"], v3["params_with_aux"]) == (
+        EXPECTED_PARAMS["deeplabv3_resnet50"][(19, False)],
+        EXPECTED_PARAMS["deeplabv3_resnet50"][(19, True)],
+    )
     assert v3["logits_size"] == [4, 8] and v3["gflops"] > rows["ddrnet23_slim"]["gflops"] > 0
     assert "| deeplabv3_resnet50 | 16 | 39.64 | 42.00 |" in table_path.read_text()
     assert main(["bench-models", "--models", "ddrnet23_slim", "--size", "64x128", "--runs", "1",

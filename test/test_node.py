@@ -1,7 +1,8 @@
-"""segment_node over real DDS: the node runs as its own process, started exactly as the launch
-file does, and this test process publishes frames and reads labels, masks, overlays,
-class_info and /diagnostics back. Expected labels come from the offline SegmentationPipeline
-loading the same weights file.
+"""segment_node over real DDS.
+
+The node runs as its own process, started exactly as the launch file does, and this test process
+publishes frames and reads labels, masks, overlays, class_info and /diagnostics back. Expected
+labels come from the offline SegmentationPipeline loading the same weights file.
 
 One node per module (start-up costs seconds), each module on its own ROS_DOMAIN_ID.
 """
@@ -30,8 +31,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # a node process over
 @pytest.fixture(scope="module")
 def ros(weights_file):
     """(node process, peer) for this module: raw transport, fast diagnostics."""
-    with running_node(node_command(weights_file, "diagnostics_period:=0.25", "stale_input_timeout:=30.0",
-                                   "overlay_alfa:=0.3")) as both:
+    with running_node(
+        node_command(
+            weights_file,
+            "diagnostics_period:=0.25",
+            "stale_input_timeout:=30.0",
+            "overlay_alfa:=0.3",
+        )
+    ) as both:
         yield both
 
 
@@ -59,7 +66,9 @@ def test_class_info_and_metadata_parameters(ros, offline):
     while not described.done() and time.monotonic() < deadline:
         time.sleep(0.02)
     alpha, model = described.result().descriptors
-    assert alpha.description and alpha.floating_point_range[0].to_value == 1.0 and not alpha.read_only
+    assert (
+        alpha.description and alpha.floating_point_range[0].to_value == 1.0 and not alpha.read_only
+    )
     assert model.read_only
 
 
@@ -105,8 +114,11 @@ ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2",
 
 
 def test_every_encoding(ros, offline, small_image):
-    """Each encoding, with row padding, through DDS: the node's labels equal the offline pipeline's
-    on the same pixels (lossless encodings: the original RGB frame itself)."""
+    """Each encoding, with row padding.
+
+    Through DDS: the node's labels equal the offline pipeline's on the same pixels (lossless
+    encodings: the original RGB frame itself).
+    """
     node, peer = ros
     h, w = small_image.shape[:2]
     gray = cv2.cvtColor(small_image, cv2.COLOR_RGB2GRAY)
@@ -153,14 +165,25 @@ def test_bad_input_is_skipped_counted_and_the_node_goes_on(ros, offline, small_i
         setattr(bad, key, value)
     peer.pub.publish(bad)
     t0 = time.monotonic()
-    peer.wait(lambda: any(int({kv.key: kv.value for kv in s.values}.get(f"errors.{kind}", "0")) > before
-                          for t, s in peer.diagnostics if t > t0), 10, f"errors.{kind} to count the frame")
-    assert bad.header.frame_id not in peer.received["labels"], "a bad frame must not produce output"
+    peer.wait(
+        lambda: any(
+            int({kv.key: kv.value for kv in s.values}.get(f"errors.{kind}", "0")) > before
+            for t, s in peer.diagnostics
+            if t > t0
+        ),
+        10,
+        f"errors.{kind} to count the frame",
+    )
+    assert bad.header.frame_id not in peer.received["labels"], (
+        "a bad frame must not produce output"
+    )
     good = image_msg("rgb8", small_image, h, w, tag=f"after_{case}")
     out = peer.roundtrip(good, ("labels",))
     check_outputs(out, good, offline(small_image, "rgb"), offline)
     assert node.proc.poll() is None
-    if kind in WARNED_KINDS:  # one warning line per kind and throttle period: this one is counted only
+    if (
+        kind in WARNED_KINDS
+    ):  # one warning line per kind and throttle period: this one is counted only
         return
     WARNED_KINDS.add(kind)
     stamp = f"{bad.header.stamp.sec}.{bad.header.stamp.nanosec:09d}"
@@ -169,8 +192,11 @@ def test_bad_input_is_skipped_counted_and_the_node_goes_on(ros, offline, small_i
 
 
 def test_too_many_pixels_and_runtime_parameters(ros, offline, small_image):
-    """max_input_pixels changed at run time: a frame above it is skipped and counted; invalid
-    values and read-only parameters are rejected with a reason."""
+    """max_input_pixels changed at run time.
+
+    A frame above it is skipped and counted; invalid values and read-only parameters are rejected
+    with a reason.
+    """
     node, peer = ros
     h, w = SMALL
     results = peer.set_params(overlay_alpha=1.5)
@@ -203,15 +229,20 @@ def test_output_resolution_inference(ros, weights_file, road_image):
         out = peer.roundtrip(sent, ("labels", "overlay"))
     finally:
         assert peer.set_params(output_resolution="input")[0].successful
-    pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference")
+    pipe = SegmentationPipeline(
+        weights=str(weights_file), device="cpu", output_resolution="inference"
+    )
     expected = pipe(frame, "rgb", overlay=True)
     assert expected.labels.shape == pipe.inference_size_for((100, 150)) != (100, 150)
     check_outputs(out, sent, expected, pipe)
 
 
 def test_overload_latest_frame_wins(ros, road_image):
-    """Frames ~3x faster than the node processes them: drops are counted, latency stays bounded
-    (no queue builds up), the newest frame is always processed and memory stays flat."""
+    """Frames ~3x faster than the node processes them.
+
+    Drops are counted, latency stays bounded (no queue builds up), the newest frame is always
+    processed and memory stays flat.
+    """
     node, peer = ros
     # 240x320 rgb8 (230 KB) stays below Fast DDS's default 512 KiB shared-memory segment, so the
     # DDS transport itself does not lose best-effort frames here (see docs/node.md)
@@ -258,10 +289,24 @@ def test_diagnostics_content(ros):
     status = peer.latest_diag()
     values = {kv.key: kv.value for kv in status.values}
     assert status.hardware_id.endswith("/cpu")
-    for key in ("input_rate_hz", "output_rate_hz", "latency_median_ms", "latency_p95_ms", "frames_dropped",
-                "model", "backend", "device", "errors.truncated", "errors.corrupt_compressed"):
+    for key in (
+        "input_rate_hz",
+        "output_rate_hz",
+        "latency_median_ms",
+        "latency_p95_ms",
+        "frames_dropped",
+        "model",
+        "backend",
+        "device",
+        "errors.truncated",
+        "errors.corrupt_compressed",
+    ):
         assert key in values, key
-    assert values["model"] == "ddrnet23_slim" and values["backend"] == "torch" and values["device"] == "cpu"
+    assert (
+        values["model"] == "ddrnet23_slim"
+        and values["backend"] == "torch"
+        and values["device"] == "cpu"
+    )
     assert float(values["latency_p95_ms"]) >= float(values["latency_median_ms"]) > 0
     assert status.level == b"\x00", status.message  # input is fresh, no consecutive failures
 

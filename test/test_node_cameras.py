@@ -1,5 +1,8 @@
-"""Several cameras in one node, over real DDS: batched inference, per-camera topics and
-diagnostics, CameraInfo scaled to the labels, fairness, isolation of one camera's bad frames."""
+"""Several cameras in one node.
+
+Over real DDS: batched inference, per-camera topics and diagnostics, CameraInfo scaled to the
+labels, fairness, isolation of one camera's bad frames.
+"""
 from __future__ import annotations
 
 import threading
@@ -26,8 +29,11 @@ NS = NODE.rsplit("/", 1)[0]  # the node's namespace: camera topics are relative 
 
 
 class CamerasPeer(Peer):
-    """The test side for a three-camera node: an image and camera_info publisher per camera,
-    and per-camera collectors of labels and camera_info (plus a camera the node does not have)."""
+    """The test side for a three-camera node.
+
+    An image and camera_info publisher per camera, and per-camera collectors of labels and
+    camera_info (plus a camera the node does not have).
+    """
 
     def __init__(self, domain: int) -> None:
         super().__init__(domain)
@@ -73,7 +79,9 @@ class CamerasPeer(Peer):
         """Ready: the class metadata is out and the node subscribes to every camera."""
         deadline = time.monotonic() + timeout
         while self.class_info is None or not self.connected():
-            assert node.proc.poll() is None, f"node exited with {node.proc.returncode}:\n{node.log}"
+            assert node.proc.poll() is None, (
+                f"node exited with {node.proc.returncode}:\n{node.log}"
+            )
             assert time.monotonic() < deadline, f"node not ready after {timeout} s:\n{node.log}"
             time.sleep(0.1)
 
@@ -109,7 +117,7 @@ def labels_of(msg: Image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def offline_96(weights_file):
-    """The offline reference at the node's input size."""
+    """Return the offline reference at the node's input size."""
     from seg_ros.pipeline import SegmentationPipeline
     return SegmentationPipeline(weights=str(weights_file), device="cpu", input_size=(96, 128))
 
@@ -144,8 +152,11 @@ def test_three_cameras_of_different_sizes_match_the_offline_pipeline(cams, offli
 
 
 def test_batches_are_used_and_reported(cams, road_image):
-    """Frames of the three cameras sent together share forward passes: front and left (same
-    network size) in a batch of 2; diagnostics say so, per camera and for the node."""
+    """Frames of the three cameras sent together share forward passes.
+
+    Front and left (same network size) in a batch of 2; diagnostics say so, per camera and for the
+    node.
+    """
     node, peer = cams
     for round_ in range(3):
         _, msgs = camera_frames(road_image, f"batch{round_}")
@@ -163,9 +174,11 @@ def test_batches_are_used_and_reported(cams, road_image):
 
 
 def test_camera_info_is_scaled_to_the_labels(cams, road_image):
-    """front's CameraInfo comes back with the labels' header; at output_resolution 'inference'
-    (labels 96x128 for a 360x480 frame: factor 128/480 = 96/360 = 4/15) K, P, ROI and the size
-    are scaled as image_proc's resize does; binning, D and R are kept."""
+    """Front's CameraInfo comes back with the labels' header.
+
+    At output_resolution 'inference' (labels 96x128 for a 360x480 frame: factor 128/480 = 96/360 =
+    4/15) K, P, ROI and the size are scaled as image_proc's resize does; binning, D and R are kept.
+    """
     node, peer = cams
     info = CameraInfo(width=480, height=360, distortion_model="plumb_bob", binning_x=1,
                       binning_y=1)
@@ -220,8 +233,11 @@ def test_one_cameras_bad_frames_do_not_affect_the_others(cams, road_image):
 
 
 def test_a_fast_camera_does_not_starve_the_others(cams, road_image):
-    """front at ten times the rate of left and right: every left/right frame is still segmented
-    (at most the last one in flight), while front's surplus frames are dropped."""
+    """Front at ten times the rate of left and right.
+
+    Every left/right frame is still segmented (at most the last one in flight), while front's
+    surplus frames are dropped.
+    """
     node, peer = cams
     _, base = camera_frames(road_image, "warm")
     peer.send_until_labelled(base)
@@ -256,8 +272,10 @@ def test_a_fast_camera_does_not_starve_the_others(cams, road_image):
 
 
 def test_bench_node_compares_one_batched_node_with_separate_nodes(tmp_path):
-    """`seg-ros bench-node --cameras 2` runs both set-ups in one go and reports throughput,
-    per-camera latency and memory for each."""
+    """`seg-ros bench-node --cameras 2` runs both set-ups in one go and reports throughput.
+
+    Per-camera latency and memory for each.
+    """
     import json
     import subprocess
     import sys

@@ -1,7 +1,9 @@
-"""segment_node with ``input_transport: compressed`` over real DDS: JPEG and PNG frames on
-``image/compressed`` (resolved from the remapped ``image``), image_transport's channel order,
-corrupt, depth and non-JPEG/PNG data skipped and counted without any decoder output in the log,
-reliable input QoS, and a clean exit on SIGTERM."""
+"""segment_node with ``input_transport: compressed`` over real DDS.
+
+JPEG and PNG frames on ``image/compressed`` (resolved from the remapped ``image``),
+image_transport's channel order, corrupt, depth and non-JPEG/PNG data skipped and counted without
+any decoder output in the log, reliable input QoS, and a clean exit on SIGTERM.
+"""
 from __future__ import annotations
 
 import re
@@ -28,10 +30,19 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # a node process over
 
 @pytest.fixture(scope="module")
 def ros(weights_file):
-    with running_node(node_command(weights_file, "input_transport:=compressed", "qos_reliability:=reliable",
-                                   "publish_overlay:=false", "publish_confidence:=true",
-                                   "diagnostics_period:=0.25", "stale_input_timeout:=1.0", "error_threshold:=2"),
-                      transport="compressed") as both:
+    with running_node(
+        node_command(
+            weights_file,
+            "input_transport:=compressed",
+            "qos_reliability:=reliable",
+            "publish_overlay:=false",
+            "publish_confidence:=true",
+            "diagnostics_period:=0.25",
+            "stale_input_timeout:=1.0",
+            "error_threshold:=2",
+        ),
+        transport="compressed",
+    ) as both:
         yield both
 
 
@@ -49,8 +60,18 @@ def encode(rgb: np.ndarray, ext: str) -> bytes:
 
 
 def level_of(peer, after: float, level: bytes, words: str):
-    return peer.wait(lambda: next((s for t, s in peer.diagnostics if t > after and s.level == level
-                                   and words in s.message), None), 10, f"diagnostics level {level!r}")
+    return peer.wait(
+        lambda: next(
+            (
+                s
+                for t, s in peer.diagnostics
+                if t > after and s.level == level and words in s.message
+            ),
+            None,
+        ),
+        10,
+        f"diagnostics level {level!r}",
+    )
 
 
 def test_stale_input_warns(ros):
@@ -64,21 +85,28 @@ def test_stale_input_warns(ros):
 def test_compressed_frames(ros, offline, small_image, fmt, ext):
     node, peer = ros
     data = encode(small_image, ext)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # the pixels the node sees
+    decoded = cv2.imdecode(
+        np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR
+    )  # the pixels the node sees
     sent = compressed_msg(fmt, data, ext[1:])
     out = peer.roundtrip(sent, ("labels", "color_mask", "confidence"))
     expected = offline(decoded, "bgr", confidence=True)
     check_outputs(out, sent, expected, offline)
     conf = out["confidence"]
     assert (conf.encoding, conf.step, conf.is_bigendian) == ("32FC1", SMALL[1] * 4, 0)
-    np.testing.assert_allclose(np.frombuffer(conf.data, "<f4").reshape(SMALL), expected.confidence, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.frombuffer(conf.data, "<f4").reshape(SMALL), expected.confidence, rtol=1e-6
+    )
     assert not peer.received["overlay"], "publish_overlay:=false must publish no overlay"
 
 
 def test_legacy_rgb_png_is_read_as_rgb(ros, offline, small_image):
-    """'rgb8; png compressed rgb8': publishers before 2012 handed the RGB pixels to OpenCV's
-    encoder, so (image_transport's rule) the file's red and blue are swapped; the labels are the
-    pipeline's on the RGB image."""
+    """A legacy 'rgb8; png compressed rgb8' frame is read as RGB.
+
+    'rgb8; png compressed rgb8': publishers before 2012 handed the RGB pixels to OpenCV's encoder,
+    so (image_transport's rule) the file's red and blue are swapped; the labels are the pipeline's
+    on the RGB image.
+    """
     node, peer = ros
     data = cv2.imencode(".png", np.ascontiguousarray(small_image))[1].tobytes()  # RGB straight in
     sent = compressed_msg("rgb8; png compressed rgb8", data, "legacy_rgb")
@@ -145,10 +173,13 @@ def delta(after: dict[str, str], before: dict[str, str], key: str) -> int:
 
 def test_flood_of_damaged_frames_gives_counters_and_throttled_warnings_only(ros, offline,
                                                                             small_image):
-    """100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
+    """Count damaged frames, segment none, warn only throttled, and process the next good one.
+
+    100 damaged JPEG/PNG frames at 50/s (each kind of damage that made OpenCV's libjpeg/libpng
     print to stderr): every frame the node receives is counted, none segmented, the node's output
     has only its own throttled warnings, and the next good frame is processed. (With its
-    keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)"""
+    keep-last-1 input a busy node's DDS reader may lose a few; they never reach the node.)
+    """
     node, peer = ros
     files = damaged_files(encode(small_image, ".jpg"), encode(small_image, ".png"))
     frames = [(name, files[name]) for name in list(files) * (FLOOD // len(files) + 1)][:FLOOD]

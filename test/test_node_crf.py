@@ -1,7 +1,10 @@
-"""segment_node with crf:=fast over real DDS: refined labels arrive on ~/labels_refined (equal to
-the offline pipeline's refinement of the same frame), the raw labels still arrive on ~/labels,
-and the raw stream's latency is not held up by the CRF (compared with a crf:=off node on the
-same frames). One node process per mode, each on its own ROS domain."""
+"""segment_node with crf:=fast over real DDS.
+
+Refined labels arrive on ~/labels_refined (equal to the offline pipeline's refinement of the same
+frame), the raw labels still arrive on ~/labels, and the raw stream's latency is not held up by the
+CRF (compared with a crf:=off node on the same frames). One node process per mode, each on its own
+ROS domain.
+"""
 from __future__ import annotations
 
 import time
@@ -31,8 +34,11 @@ class CrfPeer(Peer):
         super().__init__(domain)
         for topic in REFINED:
             self.received[topic] = {}
-            self.subs.append(self.node.create_subscription(Image, f"{NODE}/{topic}", self._collector(topic),
-                                                           output_qos(10)))
+            self.subs.append(
+                self.node.create_subscription(
+                    Image, f"{NODE}/{topic}", self._collector(topic), output_qos(10)
+                )
+            )
 
 
 
@@ -48,7 +54,11 @@ def raw_latencies(peer: Peer, frame: np.ndarray, n: int, tag: str) -> list[float
         msg = image_msg("rgb8", frame, h, w, tag=tag)
         t0 = time.monotonic()
         peer.pub.publish(msg)
-        peer.wait(lambda: msg.header.frame_id in peer.received["labels"], 30, f"labels of {msg.header.frame_id}")
+        peer.wait(
+            lambda: msg.header.frame_id in peer.received["labels"],
+            30,
+            f"labels of {msg.header.frame_id}",
+        )
         out.append((peer.received_at[msg.header.frame_id] - t0) * 1e3)
         time.sleep(0.05)
     return out
@@ -65,14 +75,21 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
         sent = image_msg("rgb8", frame, h, w, tag="crf")
         out = peer.roundtrip(sent, ("labels",) + REFINED, timeout=60)
         raw = offline(frame, "rgb", keep_scores=True)
-        refiner = create_refiner("fast", CRFConfig(fast_scale=1.0, fast_window=7, fast_iterations=10))
+        refiner = create_refiner(
+            "fast", CRFConfig(fast_scale=1.0, fast_window=7, fast_iterations=10)
+        )
         expected = offline.refine(raw, refiner, color=True, overlay=True)
         got = np.frombuffer(out["labels_refined"].data, np.uint8).reshape(h, w)
         np.testing.assert_array_equal(got, expected.labels)
-        np.testing.assert_array_equal(np.frombuffer(out["labels"].data, np.uint8).reshape(h, w), raw.labels)
-        assert (got != raw.labels).any()  # the refinement changed something: it is not the raw output
-        np.testing.assert_array_equal(np.frombuffer(out["overlay_refined"].data, np.uint8).reshape(h, w, 3),
-                                      expected.overlay)
+        np.testing.assert_array_equal(
+            np.frombuffer(out["labels"].data, np.uint8).reshape(h, w), raw.labels
+        )
+        assert (
+            got != raw.labels
+        ).any()  # the refinement changed something: it is not the raw output
+        np.testing.assert_array_equal(
+            np.frombuffer(out["overlay_refined"].data, np.uint8).reshape(h, w, 3), expected.overlay
+        )
         assert out["labels_refined"].header.stamp == sent.header.stamp
         t_crf0 = time.monotonic()
         offline.refine(raw, refiner)
@@ -82,12 +99,18 @@ def test_refined_labels_published_and_raw_latency_unchanged(weights_file, road_i
         assert values["crf"] == "fast" and int(values["crf_frames_refined"]) >= 1
     assert node.proc.returncode == 0, node.log
 
-    with start(weights_file, *SLOW_CRF, "crf:=off") as (node, peer):  # a bare off reaches the node as false
+    with start(weights_file, *SLOW_CRF, "crf:=off") as (
+        node,
+        peer,
+    ):  # a bare off reaches the node as false
         without = raw_latencies(peer, frame, 8, "lat_off")
         assert not peer.received["labels_refined"]
     med_crf, med_off = float(np.median(with_crf)), float(np.median(without))
     # generous: the CPU is shared with the CRF thread (niced) and other jobs; inline refinement
     # would add the CRF's whole cost (measured above) to every raw frame
-    print(f"raw latency median: crf on {med_crf:.0f} ms, off {med_off:.0f} ms; crf alone {crf_ms:.0f} ms")
+    print(
+        f"raw latency median: crf on {med_crf:.0f} ms, off {med_off:.0f} ms; crf alone "
+        f"{crf_ms:.0f} ms"
+    )
     assert med_crf < med_off + 0.5 * crf_ms + 100, (med_crf, med_off, crf_ms)
     assert "Traceback" not in node.log

@@ -1,5 +1,7 @@
-"""segment_node's DDS transport (issue 18, defect 2): with a default environment its large outputs
-reach a default-configured subscriber in time, every one, each frame published once (no retries).
+"""segment_node's DDS transport (issue 18, defect 2).
+
+With a default environment its large outputs reach a default-configured subscriber in time, every
+one, each frame published once (no retries).
 
 Fast DDS's default 512 KiB shared-memory segment made the node's 1.2 MB of outputs per 360x480
 frame lose fragments: frames arrived 3 s late (the heartbeat) or never. The node now applies the
@@ -66,9 +68,12 @@ def test_shipped_profile_has_the_large_segment_and_fast_heartbeat():
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_image):
-    """360x480 rgb8, labels + colour mask + overlay subscribed, 20 frames at 2 Hz, each published
-    once: every frame the node processed arrives on every output within 1 s (plus the node's own
-    processing time). Failed on Fast DDS's defaults: 5 and 7 of 20 frames missed an output."""
+    """360x480 rgb8, labels + colour mask + overlay subscribed.
+
+    20 frames at 2 Hz, each published once: every frame the node processed arrives on every output
+    within 1 s (plus the node's own processing time). Failed on Fast DDS's defaults: 5 and 7 of 20
+    frames missed an output.
+    """
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,

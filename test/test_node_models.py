@@ -1,7 +1,10 @@
-"""Models and backends through the real node over DDS: DeepLab and PSPNet with the ``output_stride``
-parameter (the same registry, pipeline and node as DDRNet), SegNet for the classic models (pooling
-indices, full-resolution logits), the default backend, ``auto`` (torch on the CPU), and onnxruntime.
-Labels equal the offline pipeline's with the same model and backend."""
+"""Models and backends through the real node over DDS.
+
+DeepLab and PSPNet with the ``output_stride`` parameter (the same registry, pipeline and node as
+DDRNet), SegNet for the classic models (pooling indices, full-resolution logits), the default
+backend, ``auto`` (torch on the CPU), and onnxruntime. Labels equal the offline pipeline's with the
+same model and backend.
+"""
 from __future__ import annotations
 
 import time
@@ -24,7 +27,9 @@ def small_frame(road_image: np.ndarray) -> np.ndarray:
 
 
 # DeepLab v3+ at stride 8, not its default 16, so the parameter must reach the model
-@pytest.mark.parametrize("model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0), ("segnet_vgg16", 0)])
+@pytest.mark.parametrize(
+    "model,stride", [("deeplabv3plus_resnet50", 8), ("pspnet_resnet50", 0), ("segnet_vgg16", 0)]
+)
 def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
     options = {"output_stride": stride} if stride else {}
     weights = save_test_weights(tmp_path / f"{model}.pt", model, **options)
@@ -43,13 +48,18 @@ def test_node_runs_deeplab_and_pspnet(tmp_path, road_image, model, stride):
 
 @pytest.mark.parametrize("backend,runs", [(None, "torch"), ("onnxruntime", "onnxruntime")])
 def test_node_backends_on_cpu(tmp_path, road_image, backend, runs):
-    """No ``backend`` parameter means ``auto``, which is torch on the CPU; onnxruntime on request."""
+    """No ``backend`` parameter means ``auto``, which is torch on the CPU.
+
+    Onnxruntime on request.
+    """
     if runs == "onnxruntime":
         pytest.importorskip("onnxruntime")
     weights = save_test_weights(tmp_path / "ddrnet.pt", "ddrnet23_slim")
     frame = small_frame(road_image)
     h, w = frame.shape[:2]
-    offline = SegmentationPipeline(PipelineConfig(weights=str(weights), device="cpu", backend=runs))
+    offline = SegmentationPipeline(
+        PipelineConfig(weights=str(weights), device="cpu", backend=runs)
+    )
     expected = offline(frame, "rgb")
     cmd = node_command(weights, "device:=cpu", "diagnostics_period:=0.25", backend=backend)
     with running_node(cmd) as (node, peer):

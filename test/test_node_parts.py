@@ -56,8 +56,16 @@ def test_parameter_validation_names_the_problem(name, value, words):
     assert reason and words in reason
 
 
-@pytest.mark.parametrize("name,value", [("input_size", [0, 0]), ("input_size", [512, 1024]),
-                                        ("device", "cuda:1"), ("device", "auto"), ("overlay_alpha", 0.0)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("input_size", [0, 0]),
+        ("input_size", [512, 1024]),
+        ("device", "cuda:1"),
+        ("device", "auto"),
+        ("overlay_alpha", 0.0),
+    ],
+)
 def test_valid_parameters_pass(name, value):
     assert P.validate("output_stride", 16) is None and P.validate("output_stride", 0) is None
     assert P.validate(name, value) is None
@@ -77,12 +85,16 @@ def test_bare_off_reads_as_off_and_output_stride_reaches_the_model_only_when_set
     assert P.unquoted_off("keep_aspect", False) is False  # a real bool parameter is left alone
     with pytest.raises(ValueError, match="boolean true"):
         P.unquoted_off("crf", True)
-    assert P.model_options({"output_stride": 0}) == {} and P.model_options({"output_stride": 8}) == {"output_stride": 8}
+    assert P.model_options({"output_stride": 0}) == {} and P.model_options(
+        {"output_stride": 8}
+    ) == {"output_stride": 8}
 
 
 def test_settings_are_derived_from_the_parameter_table():
-    """Every run-time parameter of the table is a Settings field (none can be forgotten), and no
-    read-only one is."""
+    """Every run-time parameter of the table is a Settings field (none can be forgotten).
+
+    And no read-only one is.
+    """
     fields = {f.name for f in __import__("dataclasses").fields(P.Settings)}
     runtime = {p.name for p in P.PARAMETERS if p.in_yaml and not p.read_only}
     assert fields == runtime and "batch_timeout_ms" in fields and "model" not in fields
@@ -112,8 +124,10 @@ def test_unknown_overrides_from_the_command_line_and_params_files(tmp_path):
 
 
 def test_params_files_written_by_launch_ros_are_read(tmp_path):
-    """launch_ros dumps list parameters as !!python/tuple; rcl ignores the tag, and so do the
-    node's own checks of its params files."""
+    """launch_ros dumps list parameters as !!python/tuple.
+
+    rcl ignores the tag, and so do the node's own checks of its params files.
+    """
     params = tmp_path / "launch_params.yaml"
     params.write_text("/**:\n  ros__parameters:\n    cameras: !!python/tuple\n    - front\n"
                       "    - rear\n    typo: 1\n")

@@ -1,6 +1,8 @@
-"""segment_node start-up errors: one clear log line naming the file or parameter and the
-problem, exit code 2, no traceback. All cases start in parallel to keep the suite short; the
-parameter checks themselves are unit-tested in test_node_parts.py."""
+"""segment_node start-up errors: one clear log line naming the file or parameter and the problem.
+
+Exit code 2, no traceback. All cases start in parallel to keep the suite short; the parameter
+checks themselves are unit-tested in test_node_parts.py.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -26,7 +28,7 @@ def with_params_file(cmd: list[str], path: Path) -> list[str]:
 
 
 def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """name -> (command, words the error line must contain)."""
+    """Name -> (command, words the error line must contain)."""
     good = save_test_weights(tmp / "good.pt")
     missing = tmp / "no_such_weights.pt"
     corrupt = tmp / "corrupt.pt"
@@ -35,7 +37,9 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
     truncated.write_bytes(good.read_bytes()[:4096])
     wrong = tmp / "nineteen_classes.pt"
     torch.manual_seed(0)
-    save_weights(wrong, build_model("ddrnet23_slim", 19), {"arch": "ddrnet23_slim", "num_classes": 19})
+    save_weights(
+        wrong, build_model("ddrnet23_slim", 19), {"arch": "ddrnet23_slim", "num_classes": 19}
+    )
     bad_classes = tmp / "bad_classes.yaml"
     bad_classes.write_text("classes:\n  - {id: 0, name: road, color: [1, 2, 3]}\n"
                            "  - {id: 0, name: sky, color: [4, 5, 6]}\n")
@@ -45,22 +49,42 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "missing_weights": (node_command(missing), [str(missing), "does not exist"]),
         "corrupt_weights": (node_command(corrupt), [str(corrupt), "not a valid weights file"]),
         "truncated_weights": (node_command(truncated), [str(truncated), "truncated or corrupt"]),
-        "untrained_default": (node_command("default", "model:=unet"),
-                              ["'unet' has no shipped weights", "'none'"]),
+        "untrained_default": (
+            node_command("default", "model:=unet"),
+            ["'unet' has no shipped weights", "'none'"],
+        ),
         "incompatible_weights": (node_command(wrong), [str(wrong), "19"]),
-        "bad_classes_file": (node_command(good, f"classes:={bad_classes}"), [str(bad_classes), "duplicate"]),
+        "bad_classes_file": (
+            node_command(good, f"classes:={bad_classes}"),
+            [str(bad_classes), "duplicate"],
+        ),
         "out_of_range": (node_command(good, "overlay_alpha:=2.0"), ["overlay_alpha"]),
         "bad_choice": (node_command(good, "device:=tpu"), ["device", "tpu"]),
         "wrong_type": (with_params_file(node_command(good), wrong_type), ["qos_depth", "STRING"]),
-        "missing_params_file": (with_params_file(node_command(good), tmp / "none.yaml"), ["none.yaml"]),
-        "stride_for_ddrnet": (node_command(good, "output_stride:=8"), ["ddrnet23_slim", "output_stride"]),
+        "missing_params_file": (
+            with_params_file(node_command(good), tmp / "none.yaml"),
+            ["none.yaml"],
+        ),
+        "stride_for_ddrnet": (
+            node_command(good, "output_stride:=8"),
+            ["ddrnet23_slim", "output_stride"],
+        ),
         "crf_true": (node_command(good, "crf:=true"), ["crf", "boolean true"]),
         # beside a params file, rcl would silently keep the file's value for these
-        "wrong_typed_override": (node_command(good, "overlay_alpha:=abc"), ["overlay_alpha", "abc"]),
-        "wrong_typed_bool": (node_command(good, "publish_overlay:=maybe"), ["publish_overlay", "bool"]),
+        "wrong_typed_override": (
+            node_command(good, "overlay_alpha:=abc"),
+            ["overlay_alpha", "abc"],
+        ),
+        "wrong_typed_bool": (
+            node_command(good, "publish_overlay:=maybe"),
+            ["publish_overlay", "bool"],
+        ),
     }
     if not torch.cuda.is_available():
-        cases["cuda_without_cuda"] = (node_command(good, "device:=cuda"), ["cuda", "not available"])
+        cases["cuda_without_cuda"] = (
+            node_command(good, "device:=cuda"),
+            ["cuda", "not available"],
+        )
     return cases
 
 
@@ -69,8 +93,12 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
     tmp = tmp_path_factory.mktemp("startup")
     env = node_env(random_domain())
     cases = _cases(tmp)
-    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, (cmd, _) in cases.items()}
+    procs = {
+        name: subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, (cmd, _) in cases.items()
+    }
     results = {}
     deadline = time.monotonic() + 120
     for name, proc in procs.items():
@@ -97,15 +125,22 @@ def test_startup_error(outcomes, case):
     rc, out, words = outcomes[case]
     assert rc == 2, f"exit code {rc}:\n{out}"
     assert "Traceback" not in out, out
-    errors = [line for line in out.splitlines() if "[FATAL]" in line or "[ERROR]" in line or " error:" in line]
+    errors = [
+        line
+        for line in out.splitlines()
+        if "[FATAL]" in line or "[ERROR]" in line or " error:" in line
+    ]
     assert len(errors) == 1, f"expected one error line, got:\n{out}"
     for word in words:
         assert word in errors[0], f"{word!r} not in {errors[0]!r}"
 
 
 def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):
-    """The node subscribes before its warm-up trace: frames sent meanwhile are not invisible, the
-    replaced ones count as dropped and the newest is segmented once the model is warm."""
+    """The node subscribes before its warm-up trace.
+
+    Frames sent meanwhile are not invisible, the replaced ones count as dropped and the newest is
+    segmented once the model is warm.
+    """
     domain = random_domain()
     env = node_env(domain)
     node = NodeProcess(node_command(weights_file, "input_size:=[360, 480]",
@@ -124,7 +159,11 @@ def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_f
                 sent.append(msg.header.frame_id)
             time.sleep(0.01)  # fast enough that even a quick warm-up sees several frames
         assert len(sent) >= 3, f"the node subscribed only {len(sent)} frames before it was ready"
-        got = peer.wait(lambda: [f for f in sent if f in peer.received["labels"]], 30, "a warm-up frame's labels")
+        got = peer.wait(
+            lambda: [f for f in sent if f in peer.received["labels"]],
+            30,
+            "a warm-up frame's labels",
+        )
         values = peer.diag_values(after=time.monotonic())
         assert int(values["frames_received"]) >= 2, values
         assert int(values["frames_dropped"]) >= 1, values

@@ -10,8 +10,18 @@ from seg_ros import ops
 
 def test_upsampled_argmax_equals_dense_upsampling():
     torch.manual_seed(0)
-    for (c, h, w, oh, ow) in ((11, 12, 16, 96, 128), (19, 47, 63, 375, 500), (5, 7, 9, 7, 9), (3, 10, 10, 33, 17)):
-        coarse = F.interpolate(torch.randn(1, c, max(2, h // 3), max(2, w // 3)), (h, w), mode="bilinear") * 4
+    for c, h, w, oh, ow in (
+        (11, 12, 16, 96, 128),
+        (19, 47, 63, 375, 500),
+        (5, 7, 9, 7, 9),
+        (3, 10, 10, 33, 17),
+    ):
+        coarse = (
+            F.interpolate(
+                torch.randn(1, c, max(2, h // 3), max(2, w // 3)), (h, w), mode="bilinear"
+            )
+            * 4
+        )
         logits = coarse + 0.05 * torch.randn(1, c, h, w)
         dense = ops.labels_from_logits(ops.upsample_logits(logits, (oh, ow)), torch.uint8)
         fast = ops.upsampled_argmax(logits, (oh, ow), torch.uint8)
@@ -35,7 +45,10 @@ def test_confidence_is_max_softmax():
 def test_colorize_uses_palette():
     palette = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=torch.uint8)
     labels = torch.tensor([[0, 1], [2, 1]], dtype=torch.uint8)
-    assert ops.colorize(labels, palette).tolist() == [[[0, 0, 0], [255, 0, 0]], [[0, 255, 0], [255, 0, 0]]]
+    assert ops.colorize(labels, palette).tolist() == [
+        [[0, 0, 0], [255, 0, 0]],
+        [[0, 255, 0], [255, 0, 0]],
+    ]
 
 
 def test_blend_rounds_like_float_reference():
@@ -46,7 +59,9 @@ def test_blend_rounds_like_float_reference():
         ref = np.round((1 - alpha) * img.numpy().astype(float) + alpha * col.numpy().astype(float))
         got = ops.blend(img, col, alpha).numpy().astype(float)
         assert np.abs(got - ref).max() <= 1, alpha
-    assert torch.equal(ops.blend(img, col, 0.0), img) and torch.equal(ops.blend(img, col, 1.0), col)
+    assert torch.equal(ops.blend(img, col, 0.0), img) and torch.equal(
+        ops.blend(img, col, 1.0), col
+    )
 
 
 def test_image_to_tensor_is_a_channels_last_view():

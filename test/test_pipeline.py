@@ -18,14 +18,26 @@ from seg_ros.sizes import KeptSizes
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
-    """A project weights file with metadata (8 custom classes, own normalisation, input size)."""
+    """Write a weights file with metadata (8 custom classes, own normalisation, input size)."""
     torch.manual_seed(0)
     model = build_model("ddrnet23_slim", 8)
     path = tmp_path_factory.mktemp("w") / "custom.pt"
-    classes = [{"id": i, "name": f"c{i}", "color": [i * 30, 255 - i * 30, 7 * i]} for i in range(8)]
-    save_weights(path, model, {"arch": "ddrnet23_slim", "num_classes": 8, "classes": classes,
-                               "ignore_id": 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-                               "input_size": [96, 128]})
+    classes = [
+        {"id": i, "name": f"c{i}", "color": [i * 30, 255 - i * 30, 7 * i]} for i in range(8)
+    ]
+    save_weights(
+        path,
+        model,
+        {
+            "arch": "ddrnet23_slim",
+            "num_classes": 8,
+            "classes": classes,
+            "ignore_id": 255,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "input_size": [96, 128],
+        },
+    )
     return path
 
 
@@ -59,7 +71,9 @@ def test_only_requested_outputs_are_computed(pipe, road_image):
 
 
 def test_inference_resolution_output(weights_file, road_image):
-    p = SegmentationPipeline(weights=str(weights_file), device="cpu", output_resolution="inference")
+    p = SegmentationPipeline(
+        weights=str(weights_file), device="cpu", output_resolution="inference"
+    )
     res = p(road_image, "rgb", overlay=True)
     assert res.labels.shape == p.inference_size_for(road_image.shape[:2])
     assert res.overlay.shape[:2] == res.labels.shape
@@ -70,15 +84,25 @@ def test_same_input_same_labels_and_bgr_equals_rgb(pipe, road_image):
     b = pipe(road_image.copy(), "rgb").labels
     c = pipe(np.ascontiguousarray(road_image[..., ::-1]), "bgr", overlay=True)
     assert np.array_equal(a, b) and np.array_equal(a, c.labels)
-    assert np.abs(c.overlay.astype(int) - pipe(road_image, "rgb", overlay=True).overlay.astype(int)).max() == 0
+    assert (
+        np.abs(
+            c.overlay.astype(int) - pipe(road_image, "rgb", overlay=True).overlay.astype(int)
+        ).max()
+        == 0
+    )
 
 
 def test_labels_follow_the_network(pipe, road_image):
     """Labels equal argmax of the network's logits upsampled to the frame (dense reference)."""
     with torch.inference_mode():
         logits = pipe.forward_logits(road_image, "rgb")
-        ref = torch.nn.functional.interpolate(logits.float(), size=road_image.shape[:2], mode="bilinear",
-                                              align_corners=False)[0].argmax(0).numpy()
+        ref = (
+            torch.nn.functional.interpolate(
+                logits.float(), size=road_image.shape[:2], mode="bilinear", align_corners=False
+            )[0]
+            .argmax(0)
+            .numpy()
+        )
     assert (pipe(road_image, "rgb").labels != ref).mean() < 1e-4
 
 
@@ -107,18 +131,26 @@ print([str(w.message) for w in caught if "not writable" in str(w.message)],
 
 @pytest.mark.slow
 def test_read_only_input_without_a_warning_and_no_global_filter(weights_file):
-    """A ROS buffer is a read-only view: torch's 'not writable' warning is silenced at the one
-    call that views it, not for the whole process (a fresh one: torch warns once per process)."""
+    """A ROS buffer is a read-only view.
+
+    Torch's 'not writable' warning is silenced at the one call that views it, not for the whole
+    process (a fresh one: torch warns once per process).
+    """
     out = subprocess.run([sys.executable, "-c", READ_ONLY_CHECK, str(weights_file)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[] []"  # no warning from the pipeline, no process-wide filter
 
 
 def test_flipped_view_input(pipe, road_image):
-    """Negative-stride views (a mirrored camera, a BGR view by ``[..., ::-1]``) work like copies."""
+    """Negative-stride views work like copies.
+
+    E.g. a mirrored camera, a BGR view by ``[..., ::-1]``.
+    """
     mirrored = road_image[:, ::-1]
     assert np.array_equal(pipe(mirrored, "rgb").labels, pipe(mirrored.copy(), "rgb").labels)
-    assert np.array_equal(pipe(road_image[..., ::-1], "bgr").labels, pipe(road_image, "rgb").labels)
+    assert np.array_equal(
+        pipe(road_image[..., ::-1], "bgr").labels, pipe(road_image, "rgb").labels
+    )
 
 
 @pytest.mark.parametrize("image, kind", [
@@ -156,8 +188,11 @@ def test_class_count_mismatch_with_weights(weights_file):
 
 
 def test_random_weights_only_when_asked_for_explicitly(monkeypatch):
-    """weights 'default' for a model without shipped weights (or with its file not installed) is
-    a start-up error naming the fix, not a silent fall-back to random weights."""
+    """Random weights only when asked for explicitly.
+
+    Weights 'default' for a model without shipped weights (or with its file not installed) is
+    a start-up error naming the fix, not a silent fall-back to random weights.
+    """
     with pytest.raises(WeightsError, match=r"'unet' has no shipped weights .*--weights.*'none'"):
         SegmentationPipeline(model="unet", device="cpu")
     with pytest.raises(WeightsError, match="weights is empty"):
@@ -192,12 +227,17 @@ def test_folded_model_matches_eager(weights_file):
     load_weights(eager, weights_file)
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
-        assert torch.allclose(p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3)
+        assert torch.allclose(
+            p.model(x.contiguous(memory_format=torch.channels_last)), eager(x), atol=2e-3
+        )
 
 
 def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file, road_image):
-    """With an input size (here from the weights file), start-up work happens in warm_up(); a frame
-    of the same aspect reuses it. Without one, there is nothing to warm."""
+    """Warm-up builds the per-shape graph before the first frame.
+
+    With an input size (here from the weights file), start-up work happens in warm_up(); a frame of
+    the same aspect reuses it. Without one, there is nothing to warm.
+    """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")
     assert pipe.warm_up() == (96, 128)
     assert pipe.backend.describe()["graphs"] == 1
@@ -207,10 +247,12 @@ def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file,
 
 
 def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
-    """Up to ``capacity`` sizes run as they are; beyond, a new size replaces the least recently
-    used one at most once per ``min_frames_per_new_size`` frames, and frames in between run at the
-    kept size nearest in shape. A camera that changes size for good is adopted within that
-    bound."""
+    """Up to ``capacity`` sizes run as they are.
+
+    Beyond, a new size replaces the least recently used one at most once per
+    ``min_frames_per_new_size`` frames, and frames in between run at the kept size nearest in
+    shape. A camera that changes size for good is adopted within that bound.
+    """
     sizes = KeptSizes(min_frames_per_new_size=5)
     first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]
     assert first == [(8, 16), (16, 16), (8, 16)]
@@ -229,8 +271,11 @@ def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
 
 
 def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_image):
-    """Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
-    frame's resolution), and the backend holds no more graphs than it may."""
+    """Frames in more sizes than graphs run at kept sizes.
+
+    Through the pipeline: a fifth frame size runs at the nearest kept size (labels still at the
+    frame's resolution), and the backend holds no more graphs than it may.
+    """
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", input_size=(64, 64))
     assert pipe.backend.max_shapes == 4
     for width in (64, 73, 85, 102, 128, 64):  # network sizes 64, 56, 48, 40, 32 (x64), 64

@@ -27,8 +27,10 @@ def dds_env(ros_domain_id):
 
 
 def _small_bag(path, legacy: bool = False):
-    """N frames on /cam at 100 Hz recorded timing; frame_id carries the sequence number. ``legacy``:
-    the type spelled 'sensor_msgs/Image' (earlier ROS 2 releases, other tools)."""
+    """N frames on /cam at 100 Hz recorded timing; frame_id carries the sequence number.
+
+    ``legacy``: the type spelled 'sensor_msgs/Image' (earlier ROS 2 releases, other tools).
+    """
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (8, 12, 3), dtype=np.uint8) for _ in range(N)]
     records = [("/cam", bags.IMAGE_TYPE, 10**9 + i * 10**7,
@@ -62,16 +64,39 @@ def test_play_delivers_every_message_in_order(tmp_path, dds_env, spelling):
     rclpy.init(context=ctx)
     node = Node("play_test_listener", context=ctx)
     got: list[Image] = []
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    qos = QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+    )
     node.create_subscription(Image, "/camera/image_raw", got.append, qos)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
-    player = subprocess.Popen([sys.executable, "-m", "seg_ros.cli.play", str(path), "--remap", "/cam:=/camera/image_raw",
-                               "--wait-subscribers", "1", "--wait-timeout", "30", "--start-delay", "0.3"],
-                              env=dds_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    player = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "seg_ros.cli.play",
+            str(path),
+            "--remap",
+            "/cam:=/camera/image_raw",
+            "--wait-subscribers",
+            "1",
+            "--wait-timeout",
+            "30",
+            "--start-delay",
+            "0.3",
+        ],
+        env=dds_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while len(got) < N and time.monotonic() < deadline and (player.poll() is None or len(got) < N):
+        while (
+            len(got) < N
+            and time.monotonic() < deadline
+            and (player.poll() is None or len(got) < N)
+        ):
             executor.spin_once(timeout_sec=0.1)
             if player.poll() is not None:
                 end = time.monotonic() + 2  # drain what is still in flight
@@ -92,16 +117,47 @@ def test_play_delivers_every_message_in_order(tmp_path, dds_env, spelling):
         np.testing.assert_array_equal(np.asarray(m.data, np.uint8).reshape(8, 12, 3), img)
 
 
-def test_record_captures_played_messages_and_closes_the_bag_on_sigint(small_bag, dds_env, tmp_path):
+def test_record_captures_played_messages_and_closes_the_bag_on_sigint(
+    small_bag, dds_env, tmp_path
+):
     path, frames = small_bag
     out = tmp_path / "rec.mcap"
-    recorder = subprocess.Popen([sys.executable, "-m", "seg_ros.cli.record", str(out), "--topics", "/cam",
-                                 "/nobody", "--qos", "reliable"],
-                                env=dds_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    recorder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "seg_ros.cli.record",
+            str(out),
+            "--topics",
+            "/cam",
+            "/nobody",
+            "--qos",
+            "reliable",
+        ],
+        env=dds_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "recording" in recorder.stdout.readline()
-        player = subprocess.run([*CLI, "play", str(path), "--wait-subscribers", "1", "--wait-timeout", "30",
-                                 "--start-delay", "0.3"], env=dds_env, capture_output=True, text=True, timeout=60)
+        player = subprocess.run(
+            [
+                *CLI,
+                "play",
+                str(path),
+                "--wait-subscribers",
+                "1",
+                "--wait-timeout",
+                "30",
+                "--start-delay",
+                "0.3",
+            ],
+            env=dds_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert player.returncode == 0, player.stdout + player.stderr
         time.sleep(1.0)  # play waited for acknowledgements; leave the recorder a moment to write
         recorder.send_signal(signal.SIGINT)  # Ctrl-C must still leave a complete, readable bag

@@ -1,4 +1,8 @@
-"""Replay writes, per input frame, the labels the pipeline computes for it, with the input's header."""
+"""Replay writes the labels the pipeline computes for each input frame.
+
+With the input's header.
+"""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +38,9 @@ def input_bag(tmp_path_factory, road_image):
         bad = bags.make_image(bags.make_header(99), "rgb8", H, W, W * 3, frames[0][: H // 2])
         w.write("/cam", 1035, bad)  # truncated data: must be counted, not fatal
         ok, png = cv2.imencode(".png", frames[1][:, :, ::-1])
-        w.write("/cam_c", 1040, bags.make_compressed(bags.make_header(77, "c"), "png", png.tobytes()))
+        w.write(
+            "/cam_c", 1040, bags.make_compressed(bags.make_header(77, "c"), "png", png.tobytes())
+        )
         w.write("/note", 1001, ts.types["std_msgs/msg/String"](data="hello"))
     return path, frames
 
@@ -43,11 +49,27 @@ def test_replay_labels_match_pipeline_and_headers_are_kept(tmp_path, input_bag, 
     path, frames = input_bag
     out = tmp_path / "out.db3"
     summary_path = tmp_path / "summary.json"
-    rc = cli(["replay", str(path), "--out", str(out), "--weights", str(weights_file), "--device", "cpu",
-              "--json", str(summary_path)])
+    rc = cli(
+        [
+            "replay",
+            str(path),
+            "--out",
+            str(out),
+            "--weights",
+            str(weights_file),
+            "--device",
+            "cpu",
+            "--json",
+            str(summary_path),
+        ]
+    )
     assert rc == 0
     summary = json.loads(summary_path.read_text())
-    assert summary["frames"] == 5 and summary["segmented"] == 4 and summary["failures"] == {"truncated": 1}
+    assert (
+        summary["frames"] == 5
+        and summary["segmented"] == 4
+        and summary["failures"] == {"truncated": 1}
+    )
     assert summary["latency_ms"]["p50"] > 0
 
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu")

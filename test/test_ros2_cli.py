@@ -1,6 +1,8 @@
-"""seg_ros as a ROS 2 user runs it: colcon build of a clean copy of the repository, then the real
-`ros2 launch`, `ros2 run`, `ros2 param`, `ros2 node` commands, frames over DDS, and Ctrl-C the
-way a terminal sends it (SIGINT to the whole process group, launch forwarding another).
+"""seg_ros as a ROS 2 user runs it.
+
+Colcon build of a clean copy of the repository, then the real `ros2 launch`, `ros2 run`, `ros2
+param`, `ros2 node` commands, frames over DDS, and Ctrl-C the way a terminal sends it (SIGINT to
+the whole process group, launch forwarding another).
 
 Needs the `ros2` command line (a ROS install, or ../shared/ros2-cli via `make setup`): skipped
 without it, except under CI, where these tests must run.
@@ -92,7 +94,7 @@ def test_readme_commands(env):
 
 
 def documented_topics(node: str, input_topic: str) -> list[str]:
-    """The README's topic table (CRF topics aside), resolved for ``node``."""
+    """Return the README's topic table (CRF topics aside), resolved for ``node``."""
     text = (REPO / "README.md").read_text()
     names = re.findall(r"^\| `(~/\w+|/\w+)` ", text, flags=re.M)
     assert {"~/labels", "~/color_mask", "~/overlay", "~/class_info", "/diagnostics"} <= set(names)
@@ -108,8 +110,11 @@ NODE = "/perception/segment_node"
 
 @pytest.fixture(scope="module")
 def launched(workspace, tmp_path_factory):
-    """`ros2 launch` with every argument; the params file sets model ddrnet23 (overridden by the
-    model argument) and overlay_alpha / publish_confidence (kept)."""
+    """`ros2 launch` with every argument.
+
+    The params file sets model ddrnet23 (overridden by the model argument) and overlay_alpha /
+    publish_confidence (kept).
+    """
     pytest.importorskip("onnxruntime")
     tmp = tmp_path_factory.mktemp("launch_args")
     installed = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "segment.yaml"
@@ -159,7 +164,7 @@ def test_every_launch_argument_takes_effect(launched):
 
 
 def _valid_and_invalid(spec) -> tuple[str, str, str]:
-    """(a valid value other than the default, an invalid value, words of its refusal)."""
+    """Return (a valid value other than the default, an invalid value, words of its refusal)."""
     if isinstance(spec.default, bool):
         return str(not spec.default).lower(), "maybe", "Wrong parameter type"
     if spec.choices is not None:
@@ -196,9 +201,11 @@ def test_param_set_every_runtime_parameter(launched):
 
 # -- several cameras ---------------------------------------------------------------------------
 def test_launch_several_cameras_from_the_example_params_file(workspace, env):
-    """config/multi_camera.yaml as the params file, its camera list overridden by `cameras:=`:
-    one node reads each camera's image and camera_info and publishes its outputs, and segments
-    a frame sent to one of them."""
+    """config/multi_camera.yaml as the params file.
+
+    Its camera list overridden by `cameras:=`: one node reads each camera's image and camera_info
+    and publishes its outputs, and segments a frame sent to one of them.
+    """
     example = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "multi_camera.yaml"
     assert yaml.safe_load(example.read_text())["/**"]["ros__parameters"]["cameras"]
     proc = Ros2Process(env, "launch", "seg_ros", "segment.launch.py", f"params_file:={example}",
@@ -290,7 +297,9 @@ def test_a_signal_during_start_up_stops_with_one_line(workspace, env, signum, mo
         raise AssertionError(f"still running {STOP_WITHIN_S} s after {signum!r}")
     assert proc.returncode == 0, out
     assert TRACEBACK not in out and "KeyboardInterrupt" not in out, out
-    stop_lines = [line for line in out.splitlines() if "stopped by" in line or "shutting down" in line]
+    stop_lines = [
+        line for line in out.splitlines() if "stopped by" in line or "shutting down" in line
+    ]
     assert len(stop_lines) == 1, out
 
 

@@ -1,5 +1,7 @@
-"""The default weights the package ships (weights/ddrnet23_slim_camvid.pt, docs/training.md):
-self-describing, picked by ``weights: default``, and accurate on real CamVid val frames."""
+"""The default weights the package ships (weights/ddrnet23_slim_camvid.pt, docs/training.md).
+
+Self-describing, picked by ``weights: default``, and accurate on real CamVid val frames.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +20,15 @@ SHIPPED = REPO / shipped_weights("ddrnet23_slim").file
 def test_shipped_weights_describe_themselves():
     weights = read_weights(SHIPPED)
     meta = weights.meta
-    assert meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and meta["ignore_id"] == 11
+    assert (
+        meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and meta["ignore_id"] == 11
+    )
     assert meta["classes"] == load_classes("camvid").to_dicts()
     assert 0.55 <= meta["val_miou"] <= 1.0
-    assert meta["input_size"] == [360, 480]  # the size it was validated at: the pipeline's inference size
+    assert meta["input_size"] == [
+        360,
+        480,
+    ]  # the size it was validated at: the pipeline's inference size
     assert SHIPPED.stat().st_size < 15 * 2**20  # fp16: a few MB
 
 

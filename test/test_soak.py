@@ -1,5 +1,7 @@
-"""``seg-ros soak`` on a live node (a short run; docs/node.md records a 10,000-frame one): every
-output subscribed, malformed frames interleaved, RSS sampled, summary and plot written."""
+"""``seg-ros soak`` on a live node (a short run; docs/node.md records a 10,000-frame one).
+
+Every output subscribed, malformed frames interleaved, RSS sampled, summary and plot written.
+"""
 from __future__ import annotations
 
 import json

@@ -11,5 +11,12 @@ from . import torch_backend as _torch_backend  # noqa: F401  (registers 'torch')
 from .registry import (AUTO_BACKENDS, Backend, BackendContext, auto_backend_name, create_backend,
                        list_backends, register_backend)
 
-__all__ = ["AUTO_BACKENDS", "Backend", "BackendContext", "auto_backend_name", "create_backend", "list_backends",
-           "register_backend"]
+__all__ = [
+    "AUTO_BACKENDS",
+    "Backend",
+    "BackendContext",
+    "auto_backend_name",
+    "create_backend",
+    "list_backends",
+    "register_backend",
+]

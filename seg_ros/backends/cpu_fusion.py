@@ -38,9 +38,11 @@ _traced: "weakref.WeakSet[torch.jit.ScriptModule]" = weakref.WeakSet()
 
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``model`` traced on ``example``. The trace keeps sizes symbolic (our models read them with
-    ``x.shape``), so the one trace serves every input shape; each graph built from it is checked
-    against the eager module anyway."""
+    """``model`` traced on ``example``.
+
+    The trace keeps sizes symbolic (our models read them with ``x.shape``), so the one trace serves
+    every input shape; each graph built from it is checked against the eager module anyway.
+    """
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shapes; TorchScript's deprecation
         traced = torch.jit.trace(model, example.clone(), check_trace=False)
@@ -57,7 +59,7 @@ def serialise(traced: torch.jit.ScriptModule) -> bytes:
 
 
 def load_private(script: bytes) -> torch.jit.ScriptModule:
-    """A module loaded from ``script`` into a compilation unit of its own (freed with it)."""
+    """Load ``script`` into a compilation unit of its own (freed with it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(io.BytesIO(script), map_location="cpu")
@@ -65,8 +67,10 @@ def load_private(script: bytes) -> torch.jit.ScriptModule:
 
 def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
                    example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``traced`` frozen, warmed up on ``example`` until the fused graph is in place, and checked
-    against the eager ``model`` on it (RuntimeError when they differ)."""
+    """``traced`` frozen, warmed up on ``example`` until the fused graph is in place.
+
+    And checked against the eager ``model`` on it (RuntimeError when they differ).
+    """
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -80,18 +84,23 @@ def fuse_for_shape(traced: torch.jit.ScriptModule, model: nn.Module,
     error = (fused.float() - reference.float()).abs().max().item()
     bound = 1e-3 + 1e-2 * reference.abs().max().item()
     if not error <= bound:
-        raise RuntimeError(f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})")
+        raise RuntimeError(
+            f"fused graph differs from the eager model by {error:.3g} (bound {bound:.3g})"
+        )
     return graph
 
 
 def forget_released_graphs() -> bool:
-    """Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
+    """Free the memory of traced graphs nobody uses any more.
+
+    Free the memory of traced graphs nobody uses any more. torch keeps every traced module's
     methods, with the weights frozen into them, in its global TorchScript compilation unit for
     the life of the process (pytorch/pytorch#96726): graphs loaded into units of their own go
     with them, but the trace and the first graph frozen from it do not, so
     a process that loads one model after another grows by a model each time. This drops all of
     that unit's functions, so only when no graph traced here is alive (call after gc.collect());
-    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes."""
+    True when it did. For processes with no other TorchScript user, such as the seg_ros nodes.
+    """
     if len(_traced):
         return False
     torch.jit._state._python_cu.drop_all_functions()
@@ -99,15 +108,17 @@ def forget_released_graphs() -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    """The last line of an exception (TorchScript errors carry a whole trace before it)."""
+    """Return the last line of an exception (TorchScript errors carry a whole trace before it)."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
 class FusedCpuForward:
-    """``forward(x)`` through the fused graph for ``x``'s shape. If a graph cannot be built
-    or run for this model (oneDNN does not take every op pattern, e.g. DeepLab's ASPP
-    concatenation), one warning says why and the model runs eagerly from then on."""
+    """``forward(x)`` through the fused graph for ``x``'s shape.
+
+    If a graph cannot be built or run for this model (oneDNN does not take every op pattern, e.g.
+    DeepLab's ASPP concatenation), one warning says why and the model runs eagerly from then on.
+    """
 
     def __init__(self, model: nn.Module, max_graphs: int = 4) -> None:
         self.model = model

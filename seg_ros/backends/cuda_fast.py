@@ -1,5 +1,7 @@
-"""The fast CUDA path of the torch backend: CUDA graphs per input shape, a dedicated stream, and
-a reusable pinned staging buffer for frame uploads.
+"""The fast CUDA path of the torch backend.
+
+CUDA graphs per input shape, a dedicated stream, and a reusable pinned staging buffer for frame
+uploads.
 
 A CUDA graph replays a captured forward pass with one launch instead of hundreds of kernel
 launches, which is what bounds a small network like DDRNet-23-slim on a big GPU. A graph is only
@@ -26,14 +28,19 @@ Capture = Callable[[Forward, torch.Tensor], Forward]
 
 def graph_key(x: torch.Tensor) -> Hashable:
     """Everything a captured graph depends on: shape, dtype, device and strides (memory format).
-    The stride of a size-1 dimension is meaningless (it never moves), so it is left out."""
+
+    The stride of a size-1 dimension is meaningless (it never moves), so it is left out.
+    """
     strides = tuple(st if n > 1 else 0 for n, st in zip(x.shape, x.stride()))
     return (tuple(x.shape), x.dtype, str(x.device), strides)
 
 
 def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
-    """A replay function with a graph's contract, run eagerly: the input is copied into a static
-    buffer, the forward writes into a static output, and the caller gets a copy of it."""
+    """Return a replay function with a graph's contract.
+
+    Run eagerly: the input is copied into a static buffer, the forward writes into a static output,
+    and the caller gets a copy of it.
+    """
     static_in = example.clone()
     static_out = fn(static_in)
 
@@ -46,8 +53,11 @@ def capture_static_eager(fn: Forward, example: torch.Tensor) -> Forward:
 
 
 def capture_cuda_graph(fn: Forward, example: torch.Tensor, warmup: int = 3) -> Forward:
-    """Capture ``fn`` on a static copy of ``example`` as a CUDA graph (after warm-up iterations on a
-    side stream, as CUDA graphs require, which also lets cudnn.benchmark pick its kernels)."""
+    """Capture ``fn`` on a static copy of ``example`` as a CUDA graph.
+
+    Capture follows warm-up iterations on a side stream, as CUDA graphs require, which also lets
+    cudnn.benchmark pick its kernels.
+    """
     static_in = example.clone()
     side = torch.cuda.Stream(example.device)
     side.wait_stream(torch.cuda.current_stream(example.device))
@@ -70,7 +80,9 @@ def capture_cuda_graph(fn: Forward, example: torch.Tensor, warmup: int = 3) -> F
 class GraphedForward:
     """``fn`` replayed from a captured graph per input key; eager for keys whose capture failed."""
 
-    def __init__(self, fn: Forward, capture: Capture = capture_cuda_graph, max_graphs: int = 4) -> None:
+    def __init__(
+        self, fn: Forward, capture: Capture = capture_cuda_graph, max_graphs: int = 4
+    ) -> None:
         self.fn = fn
         self._capture = capture
         self.graphs: ShapeCache[Forward] = ShapeCache(self._build, max_entries=max_graphs,
@@ -93,7 +105,8 @@ class PinnedUploader:
     """Host-to-device frame upload through one reusable pinned buffer with a non-blocking copy.
 
     The buffer is refilled only after the previous copy out of it has finished (an event), so a
-    frame is never overwritten while the GPU still reads it."""
+    frame is never overwritten while the GPU still reads it.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -114,8 +127,11 @@ class PinnedUploader:
 
 
 def on_stream(stream: torch.cuda.Stream, fn: Forward, x: torch.Tensor) -> torch.Tensor:
-    """Run ``fn(x)`` on ``stream``, ordered after the caller's current stream's work and before
-    its later work, with the allocator told which streams use which tensors."""
+    """Run ``fn(x)`` on ``stream``.
+
+    Ordered after the caller's current stream's work and before its later work, with the allocator
+    told which streams use which tensors.
+    """
     current = torch.cuda.current_stream(x.device)
     stream.wait_stream(current)
     with torch.cuda.stream(stream):

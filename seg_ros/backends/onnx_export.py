@@ -45,8 +45,10 @@ def default_cache_root() -> Path:
 
 
 def model_digest(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers (names, dtypes, shapes, values): two
-    models with the same digest export the same graph, whatever file they were loaded from."""
+    """Content hash of a model's parameters and buffers (names, dtypes, shapes, values).
+
+    Two models with the same digest export the same graph, whatever file they were loaded from.
+    """
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -64,12 +66,17 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 class AdaptiveAvgPoolMatmul(nn.Module):
-    """``nn.AdaptiveAvgPool2d(bins)`` as ``P_h @ x @ P_w^T`` with 0/1-window averaging matrices
-    built from the input size (PyTorch's bin edges: floor(i*n/b) .. ceil((i+1)*n/b))."""
+    """``nn.AdaptiveAvgPool2d(bins)`` as matrix products, which ONNX exports for any size.
+
+    ``nn.AdaptiveAvgPool2d(bins)`` as ``P_h @ x @ P_w^T`` with 0/1-window averaging matrices
+    built from the input size (PyTorch's bin edges: floor(i*n/b) .. ceil((i+1)*n/b)).
+    """
 
     def __init__(self, output_size: int | tuple[int, int]) -> None:
         super().__init__()
-        self.bins = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        self.bins = (
+            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        )
 
     @staticmethod
     def _matrix(n: Any, bins: int, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +94,13 @@ class AdaptiveAvgPoolMatmul(nn.Module):
 
 
 def exportable_copy(model: nn.Module) -> nn.Module:
-    """A CPU fp32 NCHW copy of ``model`` with multi-bin adaptive pools made exportable."""
-    m = copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+    """Return a CPU fp32 NCHW copy of ``model`` with multi-bin adaptive pools made exportable."""
+    m = (
+        copy.deepcopy(model)
+        .to("cpu", torch.float32)
+        .to(memory_format=torch.contiguous_format)
+        .eval()
+    )
     for module in list(m.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size not in (1, (1, 1)):
@@ -97,8 +109,11 @@ def exportable_copy(model: nn.Module) -> nn.Module:
 
 
 def pipeline_metadata(pipe: Any) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: classes, normalisation, sizes
-    (the pipeline's :class:`~seg_ros.backends.registry.BackendContext` carries it)."""
+    """Return what a consumer of the ONNX file needs besides the graph.
+
+    Classes, normalisation, sizes (the pipeline's
+    :class:`~seg_ros.backends.registry.BackendContext` carries it).
+    """
     return {
         "model": pipe.config.model,
         "classes": json.dumps(pipe.classes.to_dicts()),
@@ -117,24 +132,46 @@ def pipeline_metadata(pipe: Any) -> dict[str, str]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], *,
                 dynamic: bool = False, opset: int = DEFAULT_OPSET,
                 metadata: Mapping[str, str] | None = None) -> Path:
-    """Export ``model`` to ``path`` (written atomically), add ``metadata`` as metadata_props
-    (keys prefixed ``seg_ros.``), and check the result with onnx's checker."""
+    """Export ``model`` to ``path`` (written atomically).
+
+    Add ``metadata`` as metadata_props (keys prefixed ``seg_ros.``), and check the result with
+    onnx's checker.
+    """
     onnx = require_onnx()
     if opset < 17:
-        raise ConfigError(f"ONNX opset must be 17 or later (LayerNorm/resize semantics), got {opset}")
+        raise ConfigError(
+            f"ONNX opset must be 17 or later (LayerNorm/resize semantics), got {opset}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     m = exportable_copy(model)
     h, w = (int(v) for v in input_hw)
     x = torch.zeros(1, 3, h, w)
-    dynamic_axes = ({INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}}
-                    if dynamic else None)
+    dynamic_axes = (
+        {INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {2: "out_height", 3: "out_width"}}
+        if dynamic
+        else None
+    )
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        torch.inference_mode(False),
+        torch.no_grad(),
+        redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         # The TorchScript exporter: no onnxscript dependency, and TensorRT parses its output well.
-        torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(
+            m,
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"input_size": f"{h}x{w}", "dynamic": str(bool(dynamic)).lower(), "opset": str(opset),
             "exporter": f"torch {torch.__version__}", **(metadata or {})}
@@ -151,7 +188,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, 
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``seg_ros.*`` metadata_props of an ONNX file, prefix stripped."""
+    """Return the ``seg_ros.*`` metadata_props of an ONNX file, prefix stripped."""
     onnx = require_onnx()
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key[len(METADATA_PREFIX):]: p.value for p in proto.metadata_props
@@ -159,15 +196,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def check_onnx_file(path: str | os.PathLike) -> None:
-    """onnx's checker on a file; ConfigError naming the file when it is not a valid model."""
+    """Onnx's checker on a file; ConfigError naming the file when it is not a valid model."""
     onnx = require_onnx()
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # checker raises ValidationError, decode errors, OSError
-        raise ConfigError(f"ONNX file {path} is not a valid model: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"ONNX file {path} is not a valid model: {str(exc).splitlines()[0]}"
+        ) from None
 
 
-def onnx_cache_name(model_name: str, digest: str, shape: tuple[int, int] | None, opset: int) -> str:
+def onnx_cache_name(
+    model_name: str, digest: str, shape: tuple[int, int] | None, opset: int
+) -> str:
     """File name of a cached export: everything that changes the graph is in it."""
     size = "dynamic" if shape is None else f"{shape[0]}x{shape[1]}"
     torch_ver = torch.__version__.split("+")[0]
@@ -175,10 +216,13 @@ def onnx_cache_name(model_name: str, digest: str, shape: tuple[int, int] | None,
 
 
 class OnnxCache:
-    """Exports of one prepared model, per input shape (None: dynamic H/W), cached on disk under
-    ``cache_dir`` (default ``~/.cache/seg_ros/onnx``) by weight digest, model name, shape, opset
-    and exporter version. Untrained (random-init) models export into a temporary directory
-    unless ``cache_dir`` is given, so throwaway weights never fill the persistent cache."""
+    """Exports of one prepared model.
+
+    Per input shape (None: dynamic H/W), cached on disk under ``cache_dir`` (default
+    ``~/.cache/seg_ros/onnx``) by weight digest, model name, shape, opset and exporter version.
+    Untrained (random-init) models export into a temporary directory unless ``cache_dir`` is given,
+    so throwaway weights never fill the persistent cache.
+    """
 
     def __init__(self, model: nn.Module, context: BackendContext | None = None,
                  cache_dir: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET) -> None:
@@ -204,7 +248,10 @@ class OnnxCache:
         return self.cache_dir / onnx_cache_name(self.model_name, self.digest, shape, self.opset)
 
     def get(self, shape: tuple[int, int] | None) -> Path:
-        """The ONNX file for ``shape``, exported first when missing or not carrying its key."""
+        """Return the ONNX file for ``shape``.
+
+        Exported first when missing or not carrying its key.
+        """
         path = self.path_for(shape)
         if path.is_file():
             try:

@@ -2,10 +2,10 @@
 
 CPU execution provider (CUDA's where onnxruntime-gpu is installed), intra-op threads from the
 ``num_threads`` option or the pipeline's ``num_threads``. Inputs and outputs are bound to torch
-tensors' memory (I/O binding), so no numpy copies are made. The ONNX file is exported on first
-use into a cache keyed by the model's weight digest, name, input shape and exporter, or read
-from ``onnx_path``. By default one fixed-shape session is kept per input shape (``dynamic: false``):
-on the CPU it ran faster than one dynamic-shape session (see docs/backends.md).
+tensors' memory (I/O binding), so no numpy copies are made. The ONNX file is exported on first use
+into a cache keyed by the model's weight digest, name, input shape and exporter, or read from
+``onnx_path``. By default one fixed-shape session is kept per input shape (``dynamic: false``): on
+the CPU it ran faster than one dynamic-shape session (see docs/backends.md).
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ DYNAMIC = "dynamic"
 class _Session:
     """One onnxruntime session with its I/O binding to torch memory."""
 
-    def __init__(self, ort: Any, path: Path, providers: list, threads: int, device: torch.device) -> None:
+    def __init__(
+        self, ort: Any, path: Path, providers: list, threads: int, device: torch.device
+    ) -> None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -45,7 +47,9 @@ class _Session:
         self._fixed_out = all(isinstance(d, int) for d in out.shape)
         self._out_shapes: dict[tuple[int, ...], list[int]] = {}
         if self._fixed_out:
-            self._out_shapes[tuple(int(d) for d in self.session.get_inputs()[0].shape)] = list(out.shape)
+            self._out_shapes[tuple(int(d) for d in self.session.get_inputs()[0].shape)] = list(
+                out.shape
+            )
 
     def input_shape(self) -> list:
         return list(self.session.get_inputs()[0].shape)
@@ -63,26 +67,45 @@ class _Session:
             self._out_shapes[in_shape] = list(logits.shape)
             return torch.from_numpy(logits).to(self.device)
         if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
+            torch.cuda.current_stream(
+                self.device
+            ).synchronize()  # onnxruntime runs on its own stream
         out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
-        self.binding.bind_input(INPUT_NAME, self.dev_type, self.dev_id, np.float32, list(in_shape), x.data_ptr())
-        self.binding.bind_output(OUTPUT_NAME, self.dev_type, self.dev_id, np.float32, out_shape, out.data_ptr())
+        self.binding.bind_input(
+            INPUT_NAME, self.dev_type, self.dev_id, np.float32, list(in_shape), x.data_ptr()
+        )
+        self.binding.bind_output(
+            OUTPUT_NAME, self.dev_type, self.dev_id, np.float32, out_shape, out.data_ptr()
+        )
         self.session.run_with_iobinding(self.binding)
         return out
 
 
 @register_backend("onnxruntime")
 class OnnxRuntimeBackend:
-    """Options: ``onnx_path`` (use this file), ``cache_dir``, ``num_threads``, ``dynamic``
-    (one dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``."""
+    """The onnxruntime backend.
+
+    Options: ``onnx_path`` (use this file), ``cache_dir``, ``num_threads``, ``dynamic`` (one
+    dynamic-shape export instead of one per shape), ``max_shapes``, ``opset``.
+    """
 
     name = "onnxruntime"
     max_batch = 1  # the exported graphs have a fixed batch of 1
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool,
-                 context: BackendContext | None = None,
-                 onnx_path: str | None = None, cache_dir: str | None = None, num_threads: int | None = None,
-                 dynamic: bool = False, max_shapes: int = 4, opset: int = DEFAULT_OPSET, **_: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        half: bool,
+        context: BackendContext | None = None,
+        onnx_path: str | None = None,
+        cache_dir: str | None = None,
+        num_threads: int | None = None,
+        dynamic: bool = False,
+        max_shapes: int = 4,
+        opset: int = DEFAULT_OPSET,
+        **_: Any,
+    ) -> None:
         self.ort = require_onnxruntime()
         if half:
             raise ConfigError("backend onnxruntime runs the fp32 ONNX model: use precision fp32 "
@@ -90,8 +113,11 @@ class OnnxRuntimeBackend:
         if device.type == "cuda":
             available = self.ort.get_available_providers()
             if "CUDAExecutionProvider" not in available:
-                raise ConfigError(f"backend onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
-                                  f"installed providers: {', '.join(available)}; use device cpu or backend torch")
+                raise ConfigError(
+                    f"backend onnxruntime on {device} needs onnxruntime-gpu "
+                    "(CUDAExecutionProvider); "
+                    f"installed providers: {', '.join(available)}; use device cpu or backend torch"
+                )
             self.providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
                                     "CPUExecutionProvider"]
         else:
@@ -121,11 +147,16 @@ class OnnxRuntimeBackend:
         want = self.context.num_classes if self.context else None
         got = sess.num_classes()
         if want is not None and got is not None and got != want:
-            raise ConfigError(f"ONNX file {path} outputs {got} classes, the pipeline's classes have {want}")
+            raise ConfigError(
+                f"ONNX file {path} outputs {got} classes, the pipeline's classes have {want}"
+            )
         return sess
 
     def cached_onnx(self, shape: tuple[int, int] | None) -> Path:
-        """The ONNX file for ``shape`` (None: dynamic H/W), exported into the cache if missing."""
+        """Return the ONNX file for ``shape`` (None: dynamic H/W).
+
+        Exported into the cache if missing.
+        """
         return self.exports.get(shape)
 
     def _build(self, key: Hashable) -> _Session:
@@ -135,9 +166,11 @@ class OnnxRuntimeBackend:
         if self._fixed is not None:
             fixed = self._fixed.input_shape()[2:]
             if all(isinstance(d, int) for d in fixed) and tuple(fixed) != tuple(shape):
-                raise ConfigError(f"ONNX file {self.onnx_path} has a fixed {fixed[0]}x{fixed[1]} input but this "
-                                  f"frame needs {shape[0]}x{shape[1]}: set input_size to {fixed[0]}x{fixed[1]} "
-                                  f"with keep_aspect false, or export with --dynamic")
+                raise ConfigError(
+                    f"ONNX file {self.onnx_path} has a fixed {fixed[0]}x{fixed[1]} input but this "
+                    f"frame needs {shape[0]}x{shape[1]}: set input_size to {fixed[0]}x{fixed[1]} "
+                    f"with keep_aspect false, or export with --dynamic"
+                )
             return self._fixed
         return self._sessions.require(DYNAMIC if self.dynamic else tuple(shape))
 
@@ -145,5 +178,10 @@ class OnnxRuntimeBackend:
         return self.session_for(tuple(x.shape[-2:]))(x)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "providers": [p if isinstance(p, str) else p[0] for p in self.providers],
-                "threads": self.threads, "dynamic": self.dynamic, "onnx_path": str(self.onnx_path or self.cache_dir)}
+        return {
+            "backend": self.name,
+            "providers": [p if isinstance(p, str) else p[0] for p in self.providers],
+            "threads": self.threads,
+            "dynamic": self.dynamic,
+            "onnx_path": str(self.onnx_path or self.cache_dir),
+        }

@@ -1,6 +1,8 @@
-"""The optional packages some backends need: each ``require_*`` returns the module, or raises a
-ConfigError naming what to install. One place, so the backends and the exporter need not import
-each other for them."""
+"""The optional packages some backends need.
+
+Each ``require_*`` returns the module, or raises a ConfigError naming what to install. One place,
+so the backends and the exporter need not import each other for them.
+"""
 from __future__ import annotations
 
 import torch
@@ -11,7 +13,7 @@ TENSORRT_REFUSAL = "backend tensorrt needs the TensorRT Python package and a CUD
 
 
 def require_onnx():
-    """The ``onnx`` module, or a ConfigError naming the missing package."""
+    """Return the ``onnx`` module, or a ConfigError naming the missing package."""
     try:
         import onnx
     except ImportError as exc:
@@ -21,7 +23,7 @@ def require_onnx():
 
 
 def require_onnxruntime():
-    """The ``onnxruntime`` module, or a ConfigError naming the missing package."""
+    """Return the ``onnxruntime`` module, or a ConfigError naming the missing package."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -32,7 +34,7 @@ def require_onnxruntime():
 
 
 def require_tensorrt(device: torch.device | None = None):
-    """The ``tensorrt`` module, or a ConfigError saying what is missing."""
+    """Return the ``tensorrt`` module, or a ConfigError saying what is missing."""
     try:
         import tensorrt as trt
     except ImportError as exc:

@@ -24,8 +24,11 @@ def onnxruntime_logits(path: str | os.PathLike, x: torch.Tensor, threads: int = 
 
 def verify_against_torch(pipe: Any, path: str | os.PathLike, image: np.ndarray,
                          size: tuple[int, int] | None = None) -> float:
-    """Max abs logit difference between the ONNX file (onnxruntime, CPU) and the pipeline's own
-    torch model on ``image``, preprocessed by the pipeline (resized to ``size`` when given)."""
+    """Return the max abs logit difference between the ONNX file and the torch model.
+
+    Max abs logit difference between the ONNX file (onnxruntime, CPU) and the pipeline's own
+    torch model on ``image``, preprocessed by the pipeline (resized to ``size`` when given).
+    """
     import cv2
     if size is not None and tuple(image.shape[:2]) != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)

@@ -18,10 +18,13 @@ from ..errors import ConfigError
 
 
 class Backend(Protocol):
-    """``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
+    """What the pipeline needs of a backend: a call on a batch, ``describe`` and two limits.
+
+    ``max_shapes``: how many input shapes the backend keeps a per-shape artefact for (a graph,
     session or engine that takes long to build); None when any shape runs without one.
     ``max_batch``: the most frames one call takes (the pipeline splits larger batches); None:
-    any number."""
+    any number.
+    """
 
     name: str
     max_shapes: int | None
@@ -34,9 +37,12 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BackendContext:
-    """What a backend may know of the pipeline it serves, instead of the pipeline itself:
-    ``metadata`` goes into the files it exports (ONNX metadata_props); ``network_input(frame,
-    color_order)`` preprocesses a uint8 frame exactly as the pipeline does (INT8 calibration)."""
+    """What a backend may know of the pipeline it serves.
+
+    Instead of the pipeline itself: ``metadata`` goes into the files it exports (ONNX
+    metadata_props); ``network_input(frame, color_order)`` preprocesses a uint8 frame exactly as
+    the pipeline does (INT8 calibration).
+    """
 
     model_name: str
     num_classes: int
@@ -65,8 +71,10 @@ def list_backends() -> list[str]:
 
 def create_backend(name: str, model: nn.Module, device: torch.device, half: bool,
                    context: BackendContext | None = None, **options: Any) -> Backend:
-    """Build backend ``name`` around a model already prepared for inference on ``device``;
-    ``options`` are the backend's own (``max_shapes`` is understood by all)."""
+    """Build backend ``name`` around a model already prepared for inference on ``device``.
+
+    ``options`` are the backend's own (``max_shapes`` is understood by all).
+    """
     if name not in _BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; known backends: "
                           f"{', '.join(list_backends())}")
@@ -84,7 +92,10 @@ AUTO_FALLBACK = "torch"  # any other device kind: the one backend that runs ever
 
 
 def auto_backend_name(device: torch.device) -> str:
-    """The backend ``auto`` picks for ``device``: the :data:`AUTO_BACKENDS` entry of its kind."""
+    """Return the backend ``auto`` picks for ``device``.
+
+    The :data:`AUTO_BACKENDS` entry of its kind.
+    """
     return AUTO_BACKENDS.get(device.type, (AUTO_FALLBACK, ""))[0]
 
 

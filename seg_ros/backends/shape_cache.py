@@ -20,7 +20,7 @@ V = TypeVar("V")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
+    """Glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
     try:
         return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -37,10 +37,13 @@ def release_freed_memory() -> None:
 
 
 class ShapeCache(Generic[V]):
-    """``get(key, *args)`` returns the artefact for ``key``, building it with ``build(key, *args)``
-    on a miss (``args``: e.g. the example input a graph is captured on) and evicting the least
-    recently used one beyond ``max_entries``. With ``fallback_on_error`` a failed build is logged
-    once, remembered, and ``get`` returns None for that key."""
+    """``get(key, *args)`` returns the artefact for ``key``.
+
+    Building it with ``build(key, *args)`` on a miss (``args``: e.g. the example input a graph is
+    captured on) and evicting the least recently used one beyond ``max_entries``. With
+    ``fallback_on_error`` a failed build is logged once, remembered, and ``get`` returns None for
+    that key.
+    """
 
     def __init__(self, build: Callable[..., V], max_entries: int = 4,
                  fallback_on_error: bool = False, what: str = "artefact") -> None:
@@ -77,8 +80,11 @@ class ShapeCache(Generic[V]):
         return value
 
     def require(self, key: Hashable, *build_args: Any) -> V:
-        """Like :meth:`get`, for callers that have no fallback: RuntimeError when there is no
-        artefact for ``key`` (its build failed earlier under ``fallback_on_error``)."""
+        """Like :meth:`get`, for callers that have no fallback.
+
+        RuntimeError when there is no artefact for ``key`` (its build failed earlier under
+        ``fallback_on_error``).
+        """
         value = self.get(key, *build_args)
         if value is None:
             raise RuntimeError(f"no {self.what} for {key}: "
@@ -89,7 +95,9 @@ class ShapeCache(Generic[V]):
         while len(self._entries) > self.max_entries:
             old, _ = self._entries.popitem(last=False)  # the artefact's last reference goes here
             self.evictions += 1
-            log.info("dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries)
+            log.info(
+                "dropped %s for %s (more than %d shapes seen)", self.what, old, self.max_entries
+            )
         release_freed_memory()
 
     def keys(self) -> list[Hashable]:

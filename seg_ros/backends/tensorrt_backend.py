@@ -73,17 +73,36 @@ def gpu_identity(device: torch.device) -> tuple[str, str]:
     return props.name, f"{props.major}.{props.minor}"
 
 
-def engine_key(onnx_path: str | os.PathLike, tensorrt_version: str, gpu: str, compute_capability: str,
-               precision: str, input_shape: Sequence[int], calibration: str = "") -> EngineKey:
+def engine_key(
+    onnx_path: str | os.PathLike,
+    tensorrt_version: str,
+    gpu: str,
+    compute_capability: str,
+    precision: str,
+    input_shape: Sequence[int],
+    calibration: str = "",
+) -> EngineKey:
     if precision not in PRECISIONS:
-        raise ConfigError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return EngineKey(file_digest(onnx_path), tensorrt_version, gpu, compute_capability, precision,
-                     (int(input_shape[0]), int(input_shape[1])), calibration if precision == "int8" else "")
+        raise ConfigError(
+            f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    return EngineKey(
+        file_digest(onnx_path),
+        tensorrt_version,
+        gpu,
+        compute_capability,
+        precision,
+        (int(input_shape[0]), int(input_shape[1])),
+        calibration if precision == "int8" else "",
+    )
 
 
 class EngineCache:
-    """Engine files ``<name>-<HxW>-<precision>-<key digest>.engine`` with a ``.json`` sidecar
-    holding the full key."""
+    """TensorRT engines cached on disk, each with the key it was built for.
+
+    Engine files ``<name>-<HxW>-<precision>-<key digest>.engine`` with a ``.json`` sidecar
+    holding the full key.
+    """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self.dir = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "engines"
@@ -97,7 +116,10 @@ class EngineCache:
         return engine_path.with_suffix(".json")
 
     def load(self, key: EngineKey, name: str = "model") -> bytes | None:
-        """The cached engine for ``key``; None (with the reason logged) when absent or mismatched."""
+        """Return the cached engine for ``key``.
+
+        None (with the reason logged) when absent or mismatched.
+        """
         return load_engine_file(self.path_for(key, name), key)
 
     def store(self, key: EngineKey, engine: bytes, name: str = "model") -> Path:
@@ -110,7 +132,9 @@ class EngineCache:
         return path
 
 
-def load_engine_file(path: Path, key: EngineKey | None, check: Sequence[str] | None = None) -> bytes | None:
+def load_engine_file(
+    path: Path, key: EngineKey | None, check: Sequence[str] | None = None
+) -> bytes | None:
     """Read ``path`` if its sidecar's key matches ``key`` (all fields, or those in ``check``)."""
     side = EngineCache.sidecar(path)
     if not path.is_file():
@@ -121,13 +145,18 @@ def load_engine_file(path: Path, key: EngineKey | None, check: Sequence[str] | N
     try:
         stored = EngineKey.from_json(json.loads(side.read_text())["key"])
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("TensorRT engine sidecar %s is unreadable (%s): not using the engine", side, exc)
+        log.warning(
+            "TensorRT engine sidecar %s is unreadable (%s): not using the engine", side, exc
+        )
         return None
     if key is not None:
         bad = [m for m in key.mismatches(stored) if check is None or m.split(":")[0] in check]
         if bad:
-            log.warning("TensorRT engine %s was built for another configuration (%s): not using it",
-                        path, "; ".join(bad))
+            log.warning(
+                "TensorRT engine %s was built for another configuration (%s): not using it",
+                path,
+                "; ".join(bad),
+            )
             return None
     return path.read_bytes()
 
@@ -143,9 +172,13 @@ def list_images(folder: str | os.PathLike, max_images: int | None = None) -> lis
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"calibration image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not files:
-        raise ConfigError(f"calibration image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ConfigError(
+            f"calibration image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     if max_images and len(files) > max_images:  # spread over the folder, deterministically
         step = len(files) / max_images
         files = [files[int(i * step)] for i in range(max_images)]
@@ -162,8 +195,11 @@ def images_digest(files: Sequence[Path]) -> str:
 
 
 class CalibrationData:
-    """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device, made from an
-    image folder by the pipeline's own preprocessing, so int8 ranges match what the engine sees."""
+    """Calibration batches (N, 3, h, w) float32 contiguous on the pipeline's device.
+
+    Made from an image folder by the pipeline's own preprocessing, so int8 ranges match what the
+    engine sees.
+    """
 
     def __init__(self, network_input: Callable[[np.ndarray, str], torch.Tensor],
                  folder: str | os.PathLike, shape: tuple[int, int],
@@ -195,8 +231,11 @@ class CalibrationData:
 
 
 def make_calibrator(trt: Any, data: CalibrationData, cache_file: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` over ``data`` whose table is read from / written to
-    ``cache_file`` (so a rebuild with the same images skips calibration)."""
+    """Return an ``IInt8EntropyCalibrator2`` over ``data`` with a calibration cache.
+
+    An ``IInt8EntropyCalibrator2`` over ``data`` whose table is read from / written to
+    ``cache_file`` (so a rebuild with the same images skips calibration).
+    """
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -236,7 +275,10 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
+    if (
+        hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+        and int(trt.__version__.split(".")[0]) < 10
+    ):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger)
@@ -248,7 +290,9 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     shape = (1, 3, *key.input_shape)
     profile = None
-    if any(int(d) < 0 for d in network.get_input(0).shape):  # a --dynamic export: pin it to the shape
+    if any(
+        int(d) < 0 for d in network.get_input(0).shape
+    ):  # a --dynamic export: pin it to the shape
         profile = builder.create_optimization_profile()
         profile.set_shape(INPUT_NAME, shape, shape, shape)
         config.add_optimization_profile(profile)
@@ -256,8 +300,10 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
         config.set_flag(trt.BuilderFlag.FP16)
     if key.precision == "int8":
         if calibrator is None:
-            raise ConfigError("TensorRT int8 needs calibration images (backend option calib_images, "
-                              "or --calib-images for seg-ros build-engine)")
+            raise ConfigError(
+                "TensorRT int8 needs calibration images (backend option calib_images, "
+                "or --calib-images for seg-ros build-engine)"
+            )
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
         if profile is not None and hasattr(config, "set_calibration_profile"):
@@ -279,14 +325,21 @@ def build_engine(trt: Any, onnx_path: Path, key: EngineKey, calibrator: Any = No
         stop.set()
         beat.join()
     if serialized is None:
-        raise ConfigError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+        raise ConfigError(
+            f"TensorRT failed to build an engine from {onnx_path} (see its log above)"
+        )
     say(f"engine built in {time.perf_counter() - start:.0f} s")
     return bytes(serialized)
 
 
 # -- run -----------------------------------------------------------------------------------
-_TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "INT8": torch.int8, "INT32": torch.int32,
-                 "BOOL": torch.bool}
+_TRT_TO_TORCH = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "INT8": torch.int8,
+    "INT32": torch.int32,
+    "BOOL": torch.bool,
+}
 
 
 class Engine:
@@ -297,13 +350,17 @@ class Engine:
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise ConfigError("TensorRT could not deserialize the engine (built by another version?)")
+            raise ConfigError(
+                "TensorRT could not deserialize the engine (built by another version?)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ConfigError(f"TensorRT engine has inputs {inputs} and outputs {outputs}; expected one of each")
+            raise ConfigError(
+                f"TensorRT engine has inputs {inputs} and outputs {outputs}; expected one of each"
+            )
         self.input, self.output = inputs[0], outputs[0]
         self.in_dtype = _TRT_TO_TORCH[self.engine.get_tensor_dtype(self.input).name]
         self.out_dtype = _TRT_TO_TORCH[self.engine.get_tensor_dtype(self.output).name]
@@ -326,25 +383,44 @@ class Engine:
 
 @register_backend("tensorrt")
 class TensorRTBackend:
-    """Options: ``precision`` (fp32/fp16/int8; default the pipeline's), ``calib_images`` (folder,
+    """The TensorRT backend.
+
+    Options: ``precision`` (fp32/fp16/int8; default the pipeline's), ``calib_images`` (folder,
     int8), ``calib_max_images``, ``onnx_path``, ``engine_path`` (a prebuilt engine; its sidecar
-    must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``."""
+    must match this TensorRT, GPU and the frame's shape), ``cache_dir``, ``workspace_mb``.
+    """
 
     name = "tensorrt"
     max_batch = 1  # engines are built for a batch of 1 (one optimisation profile per size)
 
-    def __init__(self, model: nn.Module, device: torch.device, half: bool,
-                 context: BackendContext | None = None,
-                 precision: str | None = None, calib_images: str | None = None, calib_max_images: int = 64,
-                 onnx_path: str | None = None, engine_path: str | None = None, cache_dir: str | None = None,
-                 workspace_mb: int = 4096, max_shapes: int = 4, **_: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        half: bool,
+        context: BackendContext | None = None,
+        precision: str | None = None,
+        calib_images: str | None = None,
+        calib_max_images: int = 64,
+        onnx_path: str | None = None,
+        engine_path: str | None = None,
+        cache_dir: str | None = None,
+        workspace_mb: int = 4096,
+        max_shapes: int = 4,
+        **_: Any,
+    ) -> None:
         self.trt = require_tensorrt(device)
         self.precision = precision or ("fp16" if half else "fp32")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(
+                f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got "
+                f"{self.precision!r}"
+            )
         if self.precision == "int8" and not calib_images and not engine_path:
-            raise ConfigError("TensorRT precision int8 needs calib_images (a folder of frames like the "
-                              "camera's) to calibrate with")
+            raise ConfigError(
+                "TensorRT precision int8 needs calib_images (a folder of frames like the "
+                "camera's) to calibrate with"
+            )
         self.model, self.device, self.context = model, device, context
         self.out_dtype = torch.float16 if half else torch.float32
         self.calib_images, self.calib_max_images = calib_images, calib_max_images
@@ -360,7 +436,9 @@ class TensorRTBackend:
         self.max_shapes = int(max_shapes)
 
     def key_for(self, onnx_path: Path, shape: tuple[int, int], calibration: str = "") -> EngineKey:
-        return engine_key(onnx_path, self.trt.__version__, self.gpu, self.cc, self.precision, shape, calibration)
+        return engine_key(
+            onnx_path, self.trt.__version__, self.gpu, self.cc, self.precision, shape, calibration
+        )
 
     def _engine_for(self, shape: Any) -> Engine:
         return Engine(self.trt, self.engine_bytes(tuple(shape)), self.device)
@@ -371,9 +449,11 @@ class TensorRTBackend:
             data = load_engine_file(self.engine_path, self.key_for_prebuilt(shape),
                                     check=("tensorrt", "gpu", "compute_capability", "input_shape"))
             if data is None:
-                raise ConfigError(f"engine_path {self.engine_path} does not fit this TensorRT, GPU or the "
-                                  f"frame's {shape[0]}x{shape[1]} input (see the warning above); rebuild it "
-                                  f"with seg-ros build-engine")
+                raise ConfigError(
+                    f"engine_path {self.engine_path} does not fit this TensorRT, GPU or the "
+                    f"frame's {shape[0]}x{shape[1]} input (see the warning above); rebuild it "
+                    f"with seg-ros build-engine"
+                )
             return data
         say = progress or (lambda msg: log.warning("%s", msg))
         onnx_path = self.onnx_path or self.exports.get(tuple(shape))
@@ -390,11 +470,17 @@ class TensorRTBackend:
         if cached is not None:
             log.info("loaded cached TensorRT engine %s", self.engines_cache.path_for(key, name))
             return cached
-        say(f"no cached TensorRT engine for {name} {shape[0]}x{shape[1]} {self.precision} on {self.gpu}: "
-            f"building one now (this can take minutes; `seg-ros build-engine` builds ahead of time)")
+        say(
+            f"no cached TensorRT engine for {name} {shape[0]}x{shape[1]} {self.precision} on "
+            f"{self.gpu}: building one now (this can take minutes; `seg-ros build-engine` "
+            "builds ahead of time)"
+        )
         calibrator = None
         if data_set is not None:
-            table = self.engines_cache.dir / f"{key.onnx_sha}-{shape[0]}x{shape[1]}-{data_set.digest}.calib"
+            table = (
+                self.engines_cache.dir
+                / f"{key.onnx_sha}-{shape[0]}x{shape[1]}-{data_set.digest}.calib"
+            )
             calibrator = make_calibrator(self.trt, data_set, table)
         data = build_engine(self.trt, onnx_path, key, calibrator, self.workspace_mb, say)
         path = self.engines_cache.store(key, data, name)
@@ -402,7 +488,7 @@ class TensorRTBackend:
         return data
 
     def key_for_prebuilt(self, shape: tuple[int, int]) -> EngineKey:
-        """The fields of a prebuilt engine's key that can be checked without its ONNX file."""
+        """Return the fields of a prebuilt engine's key that are checkable without its ONNX."""
         return EngineKey("", self.trt.__version__, self.gpu, self.cc, self.precision, tuple(shape))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -410,5 +496,11 @@ class TensorRTBackend:
         return engine(x).to(self.out_dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "precision": self.precision, "tensorrt": self.trt.__version__,
-                "gpu": self.gpu, "compute_capability": self.cc, "engines": [list(k) for k in self._engines.keys()]}
+        return {
+            "backend": self.name,
+            "precision": self.precision,
+            "tensorrt": self.trt.__version__,
+            "gpu": self.gpu,
+            "compute_capability": self.cc,
+            "engines": [list(k) for k in self._engines.keys()],
+        }

@@ -36,7 +36,11 @@ class TorchBackend:
         self.stream = torch.cuda.Stream(device) if cuda and _flag(dedicated_stream) else None
         if cuda and _flag(cudnn_benchmark):
             torch.backends.cudnn.benchmark = True
-        self.graphed = GraphedForward(model, max_graphs=int(max_graphs)) if cuda and _flag(cuda_graphs) else None
+        self.graphed = (
+            GraphedForward(model, max_graphs=int(max_graphs))
+            if cuda and _flag(cuda_graphs)
+            else None
+        )
         self.fused = (FusedCpuForward(model, max_graphs=int(max_graphs))
                       if device.type == "cpu" and not half and _flag(cpu_fusion) else None)
         self._run = next((f for f in (self.graphed, self.fused) if f is not None), model)
@@ -56,12 +60,18 @@ class TorchBackend:
         return self._run(x)
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"backend": self.name, "cuda_graphs": self.graphed is not None,
-                                "dedicated_stream": self.stream is not None, "cpu_fusion": self.fused is not None}
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "cuda_graphs": self.graphed is not None,
+            "dedicated_stream": self.stream is not None,
+            "cpu_fusion": self.fused is not None,
+        }
         if self.device.type == "cuda":
             info.update(describe_cuda(self.device), cudnn_benchmark=torch.backends.cudnn.benchmark)
         if self.graphed is not None:
-            info.update(graphs=len(self.graphed.graphs), eager_fallbacks=len(self.graphed.graphs.failed))
+            info.update(
+                graphs=len(self.graphed.graphs), eager_fallbacks=len(self.graphed.graphs.failed)
+            )
         if self.fused is not None:
             info.update(graphs=len(self.fused.graphs), cpu_fusion_disabled=self.fused.disabled)
         return info

@@ -38,7 +38,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def image_message(rgb: np.ndarray, header, encoding: str, jpeg_quality: int = 90):
-    """The message for one frame in the requested encoding (Image, or CompressedImage for jpeg/png)."""
+    """Return the message for one frame in the requested encoding.
+
+    An Image, or a CompressedImage for jpeg/png.
+    """
     if encoding in ("jpeg", "png"):
         params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if encoding == "jpeg" else []
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png",
@@ -70,9 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-id", default="camera")
     p.add_argument("--start", type=int, default=0, help="index of the first image (after sorting)")
     p.add_argument("--count", type=int, default=None, help="number of images (default: all)")
-    p.add_argument("--start-time", type=float, default=DEFAULT_START_S, help="stamp of frame 0 (s)")
-    p.add_argument("--storage", choices=["mcap", "sqlite3"], default=None,
-                   help="storage for a directory output (default mcap; a suffix decides for files)")
+    p.add_argument(
+        "--start-time", type=float, default=DEFAULT_START_S, help="stamp of frame 0 (s)"
+    )
+    p.add_argument(
+        "--storage",
+        choices=["mcap", "sqlite3"],
+        default=None,
+        help="storage for a directory output (default mcap; a suffix decides for files)",
+    )
     p.add_argument("--compress", action="store_true", help="zstd-compress mcap chunks")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
@@ -94,9 +103,16 @@ def run(args: argparse.Namespace) -> int:
         writer.add_topic(args.topic, msgtype)
         for i, path in enumerate(tqdm(files, desc="bag-from-images", unit="img", disable=None)):
             stamp = start_ns + i * period_ns
-            msg = image_message(read_rgb(path), bags.make_header(stamp, args.frame_id), args.encoding)
+            msg = image_message(
+                read_rgb(path), bags.make_header(stamp, args.frame_id), args.encoding
+            )
             writer.write(args.topic, stamp, msg)
-    size = sum(f.stat().st_size for f in ([args.out] if args.out.is_file() else args.out.rglob("*")))
-    print(f"wrote {len(files)} frames ({args.encoding}, {msgtype}) on {args.topic} at {args.rate:g} Hz "
-          f"to {args.out} ({size / 1e6:.1f} MB)")
+    size = sum(
+        f.stat().st_size for f in ([args.out] if args.out.is_file() else args.out.rglob("*"))
+    )
+    print(
+        f"wrote {len(files)} frames ({args.encoding}, {msgtype}) on {args.topic} at "
+        f"{args.rate:g} Hz "
+        f"to {args.out} ({size / 1e6:.1f} MB)"
+    )
     return 0

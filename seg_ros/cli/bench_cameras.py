@@ -1,4 +1,4 @@
-"""``seg-ros bench-node --cameras N [N ...]``: one node for N cameras against N single-camera nodes.
+"""``seg-ros bench-node --cameras N [N ...]``: one node for N cameras against N one-camera nodes.
 
 For each size and camera count, in the same run: one ``segment_node`` with ``cameras: [cam0,
 ...]`` (batched inference), then N ``segment_node`` processes with one camera each. Every camera

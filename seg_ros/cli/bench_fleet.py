@@ -1,5 +1,7 @@
-"""``seg-ros bench-fleet``: frames/s of a fleet replay in-process, on local worker processes and on
-Ray, the engines' start-up and per-bag overhead, and the host-side cost of a frame.
+"""``seg-ros bench-fleet``: frames/s of a fleet replay in-process.
+
+On local worker processes and on Ray, the engines' start-up and per-bag overhead, and the host-side
+cost of a frame.
 
 Makes ``--bags`` small bags (CamVid val frames when ../shared is present, else a synthetic road
 scene, at ``--size``, rgb8 at 10 Hz), replays them with each engine through the fleet runner (the
@@ -133,9 +135,11 @@ def labels_of(out: Path) -> list[bytes]:
 
 
 def host_cost(size: tuple[int, int], model: str) -> dict[str, Any]:
-    """What a worker's CPU does per frame besides inference, at ``size``: read a frame message
-    (raw rgb8, or JPEG), build and serialise the three replay outputs, or score the labels (eval).
-    MB: the bytes a frame takes in a bag."""
+    """Return what a worker's CPU does per frame besides inference.
+
+    At ``size``: read a frame message (raw rgb8, or JPEG), build and serialise the three replay
+    outputs, or score the labels (eval). MB: the bytes a frame takes in a bag.
+    """
     h, w = size
     pipe = SegmentationPipeline(model=model, weights="none", device="cpu", input_size=(64, 128))
     rgb = sample_road_image(h, w)

@@ -29,26 +29,44 @@ from .common import parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-models", help="params, GFLOPs and CPU/GPU time of every registry model")
-    p.add_argument("--models", default=None,
-                   help="comma-separated registry names (default: all: " + ", ".join(list_models()) + ")")
-    p.add_argument("--size", type=parse_size, default=(512, 1024), help="frame size HxW (default 512x1024)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (after warm-up)")
+    p = sub.add_parser(
+        "bench-models", help="params, GFLOPs and CPU/GPU time of every registry model"
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated registry names (default: all: " + ", ".join(list_models()) + ")",
+    )
+    p.add_argument(
+        "--size", type=parse_size, default=(512, 1024), help="frame size HxW (default 512x1024)"
+    )
+    p.add_argument(
+        "--runs", type=int, default=3, help="timed runs per measurement (after warm-up)"
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
-    p.add_argument("--classes", default="cityscapes", help="class set fixing the class count (default cityscapes)")
+    p.add_argument(
+        "--classes",
+        default="cityscapes",
+        help="class set fixing the class count (default cityscapes)",
+    )
     p.add_argument("--output-stride", type=int, default=None,
                    help="output_stride for the models that take one (default: each model's own)")
-    p.add_argument("--no-timing", dest="timing", action="store_false", help="params and GFLOPs only")
+    p.add_argument(
+        "--no-timing", dest="timing", action="store_false", help="params and GFLOPs only"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as markdown")
     p.set_defaults(func=run)
 
 
 def _options(name: str, output_stride: int | None) -> dict:
-    """``{'output_stride': n}`` when asked for and the model takes it (DDRNet has a fixed stride)."""
+    """Return ``{'output_stride': n}`` when asked for and the model takes it.
+
+    DDRNet has a fixed stride.
+    """
     if output_stride is None or "output_stride" not in model_options(name):
         return {}
     return {"output_stride": output_stride}
@@ -60,7 +78,9 @@ def count_static(name: str, num_classes: int, size: tuple[int, int], options: di
         model = build_model(name, num_classes, **options).eval()
         total = sum(p.numel() for p in model.parameters())
         aux = model.aux_head_prefix
-        aux_params = sum(p.numel() for k, p in model.named_parameters() if aux and k.startswith(aux))
+        aux_params = sum(
+            p.numel() for k, p in model.named_parameters() if aux and k.startswith(aux)
+        )
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             out = model(torch.empty(1, 3, *size))
@@ -72,9 +92,16 @@ def count_static(name: str, num_classes: int, size: tuple[int, int], options: di
 
 def time_model(name: str, args: argparse.Namespace, options: dict) -> dict:
     torch.manual_seed(0)
-    pipe = SegmentationPipeline(model=name, weights="none", classes=args.classes, device=args.device,
-                                precision=args.precision, input_size=args.size, num_threads=args.threads,
-                                model_options=options)
+    pipe = SegmentationPipeline(
+        model=name,
+        weights="none",
+        classes=args.classes,
+        device=args.device,
+        precision=args.precision,
+        input_size=args.size,
+        num_threads=args.threads,
+        model_options=options,
+    )
     frame = sample_road_image(*args.size)
     with torch.inference_mode():
         # the backend (fused CPU graph, CUDA graph, ...) on the frame's own network input
@@ -103,28 +130,53 @@ def markdown_table(rows: list[dict], timing: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list_models()
+    names = (
+        [n.strip() for n in args.models.split(",") if n.strip()] if args.models else list_models()
+    )
     unknown = [n for n in names if n not in list_models()]
     if unknown:
-        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(list_models())}")
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(list_models())}"
+        )
     if args.runs < 1 or args.warmup < 0:
-        raise ConfigError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+        raise ConfigError(
+            f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}"
+        )
     num_classes = load_classes(args.classes).num_classes
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in names:
         options = _options(name, args.output_stride)
-        row = {"model": name, "options": options, **count_static(name, num_classes, args.size, options)}
+        row = {
+            "model": name,
+            "options": options,
+            **count_static(name, num_classes, args.size, options),
+        }
         if args.timing:
             row |= time_model(name, args, options)
         rows.append(row)
-        timing = (f", forward {row['forward_ms']['median']:.0f} ms, pipeline {row['pipeline_ms']['median']:.0f} ms"
-                  if args.timing else "")
-        print(f"{name}: {row['params'] / 1e6:.2f} M params, {row['gflops']:.1f} GFLOPs{timing}", flush=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "size": list(args.size),
-              "num_classes": num_classes, "runs": args.runs, "warmup": args.warmup, "results": rows}
+        timing = (
+            f", forward {row['forward_ms']['median']:.0f} ms, pipeline "
+            f"{row['pipeline_ms']['median']:.0f} ms"
+            if args.timing
+            else ""
+        )
+        print(
+            f"{name}: {row['params'] / 1e6:.2f} M params, {row['gflops']:.1f} GFLOPs{timing}",
+            flush=True,
+        )
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "size": list(args.size),
+        "num_classes": num_classes,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "results": rows,
+    }
     table = markdown_table(rows, args.timing)
     print("\n" + table)
     if args.json:

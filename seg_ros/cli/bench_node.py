@@ -96,8 +96,11 @@ def _frame(args: argparse.Namespace, h: int, w: int) -> np.ndarray:
 
 
 def _in_thread(fn):
-    """Run ``fn`` in a worker thread, as the node runs the pipeline (on a busy 2-core machine
-    the main thread and a worker thread time differently, so the comparison uses the same)."""
+    """Run ``fn`` in a worker thread.
+
+    As the node runs the pipeline (on a busy 2-core machine the main thread and a worker thread
+    time differently, so the comparison uses the same).
+    """
     result = []
     worker = threading.Thread(target=lambda: result.append(fn()))
     worker.start()
@@ -134,7 +137,10 @@ def end_to_end(args: argparse.Namespace, client: LiveClient, pipe: SegmentationP
 
 def delivery(args: argparse.Namespace, client: LiveClient, frame: np.ndarray,
              key: str) -> dict[str, Any]:
-    """A stream at ``--rate``: each frame published once, its outputs timed as they arrive."""
+    """Return a stream at ``--rate``.
+
+    Each frame published once, its outputs timed as they arrive.
+    """
     msg = image_message(frame)
     warm_up(client, msg, key, args.warmup)
     before = idle_counters(client)
@@ -148,7 +154,7 @@ def delivery(args: argparse.Namespace, client: LiveClient, frame: np.ndarray,
 
 
 def _start(args: argparse.Namespace) -> tuple[NodeProcess, LiveClient]:
-    """The node (its own environment per --node-env) and this process's client, ready."""
+    """Return the node (its own environment per --node-env) and this process's client, ready."""
     env = isolated_env(random_domain())
     if args.fastdds_profile:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile
@@ -217,7 +223,7 @@ def measure(args: argparse.Namespace, client: LiveClient,
 
 def build_report(args: argparse.Namespace, describe: dict[str, Any], node: NodeProcess,
                  rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The --json report: when, where, what ran, and the rows."""
+    """Return the --json report: when, where, what ran, and the rows."""
     return {"date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "torch_threads": torch.get_num_threads(), "model": describe["model"],

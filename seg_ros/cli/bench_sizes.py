@@ -1,6 +1,8 @@
-"""``seg-ros bench-sizes``: frames whose sizes cycle (issue 18), one at a time, as a camera
-whose size changes sends them: latency per frame, frames/s, RSS over the run, graph builds, frames
-resized into a kept size, and how many labels differ from running every frame at its own size.
+"""``seg-ros bench-sizes``: frames whose sizes cycle (issue 18).
+
+One at a time, as a camera whose size changes sends them: latency per frame, frames/s, RSS over the
+run, graph builds, frames resized into a kept size, and how many labels differ from running every
+frame at its own size.
 
 Run one configuration per process (RSS is the process's). ``--min-frames-per-new-size 1`` gives
 the plain LRU (every new size built at once); ``--backend-option max_graphs=N`` keeps N graphs.

@@ -16,7 +16,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 512x1024, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"size must be HxW, e.g. 512x1024, got {text!r}"
+        ) from None
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
     return h, w
@@ -37,23 +39,44 @@ def parse_option(text: str) -> tuple[str, object]:
 def add_pipeline_args(parser: argparse.ArgumentParser, size_required: bool = False) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="ddrnet23_slim", choices=list_models())
-    g.add_argument("--weights", default="default",
-                   help="weights file; 'default' = the model's shipped weights, 'none' = random init")
-    g.add_argument("--classes", default=None, help="classes YAML file or built-in name (camvid, cityscapes)")
+    g.add_argument(
+        "--weights",
+        default="default",
+        help="weights file; 'default' = the model's shipped weights, 'none' = random init",
+    )
+    g.add_argument(
+        "--classes", default=None, help="classes YAML file or built-in name (camvid, cityscapes)"
+    )
     g.add_argument("--backend", default="torch", choices=list_backends(), help="inference backend")
-    g.add_argument("--backend-option", dest="backend_options", action="append", type=parse_option, default=[],
-                   metavar="KEY=VALUE", help="backend option, repeatable (e.g. cuda_graphs=false, "
-                   "onnx_path=m.onnx, precision=int8, calib_images=DIR); see docs/backends.md")
+    g.add_argument(
+        "--backend-option",
+        dest="backend_options",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, repeatable (e.g. cuda_graphs=false, "
+        "onnx_path=m.onnx, precision=int8, calib_images=DIR); see docs/backends.md",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    g.add_argument("--input-size", type=parse_size, default=None, required=size_required,
-                   help="inference size HxW (default: the weights' training size, else the frame size)")
+    g.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=None,
+        required=size_required,
+        help="inference size HxW (default: the weights' training size, else the frame size)",
+    )
     g.add_argument("--no-keep-aspect", dest="keep_aspect", action="store_false")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
     c = parser.add_argument_group("CRF refinement (docs/crf.md)")
-    c.add_argument("--crf", default="off", choices=list(CRF_MODES),
-                   help="refine the labels with a CRF: dense (pydensecrf, seconds per frame on a CPU) "
-                        "or fast (local-window mean-field on the model's device)")
+    c.add_argument(
+        "--crf",
+        default="off",
+        choices=list(CRF_MODES),
+        help="refine the labels with a CRF: dense (pydensecrf, seconds per frame on a CPU) "
+        "or fast (local-window mean-field on the model's device)",
+    )
     c.add_argument("--crf-config", type=Path, default=None,
                    help="YAML file of CRF parameters, or a shipped profile: deeplab_v2 (default, "
                         "config/crf.yaml) or camvid (tuned for the CamVid weights)")
@@ -64,7 +87,10 @@ def pipeline_from_args(args: argparse.Namespace, **overrides) -> SegmentationPip
 
 
 def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> PipelineConfig:
-    """The pipeline configuration the options describe (fleet workers build their pipeline from it)."""
+    """Return the pipeline configuration the options describe.
+
+    Fleet workers build their pipeline from it.
+    """
     config = PipelineConfig(model=args.model, weights=args.weights, classes=args.classes,
                             backend=getattr(args, "backend", "torch"),
                             device=args.device, precision=args.precision,
@@ -76,7 +102,10 @@ def pipeline_config_from_args(args: argparse.Namespace, **overrides) -> Pipeline
 
 
 def refiner_from_args(args: argparse.Namespace, pipe: SegmentationPipeline) -> Refiner | None:
-    """The CRF refiner asked for with --crf / --crf-config (None for off), on the pipeline's device."""
+    """Return the CRF refiner asked for with --crf / --crf-config (None for off).
+
+    On the pipeline's device.
+    """
     mode = getattr(args, "crf", "off")
     if mode == "off":
         return None

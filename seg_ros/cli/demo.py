@@ -35,26 +35,43 @@ OUTPUTS = ("labels", "color_mask", "overlay")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the node on the bundled bag over DDS; write video, strip, stats",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bag", type=Path, default=None, help=f"input bag (default: the bundled {DEMO_BAG[1]})")
+    p = sub.add_parser(
+        "demo",
+        help="run the node on the bundled bag over DDS; write video, strip, stats",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bag", type=Path, default=None, help=f"input bag (default: the bundled {DEMO_BAG[1]})"
+    )
     p.add_argument("--topic", default=CAMERA, help="camera topic in the bag")
-    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (replaced files)")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="output folder (replaced files)"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="play only the first N frames")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     p.add_argument("--weights", default="default", help="'default', 'none' or a weights file")
     p.add_argument("--model", default="ddrnet23_slim")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other work)")
-    p.add_argument("--offline", action="store_true", help="skip DDS: replay through the pipeline in-process")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU inference threads (0 = library default; 1 helps on a CPU shared with other "
+             "work)",
+    )
+    p.add_argument(
+        "--offline", action="store_true", help="skip DDS: replay through the pipeline in-process"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
     p.set_defaults(func=run)
 
 
 def expect_trained(model: str, weights: str) -> bool:
-    """Whether the node will load real weights (it also says so in /diagnostics 'trained');
-    WeightsError, before anything starts, for a setting the node would refuse."""
+    """Whether the node will load real weights (it also says so in /diagnostics 'trained').
+
+    WeightsError, before anything starts, for a setting the node would refuse.
+    """
     return weights_file_for(model, weights) is not None
 
 
@@ -80,7 +97,10 @@ def node_available() -> str | None:
 
 
 class LiveStats:
-    """Frames in/out and input-to-output latency, matched by header stamp, from the recorder hook."""
+    """Frames in/out and input-to-output latency, from the recorder hook.
+
+    Inputs and outputs are matched by header stamp.
+    """
 
     def __init__(self) -> None:
         self.inputs: dict[int, int] = {}
@@ -91,13 +111,23 @@ class LiveStats:
         self.last_output = time.monotonic()
 
     def node_done(self) -> bool:
-        """The node's own counters account for every frame we saw go in (dropped ones included)."""
+        """Return whether the node's counters account for every frame we saw go in (drops too)."""
         d = self.diagnostics
         try:
-            settled = sum(int(d[k]) for k in ("frames_processed", "frames_dropped", "frames_failed",
-                                              "frames_skipped_no_subscribers"))
-            return int(d["frames_received"]) >= len(self.inputs) and settled >= int(d["frames_received"]) \
+            settled = sum(
+                int(d[k])
+                for k in (
+                    "frames_processed",
+                    "frames_dropped",
+                    "frames_failed",
+                    "frames_skipped_no_subscribers",
+                )
+            )
+            return (
+                int(d["frames_received"]) >= len(self.inputs)
+                and settled >= int(d["frames_received"])
                 and self.outputs["labels"] >= int(d["frames_processed"])
+            )
         except (KeyError, ValueError):
             return False
 
@@ -121,21 +151,28 @@ class LiveStats:
             msg = bags.typestore().deserialize_cdr(raw, bags.IMAGE_TYPE)
             img, order = image_codec.decode_image(msg.encoding, msg.height, msg.width, msg.step,
                                                   msg.is_bigendian, msg.data)
-            self.overlays.append((stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1])))
+            self.overlays.append(
+                (stamp, np.ascontiguousarray(img if order == "rgb" else img[:, :, ::-1]))
+            )
 
 
 def demo_env() -> dict[str, str]:
-    """The user's ROS_DOMAIN_ID and discovery range, else a random domain in 50..101 (off a
-    robot's domain 0; <= 101 keeps DDS ports off the ephemeral range) on this machine only."""
+    """Return the user's ROS_DOMAIN_ID and discovery range.
+
+    Else a random domain in 50..101 (off a robot's domain 0; <= 101 keeps DDS ports off the
+    ephemeral range) on this machine only.
+    """
     domain = os.environ.get("ROS_DOMAIN_ID") or random.randint(50, 101)
     return private_env(int(domain), discovery_range=os.environ.get(
         "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
 
 
 class LiveSession:
-    """What ``run_live`` drives: the node process, this process's recorder and the clock. Every
-    wait spins the recorder and gives up, with the node's log named, when the node exits or the
-    demo's time is up."""
+    """What ``run_live`` drives: the node process, this process's recorder and the clock.
+
+    Every wait spins the recorder and gives up, with the node's log named, when the node exits or
+    the demo's time is up.
+    """
 
     def __init__(self, node: NodeProcess, rec: Any, executor: Any, deadline: float,
                  log: Path) -> None:
@@ -154,7 +191,7 @@ class LiveSession:
                 raise ConfigError(f"demo timed out after {timeout_s:g} s; see {self.log}")
 
     def node_matched(self) -> bool:
-        """The node is up once its output publishers are matched with our subscriptions."""
+        """Return whether the node is up: its output publishers matched with our subscriptions."""
         rec = self.rec
         return not (any(f"/{NODE}/{k}" in rec.pending for k in OUTPUTS)
                     or any(s.get_publisher_count() == 0
@@ -171,8 +208,11 @@ def player_command(args: argparse.Namespace, bag_path: Path) -> list[str]:
 
 def play_and_drain(session: LiveSession, stats: "LiveStats", args: argparse.Namespace,
                    bag_path: Path, env: dict[str, str]) -> tuple[str, float]:
-    """Wait for the node, play the bag, wait for the node's last outputs and final counters;
-    (the player's output, seconds from the start of playing)."""
+    """Wait for the node.
+
+    Play the bag, wait for the node's last outputs and final counters; (the player's output,
+    seconds from the start of playing).
+    """
     while not session.node_matched():
         session.spin(0.1, args.timeout)
     player = subprocess.Popen(player_command(args, bag_path), env=env, stdout=subprocess.PIPE,
@@ -243,7 +283,7 @@ def live_summary(args: argparse.Namespace, stats: "LiveStats", play_out: str,
 
 
 def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict[str, Any]:
-    """The same pipeline in-process, every frame (no DDS)."""
+    """Return the same pipeline in-process, every frame (no DDS)."""
     from ..pipeline import SegmentationPipeline
     from .replay import replay
     pipe = SegmentationPipeline(model=args.model, weights=args.weights, device=args.device,
@@ -252,11 +292,21 @@ def run_offline(args: argparse.Namespace, bag_path: Path, out_bag: Path) -> dict
     overlays = []
     for f in bags.iter_bag_frames(out_bag, [f"{args.topic}/overlay"]):
         overlays.append((f.stamp_ns, np.ascontiguousarray(f.image)))
-    return {"mode": "offline replay (no DDS)", "frames_published": None, "frames_in": s["frames"],
-            "frames_out": s["segmented"], "drops": s["frames"] - s["segmented"],
-            "outputs": {"labels": s["segmented"]}, "wall_s": s["elapsed_s"], "latency_ms": s["latency_ms"],
-            "latency_note": "decode + segment + encode per frame", "failures": s["failures"],
-            "node_diagnostics": {}, "overlays": overlays, "trained": s["trained"]}
+    return {
+        "mode": "offline replay (no DDS)",
+        "frames_published": None,
+        "frames_in": s["frames"],
+        "frames_out": s["segmented"],
+        "drops": s["frames"] - s["segmented"],
+        "outputs": {"labels": s["segmented"]},
+        "wall_s": s["elapsed_s"],
+        "latency_ms": s["latency_ms"],
+        "latency_note": "decode + segment + encode per frame",
+        "failures": s["failures"],
+        "node_diagnostics": {},
+        "overlays": overlays,
+        "trained": s["trained"],
+    }
 
 
 def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
@@ -266,13 +316,18 @@ def stamp_label(img: np.ndarray, label: str | None) -> np.ndarray:
         scale = img.shape[1] / 640
         org = (int(6 * scale) + 4, img.shape[0] - int(10 * scale) - 4)
         cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA
+        )
     return img
 
 
 def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: int = 320,
                 label: str | None = None) -> None:
-    """Evenly spaced overlay frames side by side, ``width`` pixels each; ``label`` stamped on each."""
+    """Write evenly spaced overlay frames side by side.
+
+    ``width`` pixels each; ``label`` stamped on each.
+    """
     idx = np.linspace(0, len(overlays) - 1, min(count, len(overlays))).round().astype(int)
     tiles = []
     for i in idx:
@@ -286,7 +341,7 @@ def write_strip(path: Path, overlays: list[np.ndarray], count: int = 6, width: i
 
 
 def check_args(args: argparse.Namespace) -> Path:
-    """The bag to play; ConfigError for options that cannot work."""
+    """Return the bag to play; ConfigError for options that cannot work."""
     bag_path = args.bag or share_path(*DEMO_BAG)
     if not bag_path.exists():
         raise ConfigError(f"demo bag {bag_path} not found (is the package installed with its "

@@ -63,7 +63,10 @@ def check_fleet_args(args: argparse.Namespace) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
-    """The pipeline every worker builds; file paths made absolute (workers may run elsewhere)."""
+    """Return the pipeline every worker builds.
+
+    File paths made absolute (workers may run elsewhere).
+    """
     config = pipeline_config_from_args(args)
     if config.weights not in ("default", "none", "") and Path(config.weights).exists():
         config = dataclasses.replace(config, weights=str(Path(config.weights).absolute()))
@@ -73,8 +76,10 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
 
 
 def engine_factory(args: argparse.Namespace) -> EngineFactory:
-    """In-process (default), --workers N local processes, or Ray (--ray / --ray-address). Each
-    worker gets an equal share of the CPU threads unless --threads says otherwise."""
+    """In-process (default), --workers N local processes, or Ray (--ray / --ray-address).
+
+    Each worker gets an equal share of the CPU threads unless --threads says otherwise.
+    """
     cpus = os.cpu_count() or 1
     if args.ray or args.ray_address:
         import_ray()  # a missing extra is a usage error before anything runs

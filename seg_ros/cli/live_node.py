@@ -29,7 +29,7 @@ OUTPUTS = ("labels", "color_mask", "overlay", "confidence")
 
 
 def node_executable() -> list[str]:
-    """The installed ``segment_node`` script beside this Python, else ``python -m``."""
+    """Return the installed ``segment_node`` script beside this Python, else ``python -m``."""
     script = Path(sys.executable).with_name(NODE)
     if script.exists():
         return [str(script)]
@@ -39,9 +39,12 @@ def node_executable() -> list[str]:
 def node_command(*params: str, namespace: str | None = "/bench",
                  input_topic: str = "/bench/image", params_file: Path | None = None,
                  executable: list[str] | None = None) -> list[str]:
-    """The command line the launch file produces: params file, ``-p`` overrides (``NAME:=VALUE``),
-    remap and namespace (None: the root one). The one way the tools and the tests start the
-    node; ``executable``: another entry point (default :func:`node_executable`)."""
+    """Return the command line the launch file produces.
+
+    Params file, ``-p`` overrides (``NAME:=VALUE``), remap and namespace (None: the root one). The
+    one way the tools and the tests start the node; ``executable``: another entry point (default
+    :func:`node_executable`).
+    """
     cmd = [*(executable or node_executable()), "--ros-args", "--params-file",
            str(params_file or share_path("config", "segment.yaml"))]
     for p in params:
@@ -60,9 +63,12 @@ DISCOVERY_VARS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHO
 
 def private_env(domain: int, base: Mapping[str, str] | None = None,
                 discovery_range: str = "LOCALHOST") -> dict[str, str]:
-    """``base`` (default: this process's environment) for processes of one ROS graph: domain
-    ``domain``, discovery ``discovery_range`` (this machine only by default), output unbuffered.
-    ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the range."""
+    """Return ``base`` (default: this process's environment) for processes of one ROS graph.
+
+    Domain ``domain``, discovery ``discovery_range`` (this machine only by default), output
+    unbuffered. ``ROS_LOCALHOST_ONLY`` is removed: Jazzy deprecates it and it conflicts with the
+    range.
+    """
     env = dict(os.environ if base is None else base, ROS_DOMAIN_ID=str(domain),
                ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range,
                PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
@@ -71,8 +77,10 @@ def private_env(domain: int, base: Mapping[str, str] | None = None,
 
 
 def isolated_env(domain: int) -> dict[str, str]:
-    """:func:`private_env` without the user's Fast DDS settings, so node and client run as with
-    a default environment."""
+    """:func:`private_env` without the user's Fast DDS settings.
+
+    So node and client run as with a default environment.
+    """
     env = private_env(domain)
     for name in FASTDDS_USER_VARS:
         env.pop(name, None)
@@ -81,9 +89,12 @@ def isolated_env(domain: int) -> dict[str, str]:
 
 @contextmanager
 def ros_env_here(env: Mapping[str, str]) -> Iterator[None]:
-    """This process's DDS variables as in ``env`` only while the block creates a ROS context and
+    """Set this process's DDS variables as in ``env`` while the block starts ROS.
+
+    This process's DDS variables as in ``env`` only while the block creates a ROS context and
     its first node, restored after. rclpy takes a domain id but no discovery range or Fast DDS
-    profile: rcl reads those from the environment at init, Fast DDS at the first participant."""
+    profile: rcl reads those from the environment at init, Fast DDS at the first participant.
+    """
     names = (*DISCOVERY_VARS, *FASTDDS_USER_VARS)
     saved = {name: os.environ.get(name) for name in names}
     try:
@@ -141,8 +152,11 @@ class NodeProcess:
         return rss_kib(self.proc.pid)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0, strict: bool = True) -> int:
-        """Signal the node and wait; killed if it does not exit in time, and then, if
-        ``strict``, a RuntimeError with the end of its log."""
+        """Signal the node and wait.
+
+        Killed if it does not exit in time, and then, if ``strict``, a RuntimeError with the end of
+        its log.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -160,7 +174,10 @@ class NodeProcess:
 
 
 def image_message(frame: np.ndarray, encoding: str = "rgb8"):
-    """A sensor_msgs/Image of an HxWx3 (or HxW) uint8 array, its stamp and frame_id unset."""
+    """Return a sensor_msgs/Image of an HxWx3 (or HxW) uint8 array.
+
+    Its stamp and frame_id unset.
+    """
     from sensor_msgs.msg import Image
     height, width = frame.shape[:2]
     msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0,
@@ -170,8 +187,11 @@ def image_message(frame: np.ndarray, encoding: str = "rgb8"):
 
 
 def spin_in_background(node, context):
-    """A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
-    down (call ``executor.shutdown()`` first)."""
+    """Spin ``node`` in a daemon thread; return its single-threaded executor.
+
+    A single-threaded executor spinning ``node`` in a daemon thread until ``context`` is shut
+    down (call ``executor.shutdown()`` first).
+    """
     from rclpy.executors import SingleThreadedExecutor
 
     executor = SingleThreadedExecutor(context=context)
@@ -297,7 +317,7 @@ class LiveClient:
             return sum(frame_id in self.latency[t] for t in self.outputs)
 
     def diagnostics_after(self, t_wall: float, timeout: float = 5.0) -> dict[str, str]:
-        """The node's /diagnostics values from a message received after ``t_wall`` ({} if none)."""
+        """Return the node's /diagnostics values from a message after ``t_wall`` ({} if none)."""
         fresh = self.wait(lambda: self.diagnostics_at > t_wall, timeout)
         return dict(self.diagnostics) if fresh else {}
 
@@ -322,17 +342,20 @@ def latency_percentiles(values_ms: list[float]) -> dict[str, float | None]:
 
 
 def counters(diagnostics: dict[str, str]) -> dict[str, int]:
-    """The node's cumulative frame counters from its /diagnostics values."""
+    """Return the node's cumulative frame counters from its /diagnostics values."""
     return {k: int(diagnostics.get(k, 0)) for k in COUNTERS}
 
 
 def _idle(counts: dict[str, int]) -> bool:
-    """The node holds no frame: every frame received is accounted for."""
+    """Return whether the node holds no frame: every frame received is accounted for."""
     return counts["frames_received"] == sum(counts[k] for k in COUNTERS[1:])
 
 
 def idle_counters(client: LiveClient, timeout: float = 10.0) -> dict[str, int]:
-    """The node's counters once it holds no frame (its outputs go out before they are counted)."""
+    """Return the node's counters once it holds no frame.
+
+    The node's counters once it holds no frame (its outputs go out before they are counted).
+    """
     deadline = time.monotonic() + timeout
     while True:
         now = counters(client.diagnostics_after(time.time(), timeout=2.0) or client.diagnostics)
@@ -353,9 +376,11 @@ def stream(client: LiveClient, frames: list[tuple[Any, str]], rate_hz: float,
 
 def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], timeout: float = 5.0
            ) -> dict[str, int]:
-    """Wait until every frame the node processed since ``before`` was delivered on every output,
-    or ``timeout`` s (longer than Fast DDS's default 3 s heartbeat, so stalled frames are seen).
-    Returns the node's counters since ``before``."""
+    """Wait until every frame the node processed since ``before`` was delivered on every output.
+
+    Or ``timeout`` s (longer than Fast DDS's default 3 s heartbeat, so stalled frames are seen).
+    Returns the node's counters since ``before``.
+    """
     deadline = time.monotonic() + timeout
     time.sleep(0.5)  # the last frame on its way in
     while True:
@@ -368,10 +393,13 @@ def settle(client: LiveClient, frame_ids: list[str], before: dict[str, int], tim
 
 def delivery_summary(client: LiveClient, frame_ids: list[str], node_counts: dict[str, int],
                      late_s: float = 1.0) -> dict[str, Any]:
-    """Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
+    """Summarise the delivery of ``frame_ids`` as the client and the node saw it.
+
+    Delivery of ``frame_ids`` as the client saw it (latency of the last subscribed output of
     each frame, in ms), with the node's own counts and latency (receipt -> published, its last
     200 frames): frames that never reached the node were lost by DDS on the way in, processed
-    frames without all outputs were lost on the way out."""
+    frames without all outputs were lost on the way out.
+    """
     latencies = [client.delivered(f) for f in frame_ids]
     got_ms = [x * 1e3 for x in latencies if x is not None]
     partial = sum(x is None and client.arrived_outputs(f) > 0
@@ -394,8 +422,11 @@ def roundtrip(client: LiveClient, msg, frame_id: str, timeout: float) -> float |
 
 
 def warm_up(client: LiveClient, msg, key: str, frames: int, timeout: float = 120.0) -> None:
-    """``frames`` frames through the node before timing: the first of a size traces the model's
-    graph. Not timed, so a frame lost on the way in is simply sent again."""
+    """``frames`` frames through the node before timing.
+
+    The first of a size traces the model's graph. Not timed, so a frame lost on the way in is
+    simply sent again.
+    """
     for i in range(frames):
         deadline = time.monotonic() + timeout
         while roundtrip(client, msg, f"{key}-warmup-{i}", timeout=2.0) is None:

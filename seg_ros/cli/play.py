@@ -20,8 +20,10 @@ from ..errors import ConfigError
 
 
 def ros_message_class(msgtype: str) -> Any:
-    """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class, or
-    None when its package is missing."""
+    """'sensor_msgs/msg/Image' (or the older 'sensor_msgs/Image') -> the rclpy message class.
+
+    Or None when its package is missing.
+    """
     pkg, kind, name = bags.normalize_type(msgtype).split("/")
     try:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
@@ -31,9 +33,17 @@ def ros_message_class(msgtype: str) -> Any:
 
 def qos_profile(reliability: str, depth: int) -> Any:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                                   else ReliabilityPolicy.BEST_EFFORT))
+
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        durability=DurabilityPolicy.VOLATILE,
+        reliability=(
+            ReliabilityPolicy.RELIABLE
+            if reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT
+        ),
+    )
 
 
 class StopFlag:
@@ -49,7 +59,7 @@ class StopFlag:
 
 
 def init_ros(name: str) -> tuple[Any, Any]:
-    """A private rclpy context and node that leave signal handling to us."""
+    """Return a private rclpy context and node that leave signal handling to us."""
     import rclpy
     from rclpy.context import Context
     from rclpy.node import Node
@@ -75,32 +85,54 @@ def parse_remaps(items: list[str]) -> dict[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("play", help="publish a bag's messages into ROS 2 with their recorded timing",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "play",
+        help="publish a bag's messages into ROS 2 with their recorded timing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("bag", type=Path)
     p.add_argument("--topics", nargs="+", default=None, help="topics to play (default: all)")
     p.add_argument("--rate", type=float, default=1.0, help="speed factor of the recorded timing")
-    p.add_argument("--loop", action="store_true", help="play again from the start until interrupted")
+    p.add_argument(
+        "--loop", action="store_true", help="play again from the start until interrupted"
+    )
     p.add_argument("--max-messages", type=int, default=None, help="stop after N messages")
-    p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a topic under another name")
+    p.add_argument(
+        "--remap",
+        nargs="+",
+        default=[],
+        metavar="FROM:=TO",
+        help="publish a topic under another name",
+    )
     p.add_argument("--qos", choices=["reliable", "best_effort"], default="reliable")
     p.add_argument("--depth", type=int, default=10, help="publisher queue depth (keep last)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="before playing, wait until every topic has N matched subscribers")
-    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
-    p.add_argument("--start-delay", type=float, default=0.0, help="seconds to wait before the first message")
+    p.add_argument(
+        "--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers"
+    )
+    p.add_argument(
+        "--start-delay", type=float, default=0.0, help="seconds to wait before the first message"
+    )
     p.set_defaults(func=run)
 
 
-def wait_for_subscribers(publishers: dict[str, Any], count: int, timeout: float, stop: StopFlag) -> bool:
+def wait_for_subscribers(
+    publishers: dict[str, Any], count: int, timeout: float, stop: StopFlag
+) -> bool:
     deadline = time.monotonic() + timeout
     while not stop.stop:
         missing = [t for t, pub in publishers.items() if pub.get_subscription_count() < count]
         if not missing:
             return True
         if time.monotonic() > deadline:
-            print(f"play: warning: after {timeout:g} s fewer than {count} subscribers on {', '.join(missing)}; "
-                  f"playing anyway", file=sys.stderr)
+            print(
+                f"play: warning: after {timeout:g} s fewer than {count} subscribers on "
+                f"{', '.join(missing)}; "
+                f"playing anyway",
+                file=sys.stderr,
+            )
             return False
         time.sleep(0.05)
     return False
@@ -135,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
 
 def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
                       remaps: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    """A publisher per playable topic (under its remapped name); ConfigError when none is."""
+    """Return a publisher per playable topic (under its remapped name).
+
+    ConfigError when none is.
+    """
     publishers: dict[str, Any] = {}
     for t in topics:
         cls = ros_message_class(bag.topics[t].msgtype)
@@ -152,8 +187,11 @@ def create_publishers(node: Any, bag: bags.BagReader, topics: list[str],
 
 def play_messages(bag: bags.BagReader, publishers: dict[str, Any], args: argparse.Namespace,
                   stop: StopFlag) -> dict[str, int]:
-    """Publish the recorded messages with their recorded timing (scaled by --rate), once or
-    --loop, at most --max-messages; the count per topic."""
+    """Publish the recorded messages with their recorded timing; return the count per topic.
+
+    Publish the recorded messages with their recorded timing (scaled by --rate), once or
+    --loop, at most --max-messages; the count per topic.
+    """
     counts = {t: 0 for t in publishers}
     total = 0
     while not stop.stop:
@@ -181,7 +219,10 @@ def wait_acked(publishers: dict[str, Any], seconds: float = 2.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m seg_ros.cli.play``: this command alone, without importing torch (starts fast)."""
+    """Run ``python -m seg_ros.cli.play``: this command alone.
+
+    Without importing torch, so it starts fast.
+    """
     from ..errors import SegRosError
     parser = argparse.ArgumentParser(prog="seg-ros")
     register(parser.add_subparsers(dest="command", required=True))

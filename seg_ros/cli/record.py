@@ -23,7 +23,9 @@ MessageHook = Callable[[str, bytes, int], None]
 
 class Recorder:
     """Subscribes to ``topics`` (raw) as their publishers appear and writes them to ``writer``.
-    ``on_message(topic, rawdata, receive_ns)`` hooks let a caller compute live statistics."""
+
+    ``on_message(topic, rawdata, receive_ns)`` hooks let a caller compute live statistics.
+    """
 
     def __init__(self, node: Any, writer: bags.BagWriter, topics: list[str], qos: str = "auto",
                  depth: int = 100, on_message: MessageHook | None = None) -> None:
@@ -48,13 +50,21 @@ class Recorder:
             cls = ros_message_class(msgtype)
             if cls is None or msgtype not in bags.typestore().fielddefs:
                 if topic not in self.warned:
-                    print(f"record: cannot record {topic}: type {msgtype} unknown here", file=sys.stderr)
+                    print(
+                        f"record: cannot record {topic}: type {msgtype} unknown here",
+                        file=sys.stderr,
+                    )
                     self.warned.add(topic)
                 continue
             self.writer.add_topic(topic, msgtype)
             self.counts[topic] = 0
             self.subscriptions[topic] = self.node.create_subscription(
-                cls, topic, self._callback(topic), qos_profile(self._reliability(pubs), self.depth), raw=True)
+                cls,
+                topic,
+                self._callback(topic),
+                qos_profile(self._reliability(pubs), self.depth),
+                raw=True,
+            )
             self.pending.remove(topic)
             new.append(topic)
         return new
@@ -63,8 +73,12 @@ class Recorder:
         if self.qos != "auto":
             return self.qos
         from rclpy.qos import ReliabilityPolicy
-        return "reliable" if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs) \
+
+        return (
+            "reliable"
+            if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
             else "best_effort"
+        )
 
     def _callback(self, topic: str) -> Callable[[bytes], None]:
         def receive(raw: bytes) -> None:
@@ -123,14 +137,20 @@ def run(args: argparse.Namespace) -> int:
         executor.shutdown()
         shutdown_ros(ctx, node)
     detail = ", ".join(f"{t}: {n}" for t, n in rec.counts.items()) or "nothing"
-    print(f"recorded {rec.total} messages in {time.monotonic() - t_start:.1f} s to {args.out} ({detail})")
+    print(
+        f"recorded {rec.total} messages in {time.monotonic() - t_start:.1f} s to {args.out} "
+        f"({detail})"
+    )
     if rec.pending:
         print(f"record: never saw a publisher on {', '.join(rec.pending)}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m seg_ros.cli.record``: this command alone, without importing torch (starts fast)."""
+    """Run ``python -m seg_ros.cli.record``: this command alone.
+
+    Without importing torch, so it starts fast.
+    """
     from ..errors import SegRosError
     parser = argparse.ArgumentParser(prog="seg-ros")
     register(parser.add_subparsers(dest="command", required=True))

@@ -12,10 +12,14 @@ from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment image files and write labels / colour / overlay PNGs")
+    p = sub.add_parser(
+        "segment", help="segment image files and write labels / colour / overlay PNGs"
+    )
     p.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (0..1)")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (0..1)"
+    )
     add_pipeline_args(p)
     p.set_defaults(func=run)
 
@@ -28,7 +32,9 @@ def read_image_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def write_outputs(out_dir: Path, stem: str, labels: np.ndarray, color: np.ndarray, overlay: np.ndarray) -> None:
+def write_outputs(
+    out_dir: Path, stem: str, labels: np.ndarray, color: np.ndarray, overlay: np.ndarray
+) -> None:
     cv2.imwrite(str(out_dir / f"{stem}_labels.png"), labels)  # uint8 or uint16 PNG of class ids
     cv2.imwrite(str(out_dir / f"{stem}_color.png"), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
@@ -43,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             image = read_image_rgb(path)
             raw = refiner is None
-            result = pipe(image, "rgb", color=raw, overlay=raw, overlay_alpha=args.alpha, keep_scores=not raw)
+            result = pipe(
+                image, "rgb", color=raw, overlay=raw, overlay_alpha=args.alpha, keep_scores=not raw
+            )
             if not raw:
-                result = pipe.refine(result, refiner, color=True, overlay=True, overlay_alpha=args.alpha)
+                result = pipe.refine(
+                    result, refiner, color=True, overlay=True, overlay_alpha=args.alpha
+                )
         except ValueError as exc:
             print(f"skipped {path}: {exc}", file=sys.stderr)
             failed += 1

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def malformed_message(kind: str, frame: np.ndarray):
-    """A sensor_msgs/Image the node must refuse and count under EXPECTED_KIND[kind]."""
+    """Return a sensor_msgs/Image the node must refuse and count under EXPECTED_KIND[kind]."""
     msg = image_message(frame)
     h, w = frame.shape[:2]
     if kind == "unknown_encoding":
@@ -96,7 +96,7 @@ def frame_plan(frames: int, malformed_every: int) -> list[tuple[str, str]]:
 
 
 def error_counts(diagnostics: dict[str, str]) -> dict[str, int]:
-    """The node's refused-frame counters by kind (its ``errors.<kind>`` values)."""
+    """Return the node's refused-frame counters by kind (its ``errors.<kind>`` values)."""
     return {k[len("errors."):]: int(v) for k, v in diagnostics.items() if k.startswith("errors.")}
 
 
@@ -186,7 +186,7 @@ def send(client: LiveClient, plan: list[tuple[str, str]], frames: list[np.ndarra
 
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
-    """The soak itself: node + client, stream, settle; returns the summary."""
+    """Run the soak itself: node + client, stream, settle; return the summary."""
     h, w = args.size
     frames = [sample_road_image(h, w, seed=s) for s in range(4)]
     plan = frame_plan(args.frames, args.malformed_every)
@@ -222,8 +222,11 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def malformed_summary(plan: list[tuple[str, str]], errors: dict[str, int]) -> dict[str, Any]:
-    """Malformed frames sent by kind vs counted by the node. A frame the node drops from its
-    one-frame slot (latest frame wins) is never decoded, so fewer may be counted, never more."""
+    """Malformed frames sent by kind vs counted by the node.
+
+    A frame the node drops from its one-frame slot (latest frame wins) is never decoded, so fewer
+    may be counted, never more.
+    """
     expected: dict[str, int] = {}
     for _, kind in plan:
         if kind != "good":
@@ -237,7 +240,7 @@ def malformed_summary(plan: list[tuple[str, str]], errors: dict[str, int]) -> di
 def summarise(args: argparse.Namespace, plan: list[tuple[str, str]], client: LiveClient,
               rss: list[Sample], sent_at: dict[str, float], done: dict[str, int],
               errors: dict[str, int], wall: float, alive: bool) -> dict[str, Any]:
-    """The summary (JSON-ready); also writes the plot."""
+    """Return the summary (JSON-ready); also write the plot."""
     lat = {fid: client.delivered(fid) for fid, kind in plan if kind == "good"}
     lat_ms = [x * 1e3 for x in lat.values() if x is not None]
     malformed = malformed_summary(plan, errors)

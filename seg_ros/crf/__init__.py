@@ -1,5 +1,7 @@
-"""Optional CRF refinement of the network's labels: ``dense`` (DeepLab's fully connected CRF via
-pydensecrf) or ``fast`` (local-window mean-field in PyTorch, on the model's device).
+"""Optional CRF refinement of the network's labels.
+
+``dense`` (DeepLab's fully connected CRF via pydensecrf) or ``fast`` (local-window mean-field in
+PyTorch, on the model's device).
 
 A refiner is a callable ``refiner(image, logits, out_hw) -> labels``: ``image`` the (H, W, 3)
 uint8 RGB frame as a tensor, ``logits`` the network's (1, C, h, w) class scores, ``out_hw`` the
@@ -36,14 +38,20 @@ _FIELDS: dict[str, tuple[str, tuple[float, float]]] = {
     "gaussian_weight": ("w2: weight of the Gaussian (smoothness) kernel", (0.0, 100.0)),
     "theta_gamma": ("Gaussian kernel spatial std (pixels of the output labels)", (0.1, 1000.0)),
     "fast_iterations": ("fast CRF mean-field iterations", (1, 50)),
-    "fast_window": ("fast CRF window side k (odd): kernels are truncated to k x k neighbours", (3, 15)),
+    "fast_window": (
+        "fast CRF window side k (odd): kernels are truncated to k x k neighbours",
+        (3, 15),
+    ),
     "fast_scale": ("fast CRF working resolution as a fraction of the output size", (0.05, 1.0)),
 }
 
 
 @dataclass
 class CRFConfig:
-    """CRF parameters. Defaults: DeepLab v2's published dense-CRF settings (see config/crf.yaml)."""
+    """CRF parameters.
+
+    Defaults: DeepLab v2's published dense-CRF settings (see config/crf.yaml).
+    """
 
     iterations: int = 10
     bilateral_weight: float = 4.0
@@ -65,9 +73,11 @@ class CRFConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "CRF config") -> "CRFConfig":
-        """A validated config from ``values`` (missing keys keep their defaults)."""
+        """Return a validated config from ``values`` (missing keys keep their defaults)."""
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: expected a mapping of CRF parameters, got {type(values).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping of CRF parameters, got {type(values).__name__}"
+            )
         unknown = sorted(set(values) - set(_FIELDS))
         if unknown:
             raise ConfigError(f"{source}: unknown CRF parameter(s) {', '.join(unknown)}; "
@@ -96,7 +106,11 @@ def check_value(name: str, value: Any) -> str | None:
         return f"is unknown (known: {', '.join(_FIELDS)})"
     lo, hi = _FIELDS[name][1]
     integer = isinstance(getattr(CRFConfig, name), int)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
+    ):
         return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
     if not math.isfinite(value) or not lo <= value <= hi:
         return f"must be in {lo:g}..{hi:g}, got {value!r}"
@@ -106,8 +120,11 @@ def check_value(name: str, value: Any) -> str | None:
 
 
 def load_crf_config(path: str | Path | None = None) -> CRFConfig:
-    """The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
-    or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md)."""
+    """Return the CRF parameters of a YAML file or a shipped profile name.
+
+    The CRF parameters of a YAML file or a shipped profile name (``deeplab_v2``, the default,
+    or ``camvid``: tuned for the shipped CamVid weights, docs/crf.md).
+    """
     import yaml
 
     from ..resources import share_path
@@ -121,7 +138,9 @@ def load_crf_config(path: str | Path | None = None) -> CRFConfig:
     except OSError as exc:
         raise ConfigError(f"CRF config {file} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"CRF config {file} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(
+            f"CRF config {file} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
     return CRFConfig.from_dict(data or {}, source=f"CRF config {file}")
 
 
@@ -130,8 +149,11 @@ def dense_unavailable_reason() -> str | None:
     try:
         import pydensecrf.densecrf  # noqa: F401
     except Exception as exc:  # ImportError, or a broken native build
-        return (f"crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a C++ "
-                f"compiler and Cython), which is not importable here: {type(exc).__name__}: {exc}")
+        return (
+            "crf 'dense' needs pydensecrf (pip install pydensecrf2, builds from source with a "
+            "C++ "
+            f"compiler and Cython), which is not importable here: {type(exc).__name__}: {exc}"
+        )
     return None
 
 
@@ -140,9 +162,12 @@ Refiner = Callable[..., Any]
 
 def create_refiner(mode: str, config: CRFConfig | None = None, device: Any = "cpu",
                    *, isolate: bool = False) -> Refiner | None:
-    """The refiner for ``mode`` (None for ``off``). ``isolate`` runs the dense CRF in a helper
-    process: pydensecrf holds the GIL for the whole inference, which would stall every other
-    thread of a node for seconds. Raises ConfigError with the reason when it cannot run."""
+    """Return the refiner for ``mode`` (None for ``off``).
+
+    ``isolate`` runs the dense CRF in a helper process: pydensecrf holds the GIL for the whole
+    inference, which would stall every other thread of a node for seconds. Raises ConfigError with
+    the reason when it cannot run.
+    """
     if mode not in CRF_MODES:
         raise ConfigError(f"crf must be one of {', '.join(CRF_MODES)}, got {mode!r}")
     if mode == "off":

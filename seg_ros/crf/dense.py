@@ -16,7 +16,7 @@ from . import CRFConfig
 
 
 def dense_labels(image: np.ndarray, probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
-    """argmax of the dense CRF's marginals: image (H, W, 3) uint8 RGB, probs (C, H, W) float32."""
+    """Argmax of the dense CRF's marginals: image (H, W, 3) uint8 RGB, probs (C, H, W) float32."""
     import pydensecrf.densecrf as dcrf
 
     c, h, w = probs.shape
@@ -34,7 +34,7 @@ def dense_labels(image: np.ndarray, probs: np.ndarray, config: dict[str, Any]) -
 
 
 def _ignore_sigint() -> None:
-    """Helper processes leave Ctrl-C to their parent, which shuts them down."""
+    """Leave Ctrl-C to the parent, which shuts helper processes down."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -62,7 +62,9 @@ class DenseCRF:
             rgb = image_at(image, out_hw)[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
             rgb = np.ascontiguousarray(rgb.cpu().numpy())
         args = (rgb, probs, self.config.to_dict())
-        labels = self._pool.submit(dense_labels, *args).result() if self._pool else dense_labels(*args)
+        labels = (
+            self._pool.submit(dense_labels, *args).result() if self._pool else dense_labels(*args)
+        )
         return torch.from_numpy(labels.astype(np.int64)).to(logits.device)
 
     def close(self) -> None:

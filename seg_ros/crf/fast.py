@@ -1,5 +1,7 @@
-"""``fast`` CRF: mean-field inference in PyTorch with DeepLab's unary and pairwise terms, the
-pairwise kernels truncated to a k x k window (in the spirit of ConvCRF, Teichmann & Cipolla 2018).
+"""``fast`` CRF: mean-field inference in PyTorch with DeepLab's unary and pairwise terms.
+
+The pairwise kernels truncated to a k x k window (in the spirit of ConvCRF, Teichmann & Cipolla
+2018).
 
 Gaussian (spatial) + bilateral (spatial and colour) kernels, Potts compatibility, each kernel
 normalised symmetrically (D^-1/2 K D^-1/2, as densecrf's default) over its window. It runs where
@@ -25,9 +27,11 @@ def _shift(x: torch.Tensor, r: int, dy: int, dx: int, h: int, w: int) -> torch.T
 
 def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
                    ) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """Neighbour offsets and their weights (n, h, w): w1 * bilateral + w2 * Gaussian, each
-    normalised symmetrically; neighbours outside the image weigh 0. A handful of whole-window
-    operations (unfold), so the GPU path launches few kernels."""
+    """Neighbour offsets and their weights (n, h, w).
+
+    w1 * bilateral + w2 * Gaussian, each normalised symmetrically; neighbours outside the image
+    weigh 0. A handful of whole-window operations (unfold), so the GPU path launches few kernels.
+    """
     _, _, h, w = image.shape
     k = config.fast_window
     r = k // 2
@@ -35,11 +39,15 @@ def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
     keep = torch.tensor([i for i, d in enumerate(offsets) if d != (0, 0)], device=image.device)
     offsets = [d for d in offsets if d != (0, 0)]
 
-    def window(x: torch.Tensor) -> torch.Tensor:  # (c, h, w) -> (c, n, h, w): x[p + d] per offset d
+    def window(
+        x: torch.Tensor,
+    ) -> torch.Tensor:  # (c, h, w) -> (c, n, h, w): x[p + d] per offset d
         c = x.shape[0]
         return F.unfold(x[None], k, padding=r).view(c, k * k, h, w).index_select(1, keep)
 
-    d2 = torch.tensor([float(dy * dy + dx * dx) for dy, dx in offsets], device=image.device).view(-1, 1, 1)
+    d2 = torch.tensor([float(dy * dy + dx * dx) for dy, dx in offsets], device=image.device).view(
+        -1, 1, 1
+    )
     valid = window(torch.ones(1, h, w, device=image.device))[0]
     colour = (window(image[0]) - image[0].unsqueeze(1)).square_().sum(dim=0)
     alpha, gamma = config.theta_alpha * scale, config.theta_gamma * scale
@@ -56,7 +64,10 @@ def window_kernels(image: torch.Tensor, config: CRFConfig, scale: float
 
 def mean_field(log_unary: torch.Tensor, offsets: list[tuple[int, int]], kernels: torch.Tensor,
                iterations: int, r: int) -> torch.Tensor:
-    """Q after ``iterations`` updates Q <- softmax(log P + sum_d K_d * Q(p + d)) (Potts), (1, C, h, w)."""
+    """Return Q, (1, C, h, w), after ``iterations`` mean-field updates (Potts).
+
+    Each update is Q <- softmax(log P + sum_d K_d * Q(p + d)).
+    """
     _, _, h, w = log_unary.shape
     q = torch.softmax(log_unary, dim=1)
     for _ in range(iterations):
@@ -82,13 +93,22 @@ class FastCRF:
         return max(1, round(out_hw[0] * s)), max(1, round(out_hw[1] * s))
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, logits: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    def __call__(
+        self, image: torch.Tensor, logits: torch.Tensor, out_hw: tuple[int, int]
+    ) -> torch.Tensor:
         work = self.work_size(out_hw)
         scale = work[0] / out_hw[0]
         probs = class_probabilities(logits, work)
-        offsets, kernels = window_kernels(image_at(image.to(logits.device), work), self.config, scale)
-        q = mean_field(torch.log(probs.clamp_min(1e-8)), offsets, kernels, self.config.fast_iterations,
-                       self.config.fast_window // 2)
+        offsets, kernels = window_kernels(
+            image_at(image.to(logits.device), work), self.config, scale
+        )
+        q = mean_field(
+            torch.log(probs.clamp_min(1e-8)),
+            offsets,
+            kernels,
+            self.config.fast_iterations,
+            self.config.fast_window // 2,
+        )
         return ops.upsampled_argmax(q, out_hw, torch.int64)
 
     def close(self) -> None:

@@ -13,8 +13,11 @@ def class_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 def image_at(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, h, w) float32 at ``size``; area averaging when shrinking, so the
-    colour features of the bilateral kernel see each cell's mean colour rather than one sample."""
+    """(H, W, 3) uint8 -> (1, 3, h, w) float32 at ``size``.
+
+    Area averaging when shrinking, so the colour features of the bilateral kernel see each cell's
+    mean colour rather than one sample.
+    """
     x = ops.image_to_tensor(image).float()
     if tuple(x.shape[-2:]) == tuple(size):
         return x

@@ -1,6 +1,7 @@
-"""Fleet runs: replay or evaluate many bags in one command, in-process, on local worker processes
-or on a Ray cluster, with a resumable JSON-lines manifest (ROS-free core of ``seg-ros replay`` /
-``seg-ros eval``; docs/replay.md).
+"""Fleet runs: replay or evaluate many bags in one command.
+
+In-process, on local worker processes or on a Ray cluster, with a resumable JSON-lines manifest
+(ROS-free core of ``seg-ros replay`` / ``seg-ros eval``; docs/replay.md).
 
 - sources: which bags, where their outputs go, chunks of long bags
 - segment / score: one bag (or chunk) replayed / scored; the single-bag tools use them too

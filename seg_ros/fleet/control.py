@@ -15,9 +15,11 @@ class Interrupted(Exception):
 
 
 class Control:
-    """Progress and stop for one task. ``report(n)`` receives frame counts, at most every
-    ``interval`` seconds (a worker sends them over a pipe or to Ray); ``stop()`` says whether
-    to stop."""
+    """Progress and stop for one task.
+
+    ``report(n)`` receives frame counts, at most every ``interval`` seconds (a worker sends them
+    over a pipe or to Ray); ``stop()`` says whether to stop.
+    """
 
     def __init__(self, report: Callable[[int], None] | None = None,
                  stop: Callable[[], bool] | None = None, interval: float = 0.0) -> None:

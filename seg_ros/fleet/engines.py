@@ -100,7 +100,7 @@ class InProcessEngine:
 
 # -- local processes ---------------------------------------------------------------------------
 def _process_main(conn: Any, spec: PipelineSpec, stop: Any) -> None:
-    """A local worker process: load the pipeline once, then run the tasks sent over ``conn``."""
+    """Run a local worker process: load the pipeline once, run the tasks sent over ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, tells us by ``stop``
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _spawn until ignored
     try:
@@ -211,7 +211,10 @@ class LocalProcessEngine:
         return events
 
     def _replace(self, i: int) -> list[Event]:
-        """A worker process ended: its task is lost; a replacement loads the pipeline anew."""
+        """Replace an ended worker process.
+
+        Its task is lost; the new one loads the pipeline anew.
+        """
         slot = self.slots[i]
         slot.process.join()
         if not slot.ready:
@@ -244,8 +247,10 @@ class LocalProcessEngine:
 
 # -- Ray ---------------------------------------------------------------------------------------
 class RayWorker:
-    """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag. Threaded
-    (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works."""
+    """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag.
+
+    Threaded (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works.
+    """
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.lock = threading.Lock()
@@ -299,8 +304,11 @@ class _Actor:
 
 
 class RayEngine:
-    """Ray actors, each holding a pipeline: a local Ray started in-process (``address`` None) or
-    an existing cluster. Inputs and outputs must be on storage every node sees at the same path."""
+    """Ray actors, each holding a pipeline.
+
+    A local Ray started in-process (``address`` None) or an existing cluster. Inputs and outputs
+    must be on storage every node sees at the same path.
+    """
 
     name = "Ray"
 
@@ -321,8 +329,10 @@ class RayEngine:
         self._cls: Any = None
 
     def _new_actor(self) -> Any:
-        """A RayWorker actor: it reserves the worker's CPUs / GPUs; threaded, so progress and
-        stop calls are answered while a task runs."""
+        """Return a RayWorker actor: it reserves the worker's CPUs / GPUs.
+
+        Threaded, so progress and stop calls are answered while a task runs.
+        """
         if self._cls is None:
             self._cls = self.ray.remote(RayWorker).options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                            max_concurrency=4)
@@ -400,7 +410,7 @@ class RayEngine:
             return Lost(task.key, f"Ray worker {actor.name} died: {str(exc).splitlines()[0]}")
 
     def _replace(self, actor: _Actor) -> None:
-        """A dead actor is replaced by a new one (which loads the pipeline anew)."""
+        """Replace a dead actor by a new one (which loads the pipeline anew)."""
         try:
             self.ray.kill(actor.handle)
         except Exception:

@@ -20,7 +20,7 @@ NAME = "manifest.jsonl"
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    """A short digest of the options that decide a bag's outputs (model, weights, topics, ...)."""
+    """Return a short digest of the options that decide a bag's outputs (model, weights, ...)."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -30,8 +30,11 @@ def utc_now() -> str:
 
 
 class Manifest:
-    """Append-only JSON lines; reading takes the last line of each bag and tolerates a torn
-    last line (the process was killed while writing it)."""
+    """The manifest of a fleet run: one JSON line per finished (or failed) bag.
+
+    Append-only JSON lines; reading takes the last line of each bag and tolerates a torn
+    last line (the process was killed while writing it).
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / NAME
@@ -40,7 +43,7 @@ class Manifest:
         return self.path.is_file()
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        """The latest entry of each bag, by ``bag``."""
+        """Return the latest entry of each bag, by ``bag``."""
         out: dict[str, dict[str, Any]] = {}
         if not self.exists():
             return out

@@ -19,8 +19,11 @@ MAX_BAG_BARS = 30
 
 def fleet_report(bag_reports: Sequence[dict[str, Any]],
                  failed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Overall scores of the per-bag reports (``OUT/<bag>.eval.json`` contents) plus a row per bag
-    and the failed bags (``bag``, ``error``)."""
+    """Merge the per-bag evaluation reports into one fleet report.
+
+    Overall scores of the per-bag reports (``OUT/<bag>.eval.json`` contents) plus a row per bag
+    and the failed bags (``bag``, ``error``).
+    """
     if not bag_reports:
         reasons = "; ".join(f"{f['bag']}: {f['error']}" for f in failed[:3])
         raise ConfigError(f"no bag could be scored: {reasons}")
@@ -54,7 +57,7 @@ def worst_first(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(report: dict[str, Any], figure: str | None = None) -> str:
-    """A reviewer's summary: overall, per class, per bag (worst first), failures."""
+    """Return a reviewer's summary: overall, per class, per bag (worst first), failures."""
     m = report.get("model") or {}
     lines = [f"# Fleet evaluation: {m.get('model', '?')} ({m.get('weights', '?')})", "",
              f"{report['bags_scored']} bags scored, {report['bags_failed']} failed; "

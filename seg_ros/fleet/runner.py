@@ -1,5 +1,7 @@
-"""Run a fleet job: find the bags, plan their tasks, drive an engine, merge chunks, and record
-every bag in the manifest as it finishes.
+"""Run a fleet job.
+
+Find the bags, plan their tasks, drive an engine, merge chunks, and record every bag in the
+manifest as it finishes.
 
 A bag is ``ok`` once all its tasks came back ok (chunk outputs merged, summary or scores
 written); ``failed`` when it cannot be read, a task fails, or its worker died on every attempt.
@@ -57,8 +59,10 @@ class FleetJob:
     attempts: int = 2
 
     def settings(self) -> dict[str, Any]:
-        """The options that decide outputs (not threads, engine or overwrite): the fingerprint
-        that tells --resume whether a finished bag still counts."""
+        """Return the options that decide outputs (not threads, engine or overwrite).
+
+        The fingerprint that tells --resume whether a finished bag still counts.
+        """
         spec = self.spec.settings()
         spec["pipeline"] = {k: v for k, v in spec["pipeline"].items() if k != "num_threads"}
         chosen = self.replay if self.kind == REPLAY else self.eval
@@ -134,7 +138,7 @@ def _rel_path(out_dir: Path, path: Path) -> str:
 
 
 def label_folder_of(label_dir: Path, rel: Path) -> Path:
-    """The label PNGs of the bag ``rel``: ``label_dir/<rel without .mcap / .db3>/``."""
+    """Return the label PNGs of the bag ``rel``: ``label_dir/<rel without .mcap / .db3>/``."""
     return label_dir / (rel.with_suffix("") if rel.suffix in BAG_SUFFIXES else rel)
 
 
@@ -252,7 +256,7 @@ class FleetRunner:
             self.bar.update(n)
 
     def _settle_bar(self, work: BagWork) -> None:
-        """A finished bag counts for its planned frames, whatever was reported."""
+        """Count a finished bag for its planned frames, whatever was reported."""
         self.closed += 1
         if self.bar is not None:
             self.bar.update(work.plan.frames - work.frames_reported)
@@ -279,7 +283,7 @@ class FleetRunner:
                 self._fail(work, str(exc))
 
     def _on_lost(self, task: Task, error: str) -> Task | None:
-        """A worker died holding ``task``: the task to run again, or None when given up."""
+        """Handle a worker that died holding ``task``: return it to rerun, or None (given up)."""
         work = self.works[task.bag]
         work.lost += 1
         self.losses[task.key] += 1
@@ -470,7 +474,10 @@ class FleetRunner:
 
     def _write_summary(self, ok: list[dict[str, Any]],
                        failed: list[dict[str, Any]]) -> dict[str, Path]:
-        """The run's overall files: replay_summary.json, or eval_report.json / .md / .png."""
+        """Return the run's overall files.
+
+        replay_summary.json, or eval_report.json / .md / .png.
+        """
         if self.job.kind == EVAL:
             if not ok:
                 return {}

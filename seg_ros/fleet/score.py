@@ -1,5 +1,7 @@
-"""Score a model on labelled data: what ``seg-ros eval`` does for one bag or image folder and what
-every fleet evaluation task runs. Scores come from summed confusion matrices (seg_ros.metrics).
+"""Score a model on labelled data.
+
+What ``seg-ros eval`` does for one bag or image folder and what every fleet evaluation task runs.
+Scores come from summed confusion matrices (seg_ros.metrics).
 
 Ground truth of a bag is a label topic in it (messages paired with image messages by header
 stamp, in either order) or a label folder holding one PNG of class ids per image message, named
@@ -39,8 +41,11 @@ class EvalOptions:
 
 @dataclass
 class EvalPart:
-    """Scores of one bag or chunk. ``unpaired_pred`` / ``unpaired_gt`` (by header stamp) are kept
-    for chunks, whose image and label may fall on either side of a chunk boundary."""
+    """Scores of one bag or chunk.
+
+    ``unpaired_pred`` / ``unpaired_gt`` (by header stamp) are kept for chunks, whose image and
+    label may fall on either side of a chunk boundary.
+    """
 
     acc: ConfusionAccumulator
     frames: int = 0
@@ -51,7 +56,7 @@ class EvalPart:
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """A single-channel PNG of class ids (InputError when unreadable or colour-coded)."""
+    """Return a single-channel PNG of class ids (InputError when unreadable or colour-coded)."""
     lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
         raise InputError("unreadable_label", f"label file {path} cannot be read")
@@ -63,7 +68,7 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 def predict(pipe: Any, refiner: Any, image: np.ndarray, order: str) -> np.ndarray:
-    """The labels that are scored: the pipeline's, refined when a CRF is on."""
+    """Return the labels that are scored: the pipeline's, refined when a CRF is on."""
     res = pipe(image, order, keep_scores=refiner is not None)
     return (pipe.refine(res, refiner) if refiner is not None else res).labels
 
@@ -77,9 +82,11 @@ def check_sizes(gt: np.ndarray, image_hw: tuple[int, ...]) -> None:
 def score_pairs(pairs: Iterable[Pair], pipe: Any, refiner: Any, acc: ConfusionAccumulator,
                 boundary: BoundaryAccumulator | None, skipped: list[str],
                 limit: int | None = None) -> None:
-    """Segment and score each (image, ground truth) pair; a pair with bad input (InputError) is
-    skipped with its reason. Anything else is a bug and propagates: it must not shrink the scored
-    set while the command succeeds."""
+    """Segment and score each (image, ground truth) pair.
+
+    A pair with bad input (InputError) is skipped with its reason. Anything else is a bug and
+    propagates: it must not shrink the scored set while the command succeeds.
+    """
     for name, load in pairs:
         if limit and acc.images >= limit:
             break
@@ -99,8 +106,10 @@ def header_stamp(msg: Any) -> int:
 
 
 class BagGroundTruth:
-    """The image messages of one bag (span) with their ground truth, as scoring pairs. Counts
-    the image messages read (``frames``) and reports them to ``control``."""
+    """The image messages of one bag (span) with their ground truth, as scoring pairs.
+
+    Counts the image messages read (``frames``) and reports them to ``control``.
+    """
 
     def __init__(self, bag: bags.BagReader, image_topic: str, skipped: list[str],
                  span: Span = WHOLE, control: Control = NO_CONTROL) -> None:
@@ -131,9 +140,12 @@ class BagGroundTruth:
             return None
 
     def from_topic(self, label_topic: str, keep_unpaired: bool = False) -> Iterator[Pair]:
-        """Image and label messages paired by header stamp (labels may come before or after their
+        """Score the image and label messages of a bag, paired by header stamp.
+
+        Image and label messages paired by header stamp (labels may come before or after their
         image). Images left without label are skipped, or with ``keep_unpaired`` kept in
-        ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks."""
+        ``unpaired_images`` / ``unpaired_gt`` for pairing across chunks.
+        """
         self.bag.select_topics([label_topic])
         pending_img, pending_lab = self.unpaired_images, self.unpaired_gt
         topics = [self.image_topic, label_topic]
@@ -190,9 +202,12 @@ def eval_bag(bag_path: Path, pipe: Any, options: EvalOptions, *, refiner: Any = 
              boundary: BoundaryAccumulator | None = None, label_folder: Path | None = None,
              span: Span = WHOLE, keep_unpaired: bool = False,
              control: Control = NO_CONTROL) -> EvalPart:
-    """Score the model on one bag (or the ``span`` of it). Ground truth: ``options.label_topic``,
-    else the PNGs in ``label_folder``. With ``keep_unpaired`` (chunks), images whose label message
-    is not in the span are predicted and returned with the labels left without image."""
+    """Score the model on one bag (or the ``span`` of it).
+
+    Ground truth: ``options.label_topic``, else the PNGs in ``label_folder``. With
+    ``keep_unpaired`` (chunks), images whose label message is not in the span are predicted and
+    returned with the labels left without image.
+    """
     if not options.image_topic:
         raise ConfigError("evaluating a bag needs its image topic")
     ignore = options.ignore_id if options.ignore_id is not None else pipe.classes.ignore_id

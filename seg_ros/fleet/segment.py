@@ -1,5 +1,6 @@
-"""Segment the images of one bag (or one chunk of it) into an output bag: what ``seg-ros replay``
-does for one bag and what every fleet task runs.
+"""Segment the images of one bag (or one chunk of it) into an output bag.
+
+What ``seg-ros replay`` does for one bag and what every fleet task runs.
 
 The output bag holds every input message unchanged plus ``<topic>/labels`` (mono8),
 ``<topic>/color_mask`` and ``<topic>/overlay`` (rgb8) per image message, at the input's bag
@@ -58,7 +59,7 @@ class ReplayPart:
 
 
 def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
-    """mean / p50 / p90 / p99 / max of a list of latencies (ms); None when empty."""
+    """Mean / p50 / p90 / p99 / max of a list of latencies (ms); None when empty."""
     if not len(values_ms):
         return {k: None for k in ("mean", "p50", "p90", "p99", "max")}
     a = np.asarray(values_ms, dtype=np.float64)
@@ -68,15 +69,17 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
 
 
 def output_suffixes(refiner: Any, crf_replaces_labels: bool) -> tuple[str, ...]:
-    """Topic suffixes written per image topic; with a CRF the refined ones get ``_refined``
-    unless they replace the raw ones."""
+    """Topic suffixes written per image topic.
+
+    With a CRF the refined ones get ``_refined`` unless they replace the raw ones.
+    """
     if refiner is None or crf_replaces_labels:
         return OUTPUT_SUFFIXES
     return OUTPUT_SUFFIXES + tuple(s + "_refined" for s in OUTPUT_SUFFIXES)
 
 
 def output_messages(header: Any, result: Any, suffix: str = "") -> dict[str, Any]:
-    """labels / color_mask / overlay messages of one segmentation result."""
+    """Labels / color_mask / overlay messages of one segmentation result."""
     return {f"labels{suffix}": bags.image_msg_from_array(header, result.labels, "labels"),
             f"color_mask{suffix}": bags.image_msg_from_array(header, result.color),
             f"overlay{suffix}": bags.image_msg_from_array(header, result.overlay)}
@@ -84,7 +87,7 @@ def output_messages(header: Any, result: Any, suffix: str = "") -> dict[str, Any
 
 def segment_message(bag: bags.BagReader, m: bags.BagMessage, pipe: Any, refiner: Any, alpha: float,
                     refined_suffix: str) -> tuple[dict[str, Any], np.ndarray]:
-    """The output messages of one image message and the overlay shown (InputError when bad)."""
+    """Return the output messages of one image message and the overlay (InputError when bad)."""
     msg = bag.deserialize(m)
     image, order = bags.decode_image_msg(msg, m.msgtype, pipe.config.max_input_pixels)
     res = pipe(image, order, color=True, overlay=True, overlay_alpha=alpha,
@@ -100,10 +103,13 @@ def replay_bag(bag_path: Path, out_path: Path, pipe: Any,
                options: ReplayOptions = ReplayOptions(), *, refiner: Any = None,
                video: OverlaySink | None = None, span: Span = WHOLE,
                control: Control = NO_CONTROL) -> ReplayPart:
-    """Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
+    """Copy a bag (or a span of it) to ``out_path``, adding the segmentation topics.
+
+    Copy the messages of ``bag_path`` within ``span`` to ``out_path`` adding the segmentation
     topics. With a CRF ``refiner`` the refined outputs go to ``<topic>/<suffix>_refined`` (or
     replace the raw ones). Raises BagError for an unreadable bag, Interrupted when stopped; then
-    the output is removed."""
+    the output is removed.
+    """
     part = ReplayPart(str(bag_path), str(out_path))
     with bags.BagReader(bag_path) as bag:
         chosen = bag.select_topics(options.topics, image_only=True)
@@ -154,7 +160,7 @@ def _copy_and_segment(bag: bags.BagReader, out: bags.BagWriter, pipe: Any, optio
 
 def summarize(parts: Sequence[ReplayPart], output: str, describe: dict[str, Any], trained: bool,
               crf: str) -> dict[str, Any]:
-    """The replay summary of a bag from its parts (one per chunk, in order)."""
+    """Return the replay summary of a bag from its parts (one per chunk, in order)."""
     failures: Counter = sum((p.failures for p in parts), Counter())
     examples: dict[str, str] = {}
     for p in parts:

@@ -46,8 +46,10 @@ def is_bag_file(path: Path) -> bool:
 
 
 def is_single_bag(text: str) -> bool:
-    """Whether an input names one bag (or nothing: a typo is then that bag's error), not a
-    search."""
+    """Whether an input names one bag (or nothing: a typo is then that bag's error).
+
+    Not a search.
+    """
     path = Path(text)
     return not any(c in text for c in GLOB_CHARS) and not (path.is_dir() and not is_bag_dir(path))
 
@@ -64,8 +66,11 @@ def walk_bags(folder: Path, exclude: Path | None = None) -> Iterator[Path]:
 
 
 def read_list_file(path: Path) -> list[str]:
-    """Inputs of a list file: one a line, '#' starts a comment; relative entries are relative to
-    the list file's folder (a list travels with the data it names)."""
+    """Return inputs of a list file.
+
+    One a line, '#' starts a comment; relative entries are relative to the list file's folder (a
+    list travels with the data it names).
+    """
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -79,7 +84,7 @@ def read_list_file(path: Path) -> list[str]:
 
 
 def _glob_root(pattern: str) -> Path:
-    """The folder part of a pattern before its first wildcard."""
+    """Return the folder part of a pattern before its first wildcard."""
     parts = Path(pattern).parts
     first_wild = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
     return Path(*parts[:first_wild]) if first_wild else Path(".")
@@ -111,8 +116,11 @@ def _expand(text: str, exclude: Path | None) -> tuple[Path, list[Path]] | Missin
 
 def find_bags(inputs: Sequence[str], list_file: Path | None = None,
               exclude: Path | None = None) -> tuple[list[BagSource], list[Missing]]:
-    """All bags the inputs name, each once, with their mirrored relative paths. ``exclude`` (the
-    output folder) is never searched, so a run's own outputs are not taken for inputs."""
+    """All bags the inputs name, each once, with their mirrored relative paths.
+
+    ``exclude`` (the output folder) is never searched, so a run's own outputs are not taken for
+    inputs.
+    """
     texts = list(inputs) + (read_list_file(list_file) if list_file is not None else [])
     exclude = exclude.resolve() if exclude is not None else None
     roots: list[Path] = []
@@ -151,9 +159,12 @@ WHOLE = Span(0, 1)
 
 
 def spans(time_range: tuple[int, int], frames: int, chunk_frames: int | None) -> list[Span]:
-    """Equal time spans holding about ``chunk_frames`` frames each (exactly, for a camera at a
+    """Cut a bag's time range into spans of about ``chunk_frames`` frames.
+
+    Equal time spans holding about ``chunk_frames`` frames each (exactly, for a camera at a
     steady rate): spans come from the bag's metadata, so planning reads no message. Every message
-    falls in exactly one span."""
+    falls in exactly one span.
+    """
     if not chunk_frames or frames <= chunk_frames:
         return [WHOLE]
     n = math.ceil(frames / chunk_frames)
@@ -175,9 +186,12 @@ class BagPlan:
 
 def plan_bag(path: Path, topics: Iterable[str] | None, chunk_frames: int | None,
              max_frames: int | None = None, not_images: Iterable[str] = ()) -> BagPlan:
-    """Open ``path`` (metadata only) to choose its image topics (given, else every image topic
+    """Plan one bag: its image topics, their frame count and its spans.
+
+    Open ``path`` (metadata only) to choose its image topics (given, else every image topic
     but ``not_images``, e.g. a ground-truth label topic), count their frames and cut the bag
-    into spans. BagError when it is unreadable or lacks the topics."""
+    into spans. BagError when it is unreadable or lacks the topics.
+    """
     with bags.BagReader(path) as bag:
         if topics:
             chosen = bag.select_topics(list(topics), image_only=True)

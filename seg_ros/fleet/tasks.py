@@ -36,22 +36,28 @@ class PipelineSpec:
     crf_config: str | None = None
 
     def with_threads(self, threads: int) -> "PipelineSpec":
-        """The spec with ``threads`` CPU threads unless a thread count was chosen explicitly."""
+        """Return the spec with ``threads`` CPU threads.
+
+        The spec with ``threads`` CPU threads unless a thread count was chosen explicitly.
+        """
         if self.config.num_threads or threads <= 0:
             return self
         config = dataclasses.replace(self.config, num_threads=threads)
         return dataclasses.replace(self, config=config)
 
     def settings(self) -> dict[str, Any]:
-        """What decides the outputs, for the manifest's config fingerprint."""
+        """Return what decides the outputs, for the manifest's config fingerprint."""
         return {"pipeline": dataclasses.asdict(self.config), "crf": self.crf,
                 "crf_config": self.crf_config}
 
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: replay or score ``input`` within ``span``. ``output`` is the output bag
-    of this task (the bag's own output, or a chunk's part that is merged later)."""
+    """One unit of work: replay or score ``input`` within ``span``.
+
+    ``output`` is the output bag of this task (the bag's own output, or a chunk's part that is
+    merged later).
+    """
 
     key: str
     bag: str

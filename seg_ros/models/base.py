@@ -1,5 +1,7 @@
-"""The contract every registry model keeps; the pipeline, the trainer, the weights loader and the
-tools read these attributes instead of guessing them.
+"""The contract every registry model keeps.
+
+The pipeline, the trainer, the weights loader and the tools read these attributes instead of
+guessing them.
 
 - ``forward(x)`` takes (N, 3, H, W) normalised images with H and W multiples of
   ``size_divisor`` and returns class logits (N, C, H / output_stride, W / output_stride); in

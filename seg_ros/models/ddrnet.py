@@ -35,7 +35,10 @@ def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; the last block of a stage skips its final ReLU (the fusion adds first)."""
+    """ResNet basic block.
+
+    The last block of a stage skips its final ReLU (the fusion adds first).
+    """
 
     expansion = 1
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
@@ -87,8 +90,11 @@ class Bottleneck(nn.Module):
 
 def _pre_act(in_ch: int, out_ch: int, kernel_size: int = 1) -> list[nn.Module]:
     """BN -> ReLU -> conv, the pre-activation unit DAPPM and the heads are made of."""
-    return [_bn(in_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(in_ch, out_ch, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)]
+    return [
+        _bn(in_ch),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_ch, out_ch, kernel_size=kernel_size, padding=kernel_size // 2, bias=False),
+    ]
 
 
 class DAPPM(nn.Module):
@@ -96,10 +102,18 @@ class DAPPM(nn.Module):
 
     def __init__(self, inplanes: int, branch_planes: int, outplanes: int) -> None:
         super().__init__()
-        self.scale1 = nn.Sequential(nn.AvgPool2d(5, stride=2, padding=2), *_pre_act(inplanes, branch_planes))
-        self.scale2 = nn.Sequential(nn.AvgPool2d(9, stride=4, padding=4), *_pre_act(inplanes, branch_planes))
-        self.scale3 = nn.Sequential(nn.AvgPool2d(17, stride=8, padding=8), *_pre_act(inplanes, branch_planes))
-        self.scale4 = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), *_pre_act(inplanes, branch_planes))
+        self.scale1 = nn.Sequential(
+            nn.AvgPool2d(5, stride=2, padding=2), *_pre_act(inplanes, branch_planes)
+        )
+        self.scale2 = nn.Sequential(
+            nn.AvgPool2d(9, stride=4, padding=4), *_pre_act(inplanes, branch_planes)
+        )
+        self.scale3 = nn.Sequential(
+            nn.AvgPool2d(17, stride=8, padding=8), *_pre_act(inplanes, branch_planes)
+        )
+        self.scale4 = nn.Sequential(
+            nn.AdaptiveAvgPool2d((1, 1)), *_pre_act(inplanes, branch_planes)
+        )
         self.scale0 = nn.Sequential(*_pre_act(inplanes, branch_planes))
         self.process1 = nn.Sequential(*_pre_act(branch_planes, branch_planes, 3))
         self.process2 = nn.Sequential(*_pre_act(branch_planes, branch_planes, 3))
@@ -139,8 +153,11 @@ def _make_layer(block: type[nn.Module], inplanes: int, planes: int, blocks: int,
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         downsample = nn.Sequential(
-            nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-            _bn(planes * block.expansion))
+            nn.Conv2d(
+                inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False
+            ),
+            _bn(planes * block.expansion),
+        )
     layers = [block(inplanes, planes, stride, downsample)]
     inplanes = planes * block.expansion
     for i in range(1, blocks):
@@ -185,8 +202,13 @@ class DualResNet(SegmentationModel):
         self.aux_loss = aux_loss
         self.num_classes = num_classes
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, planes, kernel_size=3, stride=2, padding=1), _bn(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, kernel_size=3, stride=2, padding=1), _bn(planes), nn.ReLU(inplace=True))
+            nn.Conv2d(3, planes, kernel_size=3, stride=2, padding=1),
+            _bn(planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, kernel_size=3, stride=2, padding=1),
+            _bn(planes),
+            nn.ReLU(inplace=True),
+        )
         self.relu = nn.ReLU(inplace=False)
         self._build_stages(layers, planes, highres)
         self.layer5_ = _make_layer(Bottleneck, highres, highres, 1)
@@ -225,7 +247,10 @@ class DualResNet(SegmentationModel):
         return new_low, new_high
 
     def _stages_3_4(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stages 3 and 4 of both branches; returns (low, high, high-after-stage-3 for the aux head)."""
+        """Run stages 3 and 4 of both branches.
+
+        Returns (low, high, high-after-stage-3 for the aux head).
+        """
         low = self.layer3(self.relu(x))
         high = self.layer3_(self.relu(x))
         low, high = self._fuse(low, high, self.down3, self.compression3, low)
@@ -282,15 +307,21 @@ class DualResNet39(DualResNet):
 
 
 def ddrnet23_slim(num_classes: int, aux_loss: bool = True) -> DualResNet:
-    return DualResNet([2, 2, 2, 2], num_classes, planes=32, spp_planes=128, head_planes=64, aux_loss=aux_loss)
+    return DualResNet(
+        [2, 2, 2, 2], num_classes, planes=32, spp_planes=128, head_planes=64, aux_loss=aux_loss
+    )
 
 
 def ddrnet23(num_classes: int, aux_loss: bool = True) -> DualResNet:
-    return DualResNet([2, 2, 2, 2], num_classes, planes=64, spp_planes=128, head_planes=128, aux_loss=aux_loss)
+    return DualResNet(
+        [2, 2, 2, 2], num_classes, planes=64, spp_planes=128, head_planes=128, aux_loss=aux_loss
+    )
 
 
 def ddrnet39(num_classes: int, aux_loss: bool = True) -> DualResNet39:
-    return DualResNet39([3, 4, 6, 3], num_classes, planes=64, spp_planes=128, head_planes=256, aux_loss=aux_loss)
+    return DualResNet39(
+        [3, 4, 6, 3], num_classes, planes=64, spp_planes=128, head_planes=256, aux_loss=aux_loss
+    )
 
 
 # The shipped default of ddrnet23_slim (model card: docs/training.md).

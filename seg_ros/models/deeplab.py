@@ -7,7 +7,8 @@ docs/models.md):
   ``classifier.{0..4}``, ``aux_classifier.{0,1,4}``);
 * ``DeepLabV3Plus``: DeepLabV3Plus-Pytorch (``backbone.*``, ``classifier.project``,
   ``classifier.aspp``, ``classifier.classifier``);
-* ``DeepLabV2``: the DeepLab v2 PyTorch port (``layer1``..``layer5`` Caffe ResNet, ``aspp.c0..c3``).
+* ``DeepLabV2``: the DeepLab v2 PyTorch port (``layer1``..``layer5`` Caffe ResNet,
+  ``aspp.c0..c3``).
 
 Every model returns class scores at its output stride (1/4 of the input for v3+, whose
 decoder works at stride 4); the pipeline upsamples them. In training mode a model built with
@@ -28,7 +29,10 @@ ASPP_CHANNELS = 256
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
-    """Atrous rates of DeepLab v3's three 3x3 branches: doubled when the features are twice as dense."""
+    """Return the atrous rates of DeepLab v3's three 3x3 branches.
+
+    Doubled when the features are twice as dense.
+    """
     return (12, 24, 36) if output_stride == 8 else (6, 12, 18)
 
 
@@ -45,11 +49,16 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_ch, out_ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(
+            super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
 
 
 class ASPP(nn.Module):
-    """DeepLab v3 ASPP: 1x1, three atrous 3x3 and an image-pooling branch, concatenated and projected."""
+    """DeepLab v3 ASPP.
+
+    1x1, three atrous 3x3 and an image-pooling branch, concatenated and projected.
+    """
 
     def __init__(self, in_ch: int, rates: Sequence[int], out_ch: int = ASPP_CHANNELS,
                  dropout: float = 0.5) -> None:
@@ -58,7 +67,9 @@ class ASPP(nn.Module):
         branches += [nn.Sequential(*_conv_bn_relu(in_ch, out_ch, 3, rate)) for rate in rates]
         branches.append(ASPPPooling(in_ch, out_ch))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(*_conv_bn_relu(out_ch * len(branches), out_ch, 1), nn.Dropout(dropout))
+        self.project = nn.Sequential(
+            *_conv_bn_relu(out_ch * len(branches), out_ch, 1), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
@@ -66,19 +77,27 @@ class ASPP(nn.Module):
 
 def fcn_head(in_ch: int, num_classes: int, mid_ch: int, dropout: float = 0.1) -> nn.Sequential:
     """3x3 conv + BN + ReLU, dropout, 1x1 classifier: the auxiliary heads (indices 0, 1, 4)."""
-    return nn.Sequential(*_conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout(dropout), nn.Conv2d(mid_ch, num_classes, 1))
+    return nn.Sequential(
+        *_conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout(dropout), nn.Conv2d(mid_ch, num_classes, 1)
+    )
 
 
 class DeepLabV3(SegmentationModel):
-    """DeepLab v3 (torchvision layout); optional FCN auxiliary head on stage 3 (loss weight 0.5
-    in torchvision's training recipe)."""
+    """DeepLab v3 (torchvision layout).
+
+    Optional FCN auxiliary head on stage 3 (loss weight 0.5 in torchvision's training recipe).
+    """
 
     aux_head_name = "aux_classifier"
     aux_loss_weight = 0.5
 
-    def __init__(self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True) -> None:
+    def __init__(
+        self, depth: int, num_classes: int, output_stride: int = 8, aux_loss: bool = True
+    ) -> None:
         super().__init__()
-        self.output_stride = self.size_divisor = check_output_stride(output_stride, model="DeepLab v3")
+        self.output_stride = self.size_divisor = check_output_stride(
+            output_stride, model="DeepLab v3"
+        )
         self.num_classes = num_classes
         self.aux_loss = aux_loss
         self.backbone = DilatedResNet(depth, output_stride)
@@ -99,8 +118,11 @@ class DeepLabV3(SegmentationModel):
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """v3+ decoder: 48-channel projection of the stride-4 features, concatenated with the
-    upsampled ASPP output, 3x3 refinement and classifier (DeepLabV3Plus-Pytorch names)."""
+    """v3+ decoder: 48-channel projection of the stride-4 features.
+
+    Concatenated with the upsampled ASPP output, 3x3 refinement and classifier
+    (DeepLabV3Plus-Pytorch names).
+    """
 
     def __init__(self, in_ch: int, low_ch: int, num_classes: int, rates: Sequence[int]) -> None:
         super().__init__()
@@ -111,13 +133,14 @@ class DeepLabV3PlusHead(nn.Module):
 
     def forward(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         low = self.project(low)
-        out = F.interpolate(self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        out = F.interpolate(
+            self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.classifier(torch.cat([low, out], dim=1))
 
 
 class DeepLabV3Plus(SegmentationModel):
     """DeepLab v3+ (DeepLabV3Plus-Pytorch layout); logits at stride 4. No auxiliary head."""
-
 
     def __init__(self, depth: int, num_classes: int, output_stride: int = 16) -> None:
         super().__init__()
@@ -153,7 +176,10 @@ class AtrousSum(nn.Module):
 
 
 class DeepLabV2(SegmentationModel):
-    """DeepLab v2: Caffe ResNet-101 dilated to output stride 8, ASPP rates 6/12/18/24 (v2 port layout)."""
+    """DeepLab v2 (v2 port layout).
+
+    Caffe ResNet-101 dilated to output stride 8, ASPP rates 6/12/18/24.
+    """
 
     output_stride = 8
     size_divisor = 8
@@ -167,7 +193,9 @@ class DeepLabV2(SegmentationModel):
         self.layer3 = msra_layer(blocks[1], 256, 512, 2, 1)
         self.layer4 = msra_layer(blocks[2], 512, 1024, 1, 2)
         self.layer5 = msra_layer(blocks[3], 1024, 2048, 1, 4)
-        init_weights(nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4, self.layer5]))
+        init_weights(
+            nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4, self.layer5])
+        )
         self.aspp = AtrousSum(2048, num_classes, rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +208,15 @@ def deeplabv2_resnet101(num_classes: int, output_stride: int | None = None) -> D
     return DeepLabV2(num_classes)
 
 
-def deeplabv3_resnet50(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+def deeplabv3_resnet50(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> DeepLabV3:
     return DeepLabV3(50, num_classes, output_stride or 8, aux_loss)
 
 
-def deeplabv3_resnet101(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> DeepLabV3:
+def deeplabv3_resnet101(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> DeepLabV3:
     return DeepLabV3(101, num_classes, output_stride or 8, aux_loss)
 
 

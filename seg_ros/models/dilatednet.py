@@ -28,7 +28,10 @@ CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 def basic_context_module(channels: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for dilation in CONTEXT_DILATIONS:
-        layers += [nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation),
+            nn.ReLU(inplace=True),
+        ]
     layers.append(nn.Conv2d(channels, channels, 1))
     for m in layers:
         if isinstance(m, nn.Conv2d):
@@ -43,7 +46,9 @@ class DilatedNet(SegmentationModel):
     output_stride = 8
     size_divisor = 8
 
-    def __init__(self, num_classes: int, context_module: bool = False, dropout: float = 0.5) -> None:
+    def __init__(
+        self, num_classes: int, context_module: bool = False, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = vgg16_features(ceil_mode=True, pools=(True, True, True, False, False),
@@ -65,5 +70,7 @@ class DilatedNet(SegmentationModel):
 
 def dilatednet_vgg16(num_classes: int, context_module: bool = False) -> DilatedNet:
     if not isinstance(context_module, bool):
-        raise ConfigError(f"context_module for dilatednet_vgg16 must be true or false, got {context_module!r}")
+        raise ConfigError(
+            f"context_module for dilatednet_vgg16 must be true or false, got {context_module!r}"
+        )
     return DilatedNet(num_classes, context_module)

@@ -24,10 +24,15 @@ from .vgg import crop_to, fc_as_conv, pad_to_multiple, vgg16_features
 
 
 def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
-    """A bias-free ``factor``x transposed convolution initialised to bilinear interpolation per
-    channel (kernel 2*factor, padding factor/2: the output is exactly ``factor`` times larger)."""
+    """Return a transposed convolution initialised to bilinear upsampling by ``factor``.
+
+    A bias-free ``factor``x transposed convolution initialised to bilinear interpolation per
+    channel (kernel 2*factor, padding factor/2: the output is exactly ``factor`` times larger).
+    """
     size = 2 * factor
-    up = nn.ConvTranspose2d(channels, channels, size, stride=factor, padding=factor // 2, bias=False)
+    up = nn.ConvTranspose2d(
+        channels, channels, size, stride=factor, padding=factor // 2, bias=False
+    )
     center = factor - 0.5
     taps = 1 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
     with torch.no_grad():
@@ -52,7 +57,9 @@ class FCN8s(SegmentationModel):
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         self.score_pool4 = nn.Conv2d(512, num_classes, 1)
         self.score_pool3 = nn.Conv2d(256, num_classes, 1)
-        init_weights(nn.ModuleList([self.fc6, self.fc7, self.score_fr, self.score_pool4, self.score_pool3]))
+        init_weights(
+            nn.ModuleList([self.fc6, self.fc7, self.score_fr, self.score_pool4, self.score_pool3])
+        )
         self.upscore2 = bilinear_upsampling(num_classes, 2)
         self.upscore_pool4 = bilinear_upsampling(num_classes, 2)
         self.upscore8 = bilinear_upsampling(num_classes, 8)

@@ -5,8 +5,10 @@ from torch import nn
 
 
 def init_weights(module: nn.Module) -> None:
-    """He initialisation (fan-out, ReLU) for (transposed) convolutions, zero biases, identity
-    batch norms: what ResNet and VGG-style networks train well from."""
+    """He initialisation (fan-out, ReLU) for (transposed) convolutions.
+
+    Zero biases, identity batch norms: what ResNet and VGG-style networks train well from.
+    """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -21,13 +21,21 @@ PSP_BINS = (1, 2, 3, 6)
 
 def _head(in_ch: int, mid_ch: int, num_classes: int, dropout: float) -> nn.Sequential:
     """3x3 conv + BN + ReLU, spatial dropout, 1x1 classifier (indices 0, 1, 4 hold parameters)."""
-    return nn.Sequential(nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False), nn.BatchNorm2d(mid_ch),
-                         nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(mid_ch, num_classes, 1))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid_ch),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(dropout),
+        nn.Conv2d(mid_ch, num_classes, 1),
+    )
 
 
 class PyramidPooling(nn.Module):
-    """Average-pool to each bin size, reduce by 1x1 conv + BN + ReLU, upsample, concatenate with
-    the input: context at four scales beside the local features."""
+    """Average-pool to each bin size.
+
+    Reduce by 1x1 conv + BN + ReLU, upsample, concatenate with the input: context at four scales
+    beside the local features.
+    """
 
     def __init__(self, in_ch: int, reduction_ch: int, bins: Sequence[int]) -> None:
         super().__init__()
@@ -38,13 +46,19 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(f(x), size=size, mode="bilinear", align_corners=True) for f in self.features]
+        pooled = [
+            F.interpolate(f(x), size=size, mode="bilinear", align_corners=True)
+            for f in self.features
+        ]
         return torch.cat([x, *pooled], dim=1)
 
 
 class PSPNet(DilatedResNet, SegmentationModel):
-    """Deep-stem dilated ResNet + pyramid pooling + 3x3 head; auxiliary FCN head on stage 3
-    (loss weight 0.4). The trunk's stages are this module's own children, as in semseg."""
+    """Deep-stem dilated ResNet + pyramid pooling + 3x3 head.
+
+    Auxiliary FCN head on stage 3 (loss weight 0.4). The trunk's stages are this module's own
+    children, as in semseg.
+    """
 
     aux_head_name = "aux"
     aux_loss_weight = 0.4
@@ -69,9 +83,13 @@ class PSPNet(DilatedResNet, SegmentationModel):
         return out
 
 
-def pspnet_resnet50(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> PSPNet:
+def pspnet_resnet50(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> PSPNet:
     return PSPNet(50, num_classes, output_stride or 8, aux_loss)
 
 
-def pspnet_resnet101(num_classes: int, output_stride: int | None = None, aux_loss: bool = True) -> PSPNet:
+def pspnet_resnet101(
+    num_classes: int, output_stride: int | None = None, aux_loss: bool = True
+) -> PSPNet:
     return PSPNet(101, num_classes, output_stride or 8, aux_loss)

@@ -13,7 +13,7 @@ _REGISTRY: dict[str, ModelBuilder] = {}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder ``f(num_classes, **options) -> nn.Module`` under ``name``."""
+    """Add a builder ``f(num_classes, **options) -> nn.Module`` under ``name`` (a decorator)."""
 
     def wrap(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
@@ -29,11 +29,16 @@ def list_models() -> list[str]:
 
 
 def model_options(name: str) -> list[str]:
-    """Names of the build options a registered model takes (e.g. ``output_stride``), so callers offer only those."""
+    """Return the build options a registered model takes (e.g. ``output_stride``).
+
+    Callers offer only those.
+    """
     try:
         builder = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
     return [p for p in inspect.signature(builder).parameters if p != "num_classes"]
 
 
@@ -52,5 +57,7 @@ def build_model(name: str, num_classes: int, **options) -> SegmentationModel:
                           f"it takes: {', '.join(known) or 'none'}")
     model = builder(num_classes, **options)
     if not isinstance(model, SegmentationModel):  # the contract the pipeline and trainer rely on
-        raise TypeError(f"builder of {name!r} returned {type(model).__name__}, not a SegmentationModel")
+        raise TypeError(
+            f"builder of {name!r} returned {type(model).__name__}, not a SegmentationModel"
+        )
     return model

@@ -34,7 +34,9 @@ def check_output_stride(output_stride: int, allowed: tuple[int, ...] = OUTPUT_ST
                         model: str = "this model") -> int:
     """Validate an ``output_stride`` option; ConfigError naming the allowed values."""
     if isinstance(output_stride, bool) or output_stride not in allowed:
-        raise ConfigError(f"output_stride for {model} must be one of {list(allowed)}, got {output_stride!r}")
+        raise ConfigError(
+            f"output_stride for {model} must be one of {list(allowed)}, got {output_stride!r}"
+        )
     return int(output_stride)
 
 
@@ -42,7 +44,9 @@ def _depth_blocks(depth: int) -> tuple[int, ...]:
     try:
         return RESNET_DEPTHS[depth]
     except KeyError:
-        raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth!r}") from None
+        raise ConfigError(
+            f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth!r}"
+        ) from None
 
 
 def stage_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
@@ -63,7 +67,9 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -87,13 +93,19 @@ class Features(NamedTuple):
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class DilatedResNet(nn.Module):
-    """ResNet-50/101 trunk (no pooling/fc) at output stride 8 or 16; ``features`` returns all
-    the stages the heads need. ``deep_stem`` selects semseg's three-conv ``layer0``."""
+    """ResNet-50/101 trunk (no pooling/fc) at output stride 8 or 16.
+
+    ``features`` returns all the stages the heads need. ``deep_stem`` selects semseg's three-conv
+    ``layer0``.
+    """
 
     def __init__(self, depth: int = 50, output_stride: int = 8, deep_stem: bool = False,
                  dilation_scheme: str = "torchvision") -> None:
@@ -101,12 +113,18 @@ class DilatedResNet(nn.Module):
         blocks = _depth_blocks(depth)
         output_stride = check_output_stride(output_stride)
         if dilation_scheme not in DILATION_SCHEMES:
-            raise ConfigError(f"dilation_scheme must be one of {DILATION_SCHEMES}, got {dilation_scheme!r}")
+            raise ConfigError(
+                f"dilation_scheme must be one of {DILATION_SCHEMES}, got {dilation_scheme!r}"
+            )
         self.output_stride = output_stride
         self.deep_stem = deep_stem
         if deep_stem:
-            self.layer0 = nn.Sequential(*_conv_bn_relu(3, 64, 2), *_conv_bn_relu(64, 64), *_conv_bn_relu(64, 128),
-                                        nn.MaxPool2d(3, stride=2, padding=1))
+            self.layer0 = nn.Sequential(
+                *_conv_bn_relu(3, 64, 2),
+                *_conv_bn_relu(64, 64),
+                *_conv_bn_relu(64, 128),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
             inplanes = 128
         else:
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -119,7 +137,9 @@ class DilatedResNet(nn.Module):
         for i, ((stride, dilation), n) in enumerate(zip(stage_dilations(output_stride), blocks)):
             planes = 64 * 2 ** i
             first = previous if dilation_scheme == "torchvision" else dilation
-            self.add_module(f"layer{i + 1}", self._make_layer(inplanes, planes, n, stride, first, dilation))
+            self.add_module(
+                f"layer{i + 1}", self._make_layer(inplanes, planes, n, stride, first, dilation)
+            )
             inplanes, previous = planes * Bottleneck.expansion, dilation
         init_weights(self)
 
@@ -129,7 +149,9 @@ class DilatedResNet(nn.Module):
         out = planes * Bottleneck.expansion
         downsample = None
         if stride != 1 or inplanes != out:
-            downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
+            )
         layers = [Bottleneck(inplanes, planes, stride, first_dilation, downsample)]
         layers += [Bottleneck(out, planes, 1, dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -151,20 +173,35 @@ class DilatedResNet(nn.Module):
 # -- MSRA (Caffe) ResNet of the DeepLab v2 port ----------------------------------------------
 
 class ConvBn(nn.Sequential):
-    """``conv`` (no bias) + ``bn`` (+ ``relu``): the v2 port's unit; BN folds by Sequential order."""
+    """``conv`` (no bias) + ``bn`` (+ ``relu``): the v2 port's unit.
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 relu: bool = True) -> None:
+    BN folds by Sequential order.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        relu: bool = True,
+    ) -> None:
         padding = dilation * (kernel_size // 2)
         super().__init__()
-        self.add_module("conv", nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=False))
+        self.add_module(
+            "conv", nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=False)
+        )
         self.add_module("bn", nn.BatchNorm2d(out_ch))
         if relu:
             self.add_module("relu", nn.ReLU(inplace=True))
 
 
 class MsraBottleneck(nn.Module):
-    """Caffe ResNet bottleneck: stride in ``reduce`` (1x1); ``shortcut`` projects in block 1 only."""
+    """Caffe ResNet bottleneck.
+
+    Stride in ``reduce`` (1x1); ``shortcut`` projects in block 1 only.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, dilation: int, project: bool) -> None:
         super().__init__()
@@ -188,9 +225,16 @@ def msra_stem() -> nn.Sequential:
 
 
 def msra_layer(blocks: int, in_ch: int, out_ch: int, stride: int, dilation: int) -> nn.Sequential:
-    """A stage of ``block1``..``blockN``; every block of a dilated stage uses ``dilation``."""
+    """Return a stage of ``block1``..``blockN``.
+
+    Every block of a dilated stage uses ``dilation``.
+    """
     layer = nn.Sequential()
     for i in range(blocks):
-        layer.add_module(f"block{i + 1}", MsraBottleneck(in_ch if i == 0 else out_ch, out_ch,
-                                                         stride if i == 0 else 1, dilation, i == 0))
+        layer.add_module(
+            f"block{i + 1}",
+            MsraBottleneck(
+                in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, dilation, i == 0
+            ),
+        )
     return layer

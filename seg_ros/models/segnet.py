@@ -1,5 +1,7 @@
-"""SegNet (Badrinarayanan et al., 2017) and DeconvNet (Noh et al., 2015): VGG-16 encoders whose
-mirrored decoders upsample by max-unpooling with the encoder's pooling indices.
+"""SegNet (Badrinarayanan et al., 2017) and DeconvNet (Noh et al., 2015).
+
+VGG-16 encoders whose mirrored decoders upsample by max-unpooling with the encoder's pooling
+indices.
 
 Both encoders are torchvision's ``vgg16_bn().features`` (13 convs, each with BN; ImageNet
 weights load into ``features.*``), pooling with indices. The decoders mirror it stage by stage
@@ -26,21 +28,35 @@ from torch import nn
 
 from .base import SegmentationModel
 from .init import init_weights
-from .vgg import VGG16_STAGES, Stage, conv_bn_relu, crop_to, fc_as_conv, pad_to_multiple, vgg16_features
+from .vgg import (
+    VGG16_STAGES,
+    Stage,
+    conv_bn_relu,
+    crop_to,
+    fc_as_conv,
+    pad_to_multiple,
+    vgg16_features,
+)
 
 
 def max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Inverse of a 2x2/stride-2 max pooling: each value goes back to the position its pooling
-    took it from (``indices`` from ``max_pool2d(..., return_indices=True)``, flat ``h * W + w``
-    per channel, W the pooled input's width = 2 * x's); every other position is zero."""
+    """Inverse of a 2x2/stride-2 max pooling.
+
+    Each value goes back to the position its pooling took it from (``indices`` from
+    ``max_pool2d(..., return_indices=True)``, flat ``h * W + w`` per channel, W the pooled input's
+    width = 2 * x's); every other position is zero.
+    """
     n, c, h, w = x.shape
     out = x.new_zeros(n, c, 4 * h * w).scatter_(2, indices.flatten(2), x.flatten(2))
     return out.view(n, c, 2 * h, 2 * w)
 
 
 def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
-    """Decoder stages for pool5..pool1: VGG-16's widths reversed, each layer a 3x3 (transposed)
-    conv + BN + ReLU, the last of a stage narrowing to the next stage's width."""
+    """Return decoder stages for pool5..pool1.
+
+    VGG-16's widths reversed, each layer a 3x3 (transposed) conv + BN + ReLU, the last of a stage
+    narrowing to the next stage's width.
+    """
     stages = []
     for i in reversed(range(len(VGG16_STAGES))):
         width = VGG16_STAGES[i][0]
@@ -53,13 +69,17 @@ def mirrored_decoder(transposed: bool, stage1_layers: int) -> nn.ModuleList:
 
 
 class UnpoolingNet(SegmentationModel):
-    """VGG-16-BN encoder with pooling indices, ``fc`` (identity for SegNet), mirrored
-    unpooling decoder, classifier; logits at the input size."""
+    """VGG-16-BN encoder with pooling indices.
+
+    ``fc`` (identity for SegNet), mirrored unpooling decoder, classifier; logits at the input size.
+    """
 
     output_stride = 1
     size_divisor = 32
 
-    def __init__(self, num_classes: int, fc: nn.Module, decoder: nn.ModuleList, classifier: nn.Conv2d) -> None:
+    def __init__(
+        self, num_classes: int, fc: nn.Module, decoder: nn.ModuleList, classifier: nn.Conv2d
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.features = vgg16_features(batch_norm=True, pool_indices=True)
@@ -81,18 +101,32 @@ class SegNet(UnpoolingNet):
     """SegNet: no fully connected layers, 3x3 classifier."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes, nn.Identity(), mirrored_decoder(transposed=False, stage1_layers=1),
-                         nn.Conv2d(64, num_classes, 3, padding=1))
+        super().__init__(
+            num_classes,
+            nn.Identity(),
+            mirrored_decoder(transposed=False, stage1_layers=1),
+            nn.Conv2d(64, num_classes, 3, padding=1),
+        )
 
 
 class DeconvNet(UnpoolingNet):
-    """DeconvNet: fc6/fc7 (+BN) and the fc6 deconvolution in ``fc``, transposed-conv decoder,
-    1x1 classifier."""
+    """DeconvNet: fc6/fc7 (+BN) and the fc6 deconvolution in ``fc``.
+
+    Transposed-conv decoder, 1x1 classifier.
+    """
 
     def __init__(self, num_classes: int) -> None:
-        fc = nn.Sequential(fc_as_conv(512, 4096, 7), nn.BatchNorm2d(4096), nn.ReLU(inplace=True),
-                           fc_as_conv(4096, 4096, 1), nn.BatchNorm2d(4096), nn.ReLU(inplace=True),
-                           nn.ConvTranspose2d(4096, 512, 7, padding=3), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
+        fc = nn.Sequential(
+            fc_as_conv(512, 4096, 7),
+            nn.BatchNorm2d(4096),
+            nn.ReLU(inplace=True),
+            fc_as_conv(4096, 4096, 1),
+            nn.BatchNorm2d(4096),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(4096, 512, 7, padding=3),
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+        )
         super().__init__(num_classes, fc, mirrored_decoder(transposed=True, stage1_layers=2),
                          nn.Conv2d(64, num_classes, 1))
 

@@ -1,5 +1,7 @@
-"""The weights files the package ships, declared beside their builders (as torchvision's weights
-enums are): one :class:`ShippedWeights` entry per file, what ``weights: default`` loads.
+"""The weights files the package ships.
+
+Declared beside their builders (as torchvision's weights enums are): one :class:`ShippedWeights`
+entry per file, what ``weights: default`` loads.
 
 An entry repeats what the file's own metadata says (model, classes, input size, normalisation)
 plus its validation metrics from the model card, so tools and docs can name them without loading
@@ -15,8 +17,11 @@ from ..resources import share_path
 
 @dataclass(frozen=True)
 class ShippedWeights:
-    """One shipped weights file. ``file``: relative to the share directory; ``metrics``: what the
-    model card (``card``) reports on the validation split, as fractions."""
+    """One shipped weights file.
+
+    ``file``: relative to the share directory; ``metrics``: what the model card (``card``) reports
+    on the validation split, as fractions.
+    """
 
     file: str
     model: str
@@ -48,7 +53,7 @@ def register_weights(entry: ShippedWeights) -> ShippedWeights:
 
 
 def shipped_weights(model: str) -> ShippedWeights | None:
-    """The default weights of ``model``, or None when the package ships none for it."""
+    """Return the default weights of ``model``, or None when the package ships none for it."""
     return SHIPPED_WEIGHTS.get(model)
 
 

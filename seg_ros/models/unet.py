@@ -22,15 +22,22 @@ from .vgg import crop_to, pad_to_multiple
 
 def double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     """(3x3 conv + BN + ReLU) x 2."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
 
 
 class UNet(SegmentationModel):
-    """``down.0`` runs at full resolution, ``down.i`` after the i-th pooling (``down.depth`` is
-    the bottleneck); ``up.i`` / ``decode.i`` go back from ``down.depth - i``."""
+    """``down.0`` runs at full resolution.
+
+    ``down.i`` after the i-th pooling (``down.depth`` is the bottleneck); ``up.i`` / ``decode.i``
+    go back from ``down.depth - i``.
+    """
 
     output_stride = 1
 
@@ -43,9 +50,13 @@ class UNet(SegmentationModel):
         self.size_divisor = 2 ** depth
         widths = [base_width * 2 ** i for i in range(depth + 1)]
         self.pool = nn.MaxPool2d(2)
-        self.down = nn.ModuleList(double_conv(widths[i - 1] if i else 3, widths[i]) for i in range(depth + 1))
+        self.down = nn.ModuleList(
+            double_conv(widths[i - 1] if i else 3, widths[i]) for i in range(depth + 1)
+        )
         levels = range(depth, 0, -1)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2) for i in levels)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2) for i in levels
+        )
         self.decode = nn.ModuleList(double_conv(2 * widths[i - 1], widths[i - 1]) for i in levels)
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
         init_weights(self)

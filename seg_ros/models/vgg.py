@@ -21,8 +21,13 @@ from torch import nn
 from .init import init_weights
 
 # output channels of the convolutions of VGG-16's five stages
-VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
-                                             (512, 512, 512))
+VGG16_STAGES: tuple[tuple[int, ...], ...] = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, batch_norm: bool, dilation: int = 1,
@@ -30,7 +35,11 @@ def conv_bn_relu(in_ch: int, out_ch: int, batch_norm: bool, dilation: int = 1,
     """3x3 (transposed) convolution keeping the size, [BN], ReLU. Biases as in the Caffe models."""
     conv_type = nn.ConvTranspose2d if transposed else nn.Conv2d
     conv = conv_type(in_ch, out_ch, 3, padding=dilation, dilation=dilation)
-    return [conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)] if batch_norm else [conv, nn.ReLU(inplace=True)]
+    return (
+        [conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+        if batch_norm
+        else [conv, nn.ReLU(inplace=True)]
+    )
 
 
 class Stage(NamedTuple):
@@ -63,8 +72,13 @@ class VGGFeatures(nn.Sequential):
         return x
 
 
-def vgg16_features(batch_norm: bool = False, pool_indices: bool = False, ceil_mode: bool = False,
-                   pools: Sequence[bool] = (True,) * 5, dilations: Sequence[int] = (1,) * 5) -> VGGFeatures:
+def vgg16_features(
+    batch_norm: bool = False,
+    pool_indices: bool = False,
+    ceil_mode: bool = False,
+    pools: Sequence[bool] = (True,) * 5,
+    dilations: Sequence[int] = (1,) * 5,
+) -> VGGFeatures:
     """VGG-16's 13 convs (+BN) + ReLU and 5 max-poolings, in torchvision's index order.
 
     ``pools[i]`` False puts an ``nn.Identity`` where stage i's pooling would be; ``dilations[i]``
@@ -76,16 +90,25 @@ def vgg16_features(batch_norm: bool = False, pool_indices: bool = False, ceil_mo
         for width in widths:
             layers += conv_bn_relu(in_ch, width, batch_norm, dilation)
             in_ch = width
-        layers.append(nn.MaxPool2d(2, 2, ceil_mode=ceil_mode, return_indices=pool_indices) if pool else nn.Identity())
+        layers.append(
+            nn.MaxPool2d(2, 2, ceil_mode=ceil_mode, return_indices=pool_indices)
+            if pool
+            else nn.Identity()
+        )
     features = VGGFeatures(*layers)
     init_weights(features)
     return features
 
 
 def fc_as_conv(in_ch: int, out_ch: int, kernel_size: int, dilation: int = 1) -> nn.Conv2d:
-    """A fully connected layer as a convolution over the whole map (VGG's fc6/fc7); padded to
-    keep the size, so it slides over inputs of any size instead of needing pool5 to be 7x7."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
+    """Return a fully connected layer as a convolution over the whole map (VGG's fc6/fc7).
+
+    Padded to keep the size, so it slides over inputs of any size instead of needing pool5 to be
+    7x7.
+    """
+    return nn.Conv2d(
+        in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation
+    )
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -95,5 +118,5 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def crop_to(x: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
-    """The top-left ``hw`` of (N, C, H, W): undoes ``pad_to_multiple``."""
+    """Return the top-left ``hw`` of (N, C, H, W): undoes ``pad_to_multiple``."""
     return x if tuple(x.shape[-2:]) == tuple(hw) else x[..., :hw[0], :hw[1]]

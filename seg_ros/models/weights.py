@@ -53,11 +53,17 @@ def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _find_state_dict(obj: Any, path: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
     if not isinstance(obj, Mapping):
-        raise WeightsError(f"weights file {path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise WeightsError(
+            f"weights file {path}: expected a dict of tensors, found {type(obj).__name__}"
+        )
     meta = dict(obj.get("meta") or {}) if obj.get("format") == FORMAT_TAG else {}
     for key in _NESTED_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+        if (
+            isinstance(inner, Mapping)
+            and inner
+            and all(isinstance(v, torch.Tensor) for v in inner.values())
+        ):
             return inner, meta
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
@@ -67,7 +73,10 @@ def _find_state_dict(obj: Any, path: str) -> tuple[Mapping[str, Any], dict[str, 
 
 
 def read_weights(path: str | os.PathLike) -> WeightsFile:
-    """Load a checkpoint safely (``weights_only``) and normalise its keys; WeightsError on failure."""
+    """Load a checkpoint safely (``weights_only``) and normalise its keys.
+
+    WeightsError on failure.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightsError(f"weights file {path} does not exist")
@@ -87,9 +96,11 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
 
 
 def _why_unloadable(path: str, exc: Exception) -> str:
-    """Why ``torch.load`` refused ``path``, in plain words. PyTorch's own message for files holding
-    Python objects advises loading with ``weights_only=False``, i.e. running whatever code the
-    file carries: never repeated to a user."""
+    """Why ``torch.load`` refused ``path``, in plain words.
+
+    PyTorch's own message for files holding Python objects advises loading with
+    ``weights_only=False``, i.e. running whatever code the file carries: never repeated to a user.
+    """
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
@@ -107,7 +118,7 @@ def _why_unloadable(path: str, exc: Exception) -> str:
 
 
 def _optional_missing(model: SegmentationModel, missing: list[str]) -> bool:
-    """True when only training-only parts are missing (the aux head, BN step counters)."""
+    """Return True when only training-only parts are missing (the aux head, BN step counters)."""
     aux = model.aux_head_prefix
     return all(k.endswith("num_batches_tracked") or (aux and k.startswith(aux)) for k in missing)
 
@@ -151,7 +162,10 @@ def _abbrev(keys: list[str], limit: int = 8) -> str:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> WeightsFile:
-    """Load a checkpoint in any supported layout into ``model``; returns the file with its metadata."""
+    """Load a checkpoint in any supported layout into ``model``.
+
+    Returns the file with its metadata.
+    """
     weights = read_weights(path)
     apply_state_dict(model, weights.state_dict, weights.path, strict=strict)
     return weights

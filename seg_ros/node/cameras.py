@@ -23,8 +23,11 @@ from .diagnostics import NodeStats
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output image topic: ``~/<camera/>topic`` (``topic_refined`` for the CRF's), the
-    result field it carries, its encoder and the ``publish_*`` parameter that switches it."""
+    """One output image topic.
+
+    ``~/<camera/>topic`` (``topic_refined`` for the CRF's), the result field it carries, its
+    encoder and the ``publish_*`` parameter that switches it.
+    """
 
     topic: str
     field: str
@@ -43,8 +46,11 @@ OUTPUTS: tuple[OutputSpec, ...] = (
 
 
 def image_msg(header, encoding: str, step: int, data, array_2d: np.ndarray) -> Image:
-    """An Image sharing ``header``; the pixels are copied once, into the array.array rclpy uses
-    (``check_fields=True`` makes the setter keep that array instead of copying it again)."""
+    """Return an Image sharing ``header``.
+
+    The pixels are copied once, into the array.array rclpy uses (``check_fields=True`` makes the
+    setter keep that array instead of copying it again).
+    """
     msg = Image(check_fields=True)
     msg.header = header
     msg.height, msg.width = int(array_2d.shape[0]), int(array_2d.shape[1])
@@ -77,7 +83,7 @@ class OutputSet:
 
 
 def frame_options(wanted: dict[str, bool], settings: Any, keep_scores: bool) -> FrameOptions:
-    """The pipeline's per-frame options for the outputs wanted and the run-time parameters."""
+    """Return the pipeline's per-frame options for the outputs wanted and run-time parameters."""
     return FrameOptions(color=wanted.get("color", False), overlay=wanted.get("overlay", False),
                         confidence=wanted.get("confidence", False),
                         overlay_alpha=settings.overlay_alpha, keep_scores=keep_scores,
@@ -87,8 +93,10 @@ def frame_options(wanted: dict[str, bool], settings: Any, keep_scores: bool) -> 
 
 
 class Camera:
-    """One camera: where its frames and camera_info come from, where its results go, and its
-    statistics. ``name`` is ``""`` for the single-camera node."""
+    """One camera: where its frames and camera_info come from.
+
+    Where its results go, and its statistics. ``name`` is ``""`` for the single-camera node.
+    """
 
     def __init__(self, name: str, resolve: Callable[[str], str], transport: str) -> None:
         self.name = name
@@ -115,8 +123,10 @@ class Camera:
 
     def publish_camera_info(self, header, frame_hw: tuple[int, int],
                             labels_hw: tuple[int, int]) -> None:
-        """The newest CameraInfo with the labels' header, scaled to the labels' size; nothing
-        when none came in or nobody listens."""
+        """Return the newest CameraInfo with the labels' header.
+
+        Scaled to the labels' size; nothing when none came in or nobody listens.
+        """
         info = self._info
         if info is None or self.pub_info.get_subscription_count() == 0:
             return
@@ -132,10 +142,15 @@ class Camera:
 
 
 def scaled_camera_info(info: CameraInfo, scale_x: float, scale_y: float) -> CameraInfo:
-    """A copy of ``info`` for its image resized by the factors (:mod:`seg_ros.camera_info`)."""
+    """Return a copy of ``info`` for its image resized by the factors (seg_ros.camera_info)."""
     roi = info.roi
-    scaled = Intrinsics(info.width, info.height, tuple(info.k), tuple(info.p),
-                        (roi.x_offset, roi.y_offset, roi.width, roi.height)).scaled(scale_x, scale_y)
+    scaled = Intrinsics(
+        info.width,
+        info.height,
+        tuple(info.k),
+        tuple(info.p),
+        (roi.x_offset, roi.y_offset, roi.width, roi.height),
+    ).scaled(scale_x, scale_y)
     out = CameraInfo()
     out.header = info.header
     out.distortion_model, out.d, out.r = info.distortion_model, list(info.d), info.r

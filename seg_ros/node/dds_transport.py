@@ -45,7 +45,10 @@ def fastdds_in_use(env: Mapping[str, str]) -> bool:
 
 
 def user_configuration(env: Mapping[str, str], cwd: Path) -> str | None:
-    """The user's own Fast DDS transport configuration, described; None when there is none."""
+    """Return the user's own Fast DDS transport configuration.
+
+    Described; None when there is none.
+    """
     for name in USER_VARS:
         if env.get(name, "").strip():
             return f"{name}={env[name]}"
@@ -55,7 +58,7 @@ def user_configuration(env: Mapping[str, str], cwd: Path) -> str | None:
 
 
 def transport_defaults(env: Mapping[str, str], cwd: Path, profile: Path) -> TransportDefaults:
-    """The shipped profile for Fast DDS when the user configured none; else nothing."""
+    """Return the shipped profile for Fast DDS when the user configured none; else nothing."""
     if not fastdds_in_use(env):
         return TransportDefaults({}, f"DDS: {env['RMW_IMPLEMENTATION']} in use; no Fast DDS "
                                      f"profile applied")
@@ -74,8 +77,10 @@ def transport_defaults(env: Mapping[str, str], cwd: Path, profile: Path) -> Tran
 
 def apply_transport_defaults(logger_name: str = "segment_node",
                              env: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set the defaults in this process's environment (call before ``rclpy.init``), log one line,
-    and return the variables set."""
+    """Set the defaults in this process's environment (call before ``rclpy.init``).
+
+    Log one line, and return the variables set.
+    """
     import rclpy.logging  # works before rclpy.init; imported here so the rest is ROS-free
 
     env = os.environ if env is None else env

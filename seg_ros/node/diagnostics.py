@@ -26,7 +26,10 @@ class Report:
 
 
 class NodeStats:
-    """Counts frames in, out, dropped and failed (by kind); keeps recent latencies for percentiles."""
+    """Count frames in, out, dropped and failed (by kind).
+
+    Keeps recent latencies for percentiles.
+    """
 
     def __init__(self, error_kinds: tuple[str, ...] = (), clock=time.monotonic) -> None:
         self._lock = threading.Lock()
@@ -61,7 +64,7 @@ class NodeStats:
             self._latencies.append(latency_s)
 
     def frame_idle(self) -> None:
-        """A frame not processed because no output has a subscriber."""
+        """Count a frame not processed because no output has a subscriber."""
         with self._lock:
             self.skipped_idle += 1
 
@@ -78,11 +81,15 @@ class NodeStats:
         span = min(RATE_WINDOW_S, now - self.started)
         return len(times) / span if span > 0 else 0.0
 
-    def report(self, stale_after_s: float, error_threshold: int, input_topic: str = "input") -> Report:
+    def report(
+        self, stale_after_s: float, error_threshold: int, input_topic: str = "input"
+    ) -> Report:
         now = self._clock()
         with self._lock:
             lat = np.array(self._latencies, dtype=np.float64) * 1e3
-            since_input = (now - self.last_input) if self.last_input is not None else (now - self.started)
+            since_input = (
+                (now - self.last_input) if self.last_input is not None else (now - self.started)
+            )
             values = [
                 ("input_rate_hz", f"{self._rate(self._in_times, now):.2f}"),
                 ("output_rate_hz", f"{self._rate(self._out_times, now):.2f}"),
@@ -101,7 +108,9 @@ class NodeStats:
             failures = self.consecutive_failures
             last_error = self.last_error
         if failures >= error_threshold:
-            return Report(ERROR, f"{failures} consecutive frames failed; last: {last_error}", values)
+            return Report(
+                ERROR, f"{failures} consecutive frames failed; last: {last_error}", values
+            )
         if since_input > stale_after_s:
             return Report(WARN, f"no frame on {input_topic} for {since_input:.1f} s", values)
         return Report(OK, "running", values)

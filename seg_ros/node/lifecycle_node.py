@@ -53,8 +53,11 @@ def _reason(exc: Exception) -> str:
 
 
 def _logged(name: str) -> Callable[[Transition], Transition]:
-    """A transition callback that raises logs one line and returns ERROR (rclpy would turn the
-    exception into ERROR silently), so error processing follows with the reason on record."""
+    """Log one line and return ERROR when a transition callback raises.
+
+    A transition callback that raises logs one line and returns ERROR (rclpy would turn the
+    exception into ERROR silently), so error processing follows with the reason on record.
+    """
     def wrap(callback: Transition) -> Transition:
         @functools.wraps(callback)
         def run(self: "SegmentLifecycleNode", state: LifecycleState) -> TransitionCallbackReturn:
@@ -89,8 +92,11 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         self.get_logger().info("unconfigured: parameters declared, waiting for configure")
 
     def lifecycle_state(self) -> str:
-        """The current state's label (rclpy has no public getter; its own trigger_shutdown reads
-        the state machine the same way)."""
+        """Return the current state's label.
+
+        The current state's label (rclpy has no public getter; its own trigger_shutdown reads
+        the state machine the same way).
+        """
         return self._state_machine.current_state[1]
 
     # -- transitions ----------------------------------------------------------------------
@@ -154,9 +160,11 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         return result
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """After a transition raised (logged by :func:`_logged`): back to unconfigured with
-        nothing loaded, so a manager can configure again; FAILURE (finalized) if even that
-        fails."""
+        """After a transition raised (logged by :func:`_logged`).
+
+        Back to unconfigured with nothing loaded, so a manager can configure again; FAILURE
+        (finalized) if even that fails.
+        """
         try:
             self.stop_frames(timeout=None)
             self.release()
@@ -168,9 +176,12 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
         return SUCCESS
 
     def _warm_up_unless_stopped(self) -> bool:
-        """:meth:`warm_up` on a helper thread, waited for here, so that a stop signal during a
-        trace that cannot be interrupted still ends the process promptly. False: a stop was
-        requested first (the trace runs on; the process will not wait for it)."""
+        """:meth:`warm_up` on a helper thread.
+
+        Waited for here, so that a stop signal during a trace that cannot be interrupted still ends
+        the process promptly. False: a stop was requested first (the trace runs on; the process
+        will not wait for it).
+        """
         failure: list[Exception] = []
 
         def warm_up() -> None:
@@ -199,8 +210,11 @@ class SegmentLifecycleNode(SegmentParts, LifecycleNode):
 
     # -- the end of the process -----------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
-        """On a stop signal: the shutdown transition from whatever primary state the node is in
-        (managers see 'finalized'). False when the worker is still busy with a frame."""
+        """On a stop signal.
+
+        The shutdown transition from whatever primary state the node is in (managers see
+        'finalized'). False when the worker is still busy with a frame.
+        """
         if self.lifecycle_state() in PRIMARY_STATES and rclpy.ok(context=self.context):
             self.trigger_shutdown()
         else:  # finalized already, or ROS shut down under us: just let go of everything

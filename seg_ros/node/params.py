@@ -1,5 +1,7 @@
-"""The node's parameters: one table used to declare them, to validate them (at start-up and at
-run time), to write config/segment.yaml's documentation and to test the config file against.
+"""The node's parameters: one table used to declare them.
+
+To validate them (at start-up and at run time), to write config/segment.yaml's documentation and to
+test the config file against.
 
 ROS-free on purpose (rclpy is imported only by :func:`descriptor`), so the table can be checked
 on machines without ROS.
@@ -41,64 +43,172 @@ class ParamSpec:
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "ddrnet23_slim", "segmentation network architecture", True, choices=tuple(list_models())),
-    ParamSpec("weights", "default", "weights file; 'default' = the model's shipped weights (an "
-              "error for a model that ships none), 'none' = random initialisation (tests only)",
-              True),
-    ParamSpec("classes", "", "classes YAML file or built-in name (camvid, cityscapes); "
-              "empty = from the weights file, else camvid", True),
-    ParamSpec("backend", "auto", "inference backend; auto = torch (measured fastest on CPU, "
-              "not measured on CUDA; docs/backends.md)", True, choices=BACKENDS),
+    ParamSpec(
+        "model",
+        "ddrnet23_slim",
+        "segmentation network architecture",
+        True,
+        choices=tuple(list_models()),
+    ),
+    ParamSpec(
+        "weights",
+        "default",
+        "weights file; 'default' = the model's shipped weights (an "
+        "error for a model that ships none), 'none' = random initialisation (tests only)",
+        True,
+    ),
+    ParamSpec(
+        "classes",
+        "",
+        "classes YAML file or built-in name (camvid, cityscapes); "
+        "empty = from the weights file, else camvid",
+        True,
+    ),
+    ParamSpec(
+        "backend",
+        "auto",
+        "inference backend; auto = torch (measured fastest on CPU, "
+        "not measured on CUDA; docs/backends.md)",
+        True,
+        choices=BACKENDS,
+    ),
     ParamSpec("device", "auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", True),
     ParamSpec("precision", "fp32", "fp32, or fp16 (CUDA only)", True, choices=PRECISION_CHOICES),
-    ParamSpec("output_stride", 0, "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "
-              "model's own (DDRNet's is fixed)", True, int_range=(0, 16)),
-    ParamSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)),
-    ParamSpec("input_size", [0, 0], "inference size [height, width]; [0, 0] = the weights' training "
-              "size, else each frame's own size", True),
+    ParamSpec(
+        "output_stride",
+        0,
+        "backbone output stride of DeepLab/PSPNet models, 8 or 16; 0 = the "
+        "model's own (DDRNet's is fixed)",
+        True,
+        int_range=(0, 16),
+    ),
+    ParamSpec(
+        "num_threads", 0, "CPU inference threads (0 = library default)", True, int_range=(0, 256)
+    ),
+    ParamSpec(
+        "input_size",
+        [0, 0],
+        "inference size [height, width]; [0, 0] = the weights' training "
+        "size, else each frame's own size",
+        True,
+    ),
     ParamSpec("keep_aspect", True, "scale frames into input_size keeping their aspect ratio"),
-    ParamSpec("output_resolution", "input", "labels at the 'input' frame size or the 'inference' size",
-              choices=OUTPUT_RESOLUTIONS),
-    ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, "frames with more pixels are skipped "
-              "and counted (too_large)", int_range=(1, 1 << 30)),
-    ParamSpec("input_transport", "raw", "'raw': sensor_msgs/Image on 'image'; 'compressed': "
-              "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'", True, choices=TRANSPORTS),
-    ParamSpec("cameras", [], "camera names, e.g. [front, left]: one node segments them all, "
-              "batched, from <name>/image to ~/<name>/labels...; unset or [] = one camera on "
-              f"'image' (at most {MAX_BATCH})", True),
-    ParamSpec("batch_timeout_ms", 5.0, "how long a camera's frame waits for the other live "
-              "cameras' frames to share its forward pass", float_range=(0.0, 1000.0)),
-    ParamSpec("qos_reliability", "best_effort", "input subscription reliability: best_effort "
-              "(sensor data) or reliable", True, choices=RELIABILITIES),
-    ParamSpec("qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)),
-    ParamSpec("publish_labels", True, "publish ~/labels (mono8 class ids, mono16 above 256 classes)"),
+    ParamSpec(
+        "output_resolution",
+        "input",
+        "labels at the 'input' frame size or the 'inference' size",
+        choices=OUTPUT_RESOLUTIONS,
+    ),
+    ParamSpec(
+        "max_input_pixels",
+        DEFAULT_MAX_INPUT_PIXELS,
+        "frames with more pixels are skipped and counted (too_large)",
+        int_range=(1, 1 << 30),
+    ),
+    ParamSpec(
+        "input_transport",
+        "raw",
+        "'raw': sensor_msgs/Image on 'image'; 'compressed': "
+        "sensor_msgs/CompressedImage (jpeg, png) on 'image/compressed'",
+        True,
+        choices=TRANSPORTS,
+    ),
+    ParamSpec(
+        "cameras",
+        [],
+        "camera names, e.g. [front, left]: one node segments them all, "
+        "batched, from <name>/image to ~/<name>/labels...; unset or [] = one camera on "
+        f"'image' (at most {MAX_BATCH})",
+        True,
+    ),
+    ParamSpec(
+        "batch_timeout_ms",
+        5.0,
+        "how long a camera's frame waits for the other live "
+        "cameras' frames to share its forward pass",
+        float_range=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "qos_reliability",
+        "best_effort",
+        "input subscription reliability: best_effort (sensor data) or reliable",
+        True,
+        choices=RELIABILITIES,
+    ),
+    ParamSpec(
+        "qos_depth", 1, "input and output queue depth (keep last)", True, int_range=(1, 100)
+    ),
+    ParamSpec(
+        "publish_labels", True, "publish ~/labels (mono8 class ids, mono16 above 256 classes)"
+    ),
     ParamSpec("publish_color_mask", True, "publish ~/color_mask (rgb8 class colours)"),
     ParamSpec("publish_overlay", True, "publish ~/overlay (rgb8 colours blended over the frame)"),
     ParamSpec("publish_confidence", False, "publish ~/confidence (32FC1 max class probability)"),
-    ParamSpec("overlay_alpha", 0.5, "weight of the class colours in ~/overlay",
-              float_range=(0.0, 1.0)),
-    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", True,
-              float_range=(0.1, 60.0)),
-    ParamSpec("stale_input_timeout", 2.0, "diagnostics WARN when no frame arrived for this many seconds",
-              float_range=(0.1, 3600.0)),
-    ParamSpec("error_threshold", 5, "diagnostics ERROR after this many consecutive failed frames",
-              int_range=(1, 100000)),
+    ParamSpec(
+        "overlay_alpha", 0.5, "weight of the class colours in ~/overlay", float_range=(0.0, 1.0)
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "seconds between /diagnostics messages",
+        True,
+        float_range=(0.1, 60.0),
+    ),
+    ParamSpec(
+        "stale_input_timeout",
+        2.0,
+        "diagnostics WARN when no frame arrived for this many seconds",
+        float_range=(0.1, 3600.0),
+    ),
+    ParamSpec(
+        "error_threshold",
+        5,
+        "diagnostics ERROR after this many consecutive failed frames",
+        int_range=(1, 100000),
+    ),
     # CRF refinement (docs/crf.md); defaults as config/crf.yaml (DeepLab v2's dense-CRF settings)
-    ParamSpec("crf", "off", "CRF refinement: off, fast (local-window mean-field on the model's device) "
-              "or dense (pydensecrf on the CPU, seconds per frame); refined labels on ~/labels_refined",
-              True, choices=CRF_MODES),
-    ParamSpec("crf_replaces_labels", False, "publish the CRF-refined labels on ~/labels, ~/color_mask "
-              "and ~/overlay instead of ~/labels_refined, ... (adds the CRF time to their latency)", True),
-    *(ParamSpec(f"crf_{name}", default, description, True,
-                int_range=rng if isinstance(default, int) else None,
-                float_range=None if isinstance(default, int) else rng)
-      for name, default, description, rng in crf_parameter_table()),
+    ParamSpec(
+        "crf",
+        "off",
+        "CRF refinement: off, fast (local-window mean-field on the model's device) "
+        "or dense (pydensecrf on the CPU, seconds per frame); refined labels on ~/labels_refined",
+        True,
+        choices=CRF_MODES,
+    ),
+    ParamSpec(
+        "crf_replaces_labels",
+        False,
+        "publish the CRF-refined labels on ~/labels, ~/color_mask "
+        "and ~/overlay instead of ~/labels_refined, ... (adds the CRF time to their latency)",
+        True,
+    ),
+    *(
+        ParamSpec(
+            f"crf_{name}",
+            default,
+            description,
+            True,
+            int_range=rng if isinstance(default, int) else None,
+            float_range=None if isinstance(default, int) else rng,
+        )
+        for name, default, description, rng in crf_parameter_table()
+    ),
     # Class metadata, filled in by the node from the loaded model (read by downstream nodes).
     ParamSpec("class_names", [""], "class names by id (set by the node)", True, in_yaml=False),
-    ParamSpec("class_colors", [0], "class colours, flat [r0, g0, b0, r1, ...] (set by the node)", True,
-              in_yaml=False),
-    ParamSpec("ignore_id", -1, "label id of 'ignore'/void pixels in training data, -1 = none "
-              "(set by the node)", True, in_yaml=False),
+    ParamSpec(
+        "class_colors",
+        [0],
+        "class colours, flat [r0, g0, b0, r1, ...] (set by the node)",
+        True,
+        in_yaml=False,
+    ),
+    ParamSpec(
+        "ignore_id",
+        -1,
+        "label id of 'ignore'/void pixels in training data, -1 = none (set by the node)",
+        True,
+        in_yaml=False,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 RUNTIME_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml and not p.read_only)
@@ -110,15 +220,18 @@ Settings.__doc__ = "The node's run-time changeable parameters (the table's non-r
 
 
 def settings_from(values: dict[str, Any]) -> Any:
-    """A :data:`Settings` from parameter values (extra names ignored)."""
+    """Return a :data:`Settings` from parameter values (extra names ignored)."""
     return Settings(**{name: values[name] for name in RUNTIME_NAMES})
 CONFIG_NAMES = tuple(p.name for p in PARAMETERS if p.in_yaml)
 METADATA_NAMES = tuple(p.name for p in PARAMETERS if not p.in_yaml)
 
 
 def validate(name: str, value: Any) -> str | None:
-    """Why ``value`` is invalid for parameter ``name`` (None when valid). Types and ranges are also
-    enforced by the descriptors; this adds choices and structure, with the same wording."""
+    """Why ``value`` is invalid for parameter ``name`` (None when valid).
+
+    Types and ranges are also enforced by the descriptors; this adds choices and structure, with
+    the same wording.
+    """
     spec = SPECS.get(name)
     if spec is None:
         return None
@@ -141,7 +254,8 @@ def validate(name: str, value: Any) -> str | None:
     if name == "input_size":
         size = list(value)
         if len(size) != 2 or not (size == [0, 0] or all(8 <= int(v) <= 16384 for v in size)):
-            return f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, got {size}"
+            return (f"must be [height, width] with each in 8..16384, or [0, 0] for automatic, "
+                    f"got {size}")
     return None
 
 
@@ -158,29 +272,46 @@ def _cameras_problem(names: list[str]) -> str | None:
 
 
 def unquoted_off(name: str, value: Any) -> Any:
-    """``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML 1.1);
-    for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no mode."""
+    """Read the boolean false as 'off' for a mode parameter that has an 'off' choice.
+
+    ``-p crf:=off`` and an unquoted ``crf: off`` in YAML reach the node as the boolean false (YAML
+    1.1); for a mode parameter that has an 'off' choice, read it as 'off'. A boolean true names no
+    mode.
+    """
     spec = SPECS.get(name)
-    if spec is None or not isinstance(value, bool) or spec.choices is None or "off" not in spec.choices:
+    if (
+        spec is None
+        or not isinstance(value, bool)
+        or spec.choices is None
+        or "off" not in spec.choices
+    ):
         return value
     if value:
-        raise ValueError(f"parameter {name!r} got the boolean true; it must be one of {', '.join(spec.choices)}")
+        raise ValueError(
+            f"parameter {name!r} got the boolean true; it must be one of {', '.join(spec.choices)}"
+        )
     return "off"
 
 
 def model_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Build options for the model from the parameters (only those set, so every model accepts them)."""
+    """Return build options for the model from the parameters.
+
+    Only those set, so every model accepts them.
+    """
     return {"output_stride": values["output_stride"]} if values.get("output_stride") else {}
 
 
 def input_size(value: Sequence[int]) -> tuple[int, int] | None:
-    """The pipeline's input_size from the parameter ([0, 0] = automatic)."""
+    """Return the pipeline's input_size from the parameter ([0, 0] = automatic)."""
     size = [int(v) for v in value]
     return None if size == [0, 0] else (size[0], size[1])
 
 
 def _ros_type(default: Any) -> int:
-    """The rcl_interfaces ParameterType of ``default``, so a wrongly typed override is rejected."""
+    """Return the rcl_interfaces ParameterType of ``default``.
+
+    So a wrongly typed override is rejected.
+    """
     from rcl_interfaces.msg import ParameterType as T
 
     if isinstance(default, bool):
@@ -207,14 +338,20 @@ def descriptor(spec: ParamSpec):
     """rcl_interfaces ParameterDescriptor for ``spec`` (description, range, read-only)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only,
-                               type=_ros_type(spec.default))
+    desc = ParameterDescriptor(
+        name=spec.name,
+        description=spec.description,
+        read_only=spec.read_only,
+        type=_ros_type(spec.default),
+    )
     if spec.choices is not None:
         desc.additional_constraints = f"one of: {', '.join(spec.choices)}"
     if spec.default == []:
         desc.additional_constraints = "a string array (an empty one reads as a byte array)"
     if spec.int_range is not None:
-        desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+        desc.integer_range = [
+            IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)
+        ]
     if spec.float_range is not None:
         desc.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
                                                         to_value=spec.float_range[1], step=0.0)]
@@ -222,7 +359,7 @@ def descriptor(spec: ParamSpec):
 
 
 def _type_name(value: Any) -> str:
-    """The ROS parameter type name of a Python value ('double', 'string_array', ...)."""
+    """Return the ROS parameter type name of a Python value ('double', 'string_array', ...)."""
     if isinstance(value, (list, tuple)):
         return (_type_name(value[0]) if value else "string") + "_array"
     for kind, name in ((bool, "bool"), (int, "integer"), (float, "double"), (str, "string")):
@@ -232,8 +369,11 @@ def _type_name(value: Any) -> str:
 
 
 def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
-    that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``)."""
+    """Return the ``-p`` overrides on the command line for this node.
+
+    (name, value text) of every ``-p``/``--param`` in the ``--ros-args`` sections of ``args``
+    that applies to a node called one of ``node_names`` (unprefixed, or ``node:name:=value``).
+    """
     found: list[tuple[str, str]] = []
     in_ros_args = False
     for flag, arg in zip(args, [*args[1:], ""]):
@@ -248,8 +388,11 @@ def command_line_params(args: Sequence[str], node_names: Sequence[str]) -> list[
 
 
 class _ParamsLoader(yaml.SafeLoader):
-    """YAML as rcl reads it: tags are ignored. launch_ros writes list parameters as
-    ``!!python/tuple`` (it dumps tuples), which a plain safe loader refuses."""
+    """YAML as rcl reads it.
+
+    Tags are ignored. launch_ros writes list parameters as ``!!python/tuple`` (it dumps tuples),
+    which a plain safe loader refuses.
+    """
 
 
 def _untagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
@@ -264,14 +407,17 @@ _ParamsLoader.add_multi_constructor("", _untagged)
 
 
 def load_params_file(path: str) -> Any:
-    """A ROS params file's content; OSError or yaml.YAMLError when it cannot be read."""
+    """Return a ROS params file's content; OSError or yaml.YAMLError when it cannot be read."""
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=_ParamsLoader)  # noqa: S506 - a safe loader, tags ignored
 
 
 def params_file_names(path: str, node_names: Sequence[str]) -> list[str]:
-    """The parameter names a params file sets for a node called one of ``node_names`` (by its
-    name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'."""
+    """Return the parameter names a params file sets for this node.
+
+    The parameter names a params file sets for a node called one of ``node_names`` (by its
+    name, its fully qualified name or a ``*``/``**`` wildcard), nested keys joined by '.'.
+    """
     try:
         data = load_params_file(path) or {}
     except (OSError, yaml.YAMLError):
@@ -297,8 +443,10 @@ def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def unknown_overrides(args: Sequence[str], node_names: Sequence[str]) -> list[str]:
-    """Overrides (``-p`` or ``--params-file``) of parameters the node does not declare, sorted;
-    ROS's own (``use_sim_time``, ``qos_overrides.*``) are known."""
+    """Return overrides (``-p`` or ``--params-file``) of parameters the node does not declare.
+
+    Sorted; ROS's own (``use_sim_time``, ``qos_overrides.*``) are known.
+    """
     names = [name for name, _ in command_line_params(args, node_names)]
     for flag, path in zip(args, args[1:]):
         if flag == "--params-file":
@@ -312,7 +460,8 @@ def override_problem(args: Sequence[str], node_name: str) -> str | None:
 
     rcl parses the value as YAML and, when a params file sets the same parameter, silently keeps
     the file's value for a differently typed override (``-p overlay_alpha:=abc``): the node would
-    start with a value the user did not ask for and no warning. So it is checked here first."""
+    start with a value the user did not ask for and no warning. So it is checked here first.
+    """
     renamed = [a.split(":=", 1)[1] for a in args if a.startswith("__node:=")]
     for name, text in command_line_params(args, [node_name, *renamed]):
         spec = SPECS.get(name)

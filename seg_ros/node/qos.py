@@ -20,8 +20,12 @@ def output_qos(depth: int = 1) -> QoSProfile:
 
 def latched_qos() -> QoSProfile:
     """Class metadata: transient local, so a node that subscribes later still gets it."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
 
 
 def diagnostics_qos() -> QoSProfile:

@@ -101,14 +101,17 @@ class _RosLogHandler(logging.Handler):
 
 
 class SegmentParts:
-    """The node's parts, shared by :class:`SegmentNode` (everything at start-up) and the managed
+    """The node's parts, shared by the plain and the managed node.
+
+    The node's parts, shared by :class:`SegmentNode` (everything at start-up) and the managed
     :class:`~seg_ros.node.lifecycle_node.SegmentLifecycleNode` (one part per transition).
 
     Mixed into an rclpy ``Node`` (or ``LifecycleNode``): the parts create that node's publishers,
     subscription and timer. The parts, in the order a node calls them: :meth:`init_parts`,
-    :meth:`declare_node_parameters` / :meth:`config_values`, :meth:`start_diagnostics`, :meth:`load`
-    (model, weights, publishers), :meth:`warm_up`, :meth:`subscribe` (frames in, results out),
-    :meth:`stop_frames` and :meth:`release` (model and publishers gone, memory given back).
+    :meth:`declare_node_parameters` / :meth:`config_values`, :meth:`start_diagnostics`,
+    :meth:`load` (model, weights, publishers), :meth:`warm_up`, :meth:`subscribe` (frames in,
+    results out), :meth:`stop_frames` and :meth:`release` (model and publishers gone, memory given
+    back).
 
     A subclass sets :attr:`RECONFIGURABLE` and may override the hooks :meth:`_create_output`,
     :meth:`_destroy_output`, :meth:`_restart_parameter_refusal` and :meth:`_health`.
@@ -146,10 +149,12 @@ class SegmentParts:
         self._hardware_id = socket.gethostname()
 
     def declare_node_parameters(self, cli_args: list[str] | None = None) -> dict[str, Any]:
-        """Declare every configurable parameter (command-line and params-file overrides applied);
-        their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
+        """Declare every configurable parameter (command-line and params-file overrides applied).
+
+        Their values, not yet validated (:meth:`config_values`). Raises ConfigError for a value
         rclpy refuses (wrong type, out of range). ``cli_args``: the process's ROS arguments, to
-        warn about overrides of parameters this node does not have."""
+        warn about overrides of parameters this node does not have.
+        """
         values = {spec.name: self._declare(spec) for spec in P.PARAMETERS if spec.in_yaml}
         node_names = [self.get_name(), self.get_fully_qualified_name()]
         for name in P.unknown_overrides(sys.argv if cli_args is None else cli_args, node_names):
@@ -158,12 +163,15 @@ class SegmentParts:
         return values
 
     def _declare(self, spec: P.ParamSpec) -> Any:
-        """Declare one parameter; its value. Two kinds are declared loosely (dynamically typed)
-        first and get their real descriptor once their value is fixed: a mode with an 'off'
-        choice, so that an unquoted ``off`` (YAML's false) reads as 'off'; and the string array
-        ``cameras`` with its [] default, which ROS can hold only dynamically typed (an empty
-        array has no element type; a params file's ``[]`` arrives unset, which would empty
-        ``ros2 param dump``), so :func:`params.validate` checks its type instead."""
+        """Declare one parameter; its value.
+
+        Two kinds are declared loosely (dynamically typed) first and get their real descriptor once
+        their value is fixed: a mode with an 'off' choice, so that an unquoted ``off`` (YAML's
+        false) reads as 'off'; and the string array ``cameras`` with its [] default, which ROS can
+        hold only dynamically typed (an empty array has no element type; a params file's ``[]``
+        arrives unset, which would empty ``ros2 param dump``), so :func:`params.validate` checks
+        its type instead.
+        """
         descriptor = self._descriptor(spec)
         empty_array = spec.default == []
         try:
@@ -186,8 +194,11 @@ class SegmentParts:
             raise ConfigError(f"parameter {spec.name!r}: {exc}") from None
 
     def config_values(self) -> dict[str, Any]:
-        """The current value of every configurable parameter; ConfigError naming the first
-        invalid one (a choice or structure rclpy's descriptors cannot express)."""
+        """Return the current value of every configurable parameter.
+
+        ConfigError naming the first invalid one (a choice or structure rclpy's descriptors cannot
+        express).
+        """
         values = {name: self.get_parameter(name).value for name in P.CONFIG_NAMES}
         for name, value in values.items():
             reason = P.validate(name, value)
@@ -197,13 +208,18 @@ class SegmentParts:
 
     def start_diagnostics(self, period: float) -> None:
         """/diagnostics every ``period`` seconds, whatever is loaded (see :meth:`_health`)."""
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
+        self.pub_diagnostics = self.create_publisher(
+            DiagnosticArray, "/diagnostics", diagnostics_qos()
+        )
         self._diag_timer = self.create_timer(period, self._publish_diagnostics)
 
     def load(self, values: dict[str, Any]) -> None:
-        """Build the pipeline (model and weights), declare the class metadata parameters and
-        create the output publishers and the CRF refiner. Raises ConfigError / WeightsError with
-        one clear message; what it built before failing is dropped by :meth:`release`."""
+        """Build the pipeline (model and weights).
+
+        Declare the class metadata parameters and create the output publishers and the CRF refiner.
+        Raises ConfigError / WeightsError with one clear message; what it built before failing is
+        dropped by :meth:`release`.
+        """
         self.settings = P.settings_from(values)
         self.transport = values["input_transport"]
         self._qos_reliability = values["qos_reliability"]
@@ -211,14 +227,23 @@ class SegmentParts:
         names = list(values["cameras"] or [""])
         self.cameras = [Camera(name, self.resolve_topic_name, self.transport) for name in names]
         self.input_topic = ", ".join(camera.input_topic for camera in self.cameras)
-        self.pipeline = SegmentationPipeline(PipelineConfig(
-            model=values["model"], backend=values["backend"], weights=values["weights"],
-            classes=values["classes"] or None,
-            device=values["device"], precision=values["precision"],
-            input_size=P.input_size(values["input_size"]), keep_aspect=values["keep_aspect"],
-            output_resolution=values["output_resolution"], max_input_pixels=values["max_input_pixels"],
-            num_threads=values["num_threads"], max_batch=len(self.cameras),
-            model_options=P.model_options(values)))
+        self.pipeline = SegmentationPipeline(
+            PipelineConfig(
+                model=values["model"],
+                backend=values["backend"],
+                weights=values["weights"],
+                classes=values["classes"] or None,
+                device=values["device"],
+                precision=values["precision"],
+                input_size=P.input_size(values["input_size"]),
+                keep_aspect=values["keep_aspect"],
+                output_resolution=values["output_resolution"],
+                max_input_pixels=values["max_input_pixels"],
+                num_threads=values["num_threads"],
+                max_batch=len(self.cameras),
+                model_options=P.model_options(values),
+            )
+        )
         self.info = self.pipeline.describe()
         self._hardware_id = f"{socket.gethostname()}/{self.info['device']}"
         self._declare_class_metadata()
@@ -235,8 +260,10 @@ class SegmentParts:
         self._last_warn: dict[str, tuple[float, int]] = {}
 
     def warm_up(self) -> None:
-        """Trace/capture the per-shape graph at the configured input size now, not on the first
-        camera frame. Raises what the model raises when it cannot run at all."""
+        """Trace/capture the per-shape graph at the configured input size now.
+
+        Not on the first camera frame. Raises what the model raises when it cannot run at all.
+        """
         started = time.monotonic()
         batch_sizes = range(1, len(self.cameras) + 1)
         warmed = self.pipeline.warm_up(batch_sizes)
@@ -246,7 +273,10 @@ class SegmentParts:
                                    f"{time.monotonic() - started:.1f} s")
 
     def announce_ready(self) -> None:
-        """Publish the class metadata on ~/class_info (latched: it also says 'ready') and log it."""
+        """Publish the class metadata on ~/class_info and log it.
+
+        Latched: it also says 'ready'.
+        """
         self.pub_class_info.publish(String(data=class_info_json(self.pipeline)))
         self.get_logger().info(
             f"ready: model {self.info['model']} ({self.info['weights']}), "
@@ -255,10 +285,13 @@ class SegmentParts:
             f"({self.transport}, {self._qos_reliability})")
 
     def subscribe(self, first: Callable[[threading.Event], bool] | None = None) -> None:
-        """Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
+        """Take frames: subscribe and start the worker thread.
+
+        Take frames: subscription callbacks -> LatestFrames (one latest-wins slot per camera)
         -> a new worker thread, which runs ``first(stopping)`` (if given) before its first batch
         and ends at once when that returns False. Each camera's camera_info is kept for
-        republishing with its labels."""
+        republishing with its labels.
+        """
         self.frames = LatestFrames(list(range(len(self.cameras))))
         self.frames.wait_s = self.settings.batch_timeout_ms / 1e3
         self._worker = BackgroundWorker(self._handle_batch, self._on_batch_error,
@@ -273,18 +306,24 @@ class SegmentParts:
                                          qos)]
 
     def stop_frames(self, timeout: float | None = STOP_TIMEOUT_S) -> bool:
-        """Stop taking frames: unsubscribe, and let the worker finish the batch in hand; wait for
-        it at most ``timeout`` seconds (None: as long as that batch takes). False when it is
-        still busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        """Stop taking frames: unsubscribe.
+
+        And let the worker finish the batch in hand; wait for it at most ``timeout`` seconds (None:
+        as long as that batch takes). False when it is still busy, e.g. in the warm-up trace, which
+        cannot be interrupted.
+        """
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions = []
         return self._worker is None or self._worker.stop(timeout)
 
     def release(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Drop the CRF refiner, the output publishers and the model, and give the memory back
-        (CUDA cache, glibc's free pages), so that another model can be loaded in this process.
-        Call after :meth:`stop_frames`; safe after a partial :meth:`load`."""
+        """Drop the CRF refiner.
+
+        The output publishers and the model, and give the memory back (CUDA cache, glibc's free
+        pages), so that another model can be loaded in this process. Call after
+        :meth:`stop_frames`; safe after a partial :meth:`load`.
+        """
         if self.crf_worker is not None:
             self.crf_worker.stop(timeout)
             self.crf_worker = None
@@ -319,7 +358,7 @@ class SegmentParts:
         return f"parameter {name!r} is read-only (needs a restart)"
 
     def _health(self) -> Report:
-        """What /diagnostics says: the frame statistics and what is running."""
+        """Return what /diagnostics says: the frame statistics and what is running."""
         return self._running_report()
 
     # -- parameters -----------------------------------------------------------------------
@@ -328,9 +367,16 @@ class SegmentParts:
         if self.RECONFIGURABLE and spec.read_only:  # _on_set_parameters decides when
             desc.read_only = False
             desc.additional_constraints = "; ".join(
-                filter(None, [desc.additional_constraints,
-                              "set by the node" if not spec.in_yaml
-                              else "changeable while unconfigured; applied at the next configure"]))
+                filter(
+                    None,
+                    [
+                        desc.additional_constraints,
+                        "set by the node"
+                        if not spec.in_yaml
+                        else "changeable while unconfigured; applied at the next configure",
+                    ],
+                )
+            )
         return desc
 
     def _declare_class_metadata(self) -> None:
@@ -354,12 +400,16 @@ class SegmentParts:
                     return SetParametersResult(successful=False, reason=refusal)
             reason = P.validate(param.name, param.value)
             if reason:
-                return SetParametersResult(successful=False, reason=f"parameter {param.name!r} {reason}")
+                return SetParametersResult(
+                    successful=False, reason=f"parameter {param.name!r} {reason}"
+                )
             changes[param.name] = param.value
         updates = {k: v for k, v in changes.items() if k in P.RUNTIME_NAMES}
         if updates:
             self.settings = dataclasses.replace(self.settings, **updates)
-            self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
+            self.get_logger().info(
+                "parameters changed: " + ", ".join(f"{k}={v}" for k, v in updates.items())
+            )
         return SetParametersResult(successful=True)
 
     # -- frames -------------------------------------------------------------------------
@@ -378,21 +428,26 @@ class SegmentParts:
         self._process(self._round_robin(batch))
 
     def _on_batch_error(self, batch: dict[int, tuple[Any, float]], exc: Exception) -> None:
-        """A failure outside any one frame's handling: said once (throttled), unless ROS is
-        gone (shutting down)."""
+        """Report a failure outside any one frame's handling.
+
+        A failure outside any one frame's handling: said once (throttled), unless ROS is gone
+        (shutting down).
+        """
         if rclpy.ok(context=self.context):
             self._warn_throttled(PROCESSING_ERROR, f"batch failed: {type(exc).__name__}: {exc}",
                                  error=True)
 
     def _round_robin(self, batch: dict[int, tuple[Any, float]]) -> list[_Frame]:
-        """The batch's frames, a different camera first each time (its group runs first)."""
+        """Return the batch's frames, a different camera first each time (its group runs first)."""
         order = sorted(batch, key=lambda i: (i - self._first_camera) % len(self.cameras))
         self._first_camera = (self._first_camera + 1) % len(self.cameras)
         return [_Frame(self.cameras[i], *batch[i]) for i in order]
 
     def _process(self, frames: list[_Frame]) -> None:
-        """Decode each camera's frame, segment them together, publish each camera's results. One
-        camera's bad frame is counted against that camera and costs the others nothing."""
+        """Decode each camera's frame, segment them together, publish each camera's results.
+
+        One camera's bad frame is counted against that camera and costs the others nothing.
+        """
         s = self.settings
         inline = self.refiner is not None and self.crf_worker is None  # crf_replaces_labels
         jobs = [job for job in (self._prepare(frame, s) for frame in frames) if job is not None]
@@ -427,8 +482,10 @@ class SegmentParts:
             self.crf_worker.submit(refine_later)
 
     def _prepare(self, frame: _Frame, s: Any) -> _Job | None:
-        """The decoded frame and what to compute for it; None when nothing is wanted (counted
-        idle) or the frame is bad (counted by kind)."""
+        """Return the decoded frame and what to compute for it.
+
+        None when nothing is wanted (counted idle) or the frame is bad (counted by kind).
+        """
         camera = frame.camera
         wanted = camera.raw.wanted(s)
         refine = self.crf_worker is not None and any(camera.refined.wanted(s).values())
@@ -469,7 +526,10 @@ class SegmentParts:
                                                f"{type(exc).__name__}: {exc}", error=True)
 
     def _warn_throttled(self, kind: str, text: str, error: bool = False) -> None:
-        """At most one line per error kind every WARN_THROTTLE_S, saying how many were not shown."""
+        """Log at most one line per error kind every WARN_THROTTLE_S.
+
+        Each says how many were not shown.
+        """
         now = time.monotonic()
         last, suppressed = self._last_warn.get(kind, (-1e9, 0))
         if now - last < WARN_THROTTLE_S:
@@ -482,12 +542,20 @@ class SegmentParts:
 
     # -- CRF refinement (docs/crf.md) ----------------------------------------------------
     def _setup_crf(self, values: dict[str, Any]) -> None:
-        """Refiner per the crf* parameters. Refined outputs go to ~/*_refined from a background
-        worker (the raw stream never waits), or replace the raw ones with crf_replaces_labels."""
+        """Refiner per the crf* parameters.
+
+        Refined outputs go to ~/*_refined from a background worker (the raw stream never waits), or
+        replace the raw ones with crf_replaces_labels.
+        """
         self.crf_mode = values["crf"]
-        config = CRFConfig.from_dict({name[4:]: values[name] for name in values
-                                      if name.startswith("crf_") and name != "crf_replaces_labels"},
-                                     source="segment_node parameters")
+        config = CRFConfig.from_dict(
+            {
+                name[4:]: values[name]
+                for name in values
+                if name.startswith("crf_") and name != "crf_replaces_labels"
+            },
+            source="segment_node parameters",
+        )
         # dense holds the GIL for seconds: a helper process runs it, so callbacks keep flowing
         replaces = values["crf_replaces_labels"]
         self.refiner = create_refiner(self.crf_mode, config, self.pipeline.device, isolate=True)
@@ -495,12 +563,17 @@ class SegmentParts:
             return
         if not replaces:
             self.crf_worker = BackgroundRefiner(self._publish_refined, self._on_refine_error)
-        self.get_logger().info(f"crf {self.crf_mode}: refined labels on "
-                               + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined"))
+        self.get_logger().info(
+            f"crf {self.crf_mode}: refined labels on "
+            + ("~/labels (crf_replaces_labels)" if replaces else "~/labels_refined")
+        )
 
     def _publish_refined(self, batch: list[tuple[Camera, Any, Any]]) -> None:
-        """On the CRF worker thread: refine a batch's raw results from their kept logits and
-        publish them; a batch replaces a waiting one, so every camera keeps its turn."""
+        """On the CRF worker thread.
+
+        Refine a batch's raw results from their kept logits and publish them; a batch replaces a
+        waiting one, so every camera keeps its turn.
+        """
         s = self.settings
         for camera, result, header in batch:
             wanted = camera.refined.wanted(s)
@@ -524,16 +597,25 @@ class SegmentParts:
 
     # -- diagnostics --------------------------------------------------------------------
     def _static_values(self) -> list[tuple[str, str]]:
-        """What is running (the loaded model) and where its frames come from."""
-        return [("model", self.info["model"]), ("backend", self.info["backend"]),
-                ("device", self.info["device"]), ("precision", self.info["precision"]),
-                ("weights", str(self.info["weights"])), ("trained", str(self.pipeline.trained).lower()),
-                ("classes", self.info["classes"]), ("input_topic", self.input_topic),
-                ("input_transport", self.transport)]
+        """Return what is running (the loaded model) and where its frames come from."""
+        return [
+            ("model", self.info["model"]),
+            ("backend", self.info["backend"]),
+            ("device", self.info["device"]),
+            ("precision", self.info["precision"]),
+            ("weights", str(self.info["weights"])),
+            ("trained", str(self.pipeline.trained).lower()),
+            ("classes", self.info["classes"]),
+            ("input_topic", self.input_topic),
+            ("input_transport", self.transport),
+        ]
 
     def _running_report(self) -> Report:
-        """The node's status: its one camera's statistics, or with several cameras the worst
-        camera's level and the batch sizes (each camera also gets a status of its own)."""
+        """Return the node's status: its one camera's statistics.
+
+        Or with several cameras the worst camera's level and the batch sizes (each camera also gets
+        a status of its own).
+        """
         s = self.settings
         if len(self.cameras) == 1:
             report = self.cameras[0].stats.report(s.stale_input_timeout, s.error_threshold,
@@ -587,8 +669,10 @@ class SegmentParts:
 
 
 class SegmentNode(SegmentParts, Node):
-    """The plain node: loads, warms up and takes frames from start-up to exit. Raises
-    ConfigError / WeightsError (one clear message) when it cannot start."""
+    """The plain node: loads, warms up and takes frames from start-up to exit.
+
+    Raises ConfigError / WeightsError (one clear message) when it cannot start.
+    """
 
     def __init__(self, cli_args: list[str] | None = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
@@ -602,8 +686,11 @@ class SegmentNode(SegmentParts, Node):
         self.subscribe(first=self._warm_up_on_worker)
 
     def _warm_up_on_worker(self, stopping: threading.Event) -> bool:
-        """On the worker thread, while the subscription already counts frames: warm up, then
-        announce readiness. A model that cannot run at all is a start-up error (exit code 2)."""
+        """On the worker thread.
+
+        While the subscription already counts frames: warm up, then announce readiness. A model
+        that cannot run at all is a start-up error (exit code 2).
+        """
         try:
             self.warm_up()
         except Exception as exc:
@@ -615,9 +702,12 @@ class SegmentNode(SegmentParts, Node):
         return True
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
-        """Stop the worker (it finishes the frame in hand) and wait for it, at most ``timeout``
-        seconds (launch escalates to SIGTERM after 5 s), then release the model. False when the
-        worker is still busy, e.g. in the warm-up trace, which cannot be interrupted."""
+        """Stop the worker (it finishes the frame in hand) and wait for it.
+
+        At most ``timeout`` seconds (launch escalates to SIGTERM after 5 s), then release the
+        model. False when the worker is still busy, e.g. in the warm-up trace, which cannot be
+        interrupted.
+        """
         finished = self.stop_frames(timeout)
         self.release(timeout)
         self.remove_core_log_handler()
@@ -648,10 +738,12 @@ def _check_params_files(args: list[str]) -> str | None:
 
 
 def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> int:
-    """The node's life: check the command line, start, spin until a stop signal, clean up.
+    """Run the node's life: check the command line, start, spin until a stop signal, clean up.
+
     Start-up errors: one log line, exit code 2, no traceback. A stop signal: exit code 0.
     ``node_class``: :class:`SegmentNode` or the managed ``SegmentLifecycleNode``; it has a
-    ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait)."""
+    ``startup_error`` and a ``stop(timeout) -> bool`` (False: still busy, do not wait).
+    """
     apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
     if problem:  # rcl would print its own unhelpful line first, or drop the override silently
@@ -701,8 +793,11 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Kept for ``python -m seg_ros.node.segment_node``; the console script is
-    :func:`seg_ros.node.entry.main`, which guards the imports too."""
+    """Run the node (``python -m seg_ros.node.segment_node``).
+
+    Kept for ``python -m seg_ros.node.segment_node``; the console script is
+    :func:`seg_ros.node.entry.main`, which guards the imports too.
+    """
     from .entry import main as entry_main
 
     return entry_main(argv)

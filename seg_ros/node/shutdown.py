@@ -25,8 +25,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ShutdownRequested(BaseException):
-    """Raised in the main thread by the first stop signal during start-up (a BaseException, so
-    that ``except Exception`` in start-up code cannot swallow it)."""
+    """The first stop signal during start-up.
+
+    Raised in the main thread by the first stop signal during start-up (a BaseException, so
+    that ``except Exception`` in start-up code cannot swallow it).
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -55,9 +58,11 @@ class SignalGuard:
         self._raise_on_signal = False
 
     def ignore_from_now(self) -> None:
-        """At the very end: ignore the stop signals. Python resets its handlers to the defaults
-        while it finalises, so launch's forwarded second SIGINT would otherwise kill the
-        exiting process (exit code -2, 'process has died')."""
+        """At the very end: ignore the stop signals.
+
+        Python resets its handlers to the defaults while it finalises, so launch's forwarded second
+        SIGINT would otherwise kill the exiting process (exit code -2, 'process has died').
+        """
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
@@ -82,7 +87,8 @@ def exit_with_parent(signum: int = signal.SIGTERM) -> bool:
     (upstream launch warns 'using SIGTERM can result in orphaned processes'): with this, the
     orphaned node receives SIGTERM and stops cleanly through :class:`SignalGuard`. The launch file
     asks for it through the environment (``SEG_ROS_EXIT_WITH_PARENT=1``). False where not
-    supported (not Linux)."""
+    supported (not Linux).
+    """
     if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
