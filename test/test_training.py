@@ -51,7 +51,8 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
 def test_a_few_steps_lower_the_loss(tiny_dataset, tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(_config(tiny_dataset, tmp_path))
-    images, labels = next(iter(trainer.loader))
+    order, draws = trainer.epoch_plan()
+    images, labels = trainer.make_batch(order[0], draws[0])
     trainer.model.train()
     losses = []
     for _ in range(8):
