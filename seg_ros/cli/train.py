@@ -72,7 +72,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_profile(cfg, steps: int) -> int:
-    """Median seconds per phase of a training step (the first step, which warms up, excluded)."""
+    """Median wall and CPU milliseconds per phase of a training step (the first step, which warms
+    up, left out)."""
+    import os
     import tempfile
     import torch
     from ..training.trainer import Trainer
@@ -80,17 +82,19 @@ def run_profile(cfg, steps: int) -> int:
         cfg.out_dir, cfg.export = tmp, None
         cfg.init_weights = None  # the starting weights do not change the timing
         trainer = Trainer(cfg)
-        times = trainer.profile(steps + 1)
+        clock = trainer.profile(steps + 1)
     print(f"{cfg.name}: batch {cfg.batch_size}, crop {cfg.crop[0]}x{cfg.crop[1]}, "
           f"{trainer.device}, {torch.get_num_threads()} threads, channels_last "
           f"{cfg.channels_last}, compile {cfg.compile}; frames decoded once in "
-          f"{trainer.decode_s:.1f} s")
-    first = sum(v[0] for v in times.values())
-    steady = {phase: float(np.median(v[1:])) for phase, v in times.items()}
-    for phase, seconds in steady.items():
-        print(f"  {phase:<10} {1e3 * seconds:8.1f} ms")
-    print(f"  {'step':<10} {1e3 * sum(steady.values()):8.1f} ms (median of {steps}; "
-          f"first step {first:.2f} s)")
+          f"{trainer.decode_s:.1f} s; load average {os.getloadavg()[0]:.2f}")
+    wall = {phase: float(np.median(v[1:])) for phase, v in clock.times.items()}
+    cpu = {phase: float(np.median(v[1:])) for phase, v in clock.cpu_times.items()}
+    print(f"  {'phase':<10} {'wall ms':>9} {'cpu ms':>9}")
+    for phase in wall:
+        print(f"  {phase:<10} {1e3 * wall[phase]:9.1f} {1e3 * cpu[phase]:9.1f}")
+    first = sum(v[0] for v in clock.times.values())
+    print(f"  {'step':<10} {1e3 * sum(wall.values()):9.1f} {1e3 * sum(cpu.values()):9.1f}"
+          f"  (medians of {steps} steps; the first step took {first:.2f} s)")
     return 0
 
 

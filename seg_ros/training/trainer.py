@@ -24,7 +24,7 @@ from ..metrics import ConfusionAccumulator
 from ..models import build_model, read_weights, save_weights
 from ..pipeline import IMAGENET_MEAN, IMAGENET_STD, inference_size
 from .augment import AugmentConfig, BatchAugment, draw
-from .dataset import SegmentationDataset, TrainFrames, as_list, read_pairs
+from .dataset import SegmentationDataset, TrainFrames, read_pairs
 from .loss import SegLoss, median_frequency_weights
 
 log = logging.getLogger("seg_ros")
@@ -82,7 +82,7 @@ class TrainConfig:
     # weights file to start from (fine-tuning), e.g. the shipped weights or a converted checkpoint;
     # a classifier of another class count is left at its random initialisation
     init_weights: str | None = None
-    # weights file rewritten at every checkpoint (the run's current state, exported)
+    # weights file rewritten at every checkpoint (the run's current state); default out_dir/weights.pt
     export: str | None = None
     # GPU runs: fit the epoch count to this many seconds, measured on a few steps first
     time_budget_s: float | None = None
@@ -100,6 +100,9 @@ class TrainConfig:
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else default_train_dir() / (self.name or "run")
+
+    def export_path(self) -> Path:
+        return Path(self.export) if self.export else self.resolved_out_dir() / "weights.pt"
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -169,25 +172,30 @@ def init_from_weights(model: torch.nn.Module, path: str) -> None:
 
 
 class StepClock:
-    """Wall time of the phases of a training step (``seg-ros train --profile-steps``); waits for
-    the GPU at each mark so the time lands on the phase that spent it."""
+    """Wall and process CPU time of the phases of a training step (``seg-ros train
+    --profile-steps``); waits for the GPU at each mark so the time lands on the phase that spent
+    it. On a shared CPU the wall time includes the waits for other processes; with one thread
+    the CPU time does not, which makes it the figure to compare code changes by."""
 
     def __init__(self, device: torch.device) -> None:
         self.sync = device.type == "cuda"
         self.times: dict[str, list[float]] = {}
-        self._last = time.perf_counter()
+        self.cpu_times: dict[str, list[float]] = {}
+        self._last = self._last_cpu = 0.0
+        self.start()
 
     def start(self) -> None:
         if self.sync:
             torch.cuda.synchronize()
-        self._last = time.perf_counter()
+        self._last, self._last_cpu = time.perf_counter(), time.process_time()
 
     def mark(self, phase: str) -> None:
         if self.sync:
             torch.cuda.synchronize()
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.times.setdefault(phase, []).append(now - self._last)
-        self._last = now
+        self.cpu_times.setdefault(phase, []).append(cpu - self._last_cpu)
+        self._last, self._last_cpu = now, cpu
 
 
 def _mark(clock: StepClock | None, phase: str) -> None:
@@ -271,22 +279,25 @@ class Trainer:
         """Restore a checkpoint; with ``"auto"`` fall back to the last exported weights (this
         run's ``export`` file, else ``init_weights``): the model and, when the file is an export
         of this run, its epoch and iteration; the optimiser's state restarts then."""
-        if resume is not None and resume != "auto":
+        if resume is None:
+            if self.cfg.init_weights:
+                init_from_weights(self.model, self.cfg.init_weights)
+            return
+        if resume != "auto":
             if not Path(resume).is_file():
                 raise ConfigError(f"checkpoint {resume} does not exist")
             self._load_checkpoint(resume)
             return
         found = [p for p in (self.out / "interrupted.pt", self.out / "last.pt") if p.is_file()]
-        if resume == "auto" and found:
+        if found:
             newest = max(found, key=lambda p: p.stat().st_mtime)
             log.info("resuming from %s", newest)
             self._load_checkpoint(str(newest))
             return
-        fallback = self.cfg.export if self.cfg.export and Path(self.cfg.export).is_file() else None
-        fallback = fallback or self.cfg.init_weights
-        if resume == "auto":
-            log.warning("no checkpoint in %s: starting from %s", self.out,
-                        fallback or "random initialisation")
+        export = self.cfg.export_path()
+        fallback = str(export) if export.is_file() else self.cfg.init_weights
+        log.warning("no checkpoint in %s: starting from %s", self.out,
+                    fallback or "random initialisation")
         if fallback:
             self._start_from_weights(fallback)
 
@@ -327,10 +338,8 @@ class Trainer:
 
     def _export(self) -> None:
         """Rewrite the ``export`` weights file with the current weights (fp16 + metadata)."""
-        if not self.cfg.export:
-            return
         miou = self.best_miou if self.best_miou >= 0 else None
-        save_weights(self.cfg.export, self.model, weights_meta(
+        save_weights(self.cfg.export_path(), self.model, weights_meta(
             asdict(self.cfg), self.classes, self.epoch, self.iteration, miou,
             list(self._frame_size()), self.cfg.val_size), half=True)
 
@@ -404,8 +413,8 @@ class Trainer:
                        self.mean, self.std, self.cfg.val_size)
         return float(res["scores"].miou)
 
-    def profile(self, steps: int) -> dict[str, list[float]]:
-        """Seconds per phase of ``steps`` training steps (the run's own batches and step); the
+    def profile(self, steps: int) -> StepClock:
+        """The phases' times of ``steps`` training steps (the run's own batches and step); the
         model and optimiser move on as in training, so profile a throwaway run."""
         self.model.train()
         order, draws = self.epoch_plan()
@@ -414,7 +423,7 @@ class Trainer:
             clock.start()
             i = b % self.batches_per_epoch
             self.train_step(*self.make_batch(order[i], draws[i], clock), clock=clock)
-        return clock.times
+        return clock
 
     def fit(self, stop_at_epoch: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs`` (or pause after ``stop_at_epoch``, e.g. to fit a time slot)."""
