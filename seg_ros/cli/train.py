@@ -62,8 +62,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.profile_steps:
         return run_profile(cfg, args.profile_steps)
     summary = Trainer(cfg, resume=args.resume).fit(stop_at_epoch=args.stop_at_epoch)
-    print(f"done: epoch {summary['epoch']}, best val mIoU {summary['best_miou']:.4f}, "
-          f"outputs in {summary['out_dir']}")
+    best = f"best val mIoU {summary['best_miou']:.4f}" if cfg.val_images else "no validation"
+    print(f"done: epoch {summary['epoch']}, {best}, outputs in {summary['out_dir']}")
     final = final_checkpoint(cfg.resolved_out_dir(), cfg)
     if args.export and final is not None:
         export_checkpoint(final, args.export)

@@ -403,7 +403,8 @@ class Trainer:
             self.step_in_epoch = b + 1
             bar.update(1)
             if len(losses) % 10 == 1:  # reading the loss waits for the GPU: not every step
-                bar.set_postfix(loss=f"{losses[-1].item():.3f}", best=f"{self.best_miou:.3f}")
+                best = {"best": f"{self.best_miou:.3f}"} if self.val_set is not None else {}
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}", **best)
         return float(torch.stack(losses).float().mean()) if losses else math.nan
 
     def validate(self) -> float:
