@@ -146,7 +146,8 @@ def _reference_ohem(logits, target, ignore, thresh, min_kept):
     up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     pixel = F.cross_entropy(up, target, ignore_index=ignore, reduction="none").flatten()
     valid = target.flatten() != ignore
-    prob = torch.softmax(up, 1).gather(1, target.clamp(0, up.shape[1] - 1).unsqueeze(1)).flatten()[valid]
+    true = target.clamp(0, up.shape[1] - 1).unsqueeze(1)
+    prob = torch.softmax(up, 1).gather(1, true).flatten()[valid]
     kept = min(min_kept, prob.numel() - 1)
     t = max(thresh, prob.kthvalue(kept + 1).values.item())
     return pixel[valid][prob < t].mean()
@@ -172,7 +173,8 @@ def test_augmentation_pads_with_ignore_and_flips_image_and_label_together():
     label = (torch.arange(40) // 4).repeat(30, 1)[None].to(torch.uint8)  # column bands 0..9
     aug = BatchAugment(AugmentConfig(crop=(40, 60), scale=(1.0, 1.0), brightness=0, contrast=0,
                                      saturation=0), (0, 0, 0), (1, 1, 1), ignore_id=11)
-    draws = torch.tensor([[0.5, 0.0, 0.0, 0.9, 0.5, 0.5, 0.5], [0.5, 0.0, 0.0, 0.1, 0.5, 0.5, 0.5]],
+    draws = torch.tensor([[0.5, 0.0, 0.0, 0.9, 0.5, 0.5, 0.5],
+                          [0.5, 0.0, 0.0, 0.1, 0.5, 0.5, 0.5]],
                          dtype=torch.float64)
     x, y = aug(image.repeat(2, 1, 1, 1), label.repeat(2, 1, 1), draws)
     assert x.shape == (2, 3, 40, 60) and y.shape == (2, 40, 60) and y.dtype == torch.int64
@@ -187,7 +189,8 @@ def test_several_folders_without_validation_export_the_final_epoch(tiny_dataset,
     from seg_ros.models import read_weights
     from seg_ros.training.trainer import final_checkpoint
     cfg = _config(tiny_dataset, tmp_path / "run", val_images="", val_labels="", select_best=False,
-                  train_images=[str(tiny_dataset / "img")] * 2, train_labels=[str(tiny_dataset / "lab")] * 2)
+                  train_images=[str(tiny_dataset / "img")] * 2,
+                  train_labels=[str(tiny_dataset / "lab")] * 2)
     trainer = Trainer(cfg)
     assert len(trainer.frames) == 8 and trainer.batches_per_epoch == 4
     trainer.fit()
@@ -270,7 +273,8 @@ def test_pack_keeps_labels_exact_and_images_close(tiny_dataset, tmp_path):
     src = _camvid_layout(tiny_dataset, tmp_path / "src")
     summary = pack_splits(src, ["train", "val"], tmp_path / "pack", quality=95)
     assert summary["splits"] == {"train": 4, "val": 2} and summary["frames"] == 6
-    assert json.loads((tmp_path / "pack" / "manifest.json").read_text())["bytes"] == summary["bytes"]
+    manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    assert manifest["bytes"] == summary["bytes"]
     for p in sorted((src / "train").iterdir()):
         image, label = read_pair(p, src / "trainannot" / p.name)
         packed, packed_label = read_pair(tmp_path / "pack" / "train" / f"{p.stem}.jpg",
@@ -304,9 +308,11 @@ def test_gpu_config_packs_and_trains_an_epoch_on_the_cpu_without_ros(tiny_datase
             f"for m in {blocked!r}: sys.modules[m] = None\n"
             "from seg_ros.cli.train import main\n"
             f"assert main(['train-pack', '--from', {str(src)!r}, '--out', {str(pack)!r}]) == 0\n"
-            f"sys.exit(main(['train', '--config', {str(tiny)!r}, '--out-dir', {str(tmp_path / 'run')!r},"
-            f" '--export', {str(tmp_path / 'w.pt')!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+            f"sys.exit(main(['train', '--config', {str(tiny)!r},"
+            f" '--out-dir', {str(tmp_path / 'run')!r},"
+            f" '--export', {str(tmp_path / 'w.pt')!r}, '--threads', '1']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epochs fit" in done.stderr

@@ -1,4 +1,4 @@
-"""Test-time augmentation (seg_ros.tta): the offline quality mode of ``seg-ros eval/replay --tta``."""
+"""Test-time augmentation (seg_ros.tta): the offline quality mode of seg-ros eval/replay --tta."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,8 @@ def test_tta_labels_differ_from_single_scale_with_the_same_shape(shipped, road_i
 
 
 def test_scales_run_at_rounded_sizes(shipped):
-    assert scaled_sizes(shipped, (360, 480), (0.75, 1.0, 1.25)) == [(272, 360), (360, 480), (448, 600)]
+    sizes = scaled_sizes(shipped, (360, 480), (0.75, 1.0, 1.25))
+    assert sizes == [(272, 360), (360, 480), (448, 600)]
 
 
 def test_flip_only_tta_of_a_mirror_symmetric_frame_is_symmetric(shipped, road_image):
@@ -47,7 +48,8 @@ def test_flip_only_tta_of_a_mirror_symmetric_frame_is_symmetric(shipped, road_im
 def test_bgr_input_gives_the_rgb_result(shipped, road_image):
     tta = TTAPipeline(shipped, scales=(1.0,))
     rgb = tta(road_image, "rgb").labels
-    np.testing.assert_array_equal(tta(np.ascontiguousarray(road_image[..., ::-1]), "bgr").labels, rgb)
+    bgr = np.ascontiguousarray(road_image[..., ::-1])
+    np.testing.assert_array_equal(tta(bgr, "bgr").labels, rgb)
 
 
 def test_tta_is_not_combined_with_a_crf(shipped):
@@ -60,8 +62,9 @@ def test_eval_reports_tta_separately(tmp_path, camvid_dir):
     reports = {}
     for tta in (False, True):
         path = tmp_path / f"report_{tta}.json"
-        rc = cli(["eval", "--images", str(camvid_dir / "val"), "--labels", str(camvid_dir / "valannot"),
-                  "--weights", "default", "--device", "cpu", "--max-images", "2", "--json", str(path)]
+        rc = cli(["eval", "--images", str(camvid_dir / "val"),
+                  "--labels", str(camvid_dir / "valannot"), "--weights", "default",
+                  "--device", "cpu", "--max-images", "2", "--json", str(path)]
                  + (["--tta"] if tta else []))
         assert rc == 0
         reports[tta] = json.loads(path.read_text())

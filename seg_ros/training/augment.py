@@ -34,11 +34,12 @@ class AugmentConfig:
 def draw(batches: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
     run resumed in the middle of an epoch can skip to its batch without replaying the others."""
-    return torch.rand(batches, batch_size, DRAWS_PER_SAMPLE, generator=generator, dtype=torch.float64)
+    return torch.rand(batches, batch_size, DRAWS_PER_SAMPLE, generator=generator,
+                      dtype=torch.float64)
 
 
 class BatchAugment:
-    """uint8 frames (B, 3, H, W) and labels (B, H, W) -> normalised float crops and int64 labels."""
+    """uint8 frames (B, 3, H, W) and labels (B, H, W) -> normalised float crops, int64 labels."""
 
     def __init__(self, cfg: AugmentConfig, mean, std, ignore_id: int,
                  channels_last: bool = False) -> None:
@@ -88,7 +89,8 @@ class BatchAugment:
         return F.grid_sample(images.float(), grid.to(images.device), mode="bilinear",
                              padding_mode="border", align_corners=False)
 
-    def _gather_labels(self, labels: torch.Tensor, rows, cols, valid: torch.Tensor) -> torch.Tensor:
+    def _gather_labels(self, labels: torch.Tensor, rows, cols,
+                       valid: torch.Tensor) -> torch.Tensor:
         """Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
         the ignore id outside the scaled frame."""
         (r, nh), (c, nw) = rows, cols

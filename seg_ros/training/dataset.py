@@ -72,7 +72,8 @@ class TrainFrames:
     size (CamVid) are stacked, (N, 3, H, W) and (N, H, W); mixed sizes stay a list."""
 
     def __init__(self, samples: list, device: torch.device) -> None:
-        images = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img, _ in samples]
+        images = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+                  for img, _ in samples]
         labels = [torch.from_numpy(lab if lab.dtype == np.uint8 else lab.astype(np.int32))
                   for _, lab in samples]
         self.uniform = len({tuple(lab.shape) for lab in labels}) == 1

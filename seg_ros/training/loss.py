@@ -36,8 +36,8 @@ class SegLoss(torch.nn.Module):
         logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
                                align_corners=False)
         log_prob = F.log_softmax(logits, 1)  # once: the loss and OHEM's p(true) share it
-        pixel = F.nll_loss(log_prob, target, weight=self.class_weights, ignore_index=self.ignore_id,
-                           reduction="none")  # 0 at ignored pixels
+        pixel = F.nll_loss(log_prob, target, weight=self.class_weights,
+                           ignore_index=self.ignore_id, reduction="none")  # 0 at ignored pixels
         valid = target != self.ignore_id
         plain = pixel.sum() / valid.sum().clamp(min=1)
         if not self.ohem:
@@ -50,8 +50,8 @@ class SegLoss(torch.nn.Module):
         return torch.where(kept > 0, (pixel * hard).sum() / kept.clamp(min=1), plain)
 
     def _ohem_threshold(self, prob: torch.Tensor) -> torch.Tensor | float:
-        """max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above every
-        probability, so fewer valid pixels than that keep them all. On the CPU the order
+        """max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above
+        every probability, so fewer valid pixels than that keep them all. On the CPU the order
         statistic is skipped when at least that many pixels are below ``thresh`` anyway."""
         k = min(self.min_kept + 1, prob.numel())
         if prob.device.type == "cpu" and int((prob < self.thresh).sum()) >= k:

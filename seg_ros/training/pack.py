@@ -24,7 +24,8 @@ def pack_splits(source: str | Path, splits: list[str], out: str | Path, quality:
     if not 1 <= quality <= 100:
         raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     counts = {split: _pack_split(source, split, out, quality) for split in splits}
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    total = sum(p.stat().st_size for p in out.rglob("*")
+                if p.is_file() and p.name != "manifest.json")
     summary = {"source": str(source), "splits": counts, "frames": sum(counts.values()),
                "bytes": total, "jpeg_quality": quality}
     (out / "manifest.json").write_text(json.dumps(summary, indent=2))

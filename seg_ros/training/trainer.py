@@ -36,7 +36,8 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 def default_train_dir() -> Path:
     """Where runs keep their checkpoints: ``$SEG_ROS_TRAIN_DIR``, else ~/.cache/seg_ros/train;
     outside the work tree, so a long run's state survives a fresh checkout between sessions."""
-    return Path(os.environ.get("SEG_ROS_TRAIN_DIR") or Path.home() / ".cache" / "seg_ros" / "train")
+    default = Path.home() / ".cache" / "seg_ros" / "train"
+    return Path(os.environ.get("SEG_ROS_TRAIN_DIR") or default)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class TrainConfig:
     # weights file to start from (fine-tuning), e.g. the shipped weights or a converted checkpoint;
     # a classifier of another class count is left at its random initialisation
     init_weights: str | None = None
-    # weights file rewritten at every checkpoint (the run's current state); default out_dir/weights.pt
+    # weights file rewritten at every checkpoint (the current state); default out_dir/weights.pt
     export: str | None = None
     # GPU runs: fit the epoch count to this many seconds, measured on a few steps first
     time_budget_s: float | None = None
@@ -236,7 +237,8 @@ class Trainer:
                                     self.mean, self.std, self.ignore_id, cfg.channels_last)
         self.batches_per_epoch = len(self.frames) // cfg.batch_size
         if self.batches_per_epoch == 0:
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(self.frames)})")
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
+                              f"({len(self.frames)})")
         self.model = build_model(cfg.model, self.classes.num_classes).to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -245,10 +247,12 @@ class Trainer:
                                  class_weights=weights).to(self.device)
         self.optimizer = self._optimizer()
         if cfg.amp_dtype not in AMP_DTYPES:
-            raise ConfigError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {cfg.amp_dtype!r}")
+            raise ConfigError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, "
+                              f"got {cfg.amp_dtype!r}")
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.amp_dtype = AMP_DTYPES[cfg.amp_dtype]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        fp16 = self.use_amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.epoch, self.iteration, self.step_in_epoch, self.best_miou = 0, 0, 0, -1.0
         self.history: list[dict[str, Any]] = []
         self._resume(resume)
@@ -260,9 +264,11 @@ class Trainer:
         _, samples = read_pairs(cfg.train_images, cfg.train_labels, cfg.limit_train)
         weights = None
         if cfg.class_weighting == "median_frequency":
-            weights = median_frequency_weights([label for _, label in samples], self.classes.num_classes)
+            weights = median_frequency_weights([label for _, label in samples],
+                                               self.classes.num_classes)
         elif cfg.class_weighting != "none":
-            raise ConfigError(f"class_weighting must be 'none' or 'median_frequency', got {cfg.class_weighting!r}")
+            raise ConfigError(f"class_weighting must be 'none' or 'median_frequency', "
+                              f"got {cfg.class_weighting!r}")
         return TrainFrames(samples, self.device), weights
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -271,7 +277,8 @@ class Trainer:
             return torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
         raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -372,7 +379,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor,
                    clock: StepClock | None = None) -> torch.Tensor:
-        """One optimiser step at the schedule's learning rate; the loss, detached (no host sync)."""
+        """One optimiser step at the schedule's learning rate; the loss, detached (no sync)."""
         total = self.cfg.epochs * self.batches_per_epoch
         lr = poly_lr(self.cfg, self.iteration, total)
         for g in self.optimizer.param_groups:
@@ -432,10 +439,11 @@ class Trainer:
             self._fit_epochs_to_budget(self.cfg.time_budget_s)
         total = self.cfg.epochs * self.batches_per_epoch
         last_epoch = min(self.cfg.epochs, stop_at_epoch or self.cfg.epochs)
-        handlers = {sig: signal.signal(sig, self._on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {sig: signal.signal(sig, self._on_interrupt)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with tqdm(total=total, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
-                      mininterval=5.0) as bar:
+            with tqdm(total=total, initial=self.iteration, desc="train", unit="it",
+                      dynamic_ncols=True, mininterval=5.0) as bar:
                 while self.epoch < last_epoch and not self._stop:
                     self._run_epoch(bar, last_epoch)
         finally:
@@ -456,7 +464,8 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         record = {"epoch": self.epoch, "iteration": self.iteration, "loss": loss,
-                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - start, 2)}
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.time() - start, 2)}
         cfg = self.cfg
         if self.val_set is not None and cfg.val_every and (
                 self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
@@ -476,10 +485,10 @@ class Trainer:
 
     def _fit_epochs_to_budget(self, budget_s: float) -> None:
         """Time a few steps (the model and optimiser are restored after), then train for as many
-        epochs as fit ``budget_s`` seconds (at most ``cfg.epochs``), the schedule fitted to them."""
+        epochs as fit ``budget_s`` seconds (at most ``cfg.epochs``); the schedule follows."""
         saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
                                self.scaler.state_dict(), torch.get_rng_state()))
-        warm, timed = 5, 20
+        warm, timed = 3, 10
         self.profile(warm)
         clock = StepClock(self.device)
         clock.start()
@@ -493,8 +502,8 @@ class Trainer:
         self.iteration = 0
         fits = int(budget_s / (per_step * self.batches_per_epoch))
         epochs = max(1, min(self.cfg.epochs, fits))
-        log.info("%.1f ms/step: %d epochs fit %.0f s (config: %d)", 1e3 * per_step, epochs, budget_s,
-                 self.cfg.epochs)
+        log.info("%.1f ms/step: %d epochs fit %.0f s (config: %d)", 1e3 * per_step, epochs,
+                 budget_s, self.cfg.epochs)
         self.cfg.epochs = epochs
 
     def _on_interrupt(self, signum, frame) -> None:
