@@ -424,14 +424,19 @@ class Trainer:
     def profile(self, steps: int) -> StepClock:
         """The phases' times of ``steps`` training steps (the run's own batches and step); the
         model and optimiser move on as in training, so profile a throwaway run."""
+        clock = StepClock(self.device)
+        self._steps(steps, clock)
+        return clock
+
+    def _steps(self, steps: int, clock: StepClock | None = None) -> None:
+        """``steps`` training steps on epoch 0's batches (profiling, timing)."""
         self.model.train()
         order, draws = self.epoch_plan()
-        clock = StepClock(self.device)
         for b in range(steps):
-            clock.start()
+            if clock is not None:
+                clock.start()
             i = b % self.batches_per_epoch
             self.train_step(*self.make_batch(order[i], draws[i], clock), clock=clock)
-        return clock
 
     def fit(self, stop_at_epoch: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs`` (or pause after ``stop_at_epoch``, e.g. to fit a time slot)."""
@@ -489,10 +494,9 @@ class Trainer:
         saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
                                self.scaler.state_dict(), torch.get_rng_state()))
         warm, timed = 3, 10
-        self.profile(warm)
+        self._steps(warm)
         clock = StepClock(self.device)
-        clock.start()
-        self.profile(timed)
+        self._steps(timed)
         clock.mark("steps")
         per_step = clock.times["steps"][0] / timed
         self.model.load_state_dict(saved[0])
