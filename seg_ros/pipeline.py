@@ -508,16 +508,23 @@ class SegmentationPipeline:
             labels = ops.upsampled_argmax(logits, out_hw, self._label_dtype)
         clock.mark("postprocess")
         rgb = frame if color_order == "rgb" else frame.flip(-1)
-        result = self._results(labels, rgb, out_hw, opts, conf, clock)
+        result = self.outputs_from_labels(labels, rgb, out_hw, opts, conf, clock)
         result.timings_ms = {**times, **clock.times}
         if opts.keep_scores:
             result.refine_input = RefineInput(logits, rgb, out_hw)
         return result
 
-    def _results(self, labels: torch.Tensor, rgb: torch.Tensor, out_hw: tuple[int, int],
-                 opts: FrameOptions, conf: torch.Tensor | None,
-                 clock: _StageClock) -> SegmentationResult:
-        """Run the one colour / overlay / download step of raw and refined labels."""
+    def outputs_from_labels(self, labels: torch.Tensor, rgb: torch.Tensor,
+                            out_hw: tuple[int, int], opts: FrameOptions,
+                            conf: torch.Tensor | None = None,
+                            clock: _StageClock | None = None) -> SegmentationResult:
+        """Run the one colour / overlay / download step of raw, refined and TTA labels.
+
+        ``labels`` (H, W) on the device, ``rgb`` the frame as RGB (any size: resized to
+        ``out_hw`` for the overlay).
+        """
+        clock = clock or _StageClock(False, self.device)
+        labels = labels.to(self._label_dtype)
         color_t = ops.colorize(labels, self._palette) if (opts.color or opts.overlay) else None
         clock.mark("color")
         overlay_t = None
@@ -552,7 +559,7 @@ class SegmentationPipeline:
         kept = result.refine_input
         t0 = time.perf_counter()
         labels = refiner(kept.rgb, kept.logits, kept.out_hw).to(self._label_dtype)
-        refined = self._results(labels, kept.rgb, kept.out_hw,
+        refined = self.outputs_from_labels(labels, kept.rgb, kept.out_hw,
                                 dataclasses.replace(opts, confidence=False), None,
                                 _StageClock(False, self.device))
         refined.timings_ms = {"crf": (time.perf_counter() - t0) * 1e3}

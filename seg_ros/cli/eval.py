@@ -27,6 +27,7 @@ from ..fleet.runner import FleetJob
 from ..fleet.score import EvalOptions, Pair, eval_bag, read_label_png, score_pairs
 from ..fleet.tasks import EVAL
 from ..metrics import BoundaryAccumulator, ConfusionAccumulator, Scores, scores_from_confusion
+from ..tta import offline_pipeline
 from .bag_from_images import IMAGE_SUFFIXES, list_images, read_rgb
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
@@ -64,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--boundary-f", action="store_true",
                    help="also report the boundary F-score (boundary pixels within --boundary-tolerance)")
     p.add_argument("--boundary-tolerance", type=int, default=3, help="boundary match distance in pixels")
+    p.add_argument("--tta", action="store_true",
+                   help="offline quality mode: average scales 0.75/1/1.25 and flips (6x the time)")
     add_pipeline_args(p)
     add_fleet_args(p)
     p.set_defaults(func=run)
@@ -164,9 +167,9 @@ def run_many(args: argparse.Namespace) -> int:
     if bool(args.label_topic) == bool(args.label_dir):
         raise ConfigError("give the ground truth of the bags: --label-topic TOPIC or "
                           "--label-dir DIR")
-    if args.boundary_f or args.json or args.figure:
-        raise ConfigError("--boundary-f, --json and --figure are for one bag or folder; a run over "
-                          "many bags writes OUT/eval_report.json, .md and .png")
+    if args.boundary_f or args.json or args.figure or args.tta:
+        raise ConfigError("--boundary-f, --json, --figure and --tta are for one bag or folder; a "
+                          "run over many bags writes OUT/eval_report.json, .md and .png")
     if args.chunk_frames and args.max_images:
         raise ConfigError("--max-images and --chunk-frames cannot be combined")
     label_dir = str(args.label_dir.absolute()) if args.label_dir else None
@@ -187,7 +190,7 @@ def run_many(args: argparse.Namespace) -> int:
 def run_single(args: argparse.Namespace) -> int:
     """One labelled bag (--bag) or an image folder with its label folder."""
     check_single_args(args)
-    pipe = pipeline_from_args(args)
+    pipe = offline_pipeline(pipeline_from_args(args), args.tta, args.crf)
     banner = untrained_banner(pipe)
     if banner:
         print(banner, file=sys.stderr)
@@ -275,7 +278,7 @@ def report_single(args: argparse.Namespace, pipe: Any, result: SingleResult) -> 
     report = scores.to_dict(names)
     report.update({"images": acc.images, "skipped_frames": len(skipped), "skipped": skipped,
                    "ignore_id": result.ignore_id, "model": d,
-                   "trained": bool(pipe.trained), "crf": args.crf,
+                   "trained": bool(pipe.trained), "crf": args.crf, "tta": args.tta,
                    **(boundary.scores() if boundary is not None else {}),
                    "source": str(args.bag) if args.bag is not None
                    else {"images": str(args.images), "labels": str(args.labels)}})

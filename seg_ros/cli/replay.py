@@ -26,6 +26,7 @@ from ..fleet.runner import FleetJob
 from ..fleet.segment import OUTPUT_SUFFIXES, ReplayOptions, latency_summary, replay_bag, summarize
 from ..fleet.sources import is_single_bag, plan_bag
 from ..fleet.tasks import REPLAY
+from ..tta import offline_pipeline
 from .common import add_pipeline_args, pipeline_from_args, refiner_from_args
 from .fleet_args import (add_fleet_args, check_fleet_args, fleet_requested, print_outcome,
                          run_fleet, spec_from_args)
@@ -101,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crf-replaces-labels", action="store_true",
                    help="with --crf: write the refined labels as <topic>/labels, color_mask, overlay "
                         "(default: raw labels there, refined ones on <topic>/labels_refined, ...)")
+    p.add_argument("--tta", action="store_true",
+                   help="offline quality mode: average scales 0.75/1/1.25 and flips (6x the time)")
     add_pipeline_args(p)
     add_fleet_args(p)
     p.set_defaults(func=run)
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_single(args: argparse.Namespace, bag: Path) -> int:
     """One bag to one output bag, in this process (the tool's original form)."""
-    pipe = pipeline_from_args(args)
+    pipe = offline_pipeline(pipeline_from_args(args), args.tta, args.crf)
     banner = untrained_banner(pipe)
     if banner:
         print(banner, file=sys.stderr)
@@ -181,8 +184,8 @@ def report_single(args: argparse.Namespace, summary: dict[str, Any],
 def run_many(args: argparse.Namespace) -> int:
     """A fleet run: every bag the inputs name, outputs mirrored under --out (a folder)."""
     check_fleet_args(args)
-    if args.video or args.json:
-        raise ConfigError("--video and --json are for one bag; a run over many bags writes "
+    if args.video or args.json or args.tta:
+        raise ConfigError("--video, --json and --tta are for one bag; a run over many bags writes "
                           "OUT/<bag>.summary.json per bag and OUT/replay_summary.json")
     if args.chunk_frames and args.max_frames:
         raise ConfigError("--max-frames and --chunk-frames cannot be combined")

@@ -32,22 +32,31 @@ class SegLoss(torch.nn.Module):
         self.register_buffer("class_weights", class_weights if class_weights is not None else None)
 
     def _single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        pixel = F.cross_entropy(logits.float(), target, weight=self.class_weights,
-                                ignore_index=self.ignore_id, reduction="none").flatten()
-        valid = target.flatten() != self.ignore_id
-        if not valid.any():
-            return logits.sum() * 0.0
+        """Mean over valid (OHEM: hard) pixels; written without host syncs, which stall a GPU."""
+        logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        log_prob = F.log_softmax(logits, 1)  # once: the loss and OHEM's p(true) share it
+        pixel = F.nll_loss(log_prob, target, weight=self.class_weights,
+                           ignore_index=self.ignore_id, reduction="none")  # 0 at ignored pixels
+        valid = target != self.ignore_id
+        plain = pixel.sum() / valid.sum().clamp(min=1)
         if not self.ohem:
-            return pixel[valid].mean()
+            return plain
         with torch.no_grad():
-            prob = torch.softmax(logits.float(), 1).gather(
-                1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).flatten()
-            prob = prob[valid]
-            kept = min(self.min_kept, prob.numel() - 1)
-            thresh = max(self.thresh, prob.kthvalue(kept + 1).values.item()) if kept >= 0 else self.thresh
-        hard = pixel[valid][prob < thresh]
-        return hard.mean() if hard.numel() else pixel[valid].mean()
+            true = target.clamp(0, logits.shape[1] - 1).unsqueeze(1)
+            prob = log_prob.gather(1, true).squeeze(1).exp_().masked_fill_(~valid, 2.0)
+            hard = prob < self._ohem_threshold(prob)
+            kept = hard.sum()
+        return torch.where(kept > 0, (pixel * hard).sum() / kept.clamp(min=1), plain)
+
+    def _ohem_threshold(self, prob: torch.Tensor) -> torch.Tensor | float:
+        """max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above
+        every probability, so fewer valid pixels than that keep them all. On the CPU the order
+        statistic is skipped when at least that many pixels are below ``thresh`` anyway."""
+        k = min(self.min_kept + 1, prob.numel())
+        if prob.device.type == "cpu" and int((prob < self.thresh).sum()) >= k:
+            return self.thresh
+        return prob.flatten().kthvalue(k).values.clamp(min=self.thresh)
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, (tuple, list)):
