@@ -50,7 +50,8 @@ def scaled_sizes(pipe: SegmentationPipeline, frame_hw: tuple[int, int],
 def tta_probabilities(pipe: SegmentationPipeline, image: np.ndarray, color_order: str = "rgb",
                       scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True) -> torch.Tensor:
     """Class probabilities (C, H, W) at the output size, averaged over ``scales`` x (as is,
-    mirrored), on the pipeline's device."""
+    mirrored), on the pipeline's device.
+    """
     if not scales:
         raise ConfigError("test-time augmentation needs at least one scale")
     pipe.check_image(image)
@@ -73,7 +74,8 @@ def tta_probabilities(pipe: SegmentationPipeline, image: np.ndarray, color_order
 
 class TTAPipeline:
     """A pipeline in the offline quality mode: called like :class:`SegmentationPipeline` for what
-    the offline tools ask (labels, colour mask, overlay, confidence); not CRF-refinable."""
+    the offline tools ask (labels, colour mask, overlay, confidence); not CRF-refinable.
+    """
 
     def __init__(self, pipe: SegmentationPipeline, scales: Sequence[float] = DEFAULT_SCALES,
                  flip: bool = True) -> None:

@@ -498,10 +498,13 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0,
         or args[0] == "lifecycle"
     ):
         cmd += ["--no-daemon", "--spin-time", "2"]
-    for _ in range(attempts):
+    for attempt in range(attempts):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if not re.search(r"Unable to find node|Node not found", done.stdout + done.stderr):
             break
+        if "--spin-time" in cmd:  # discovery was slower than the spin: give the next one longer
+            cmd[cmd.index("--spin-time") + 1] = str(min(10, 2 * 2 ** (attempt + 1)))
+        time.sleep(1.0)
     return done
 
 

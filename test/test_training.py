@@ -289,7 +289,8 @@ def test_pack_keeps_labels_exact_and_images_close(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_gpu_config_packs_and_trains_an_epoch_on_the_cpu_without_ros(tiny_dataset, tmp_path):
     """The GPU recipe's own config at a tiny size, through ``python -m seg_ros.cli.train`` with
-    the ROS and inference-only packages made unimportable (the GPU machine has none)."""
+    the ROS and inference-only packages made unimportable (the GPU machine has none).
+    """
     import os
     import subprocess
     import sys

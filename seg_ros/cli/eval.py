@@ -224,7 +224,8 @@ def check_single_args(args: argparse.Namespace) -> None:
 @dataclass
 class SingleResult:
     """What scoring one source gives: the summed confusion, the boundary scores if asked for,
-    the frames skipped with their reasons, and the ignore id used."""
+    the frames skipped with their reasons, and the ignore id used.
+    """
 
     acc: ConfusionAccumulator
     boundary: BoundaryAccumulator | None

@@ -115,7 +115,8 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
            crf_replaces_labels: bool = False) -> dict[str, Any]:
     """Copy ``bag_path`` to ``out_path`` adding the segmentation topics (seg_ros.fleet.segment),
     with a progress bar; returns the summary. With a CRF ``refiner`` the refined outputs go to
-    ``<topic>/<suffix>_refined`` (or replace the raw ones)."""
+    ``<topic>/<suffix>_refined`` (or replace the raw ones).
+    """
     options = ReplayOptions(tuple(topics) if topics else None, max_frames, alpha, storage,
                             overwrite, crf_replaces_labels)
     total = plan_bag(bag_path, options.topics, None, max_frames).frames

@@ -1,6 +1,7 @@
 """``seg-ros train --config FILE.yaml [--resume]``, ``seg-ros export-weights CKPT OUT`` and
 ``seg-ros train-pack``. Runnable without the other tools (and without ROS) as
-``python -m seg_ros.cli.train train ...``, e.g. on a lent GPU machine."""
+``python -m seg_ros.cli.train train ...``, e.g. on a lent GPU machine.
+"""
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_profile(cfg, steps: int) -> int:
     """Median wall and CPU milliseconds per phase of a training step (the first step, which warms
-    up, left out)."""
+    up, left out).
+    """
     import os
     import tempfile
     import torch

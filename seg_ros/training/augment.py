@@ -33,7 +33,8 @@ class AugmentConfig:
 
 def draw(batches: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
-    run resumed in the middle of an epoch can skip to its batch without replaying the others."""
+    run resumed in the middle of an epoch can skip to its batch without replaying the others.
+    """
     return torch.rand(batches, batch_size, DRAWS_PER_SAMPLE, generator=generator,
                       dtype=torch.float64)
 
@@ -62,7 +63,8 @@ class BatchAugment:
 
     def _crop_coordinates(self, frame_hw, draws: torch.Tensor, device: torch.device):
         """Per sample: crop rows and columns in scaled-frame pixels (B, ch) / (B, cw), the scaled
-        frame's size, and the mask of crop pixels inside the scaled frame (B, ch, cw)."""
+        frame's size, and the mask of crop pixels inside the scaled frame (B, ch, cw).
+        """
         (h, w), (ch, cw) = frame_hw, self.cfg.crop
         lo, hi = self.cfg.scale
         s = lo + (hi - lo) * draws[:, _SCALE]
@@ -81,7 +83,8 @@ class BatchAugment:
     @staticmethod
     def _sample_images(images: torch.Tensor, rows, cols, frame_hw) -> torch.Tensor:
         """Bilinear samples at the crop pixels (half-pixel centres, as cv2.resize and
-        F.interpolate with align_corners=False), edges replicated."""
+        F.interpolate with align_corners=False), edges replicated.
+        """
         (r, nh), (c, nw) = rows, cols
         gy = (2 * (r + 0.5) / nh[:, None] - 1).float()
         gx = (2 * (c + 0.5) / nw[:, None] - 1).float()
@@ -92,7 +95,8 @@ class BatchAugment:
     def _gather_labels(self, labels: torch.Tensor, rows, cols,
                        valid: torch.Tensor) -> torch.Tensor:
         """Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
-        the ignore id outside the scaled frame."""
+        the ignore id outside the scaled frame.
+        """
         (r, nh), (c, nw) = rows, cols
         h, w = labels.shape[-2:]
         src_r = torch.clamp(torch.floor(r * h / nh[:, None]), max=h - 1).long().to(labels.device)
@@ -104,7 +108,8 @@ class BatchAugment:
 
     def _photometric(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Brightness, contrast (around the crop's mean) and saturation (around the per-pixel
-        grey) factors in 1 +- the configured amounts, per sample; clipped to 0..255."""
+        grey) factors in 1 +- the configured amounts, per sample; clipped to 0..255.
+        """
         cfg = self.cfg
 
         def factor(column: int, amount: float) -> torch.Tensor:

@@ -57,7 +57,8 @@ def read_pairs(images_dirs, labels_dirs, limit: int | None = None) -> tuple[list
 
 class SegmentationDataset:
     """All pairs of one or several folder pairs decoded once and held in memory as numpy arrays
-    (CamVid train + val at 360x480: about 320 MB)."""
+    (CamVid train + val at 360x480: about 320 MB).
+    """
 
     def __init__(self, images_dirs, labels_dirs, limit: int | None = None) -> None:
         self.names, self.samples = read_pairs(images_dirs, labels_dirs, limit)
@@ -69,7 +70,8 @@ class SegmentationDataset:
 class TrainFrames:
     """The training pairs as uint8 tensors on the training device, decoded once: a batch is an
     index into them, so no step decodes, copies to the device or waits for a loader. Frames of one
-    size (CamVid) are stacked, (N, 3, H, W) and (N, H, W); mixed sizes stay a list."""
+    size (CamVid) are stacked, (N, 3, H, W) and (N, H, W); mixed sizes stay a list.
+    """
 
     def __init__(self, samples: list, device: torch.device) -> None:
         images = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)

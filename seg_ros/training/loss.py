@@ -21,7 +21,8 @@ def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> torc
 
 class SegLoss(torch.nn.Module):
     """CE on logits upsampled to the label size; OHEM keeps pixels with p(true) < ``ohem_thresh``
-    (at least ``ohem_min_kept``); the auxiliary logits add ``aux_weight`` times the same loss."""
+    (at least ``ohem_min_kept``); the auxiliary logits add ``aux_weight`` times the same loss.
+    """
 
     def __init__(self, ignore_id: int, ohem: bool = False, ohem_thresh: float = 0.7,
                  ohem_min_kept: int = 100_000, aux_weight: float = 0.4,
@@ -52,7 +53,8 @@ class SegLoss(torch.nn.Module):
     def _ohem_threshold(self, prob: torch.Tensor) -> torch.Tensor | float:
         """max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above
         every probability, so fewer valid pixels than that keep them all. On the CPU the order
-        statistic is skipped when at least that many pixels are below ``thresh`` anyway."""
+        statistic is skipped when at least that many pixels are below ``thresh`` anyway.
+        """
         k = min(self.min_kept + 1, prob.numel())
         if prob.device.type == "cpu" and int((prob < self.thresh).sum()) >= k:
             return self.thresh

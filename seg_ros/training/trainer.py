@@ -35,7 +35,8 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def default_train_dir() -> Path:
     """Where runs keep their checkpoints: ``$SEG_ROS_TRAIN_DIR``, else ~/.cache/seg_ros/train;
-    outside the work tree, so a long run's state survives a fresh checkout between sessions."""
+    outside the work tree, so a long run's state survives a fresh checkout between sessions.
+    """
     default = Path.home() / ".cache" / "seg_ros" / "train"
     return Path(os.environ.get("SEG_ROS_TRAIN_DIR") or default)
 
@@ -91,7 +92,8 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         """Keys of this class; ``base: other.yaml`` starts from another config (its relative
-        paths relative to it). Relative paths are relative to the file that sets them."""
+        paths relative to it). Relative paths are relative to the file that sets them.
+        """
         data = _read_yaml(Path(path))
         data.setdefault("name", Path(path).stem)
         for key in ("crop", "scale", "val_size"):
@@ -160,7 +162,8 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: 
 
 def init_from_weights(model: torch.nn.Module, path: str) -> None:
     """Start training from a weights file: every tensor whose name and shape match is copied;
-    the others (e.g. a classifier for another class set) keep their initialisation and are named."""
+    the others (e.g. a classifier for another class set) keep their initialisation and are named.
+    """
     weights = read_weights(path)
     own = model.state_dict()
     usable = {k: v for k, v in weights.state_dict.items() if k in own and own[k].shape == v.shape}
@@ -176,7 +179,8 @@ class StepClock:
     """Wall and process CPU time of the phases of a training step (``seg-ros train
     --profile-steps``); waits for the GPU at each mark so the time lands on the phase that spent
     it. On a shared CPU the wall time includes the waits for other processes; with one thread
-    the CPU time does not, which makes it the figure to compare code changes by."""
+    the CPU time does not, which makes it the figure to compare code changes by.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.sync = device.type == "cuda"
@@ -207,7 +211,8 @@ def _mark(clock: StepClock | None, phase: str) -> None:
 class Trainer:
     """One training run. ``resume``: a checkpoint path, or ``"auto"`` for the newest of
     ``out_dir``'s interrupted.pt / last.pt, falling back to the ``export`` weights file, then to
-    ``init_weights`` (see :meth:`_resume`)."""
+    ``init_weights`` (see :meth:`_resume`).
+    """
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
         self.cfg = cfg
@@ -285,7 +290,8 @@ class Trainer:
     def _resume(self, resume: str | None) -> None:
         """Restore a checkpoint; with ``"auto"`` fall back to the last exported weights (this
         run's ``export`` file, else ``init_weights``): the model and, when the file is an export
-        of this run, its epoch and iteration; the optimiser's state restarts then."""
+        of this run, its epoch and iteration; the optimiser's state restarts then.
+        """
         if resume is None:
             if self.cfg.init_weights:
                 init_from_weights(self.model, self.cfg.init_weights)
@@ -358,7 +364,8 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's frame order (batches, batch_size) and augmentation draws, a function of
-        seed and epoch alone: a resumed run trains on exactly the batches an unbroken one would."""
+        seed and epoch alone: a resumed run trains on exactly the batches an unbroken one would.
+        """
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
         b, n = self.cfg.batch_size, self.batches_per_epoch
         order = torch.randperm(len(self.frames), generator=g)[: n * b].view(n, b)
@@ -423,7 +430,8 @@ class Trainer:
 
     def profile(self, steps: int) -> StepClock:
         """The phases' times of ``steps`` training steps (the run's own batches and step); the
-        model and optimiser move on as in training, so profile a throwaway run."""
+        model and optimiser move on as in training, so profile a throwaway run.
+        """
         clock = StepClock(self.device)
         self._steps(steps, clock)
         return clock
@@ -490,7 +498,8 @@ class Trainer:
 
     def _fit_epochs_to_budget(self, budget_s: float) -> None:
         """Time a few steps (the model and optimiser are restored after), then train for as many
-        epochs as fit ``budget_s`` seconds (at most ``cfg.epochs``); the schedule follows."""
+        epochs as fit ``budget_s`` seconds (at most ``cfg.epochs``); the schedule follows.
+        """
         saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
                                self.scaler.state_dict(), torch.get_rng_state()))
         warm, timed = 3, 10
@@ -517,7 +526,8 @@ class Trainer:
 def _validated_size(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[int] | None:
     """The frame size the model was validated (or, without validation, trained) at: the
     configured ``val_size``, else the frames' size recorded in the checkpoint, else the size of
-    the first validation image (checkpoints of older versions)."""
+    the first validation image (checkpoints of older versions).
+    """
     if cfg.val_size:
         return [int(v) for v in cfg.val_size]
     recorded = ckpt.get("frame_size") or ckpt.get("val_frame_size")
@@ -536,7 +546,8 @@ def weights_meta(config: dict[str, Any], classes, epoch: int, iteration: int,
                  input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """The metadata of an exported weights file: everything the pipeline needs besides tensors.
     ``input_size`` (default ``frame_size``) becomes the pipeline's inference size, so frames from
-    a camera of another resolution are scaled to the object sizes the model learned."""
+    a camera of another resolution are scaled to the object sizes the model learned.
+    """
     ignore = config.get("ignore_id")
     return {"arch": config["model"], "num_classes": classes.num_classes,
             "classes": classes.to_dicts(), "classes_name": classes.name,
