@@ -32,8 +32,11 @@ class AugmentConfig:
 
 
 def draw(batches: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
-    run resumed in the middle of an epoch can skip to its batch without replaying the others."""
+    """Draw the random numbers of several batches.
+
+    The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
+    run resumed in the middle of an epoch can skip to its batch without replaying the others.
+    """
     return torch.rand(batches, batch_size, DRAWS_PER_SAMPLE, generator=generator,
                       dtype=torch.float64)
 
@@ -61,8 +64,11 @@ class BatchAugment:
         return x, y
 
     def _crop_coordinates(self, frame_hw, draws: torch.Tensor, device: torch.device):
-        """Per sample: crop rows and columns in scaled-frame pixels (B, ch) / (B, cw), the scaled
-        frame's size, and the mask of crop pixels inside the scaled frame (B, ch, cw)."""
+        """Locate each sample's crop in its scaled frame.
+
+        Per sample: crop rows and columns in scaled-frame pixels (B, ch) / (B, cw), the scaled
+        frame's size, and the mask of crop pixels inside the scaled frame (B, ch, cw).
+        """
         (h, w), (ch, cw) = frame_hw, self.cfg.crop
         lo, hi = self.cfg.scale
         s = lo + (hi - lo) * draws[:, _SCALE]
@@ -80,8 +86,11 @@ class BatchAugment:
 
     @staticmethod
     def _sample_images(images: torch.Tensor, rows, cols, frame_hw) -> torch.Tensor:
-        """Bilinear samples at the crop pixels (half-pixel centres, as cv2.resize and
-        F.interpolate with align_corners=False), edges replicated."""
+        """Sample the images bilinearly at the crop pixels.
+
+        Bilinear samples at the crop pixels (half-pixel centres, as cv2.resize and
+        F.interpolate with align_corners=False), edges replicated.
+        """
         (r, nh), (c, nw) = rows, cols
         gy = (2 * (r + 0.5) / nh[:, None] - 1).float()
         gx = (2 * (c + 0.5) / nw[:, None] - 1).float()
@@ -91,8 +100,11 @@ class BatchAugment:
 
     def _gather_labels(self, labels: torch.Tensor, rows, cols,
                        valid: torch.Tensor) -> torch.Tensor:
-        """Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
-        the ignore id outside the scaled frame."""
+        """Gather the labels at the crop pixels.
+
+        Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
+        the ignore id outside the scaled frame.
+        """
         (r, nh), (c, nw) = rows, cols
         h, w = labels.shape[-2:]
         src_r = torch.clamp(torch.floor(r * h / nh[:, None]), max=h - 1).long().to(labels.device)
@@ -103,8 +115,11 @@ class BatchAugment:
         return y.masked_fill_(~valid, self.ignore_id)
 
     def _photometric(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast (around the crop's mean) and saturation (around the per-pixel
-        grey) factors in 1 +- the configured amounts, per sample; clipped to 0..255."""
+        """Jitter brightness, contrast and saturation.
+
+        Brightness, contrast (around the crop's mean) and saturation (around the per-pixel
+        grey) factors in 1 +- the configured amounts, per sample; clipped to 0..255.
+        """
         cfg = self.cfg
 
         def factor(column: int, amount: float) -> torch.Tensor:
