@@ -1,5 +1,7 @@
-"""Test-time augmentation: the offline quality mode of ``seg-ros eval --tta`` and
-``seg-ros replay --tta``, never used by the node (it costs one forward pass per scale and flip).
+"""Test-time augmentation (multi-scale + flip) for the offline tools.
+
+The offline quality mode of ``seg-ros eval --tta`` and ``seg-ros replay --tta``, never used
+by the node (it costs one forward pass per scale and flip).
 
 The frame runs through the network at several scales of its inference size (default 0.75, 1.0,
 1.25), each also mirrored left-right; the softmax scores of every pass, brought to the output size
@@ -23,7 +25,7 @@ NO_CRF = "test-time augmentation (--tta) cannot be combined with CRF refinement 
 
 
 def offline_pipeline(pipe: SegmentationPipeline, tta: bool, crf: str = "off"):
-    """What an offline tool segments with: the pipeline, or its TTA mode when asked."""
+    """Return what an offline tool segments with: the pipeline, or its TTA mode when asked."""
     if not tta:
         return pipe
     if crf != "off":
@@ -32,7 +34,7 @@ def offline_pipeline(pipe: SegmentationPipeline, tta: bool, crf: str = "off"):
 
 
 def output_size(pipe: SegmentationPipeline, frame_hw: tuple[int, int]) -> tuple[int, int]:
-    """The labels' size, as the pipeline would give it (``output_resolution``)."""
+    """Return the labels' size, as the pipeline would give it (``output_resolution``)."""
     if pipe.config.output_resolution == "input":
         return tuple(frame_hw)
     return pipe.inference_size_for(tuple(frame_hw))
@@ -40,7 +42,7 @@ def output_size(pipe: SegmentationPipeline, frame_hw: tuple[int, int]) -> tuple[
 
 def scaled_sizes(pipe: SegmentationPipeline, frame_hw: tuple[int, int],
                  scales: Sequence[float]) -> list[tuple[int, int]]:
-    """The network input size of each scale, rounded to the model's size divisor."""
+    """Return the network input size of each scale, rounded to the model's size divisor."""
     h, w = pipe.inference_size_for(tuple(frame_hw))
     d = pipe.size_divisor
     return [(round_to_multiple(h * s, d), round_to_multiple(w * s, d)) for s in scales]
@@ -49,7 +51,9 @@ def scaled_sizes(pipe: SegmentationPipeline, frame_hw: tuple[int, int],
 @torch.inference_mode()
 def tta_probabilities(pipe: SegmentationPipeline, image: np.ndarray, color_order: str = "rgb",
                       scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True) -> torch.Tensor:
-    """Class probabilities (C, H, W) at the output size, averaged over ``scales`` x (as is,
+    """Average the class probabilities over scales and flips.
+
+    Class probabilities (C, H, W) at the output size, averaged over ``scales`` x (as is,
     mirrored), on the pipeline's device.
     """
     if not scales:
@@ -73,7 +77,9 @@ def tta_probabilities(pipe: SegmentationPipeline, image: np.ndarray, color_order
 
 
 class TTAPipeline:
-    """A pipeline in the offline quality mode: called like :class:`SegmentationPipeline` for what
+    """Pipeline wrapper that segments with test-time augmentation.
+
+    A pipeline in the offline quality mode: called like :class:`SegmentationPipeline` for what
     the offline tools ask (labels, colour mask, overlay, confidence); not CRF-refinable.
     """
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import CAMVID, camvid_available
+from conftest import CAMVID, camvid_available
 from seg_ros.pipeline import SegmentationPipeline
 from seg_ros.training.loss import SegLoss
 from seg_ros.training.trainer import TrainConfig, Trainer, export_checkpoint
@@ -17,7 +17,7 @@ from seg_ros.training.trainer import TrainConfig, Trainer, export_checkpoint
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Four real CamVid frames (downscaled) with their labels, or synthetic ones without ../shared."""
+    """Make four real CamVid frames (downscaled) with labels, or synthetic ones without CamVid."""
     root = tmp_path_factory.mktemp("data")
     (root / "img").mkdir()
     (root / "lab").mkdir()
@@ -25,8 +25,10 @@ def tiny_dataset(tmp_path_factory) -> Path:
         for p in sorted((CAMVID / "train").glob("*.png"))[:4]:
             img = cv2.imread(str(p))
             lab = cv2.imread(str(CAMVID / "trainannot" / p.name), cv2.IMREAD_UNCHANGED)
-            cv2.imwrite(str(root / "img" / p.name), cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA))
-            cv2.imwrite(str(root / "lab" / p.name), cv2.resize(lab, (128, 96), interpolation=cv2.INTER_NEAREST))
+            img = cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA)
+            lab = cv2.resize(lab, (128, 96), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(str(root / "img" / p.name), img)
+            cv2.imwrite(str(root / "lab" / p.name), lab)
     else:
         from seg_ros.sample import sample_road_image
         for i in range(4):
@@ -40,8 +42,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model="ddrnet23_slim", classes="camvid", train_images=str(data / "img"),
-                train_labels=str(data / "lab"), val_images=str(data / "img"), val_labels=str(data / "lab"),
-                out_dir=str(out), epochs=2, batch_size=2, crop=(64, 96), scale=(0.75, 1.25), limit_val=2,
+                train_labels=str(data / "lab"), val_images=str(data / "img"),
+                val_labels=str(data / "lab"), out_dir=str(out), epochs=2, batch_size=2,
+                crop=(64, 96), scale=(0.75, 1.25), limit_val=2,
                 optimizer="adamw", lr=2e-3, weight_decay=0.0, warmup_iters=1, val_every=1,
                 checkpoint_every=1, seed=0)
     base.update(kw)
@@ -69,14 +72,17 @@ def test_resume_continues_from_saved_epoch_and_optimizer(tiny_dataset, tmp_path)
     full.fit()
     first = Trainer(_config(tiny_dataset, tmp_path / "split", epochs=2))
     first.fit(stop_at_epoch=1)
-    resumed = Trainer(_config(tiny_dataset, tmp_path / "split", epochs=2), resume=str(tmp_path / "split" / "last.pt"))
+    resumed = Trainer(_config(tiny_dataset, tmp_path / "split", epochs=2),
+                      resume=str(tmp_path / "split" / "last.pt"))
     assert resumed.epoch == 1 and resumed.iteration == first.iteration
-    assert resumed.optimizer.state_dict()["state"][0]["step"] == first.optimizer.state_dict()["state"][0]["step"]
+    step = resumed.optimizer.state_dict()["state"][0]["step"]
+    assert step == first.optimizer.state_dict()["state"][0]["step"]
     resumed.fit()
     assert resumed.epoch == 2
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
-    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log)
     assert (tmp_path / "split" / "curves.png").is_file()
 
@@ -87,7 +93,7 @@ def test_export_loads_in_pipeline_and_reproduces_checkpoint(tiny_dataset, tmp_pa
     out = tmp_path / "w.pt"
     meta = export_checkpoint(tmp_path / "best.pt", out, half=False)
     assert meta["arch"] == "ddrnet23_slim" and meta["num_classes"] == 11 and "val_miou" in meta
-    assert meta["input_size"] == [96, 128]  # the size validation ran at, the pipeline's default size
+    assert meta["input_size"] == [96, 128]  # the size validation ran at: the pipeline's default
     pipe = SegmentationPipeline(weights=str(out), device="cpu")
     assert pipe.trained and pipe.classes.name == "camvid"
     ckpt_model = trainer.model.eval()
@@ -97,9 +103,11 @@ def test_export_loads_in_pipeline_and_reproduces_checkpoint(tiny_dataset, tmp_pa
         got = pipe.model(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(ref, got, atol=2e-3)
     half = tmp_path / "w16.pt"
-    assert export_checkpoint(tmp_path / "best.pt", half, input_size=(48, 64))["input_size"] == [48, 64]
+    meta16 = export_checkpoint(tmp_path / "best.pt", half, input_size=(48, 64))
+    assert meta16["input_size"] == [48, 64]
     assert half.stat().st_size < 0.6 * out.stat().st_size
-    assert SegmentationPipeline(weights=str(half), device="cpu")(road_image).labels.shape == road_image.shape[:2]
+    labels = SegmentationPipeline(weights=str(half), device="cpu")(road_image).labels
+    assert labels.shape == road_image.shape[:2]
 
 
 def test_ohem_and_ignore_id():
@@ -125,7 +133,7 @@ def test_bad_config_is_rejected(tmp_path):
 
 
 def test_init_weights_starts_from_a_weights_file(tiny_dataset, tmp_path, weights_file):
-    """Fine-tuning: matching tensors are copied; a classifier for another class count keeps its init."""
+    """Fine-tune: matching tensors are copied; another class count's classifier keeps its init."""
     from seg_ros.models import read_weights
     source = read_weights(weights_file).state_dict
     same = Trainer(_config(tiny_dataset, tmp_path / "same", init_weights=str(weights_file)))
@@ -137,7 +145,8 @@ def test_init_weights_starts_from_a_weights_file(tiny_dataset, tmp_path, weights
     assert torch.equal(state["conv1.0.weight"], source["conv1.0.weight"])
     assert state["final_layer.conv2.weight"].shape[0] == 19  # new head, not copied
     with pytest.raises(Exception, match="does not exist"):
-        Trainer(_config(tiny_dataset, tmp_path / "missing", init_weights=str(tmp_path / "nope.pt")))
+        Trainer(_config(tiny_dataset, tmp_path / "missing",
+                        init_weights=str(tmp_path / "nope.pt")))
 
 
 def _reference_ohem(logits, target, ignore, thresh, min_kept):
@@ -256,7 +265,7 @@ def test_resume_mid_epoch_is_exact_and_falls_back_to_exported_weights(tiny_datas
 
 
 def _camvid_layout(tiny_dataset: Path, root: Path) -> Path:
-    """The tiny frames as CamVid's split folders (train: all, val: the first two)."""
+    """Copy the tiny frames into CamVid's split folders (train: all, val: the first two)."""
     import shutil
     for split, count in (("train", 4), ("val", 2)):
         for kind, sub in (("img", split), ("lab", split + "annot")):
@@ -288,7 +297,9 @@ def test_pack_keeps_labels_exact_and_images_close(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_gpu_config_packs_and_trains_an_epoch_on_the_cpu_without_ros(tiny_dataset, tmp_path):
-    """The GPU recipe's own config at a tiny size, through ``python -m seg_ros.cli.train`` with
+    """Train the GPU config at a tiny size on the CPU, without ROS.
+
+    The GPU recipe's own config at a tiny size, through ``python -m seg_ros.cli.train`` with
     the ROS and inference-only packages made unimportable (the GPU machine has none).
     """
     import os

@@ -1,4 +1,6 @@
-"""``seg-ros train --config FILE.yaml [--resume]``, ``seg-ros export-weights CKPT OUT`` and
+"""Training commands: train, export-weights and train-pack.
+
+``seg-ros train --config FILE.yaml [--resume]``, ``seg-ros export-weights CKPT OUT`` and
 ``seg-ros train-pack``. Runnable without the other tools (and without ROS) as
 ``python -m seg_ros.cli.train train ...``, e.g. on a lent GPU machine.
 """
@@ -32,12 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="time the phases of N training steps (a throwaway run in a temporary "
                         "out_dir), print them and exit")
     p.set_defaults(func=run_train)
-    e = sub.add_parser("export-weights", help="export a training checkpoint as a weights file with metadata")
+    e = sub.add_parser("export-weights",
+                       help="export a training checkpoint as a weights file with metadata")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
-    e.add_argument("--fp32", action="store_true", help="keep fp32 tensors (default: fp16, half the size)")
+    e.add_argument("--fp32", action="store_true",
+                   help="keep fp32 tensors (default: fp16, half the size)")
     e.add_argument("--input-size", type=parse_size, default=None,
-                   help="inference size HxW stored in the file (default: the size validation ran at)")
+                   help="inference size HxW stored in the file (default: the size validation "
+                        "ran at)")
     e.set_defaults(func=run_export)
     k = sub.add_parser("train-pack", help="pack image/label folders small (JPEG + PNG) to carry "
                                           "to a GPU machine (docs/training.md)")
@@ -73,7 +78,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_profile(cfg, steps: int) -> int:
-    """Median wall and CPU milliseconds per phase of a training step (the first step, which warms
+    """Print the phases of a training step.
+
+    Median wall and CPU milliseconds per phase of a training step (the first step, which warms
     up, left out).
     """
     import os
@@ -102,7 +109,8 @@ def run_profile(cfg, steps: int) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..training.trainer import export_checkpoint
-    meta = export_checkpoint(args.checkpoint, args.out, half=not args.fp32, input_size=args.input_size)
+    meta = export_checkpoint(args.checkpoint, args.out, half=not args.fp32,
+                             input_size=args.input_size)
     size = "x".join(map(str, meta["input_size"])) if meta["input_size"] else "each frame's own"
     miou = f"{meta['val_miou']:.4f}" if meta["val_miou"] is not None else "not validated"
     print(f"exported {args.checkpoint} -> {args.out} ({meta['arch']}, val mIoU {miou}, "
@@ -119,7 +127,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The training commands alone: imports neither the other tools nor ROS."""
+    """Run the training commands alone: imports neither the other tools nor ROS."""
     import logging
     from ..errors import SegRosError
     logging.basicConfig(level=logging.INFO, format="[seg-ros] %(levelname)s: %(message)s")

@@ -32,7 +32,9 @@ class AugmentConfig:
 
 
 def draw(batches: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
+    """Draw the random numbers of several batches.
+
+    The random numbers of ``batches`` batches, (batches, batch_size, 7), drawn up front so a
     run resumed in the middle of an epoch can skip to its batch without replaying the others.
     """
     return torch.rand(batches, batch_size, DRAWS_PER_SAMPLE, generator=generator,
@@ -62,7 +64,9 @@ class BatchAugment:
         return x, y
 
     def _crop_coordinates(self, frame_hw, draws: torch.Tensor, device: torch.device):
-        """Per sample: crop rows and columns in scaled-frame pixels (B, ch) / (B, cw), the scaled
+        """Locate each sample's crop in its scaled frame.
+
+        Per sample: crop rows and columns in scaled-frame pixels (B, ch) / (B, cw), the scaled
         frame's size, and the mask of crop pixels inside the scaled frame (B, ch, cw).
         """
         (h, w), (ch, cw) = frame_hw, self.cfg.crop
@@ -82,7 +86,9 @@ class BatchAugment:
 
     @staticmethod
     def _sample_images(images: torch.Tensor, rows, cols, frame_hw) -> torch.Tensor:
-        """Bilinear samples at the crop pixels (half-pixel centres, as cv2.resize and
+        """Sample the images bilinearly at the crop pixels.
+
+        Bilinear samples at the crop pixels (half-pixel centres, as cv2.resize and
         F.interpolate with align_corners=False), edges replicated.
         """
         (r, nh), (c, nw) = rows, cols
@@ -94,7 +100,9 @@ class BatchAugment:
 
     def _gather_labels(self, labels: torch.Tensor, rows, cols,
                        valid: torch.Tensor) -> torch.Tensor:
-        """Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
+        """Gather the labels at the crop pixels.
+
+        Nearest-neighbour labels (source index floor(dst * src / dst), as cv2's INTER_NEAREST),
         the ignore id outside the scaled frame.
         """
         (r, nh), (c, nw) = rows, cols
@@ -107,7 +115,9 @@ class BatchAugment:
         return y.masked_fill_(~valid, self.ignore_id)
 
     def _photometric(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast (around the crop's mean) and saturation (around the per-pixel
+        """Jitter brightness, contrast and saturation.
+
+        Brightness, contrast (around the crop's mean) and saturation (around the per-pixel
         grey) factors in 1 +- the configured amounts, per sample; clipped to 0..255.
         """
         cfg = self.cfg

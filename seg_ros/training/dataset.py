@@ -24,7 +24,8 @@ def paired_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[P
         raise ConfigError(f"no images found in {images_dir}")
     missing = [p.name for p in images if p.stem not in labels]
     if missing:
-        raise ConfigError(f"{len(missing)} images in {images_dir} have no label in {labels_dir}, e.g. {missing[:3]}")
+        raise ConfigError(f"{len(missing)} images in {images_dir} have no label in {labels_dir}, "
+                          f"e.g. {missing[:3]}")
     return [(p, labels[p.stem]) for p in images]
 
 
@@ -56,7 +57,9 @@ def read_pairs(images_dirs, labels_dirs, limit: int | None = None) -> tuple[list
 
 
 class SegmentationDataset:
-    """All pairs of one or several folder pairs decoded once and held in memory as numpy arrays
+    """Validation frames held in memory.
+
+    All pairs of one or several folder pairs decoded once and held in memory as numpy arrays
     (CamVid train + val at 360x480: about 320 MB).
     """
 
@@ -68,7 +71,9 @@ class SegmentationDataset:
 
 
 class TrainFrames:
-    """The training pairs as uint8 tensors on the training device, decoded once: a batch is an
+    """Training frames as tensors on the training device.
+
+    The training pairs as uint8 tensors on the training device, decoded once: a batch is an
     index into them, so no step decodes, copies to the device or waits for a loader. Frames of one
     size (CamVid) are stacked, (N, 3, H, W) and (N, H, W); mixed sizes stay a list.
     """

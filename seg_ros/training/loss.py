@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 
 def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> torch.Tensor:
-    """SegNet's median frequency balancing: w_c = median(freq) / freq_c over images containing c."""
+    """Compute SegNet's median frequency balancing weights.
+
+    w_c = median(freq) / freq_c, the frequencies over the images containing c.
+    """
     pixels = np.zeros(num_classes)
     image_pixels = np.zeros(num_classes)
     for lab in labels:
@@ -16,11 +19,14 @@ def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> torc
         image_pixels += (counts > 0) * lab.size
     freq = np.where(image_pixels > 0, pixels / np.maximum(image_pixels, 1), 0)
     med = np.median(freq[freq > 0])
-    return torch.tensor(np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0), dtype=torch.float32)
+    weights = np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 class SegLoss(torch.nn.Module):
-    """CE on logits upsampled to the label size; OHEM keeps pixels with p(true) < ``ohem_thresh``
+    """Segmentation loss: cross entropy, OHEM, class weights, auxiliary head.
+
+    CE on logits upsampled to the label size; OHEM keeps pixels with p(true) < ``ohem_thresh``
     (at least ``ohem_min_kept``); the auxiliary logits add ``aux_weight`` times the same loss.
     """
 
@@ -28,7 +34,8 @@ class SegLoss(torch.nn.Module):
                  ohem_min_kept: int = 100_000, aux_weight: float = 0.4,
                  class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.ignore_id, self.ohem, self.thresh, self.min_kept = ignore_id, ohem, ohem_thresh, ohem_min_kept
+        self.ignore_id, self.ohem = ignore_id, ohem
+        self.thresh, self.min_kept = ohem_thresh, ohem_min_kept
         self.aux_weight = aux_weight
         self.register_buffer("class_weights", class_weights if class_weights is not None else None)
 
@@ -51,7 +58,9 @@ class SegLoss(torch.nn.Module):
         return torch.where(kept > 0, (pixel * hard).sum() / kept.clamp(min=1), plain)
 
     def _ohem_threshold(self, prob: torch.Tensor) -> torch.Tensor | float:
-        """max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above
+        """Return the OHEM probability threshold of a batch.
+
+        max(thresh, the (min_kept + 1)-th smallest p(true)); ignored pixels hold 2.0, above
         every probability, so fewer valid pixels than that keep them all. On the CPU the order
         statistic is skipped when at least that many pixels are below ``thresh`` anyway.
         """

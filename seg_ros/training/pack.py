@@ -17,7 +17,9 @@ from .dataset import paired_files, read_pair
 
 def pack_splits(source: str | Path, splits: list[str], out: str | Path, quality: int = 95,
                 max_mb: float = 40.0) -> dict:
-    """Write ``out/<split>/<stem>.jpg`` and ``out/<split>annot/<stem>.png`` for every pair of
+    """Pack splits of a data set as JPEG images and PNG labels.
+
+    Write ``out/<split>/<stem>.jpg`` and ``out/<split>annot/<stem>.png`` for every pair of
     ``source/<split>`` and ``source/<split>annot``, and ``out/manifest.json``. ConfigError when
     the pack exceeds ``max_mb`` megabytes (10^6 bytes).
     """

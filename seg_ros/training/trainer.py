@@ -34,7 +34,9 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_train_dir() -> Path:
-    """Where runs keep their checkpoints: ``$SEG_ROS_TRAIN_DIR``, else ~/.cache/seg_ros/train;
+    """Return the folder that holds the training runs.
+
+    Where runs keep their checkpoints: ``$SEG_ROS_TRAIN_DIR``, else ~/.cache/seg_ros/train;
     outside the work tree, so a long run's state survives a fresh checkout between sessions.
     """
     default = Path.home() / ".cache" / "seg_ros" / "train"
@@ -43,7 +45,7 @@ def default_train_dir() -> Path:
 
 @dataclass
 class TrainConfig:
-    """What a training run is; read from YAML (keys as below), stored in checkpoints and exports."""
+    """What a training run is: read from YAML (keys below), stored in checkpoints and exports."""
 
     name: str = ""  # run name (default: the YAML file's stem); names the default out_dir
     model: str = "ddrnet23_slim"
@@ -91,7 +93,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        """Keys of this class; ``base: other.yaml`` starts from another config (its relative
+        """Read a training config from YAML.
+
+        Keys of this class; ``base: other.yaml`` starts from another config (its relative
         paths relative to it). Relative paths are relative to the file that sets them.
         """
         data = _read_yaml(Path(path))
@@ -143,9 +147,10 @@ def poly_lr(cfg: TrainConfig, it: int, total: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: int, ignore_id: int | None,
-             device: torch.device, mean, std, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Single-scale validation with the inference pipeline's own resize / normalise / argmax ops."""
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: int,
+             ignore_id: int | None, device: torch.device, mean, std,
+             size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Validate at a single scale with the inference pipeline's resize, normalise and argmax."""
     model.eval()
     acc = ConfusionAccumulator(num_classes, ignore_id)
     scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1).to(device)
@@ -161,7 +166,9 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: 
 
 
 def init_from_weights(model: torch.nn.Module, path: str) -> None:
-    """Start training from a weights file: every tensor whose name and shape match is copied;
+    """Initialise a model from a weights file.
+
+    Start training from a weights file: every tensor whose name and shape match is copied;
     the others (e.g. a classifier for another class set) keep their initialisation and are named.
     """
     weights = read_weights(path)
@@ -176,7 +183,9 @@ def init_from_weights(model: torch.nn.Module, path: str) -> None:
 
 
 class StepClock:
-    """Wall and process CPU time of the phases of a training step (``seg-ros train
+    """Clock of the phases of a training step.
+
+    Wall and process CPU time of the phases of a training step (``seg-ros train
     --profile-steps``); waits for the GPU at each mark so the time lands on the phase that spent
     it. On a shared CPU the wall time includes the waits for other processes; with one thread
     the CPU time does not, which makes it the figure to compare code changes by.
@@ -209,7 +218,9 @@ def _mark(clock: StepClock | None, phase: str) -> None:
 
 
 class Trainer:
-    """One training run. ``resume``: a checkpoint path, or ``"auto"`` for the newest of
+    """One training run.
+
+    One training run. ``resume``: a checkpoint path, or ``"auto"`` for the newest of
     ``out_dir``'s interrupted.pt / last.pt, falling back to the ``export`` weights file, then to
     ``init_weights`` (see :meth:`_resume`).
     """
@@ -223,7 +234,8 @@ class Trainer:
         self.classes = load_classes(cfg.classes)
         self.ignore_id = cfg.ignore_id if cfg.ignore_id is not None else self.classes.ignore_id
         if self.ignore_id is None:
-            raise ConfigError("training needs an ignore id (set ignore_id or use a classes file that has one)")
+            raise ConfigError("training needs an ignore id (set ignore_id or use a classes file "
+                              "that has one)")
         if cfg.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
@@ -264,7 +276,7 @@ class Trainer:
         self._stop = False
 
     def _load_train_frames(self) -> tuple[TrainFrames, torch.Tensor | None]:
-        """The training frames on the device, and the class weights their labels give."""
+        """Load the training frames onto the device; return them and their class weights."""
         cfg = self.cfg
         _, samples = read_pairs(cfg.train_images, cfg.train_labels, cfg.limit_train)
         weights = None
@@ -288,7 +300,9 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def _resume(self, resume: str | None) -> None:
-        """Restore a checkpoint; with ``"auto"`` fall back to the last exported weights (this
+        """Restore a run's state for ``--resume``.
+
+        Restore a checkpoint; with ``"auto"`` fall back to the last exported weights (this
         run's ``export`` file, else ``init_weights``): the model and, when the file is an export
         of this run, its epoch and iteration; the optimiser's state restarts then.
         """
@@ -335,7 +349,7 @@ class Trainer:
         return path
 
     def _frame_size(self) -> tuple[int, int]:
-        """The size the model is meant to run at: the validation frames', else the training's."""
+        """Return the size the model is meant to run at: the val frames', else the training's."""
         if self.val_set is not None:
             return tuple(self.val_set.samples[0][0].shape[:2])
         return self.frames.frame_hw
@@ -345,7 +359,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.iteration, self.best_miou = ckpt["epoch"], ckpt["iteration"], ckpt["best_miou"]
+        self.epoch, self.iteration = ckpt["epoch"], ckpt["iteration"]
+        self.best_miou = ckpt["best_miou"]
         self.step_in_epoch = ckpt.get("step_in_epoch", 0)
         torch.set_rng_state(ckpt["rng"].cpu())
 
@@ -363,7 +378,9 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This epoch's frame order (batches, batch_size) and augmentation draws, a function of
+        """Return this epoch's frame order and augmentation draws.
+
+        This epoch's frame order (batches, batch_size) and augmentation draws, a function of
         seed and epoch alone: a resumed run trains on exactly the batches an unbroken one would.
         """
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
@@ -424,12 +441,14 @@ class Trainer:
     def validate(self) -> float:
         if self.val_set is None:
             return math.nan
-        res = evaluate(self.model, self.val_set, self.classes.num_classes, self.ignore_id, self.device,
-                       self.mean, self.std, self.cfg.val_size)
+        res = evaluate(self.model, self.val_set, self.classes.num_classes, self.ignore_id,
+                       self.device, self.mean, self.std, self.cfg.val_size)
         return float(res["scores"].miou)
 
     def profile(self, steps: int) -> StepClock:
-        """The phases' times of ``steps`` training steps (the run's own batches and step); the
+        """Time the phases of some training steps.
+
+        The phases' times of ``steps`` training steps (the run's own batches and step); the
         model and optimiser move on as in training, so profile a throwaway run.
         """
         clock = StepClock(self.device)
@@ -437,7 +456,7 @@ class Trainer:
         return clock
 
     def _steps(self, steps: int, clock: StepClock | None = None) -> None:
-        """``steps`` training steps on epoch 0's batches (profiling, timing)."""
+        """Run ``steps`` training steps on epoch 0's batches (profiling, timing)."""
         self.model.train()
         order, draws = self.epoch_plan()
         for b in range(steps):
@@ -497,7 +516,9 @@ class Trainer:
             interrupted.unlink()  # superseded by the checkpoints of this epoch
 
     def _fit_epochs_to_budget(self, budget_s: float) -> None:
-        """Time a few steps (the model and optimiser are restored after), then train for as many
+        """Fit the epoch count to a time budget.
+
+        Time a few steps (the model and optimiser are restored after), then train for as many
         epochs as fit ``budget_s`` seconds (at most ``cfg.epochs``); the schedule follows.
         """
         saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
@@ -524,7 +545,9 @@ class Trainer:
 
 
 def _validated_size(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[int] | None:
-    """The frame size the model was validated (or, without validation, trained) at: the
+    """Return the frame size the model was validated at.
+
+    The frame size the model was validated (or, without validation, trained) at: the
     configured ``val_size``, else the frames' size recorded in the checkpoint, else the size of
     the first validation image (checkpoints of older versions).
     """
@@ -533,7 +556,8 @@ def _validated_size(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[int] | None:
     recorded = ckpt.get("frame_size") or ckpt.get("val_frame_size")
     if recorded:
         return [int(v) for v in recorded]
-    first = next(iter(sorted(Path(cfg.val_images).glob("*.png"))), None) if cfg.val_images else None
+    pngs = sorted(Path(cfg.val_images).glob("*.png")) if cfg.val_images else []
+    first = pngs[0] if pngs else None
     if first is None:
         return None
     from PIL import Image
@@ -544,7 +568,9 @@ def _validated_size(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[int] | None:
 def weights_meta(config: dict[str, Any], classes, epoch: int, iteration: int,
                  val_miou: float | None, frame_size: list[int] | None,
                  input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The metadata of an exported weights file: everything the pipeline needs besides tensors.
+    """Return the metadata of an exported weights file.
+
+    The metadata of an exported weights file: everything the pipeline needs besides tensors.
     ``input_size`` (default ``frame_size``) becomes the pipeline's inference size, so frames from
     a camera of another resolution are scaled to the object sizes the model learned.
     """
@@ -562,7 +588,8 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, half: bool =
                       input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Turn a training checkpoint into the project's weights file (metadata + fp16 tensors)."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+    known = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
     classes = load_classes(cfg.classes)
     model = build_model(cfg.model, classes.num_classes)
     model.load_state_dict(ckpt["model"])
@@ -574,7 +601,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, half: bool =
 
 
 def final_checkpoint(out_dir: Path, cfg: TrainConfig) -> Path | None:
-    """What a finished run exports: best.pt when it selected on val, else last.pt."""
+    """Return what a finished run exports: best.pt when it selected on val, else last.pt."""
     best, last = out_dir / "best.pt", out_dir / "last.pt"
     if cfg.select_best and best.is_file():
         return best
