@@ -36,13 +36,17 @@ from .replay import untrained_banner
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score a model on labelled images or a labelled bag (mIoU, ...)",
+    p = sub.add_parser("eval",
+                       help="score a model on labelled images or a labelled bag (mIoU, ...)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("data (a folder pair or a bag)")
     src.add_argument("--images", type=Path, help="folder of images")
-    src.add_argument("--labels", type=Path, help="folder of label PNGs (class ids), same file names")
-    src.add_argument("--label-suffix", default="", help="label file = image stem + this suffix (e.g. _L)")
-    src.add_argument("--bag", type=Path, help="bag with an image topic and a ground-truth label topic")
+    src.add_argument("--labels", type=Path,
+                     help="folder of label PNGs (class ids), same file names")
+    src.add_argument("--label-suffix", default="",
+                     help="label file = image stem + this suffix (e.g. _L)")
+    src.add_argument("--bag", type=Path,
+                     help="bag with an image topic and a ground-truth label topic")
     src.add_argument("--image-topic", default=None,
                      help="image topic (many bags: default the bag's only image topic besides the "
                           "labels)")
@@ -58,13 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     many.add_argument("--overwrite", action="store_true",
                       help="start again in an --out that has a manifest")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images")
-    p.add_argument("--ignore-id", type=int, default=None, help="override the classes file's ignore id")
+    p.add_argument("--ignore-id", type=int, default=None,
+                   help="override the classes file's ignore id")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     p.add_argument("--figure", type=Path, default=None,
                    help="PNG figure (default: beside --json, else eval_report.png)")
     p.add_argument("--boundary-f", action="store_true",
-                   help="also report the boundary F-score (boundary pixels within --boundary-tolerance)")
-    p.add_argument("--boundary-tolerance", type=int, default=3, help="boundary match distance in pixels")
+                   help="also report the boundary F-score (boundary pixels within "
+                        "--boundary-tolerance)")
+    p.add_argument("--boundary-tolerance", type=int, default=3,
+                   help="boundary match distance in pixels")
     p.add_argument("--tta", action="store_true",
                    help="offline quality mode: average scales 0.75/1/1.25 and flips (6x the time)")
     add_pipeline_args(p)
@@ -99,10 +106,10 @@ def print_table(scores: Scores, names: list[str], images: int, skipped: int) -> 
         fmt = lambda v: "    n/a" if np.isnan(v) else f"{100 * v:6.2f}%"  # noqa: E731
         print(f"{n:<{width}}  {fmt(iou)}  {fmt(acc)}  {int(gt_pixels[i]):>11}")
     present = int((~np.isnan(scores.per_class_iou)).sum())
-    print(f"{'mIoU':<{width}}  {100 * scores.miou:6.2f}%  (mean over {present} of {len(names)} classes "
-          f"present in prediction or ground truth)")
-    print(f"{'pixel acc':<{width}}  {100 * scores.pixel_accuracy:6.2f}%  over {scores.counted_pixels} "
-          f"scored pixels in {images} images")
+    print(f"{'mIoU':<{width}}  {100 * scores.miou:6.2f}%  (mean over {present} of "
+          f"{len(names)} classes present in prediction or ground truth)")
+    print(f"{'pixel acc':<{width}}  {100 * scores.pixel_accuracy:6.2f}%  over "
+          f"{scores.counted_pixels} scored pixels in {images} images")
     print(f"{'skipped':<{width}}  {skipped} frames (bad input, not scored)")
 
 
@@ -223,8 +230,10 @@ def check_single_args(args: argparse.Namespace) -> None:
 
 @dataclass
 class SingleResult:
-    """What scoring one source gives: the summed confusion, the boundary scores if asked for,
-    the frames skipped with their reasons, and the ignore id used.
+    """What scoring one source gives.
+
+    The summed confusion, the boundary scores if asked for, the frames skipped with their
+    reasons, and the ignore id used.
     """
 
     acc: ConfusionAccumulator
@@ -260,7 +269,7 @@ def score_single(args: argparse.Namespace, pipe: Any) -> SingleResult:
 
 
 def report_single(args: argparse.Namespace, pipe: Any, result: SingleResult) -> None:
-    """The table, skipped frames (stderr), the figure and the --json report."""
+    """Print the table and the skipped frames (stderr), write the figure and --json report."""
     names = list(pipe.classes.names)
     acc, boundary, skipped = result.acc, result.boundary, result.skipped
     scores = acc.scores()

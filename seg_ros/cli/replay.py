@@ -1,4 +1,4 @@
-"""``seg-ros replay BAG --out OUT_BAG``: segment every image of a bag, offline and deterministically.
+"""``seg-ros replay BAG --out OUT_BAG``: segment every image of a bag, offline, deterministically.
 
 How a model is qualified on recorded drives before it goes on a vehicle: the output bag holds every
 input message unchanged plus ``<topic>/labels`` (mono8), ``<topic>/color_mask`` and
@@ -42,15 +42,15 @@ def format_latency(lat: dict[str, float | None]) -> str:
 
 
 def untrained_banner(pipe: Any) -> str | None:
-    """The plain-words warning every tool prints when the model has no trained weights."""
+    """Return the plain-words warning every tool prints when the model has no trained weights."""
     if pipe.trained:
         return None
-    return (f"NOTE: model {pipe.config.model} is UNTRAINED (random initialisation, no weights file): "
-            f"its labels are meaningless; this run only shows the tooling working")
+    return (f"NOTE: model {pipe.config.model} is UNTRAINED (random initialisation, no weights "
+            f"file): its labels are meaningless; this run only shows the tooling working")
 
 
 class VideoSink:
-    """Overlay frames -> an .mp4 (OpenCV ``mp4v``); turns itself off with one warning on failure."""
+    """Overlay frames -> an .mp4 (OpenCV ``mp4v``); off with one warning on failure."""
 
     def __init__(self, path: Path | None, fps: float) -> None:
         self.path, self.fps = path, fps
@@ -66,7 +66,8 @@ class VideoSink:
         if self.writer is None:
             self.size = (rgb.shape[1], rgb.shape[0])
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          self.fps, self.size)
             if not self.writer.isOpened():
                 self.error = f"OpenCV cannot write {self.path} (no mp4v encoder in this build)"
                 print(f"warning: {self.error}; no video written", file=sys.stderr)
@@ -91,17 +92,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output bag: NAME.mcap / NAME.db3 (one file) or a directory name; for a "
                         "fleet run the output folder")
     p.add_argument("--topic", dest="topics", action="append", default=None,
-                   help="image topic to segment (repeatable; default: every Image/CompressedImage topic)")
-    p.add_argument("--storage", choices=["mcap", "sqlite3"], default=None, help="storage of a directory output")
+                   help="image topic to segment (repeatable; default: every "
+                        "Image/CompressedImage topic)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default=None,
+                   help="storage of a directory output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N image messages")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask (0..1)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--video", type=Path, default=None, help="also write the overlays as an .mp4")
     p.add_argument("--video-fps", type=float, default=10.0)
     p.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
     p.add_argument("--crf-replaces-labels", action="store_true",
-                   help="with --crf: write the refined labels as <topic>/labels, color_mask, overlay "
-                        "(default: raw labels there, refined ones on <topic>/labels_refined, ...)")
+                   help="with --crf: write the refined labels as <topic>/labels, color_mask, "
+                        "overlay (default: raw labels there, refined ones on "
+                        "<topic>/labels_refined, ...)")
     p.add_argument("--tta", action="store_true",
                    help="offline quality mode: average scales 0.75/1/1.25 and flips (6x the time)")
     add_pipeline_args(p)
@@ -113,9 +118,10 @@ def replay(bag_path: Path, out_path: Path, pipe: Any, topics: Sequence[str] | No
            max_frames: int | None = None, alpha: float = 0.5, video: VideoSink | None = None,
            storage: str | None = None, overwrite: bool = False, refiner: Any = None,
            crf_replaces_labels: bool = False) -> dict[str, Any]:
-    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics (seg_ros.fleet.segment),
-    with a progress bar; returns the summary. With a CRF ``refiner`` the refined outputs go to
-    ``<topic>/<suffix>_refined`` (or replace the raw ones).
+    """Copy ``bag_path`` to ``out_path`` adding the segmentation topics; return the summary.
+
+    The topics come from seg_ros.fleet.segment, with a progress bar. With a CRF ``refiner`` the
+    refined outputs go to ``<topic>/<suffix>_refined`` (or replace the raw ones).
     """
     options = ReplayOptions(tuple(topics) if topics else None, max_frames, alpha, storage,
                             overwrite, crf_replaces_labels)
@@ -134,10 +140,13 @@ def print_summary(s: dict[str, Any]) -> None:
     for kind, n in s["failures"].items():
         print(f"    failed {n} x {kind}: e.g. {s['failure_examples'][kind]}")
     fps = s["throughput_fps"]
-    print(f"  throughput:  {fps:.2f} frames/s over {s['elapsed_s']:.1f} s" if fps else "  throughput:  n/a")
-    print(f"  latency:     {format_latency(s['latency_ms'])} (decode + segment + encode, per frame)")
+    print(f"  throughput:  {fps:.2f} frames/s over {s['elapsed_s']:.1f} s" if fps
+          else "  throughput:  n/a")
+    print(f"  latency:     {format_latency(s['latency_ms'])} "
+          f"(decode + segment + encode, per frame)")
     d = s["pipeline"]
-    print(f"  model:       {d['model']} on {d['device']} ({d['precision']}), weights {d['weights']}")
+    print(f"  model:       {d['model']} on {d['device']} ({d['precision']}), "
+          f"weights {d['weights']}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,9 +167,10 @@ def run_single(args: argparse.Namespace, bag: Path) -> int:
         print(banner, file=sys.stderr)
     video = VideoSink(args.video, args.video_fps) if args.video else None
     try:
-        summary = replay(bag, args.out, pipe, args.topics, max_frames=args.max_frames, alpha=args.alpha,
-                         video=video, storage=args.storage, overwrite=args.overwrite,
-                         refiner=refiner_from_args(args, pipe), crf_replaces_labels=args.crf_replaces_labels)
+        summary = replay(bag, args.out, pipe, args.topics, max_frames=args.max_frames,
+                         alpha=args.alpha, video=video, storage=args.storage,
+                         overwrite=args.overwrite, refiner=refiner_from_args(args, pipe),
+                         crf_replaces_labels=args.crf_replaces_labels)
     finally:
         if video is not None:
             video.close()
@@ -172,7 +182,7 @@ def run_single(args: argparse.Namespace, bag: Path) -> int:
 
 def report_single(args: argparse.Namespace, summary: dict[str, Any],
                   video: VideoSink | None) -> None:
-    """The printed summary, the video written, and the --json summary."""
+    """Print the summary, note the video written, and write the --json summary."""
     if video is not None and not video.error:
         summary["video"] = str(args.video)
         print(f"wrote {video.frames} overlay frames to {args.video}")
@@ -183,7 +193,7 @@ def report_single(args: argparse.Namespace, summary: dict[str, Any],
 
 
 def run_many(args: argparse.Namespace) -> int:
-    """A fleet run: every bag the inputs name, outputs mirrored under --out (a folder)."""
+    """Run over a fleet: every bag the inputs name, outputs mirrored under --out (a folder)."""
     check_fleet_args(args)
     if args.video or args.json or args.tta:
         raise ConfigError("--video, --json and --tta are for one bag; a run over many bags writes "
