@@ -22,6 +22,7 @@ import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REDELIVER_AFTER_S = 0.01  # a stop dropped inside a callback is sent again this much later
 
 
 class ShutdownRequested(BaseException):
@@ -47,6 +48,8 @@ class SignalGuard:
     def install(self) -> "SignalGuard":
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
+        self._previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
         return self
 
     @property
@@ -65,6 +68,22 @@ class SignalGuard:
         """
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+
+    def _on_unraisable(self, unraisable) -> None:
+        """Deliver again a stop that Python could not raise where it landed.
+
+        A signal handler runs wherever the main thread is, also inside a callback whose
+        exceptions Python can only print and drop ("Exception ignored in: ... _get_module_lock
+        ... cb", seen during imports under load): start-up then went on as if no signal had
+        come. Such a ShutdownRequested is not printed; the same signal is sent again, to land
+        at the next ordinary point of start-up.
+        """
+        stop = unraisable.exc_value
+        if not isinstance(stop, ShutdownRequested):
+            self._previous_unraisablehook(unraisable)
+            return
+        self.signum, self._raise_on_signal = None, True
+        threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), stop.signum)).start()
 
     def _on_signal(self, signum: int, _frame) -> None:
         if self.signum is not None:
