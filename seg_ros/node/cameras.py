@@ -123,7 +123,7 @@ class Camera:
 
     def publish_camera_info(self, header, frame_hw: tuple[int, int],
                             labels_hw: tuple[int, int]) -> None:
-        """Return the newest CameraInfo with the labels' header.
+        """Publish the newest CameraInfo with the labels' header.
 
         Scaled to the labels' size; nothing when none came in or nobody listens.
         """
@@ -137,8 +137,6 @@ class Camera:
         out.header = header
         self.pub_info.publish(out)
 
-    def wants_camera_info(self) -> bool:
-        return self._info is not None and self.pub_info.get_subscription_count() > 0
 
 
 def scaled_camera_info(info: CameraInfo, scale_x: float, scale_y: float) -> CameraInfo:
