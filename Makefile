@@ -14,12 +14,12 @@ $(VENV)/.installed: requirements-dev.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# nothing to do where `ros2` exists (a ROS install) or ../shared/ros2-cli does not (users' machines)
+# nothing to do where `ros2` exists (a ROS install) or ../shared/ros2-cli does not (users' machines);
+# the stamp is written only once ros2 is there, so ../shared appearing later is picked up
 $(VENV)/.ros2-cli: $(VENV)/.installed
-	@if command -v ros2 >/dev/null 2>&1; then echo "ros2 found: $$(command -v ros2)"; \
-	elif [ -f $(ROS2_CLI)/install.sh ]; then bash $(ROS2_CLI)/install.sh $(PY); \
+	@if command -v ros2 >/dev/null 2>&1; then echo "ros2 found: $$(command -v ros2)"; touch $@; \
+	elif [ -f $(ROS2_CLI)/install.sh ]; then bash $(ROS2_CLI)/install.sh $(PY) && touch $@; \
 	else echo "no ros2 and no $(ROS2_CLI): the ROS 2 CLI tests will skip"; fi
-	touch $@
 
 setup: $(VENV)/.installed $(VENV)/.ros2-cli
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (CAMVID, SMALL, build_workspace, camvid_available, require_ros2_cli,
-                     save_test_weights)
+from helpers import (CAMVID, SMALL, build_workspace, camvid_available, require_module,
+                     require_ros2_cli, save_test_weights)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def small_image(road_image) -> np.ndarray:
 def workspace(tmp_path_factory) -> Path:
     """install/ of a colcon workspace holding a clean copy of this repository."""
     require_ros2_cli()
-    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    require_module("rclpy", reason="rclpy (ROS 2) is not installed")
     return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
 
 

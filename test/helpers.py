@@ -8,6 +8,7 @@ Nothing here imports rclpy at import time: modules without ROS (bags, eval) use 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -163,11 +164,13 @@ def legacy_name(msgtype: str) -> str:
     return f"{pkg}/{name}"
 
 
-def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3") -> Path:
+def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqlite3",
+                     foxy: bool = False) -> Path:
     """Return a rosbag2 whose connections use the older type spelling.
 
     ``path`` ending in ``.mcap`` / ``.db3`` becomes a single storage file, any other path a bag
-    directory with metadata.yaml.
+    directory with metadata.yaml. ``foxy``: a sqlite3 bag directory in the layout rosbag2 wrote
+    up to Galactic (metadata version 4, no type hashes, no schema or definitions tables).
     """
     ts = bags.typestore()
     single = path.suffix in (".mcap", ".db3")
@@ -183,10 +186,34 @@ def write_legacy_bag(path: Path, records: Iterable[Record], storage: str = "sqli
                                                  rihs01=ts.hash_rihs01(msgtype))
         writer.write(conns[topic], stamp, ts.serialize_cdr(msg, msgtype))
     writer.close()
+    if foxy:
+        assert storage == "sqlite3" and not single, "Foxy wrote sqlite3 bag directories"
+        _as_foxy_bag(folder)
     if single:
         (folder / f"{folder.name}{bags.STORAGE_SUFFIX[storage]}").replace(path)
         shutil.rmtree(folder)
     return path
+
+
+def _as_foxy_bag(folder: Path) -> None:
+    """Rewrite a sqlite3 bag directory as rosbag2 0.3 (Foxy) wrote it."""
+    import sqlite3
+
+    import yaml
+
+    (db,) = folder.glob("*.db3")
+    with sqlite3.connect(db) as con:
+        for table in ("schema", "metadata", "message_definitions"):
+            con.execute(f"DROP TABLE {table}")
+        con.execute("ALTER TABLE topics DROP COLUMN type_description_hash")
+    meta_file = folder / "metadata.yaml"
+    info = yaml.safe_load(meta_file.read_text())["rosbag2_bagfile_information"]
+    for key in ("files", "custom_data", "ros_distro"):
+        info.pop(key, None)
+    for entry in info["topics_with_message_count"]:
+        entry["topic_metadata"].pop("type_description_hash", None)
+    info["version"] = 4
+    meta_file.write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))
 
 
 # -- the node as a process, and a test peer over DDS (test_node*.py, test_lifecycle_node.py) --
@@ -438,6 +465,20 @@ def ros2_executable(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
+def require_module(name: str, reason: str | None = None) -> Any:
+    """Import ``name``, or skip without it; under CI a missing dev dependency is a failure.
+
+    ``pytest.importorskip`` for what requirements-dev.txt installs: CI must run these tests.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        why = reason or f"{name} is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run this test: {why} ({exc})", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+
+
 def require_ros2_cli() -> None:
     """Skip without the ROS 2 command line, with the reason; under CI that is a failure."""
     missing = [name for name in ("ros2", "colcon") if ros2_executable(name) is None]
@@ -475,8 +516,12 @@ def build_workspace(root: Path) -> Path:
 
 
 def sourced_env(install: Path, domain: int, log_dir: Path) -> dict[str, str]:
-    """Return the environment after `. install/setup.sh`, on its own ROS domain, localhost only."""
-    dump = subprocess.run(["bash", "-c", f". '{install}/setup.sh' && env -0"], capture_output=True,
+    """Return the environment after the README's `source install/setup.bash`.
+
+    On its own ROS domain, localhost only.
+    """
+    dump = subprocess.run(["bash", "-c", f"source '{install}/setup.bash' && env -0"],
+                          capture_output=True,
                           check=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
                                                               f"{os.environ.get('PATH', '')}"))
     sourced = dict(line.split("=", 1) for line in dump.stdout.decode().split("\0") if "=" in line)
@@ -807,6 +852,13 @@ def readme_commands(heading: str = "## Using it on a ROS 2 machine") -> list[str
 def small_frame() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+
+
+def node_log_text(log_dir: Path, pid: int) -> str:
+    """Return the rcl log file of process ``pid`` (``<exe>_<pid>_<time>.log`` in ROS_LOG_DIR)."""
+    files = sorted(log_dir.glob(f"*_{pid}_*.log"))
+    assert files, f"no log file of pid {pid} in {log_dir}: {sorted(log_dir.glob('*'))}"
+    return "\n".join(f.read_text(errors="replace") for f in files)
 
 
 def assert_stopped_cleanly(proc: Ros2Process, launched: bool) -> None:

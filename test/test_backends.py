@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import require_module
 from seg_ros.backends import AUTO_BACKENDS, auto_backend_name, create_backend, list_backends
 from seg_ros.backends.cuda_fast import GraphedForward, capture_static_eager, graph_key
 from seg_ros.backends.onnx_export import (AdaptiveAvgPoolMatmul, OnnxCache, export_onnx,
@@ -31,8 +32,8 @@ from seg_ros.errors import ConfigError
 from seg_ros.models import build_model, save_weights
 from seg_ros.pipeline import SegmentationPipeline, inference_size
 
-onnx = pytest.importorskip("onnx", reason="onnx not installed (optional extra 'onnx')")
-ort = pytest.importorskip(
+onnx = require_module("onnx", reason="onnx not installed (optional extra 'onnx')")
+ort = require_module(
     "onnxruntime", reason="onnxruntime not installed (optional extra 'onnx')"
 )
 HAS_CUDA = torch.cuda.is_available()

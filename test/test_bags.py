@@ -156,10 +156,15 @@ def test_normalize_type_accepts_the_older_spelling():
     assert bags.normalize_type("Image") == "Image"
 
 
-@pytest.mark.parametrize("name,storage", [("old.db3", "sqlite3"), ("old.mcap", "mcap"),
-                                          ("old_dir_db3", "sqlite3"), ("old_dir_mcap", "mcap")])
-def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage):
-    """Bags written by earlier ROS 2 releases / other tools say 'sensor_msgs/Image'."""
+@pytest.mark.parametrize("name,storage,foxy", [
+    ("old.db3", "sqlite3", False), ("old.mcap", "mcap", False),
+    ("old_dir_db3", "sqlite3", False), ("old_dir_mcap", "mcap", False),
+    ("foxy_dir_db3", "sqlite3", True)])
+def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage, foxy):
+    """Bags written by earlier ROS 2 releases / other tools say 'sensor_msgs/Image'.
+
+    ``foxy``: also the oldest bag layout (metadata version 4, no type hashes).
+    """
     frames = _frames(3)
     ok, png = cv2.imencode(".png", frames[0][:, :, ::-1])
     String = bags.typestore().types["std_msgs/msg/String"]
@@ -169,7 +174,7 @@ def test_older_type_spelling_reads_like_the_current_one(tmp_path, name, storage)
     compressed = bags.make_compressed(bags.make_header(9), "png", png)
     records += [("/cam_c", bags.COMPRESSED_TYPE, 200, compressed),
                 ("/note", "std_msgs/msg/String", 300, String(data="hi"))]
-    path = write_legacy_bag(tmp_path / name, records, storage)
+    path = write_legacy_bag(tmp_path / name, records, storage, foxy=foxy)
     with bags.BagReader(path) as bag:  # the recorded spelling really is the old one
         assert {c.msgtype for c in bag.reader.connections} == {
             "sensor_msgs/Image", "sensor_msgs/CompressedImage", "std_msgs/String"}

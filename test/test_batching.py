@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import require_module
 from seg_ros.batching import LatestFrames
 from seg_ros.camera_info import Intrinsics, resize_factors
 from seg_ros.errors import ConfigError, InputError
@@ -136,7 +137,7 @@ def test_a_backend_that_takes_one_frame_per_pass_gets_one(weights_file, small_im
 
     A batch of 3 runs as 3 passes, with the same labels as one frame at a time.
     """
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
     pipe = SegmentationPipeline(weights=str(weights_file), device="cpu", backend="onnxruntime",
                                 max_batch=3)
     assert pipe.batch_limit() == 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import require_module
 from seg_ros import bags
 from seg_ros.models import build_model, save_weights
 from seg_ros.pipeline import SegmentationPipeline
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.skipif(not DEMO_BAG.is_file(), reason=f"demo bag {DEMO_
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_demo_runs_node_and_player_over_dds(tmp_path, ros_domain_id):
-    pytest.importorskip("rclpy", reason="rclpy not installed: the live demo needs it")
+    require_module("rclpy", reason="rclpy not installed: the live demo needs it")
     torch.manual_seed(0)
     weights = tmp_path / "seed0.pt"
     save_weights(weights, build_model("ddrnet23_slim", 11), {"arch": "ddrnet23_slim"})

@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+from helpers import require_module
+
+rclpy = require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from helpers import (SMALL, check_outputs, image_msg, mosaic,  # noqa: E402
                      node_command, pack_yuv422, running_node)

@@ -12,7 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
+from helpers import require_module
+
+require_module("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402

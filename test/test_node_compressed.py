@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from helpers import (INPUT, SMALL, check_outputs, corrupt_entropy, damaged_files, header_for,
-                     node_command, running_node)
+                     node_command, require_module, running_node)
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+rclpy = require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+from helpers import require_module
+
+rclpy = require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from sensor_msgs.msg import Image  # noqa: E402
 

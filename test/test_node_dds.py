@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from helpers import require_module
 from seg_ros.node.dds_transport import CWD_PROFILE, PROFILE, PROFILE_VARS, transport_defaults
 from seg_ros.resources import share_path
 
@@ -74,7 +75,7 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
     within 1 s (plus the node's own processing time). Failed on Fast DDS's defaults: 5 and 7 of 20
     frames missed an output.
     """
-    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    require_module("rclpy", reason="rclpy (ROS 2) is not installed")
     import cv2
     from seg_ros.cli.live_node import (LiveClient, NodeProcess, delivery_summary, idle_counters,
                                        image_message, isolated_env, node_command, random_domain,

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
+from helpers import require_module
+
+require_module("rclpy")
 
 from helpers import (check_outputs, image_msg, node_command, running_node,  # noqa: E402
                      save_test_weights)
@@ -53,7 +55,7 @@ def test_node_backends_on_cpu(tmp_path, road_image, backend, runs):
     Onnxruntime on request.
     """
     if runs == "onnxruntime":
-        pytest.importorskip("onnxruntime")
+        require_module("onnxruntime")
     weights = save_test_weights(tmp_path / "ddrnet.pt", "ddrnet23_slim")
     frame = small_frame(road_image)
     h, w = frame.shape[:2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import require_module
 from seg_ros.node import params as P
 from seg_ros.node.diagnostics import ERROR, OK, WARN, NodeStats
 
@@ -73,7 +74,7 @@ def test_valid_parameters_pass(name, value):
 
 
 def test_every_parameter_has_a_description_and_a_typed_descriptor():
-    pytest.importorskip("rcl_interfaces", reason="rcl_interfaces (ROS 2) is not installed")
+    require_module("rcl_interfaces", reason="rcl_interfaces (ROS 2) is not installed")
     for spec in P.PARAMETERS:
         desc = P.descriptor(spec)
         assert desc.description and desc.type != 0, spec.name

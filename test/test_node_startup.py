@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from helpers import (PARAMS_FILE, NodeProcess, Peer, image_msg, node_command, node_env,
-                     save_test_weights)
+                     require_module, save_test_weights)
 from seg_ros.cli.live_node import random_domain, ros_env_here
 from seg_ros.models import build_model, save_weights
 
-pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # node processes
 
 

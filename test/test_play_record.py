@@ -12,9 +12,9 @@ import pytest
 
 from seg_ros import bags
 
-from helpers import write_legacy_bag
+from helpers import require_module, write_legacy_bag
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: live DDS tests need it")
+rclpy = require_module("rclpy", reason="rclpy not installed: live DDS tests need it")
 pytestmark = pytest.mark.slow  # player and recorder processes over DDS
 
 N = 20

@@ -115,9 +115,15 @@ def test_replay_topic_choice_max_frames_and_video(tmp_path, input_bag, weights_f
     assert cli(["replay", str(path), "--out", str(out), "--weights", str(weights_file)]) == 2
 
 
-@pytest.mark.parametrize("name,storage", [("old.db3", "sqlite3"), ("old_mcap", "mcap")])
-def test_replay_accepts_the_older_type_spelling(tmp_path, input_bag, weights_file, name, storage):
-    """Same frames, spelled 'sensor_msgs/Image' / 'sensor_msgs/CompressedImage': same output."""
+@pytest.mark.parametrize("name,storage,foxy", [("old.db3", "sqlite3", False),
+                                               ("old_mcap", "mcap", False),
+                                               ("foxy_dir", "sqlite3", True)])
+def test_replay_accepts_the_older_type_spelling(tmp_path, input_bag, weights_file, name, storage,
+                                                foxy):
+    """Same frames, spelled 'sensor_msgs/Image' / 'sensor_msgs/CompressedImage': same output.
+
+    ``foxy``: in the oldest bag layout too (metadata version 4, no type hashes).
+    """
     _, frames = input_bag
     ok, png = cv2.imencode(".png", frames[1][:, :, ::-1])
     records = [("/cam", bags.IMAGE_TYPE, 1000 + 10 * i,
@@ -125,7 +131,7 @@ def test_replay_accepts_the_older_type_spelling(tmp_path, input_bag, weights_fil
                for i, img in enumerate(frames)]
     records.append(("/cam_c", bags.COMPRESSED_TYPE, 1040,
                     bags.make_compressed(bags.make_header(77, "c"), "png", png.tobytes())))
-    legacy = write_legacy_bag(tmp_path / name, records, storage)
+    legacy = write_legacy_bag(tmp_path / name, records, storage, foxy=foxy)
     out = tmp_path / "out.mcap"
     rc = cli(["replay", str(legacy), "--out", str(out), "--weights", str(weights_file),
               "--device", "cpu"])

@@ -15,14 +15,15 @@ import shlex
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from helpers import (READY, REPO, STOP_WITHIN_S, TRACEBACK, FramePeer, Ros2Process,
-                     assert_stopped_cleanly, ctrl_c_race, process_gone, readme_commands, ros2,
-                     small_frame, sourced_env)
+                     assert_stopped_cleanly, ctrl_c_race, node_log_text, process_gone,
+                     readme_commands, require_module, ros2, small_frame, sourced_env)
 from seg_ros.cli.live_node import random_domain
 from seg_ros.node.params import PARAMETERS
 
@@ -34,7 +35,9 @@ def env(workspace, tmp_path) -> dict[str, str]:
 
 
 def test_colcon_build_installs_the_package(workspace, env):
-    assert "colcon build --packages-select seg_ros" in readme_commands()
+    lines = readme_commands()
+    assert "colcon build --packages-select seg_ros" in lines
+    assert "source install/setup.bash" in lines  # what sourced_env does
     executables = ros2(env, "pkg", "executables", "seg_ros")
     assert "seg_ros segment_node" in executables.stdout.splitlines(), executables
     share = workspace / "seg_ros" / "share" / "seg_ros"
@@ -115,7 +118,7 @@ def launched(workspace, tmp_path_factory):
     The params file sets model ddrnet23 (overridden by the model argument) and overlay_alpha /
     publish_confidence (kept).
     """
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
     tmp = tmp_path_factory.mktemp("launch_args")
     installed = workspace / "seg_ros" / "share" / "seg_ros" / "config" / "segment.yaml"
     params = yaml.safe_load(installed.read_text())
@@ -262,12 +265,17 @@ def test_stops_cleanly(env, how):
         proc.kill()
         raise
     if how == "sigterm_to_launch":  # launch dies at once (upstream); the node must follow it
-        proc.wait(STOP_WITHIN_S)
+        code, _ = proc.wait(STOP_WITHIN_S)
+        assert code is not None, f"launch still running {STOP_WITHIN_S} s after SIGTERM"
         deadline = time.monotonic() + STOP_WITHIN_S
         while not all(process_gone(pid) for pid in proc.node_pids()):
             assert time.monotonic() < deadline, f"node orphaned:\n{proc.log}"
             time.sleep(0.1)
         assert TRACEBACK not in proc.log, proc.log
+        # its stdout went with launch: the node's own log file says how it ended
+        node_log = node_log_text(Path(env["ROS_LOG_DIR"]), proc.node_pids()[0])
+        assert "SIGTERM: shutting down" in node_log, node_log
+        assert TRACEBACK not in node_log, node_log
     else:
         assert_stopped_cleanly(proc, launched=True)
 

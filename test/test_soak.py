@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+from helpers import require_module
+
+require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 
 REPO = Path(__file__).resolve().parent.parent
 
