@@ -124,6 +124,23 @@ def test_unknown_overrides_from_the_command_line_and_params_files(tmp_path):
     assert P.unknown_overrides(args, names) == ["bar", "gamma", "overlay_alfa", "typo"]
 
 
+@pytest.mark.parametrize("override,problem", [
+    ("overlay_alpha:=abc", "must be of type double, got the string 'abc'"),
+    ("qos_depth:=2.5", "must be of type integer, got the double 2.5"),
+    ("num_threads:=four", "must be of type integer, got the string 'four'"),
+    ("publish_overlay:=maybe", "must be of type bool, got the string 'maybe'"),
+    ("diagnostics_period:=2", "got the integer 2 (write 2.0)"),
+    ("segment_node:qos_depth:=x", "'qos_depth'"),
+    ("other_node:qos_depth:=x", None),  # not this node's
+    ("overlay_alpha:=0.3", None), ("qos_depth:=3", None), ("crf:=off", None),
+])
+def test_wrong_typed_overrides_are_named(override, problem):
+    """A params file's value wins over a differently typed ``-p`` in rcl: checked first."""
+    args = ["--ros-args", "--params-file", "config/segment.yaml", "-p", override]
+    reason = P.override_problem(args, "segment_node")
+    assert (reason is None) if problem is None else (problem in reason), reason
+
+
 def test_params_files_written_by_launch_ros_are_read(tmp_path):
     """launch_ros dumps list parameters as !!python/tuple.
 

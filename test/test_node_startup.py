@@ -79,6 +79,11 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
             node_command(good, "publish_overlay:=maybe"),
             ["publish_overlay", "bool"],
         ),
+        "wrong_typed_qos_depth": (node_command(good, "qos_depth:=2.5"), ["qos_depth", "2.5"]),
+        "wrong_typed_num_threads": (node_command(good, "num_threads:=four"),
+                                    ["num_threads", "four"]),
+        "wrong_typed_diagnostics_period": (node_command(good, "diagnostics_period:=soon"),
+                                           ["diagnostics_period", "soon"]),
     }
     if not torch.cuda.is_available():
         cases["cuda_without_cuda"] = (
@@ -115,7 +120,9 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[int, str, list[str]]]:
 CASES = ["missing_weights", "corrupt_weights", "truncated_weights", "untrained_default",
          "incompatible_weights", "bad_classes_file", "out_of_range", "bad_choice", "wrong_type",
          "missing_params_file", "stride_for_ddrnet", "crf_true", "cuda_without_cuda",
-         "wrong_typed_override", "wrong_typed_bool"]
+         "wrong_typed_override", "wrong_typed_bool", "wrong_typed_qos_depth",
+         "wrong_typed_num_threads", "wrong_typed_diagnostics_period"]
+WRONG_TYPED = [case for case in CASES if case.startswith("wrong_typed")]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -133,6 +140,8 @@ def test_startup_error(outcomes, case):
     assert len(errors) == 1, f"expected one error line, got:\n{out}"
     for word in words:
         assert word in errors[0], f"{word!r} not in {errors[0]!r}"
+    if case in WRONG_TYPED:  # refused like any other bad value: one FATAL line, before ROS starts
+        assert "[FATAL]" in errors[0], errors[0]
 
 
 def test_frames_during_warm_up_are_counted_and_the_newest_is_segmented(weights_file, road_image):

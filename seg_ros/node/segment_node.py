@@ -747,12 +747,13 @@ def run(args: list[str], guard: SignalGuard, node_class: type = SegmentNode) -> 
     apply_transport_defaults(NODE_NAME)  # before rclpy.init: large outputs without DDS stalls
     problem = _check_params_files(args) or P.override_problem(args, NODE_NAME)
     if problem:  # rcl would print its own unhelpful line first, or drop the override silently
-        print(f"[{NODE_NAME}] error: {problem}", file=sys.stderr)
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {problem}")
         return EXIT_STARTUP_ERROR
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as exc:  # malformed --ros-args or params file
-        print(f"[{NODE_NAME}] error: cannot initialise ROS: {str(exc).strip()}", file=sys.stderr)
+        rclpy.logging.get_logger(NODE_NAME).fatal(
+            f"cannot start: cannot initialise ROS: {str(exc).strip()}")
         return EXIT_STARTUP_ERROR
     node: SegmentParts | None = None
     executor: SingleThreadedExecutor | None = None
