@@ -2,14 +2,16 @@
 
 Starts ``segment_node`` as its own process (seg_ros/cli/live_node.py, default DDS environment),
 subscribes to every output (labels, colour mask, overlay, confidence), publishes ``--frames``
-frames at ``--rate`` Hz, each once, with a malformed frame every ``--malformed-every`` frames
+frames at ``--rate`` Hz, each once, cycling over the ``--size`` values (several sizes: a camera
+whose resolution keeps changing), with a malformed frame every ``--malformed-every`` frames
 (unknown encoding, zero size, too many pixels, short step, truncated or surplus data, odd YUV
 width), and samples the node's resident memory. Per window of frames: good frames sent and
 delivered (every output), drops, latency percentiles (stamp -> last output received), RSS.
 
 Writes ``soak_summary.json``, ``soak_summary.txt`` and ``soak.png`` (RSS and latency over the
 run) to ``--out``. Exit code 1 when a processed frame missed an output, the node counted a
-malformed frame under the wrong kind, or the node died.
+malformed frame under the wrong kind, the node died, its RSS grew faster than
+``--max-rss-slope`` or more than ``--max-late`` frames were late.
 """
 from __future__ import annotations
 
@@ -47,12 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=1000,
                    help="frames to send, malformed ones included")
     p.add_argument("--rate", type=float, default=10.0, help="frames per second")
-    p.add_argument("--size", type=parse_size, default=(360, 480), help="frame size HxW (rgb8)")
+    p.add_argument("--size", type=parse_size, nargs="+", default=[(360, 480)],
+                   help="frame size HxW (rgb8); several: frames cycle through them")
     p.add_argument("--malformed-every", type=int, default=20,
                    help="every Nth frame is malformed, cycling through the kinds (0 = none)")
     p.add_argument("--window", type=int, default=500, help="frames per reported window")
     p.add_argument("--late", type=float, default=1.0,
                    help="a frame delivered later than this (s) is late")
+    p.add_argument("--max-late", type=int, default=0,
+                   help="fail when more good frames than this are late")
+    p.add_argument("--max-rss-slope", type=float, default=5.0,
+                   help="fail when RSS grows faster than this (MiB per 1000 frames, least "
+                        "squares after the first window)")
     p.add_argument("--rss-interval", type=float, default=1.0, help="seconds between RSS samples")
     p.add_argument("--model", default="ddrnet23_slim")
     p.add_argument("--weights", default="default",
@@ -143,6 +151,11 @@ def rss_trend(samples: list[Sample], skip_frames: int) -> dict[str, Any]:
             "samples": len(samples)}
 
 
+def rss_warm_up_frames(frames: int, window: int) -> int:
+    """Frames left out of the RSS slope: the first window (new sizes' graphs, caches filling)."""
+    return window if frames >= 2 * window else frames // 10
+
+
 def window_rows(plan: list[tuple[str, str]], client: LiveClient, window: int, late_s: float,
                 rss: list[Sample]) -> list[dict[str, Any]]:
     """Per window of sent frames: good ones, delivered, dropped, latency, RSS at its end."""
@@ -187,8 +200,7 @@ def send(client: LiveClient, plan: list[tuple[str, str]], frames: list[np.ndarra
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     """Run the soak itself: node + client, stream, settle; return the summary."""
-    h, w = args.size
-    frames = [sample_road_image(h, w, seed=s) for s in range(4)]
+    frames = [sample_road_image(h, w, seed=s) for s in range(4) for h, w in args.size]
     plan = frame_plan(args.frames, args.malformed_every)
     env = isolated_env(random_domain())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -255,18 +267,36 @@ def summarise(args: argparse.Namespace, plan: list[tuple[str, str]], client: Liv
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (load average at the end "
                           f"{os.getloadavg()[0]:.1f})",
                "model": args.model, "weights": args.weights,
-               "size": f"{args.size[0]}x{args.size[1]}", "rate_hz": args.rate,
+               "size": ",".join(f"{h}x{w}" for h, w in args.size), "rate_hz": args.rate,
                "frames": len(plan), "wall_s": round(wall, 1), "outputs": list(client.outputs),
                "node_counters": done, "delivery": delivery, "malformed": malformed,
                "node_alive": alive,
-               "rss": rss_trend(rss, skip_frames=min(args.window, len(plan) // 10)),
+               "rss": rss_trend(rss, skip_frames=rss_warm_up_frames(len(plan), args.window)),
                "windows": window_rows(plan, client, args.window, args.late, rss)}
-    summary["ok"] = (alive and malformed["counted_right"] and delivery["partial"] == 0
-                     and delivery["lost_after_node"] == 0)
+    summary["limits"] = {"max_late": args.max_late, "max_rss_slope": args.max_rss_slope}
+    summary["failures"] = failures(summary)
+    summary["ok"] = not summary["failures"]
     write_plot(args.out / "soak.png", rss,
                [(sent_at[f], x * 1e3) for f, x in lat.items() if x is not None],
                [sent_at[f] for f, x in lat.items() if x is None and f in sent_at], summary)
     return summary
+
+
+def failures(summary: dict[str, Any]) -> list[str]:
+    """Why the soak failed (empty: it passed), from the summary and its limits."""
+    d, r, limits = summary["delivery"], summary["rss"], summary["limits"]
+    checks = [
+        (summary["node_alive"], "the node died"),
+        (summary["malformed"]["counted_right"], "malformed frames counted under a wrong kind"),
+        (d["partial"] == 0, f"{d['partial']} frames missed an output"),
+        (d["lost_after_node"] == 0, f"{d['lost_after_node']} processed frames never arrived"),
+        (d["late"] <= limits["max_late"],
+         f"{d['late']} frames later than {d['late_s']:g} s (limit {limits['max_late']})"),
+        (not r["slope_mib_per_1000_frames"] > limits["max_rss_slope"],
+         f"RSS grew {r['slope_mib_per_1000_frames']:+.2f} MiB per 1000 frames "
+         f"(limit {limits['max_rss_slope']:g})"),
+    ]
+    return [why for ok, why in checks if not ok]
 
 
 def write_plot(path: Path, rss: list[Sample], latencies: list[tuple[float, float]],
@@ -329,7 +359,7 @@ def summary_text(s: dict[str, Any]) -> str:
                      f"{w['delivered']:6d} {w['dropped']:5d} {w['late']:5d} "
                      f"{q['p50'] or 0:8.1f} {q['p95'] or 0:8.1f} {q['max'] or 0:8.1f} "
                      f"{w['rss_mib']:8.1f}")
-    lines.append(f"  result: {'OK' if s['ok'] else 'FAILED'}")
+    lines.append(f"  result: {'OK' if s['ok'] else 'FAILED: ' + '; '.join(s['failures'])}")
     return "\n".join(lines)
 
 
