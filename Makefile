@@ -15,10 +15,12 @@ $(VENV)/.installed: requirements-dev.txt setup.py
 	touch $@
 
 # nothing to do where `ros2` exists (a ROS install) or ../shared/ros2-cli does not (users' machines);
-# the stamp is written only once ros2 is there, so ../shared appearing later is picked up
+# the stamp is written only once ros2 is there, so ../shared appearing later is picked up;
+# colcon-bash writes install/setup.bash, which the README sources as on a ROS install
 $(VENV)/.ros2-cli: $(VENV)/.installed
 	@if command -v ros2 >/dev/null 2>&1; then echo "ros2 found: $$(command -v ros2)"; touch $@; \
-	elif [ -f $(ROS2_CLI)/install.sh ]; then bash $(ROS2_CLI)/install.sh $(PY) && touch $@; \
+	elif [ -f $(ROS2_CLI)/install.sh ]; then bash $(ROS2_CLI)/install.sh $(PY) && \
+	  $(PY) -m pip install --quiet colcon-bash && touch $@; \
 	else echo "no ros2 and no $(ROS2_CLI): the ROS 2 CLI tests will skip"; fi
 
 setup: $(VENV)/.installed $(VENV)/.ros2-cli

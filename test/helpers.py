@@ -249,6 +249,22 @@ class NodeProcess(LiveNodeProcess):
         super().__init__(cmd, env, cwd=REPO)
 
 
+def wait_discovered(pub, subs: list, timeout: float) -> None:
+    """Wait until ``pub`` has a subscriber (the node) and each of ``subs`` a publisher.
+
+    Discovery is the one legitimate reason for a first frame to go nowhere; after it, a test
+    publishes each frame once.
+    """
+    deadline = time.monotonic() + timeout
+    while pub.get_subscription_count() < 1 or any(s.get_publisher_count() < 1 for s in subs):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"discovery incomplete after {timeout} s: input subscribers "
+                f"{pub.get_subscription_count()}, output publishers "
+                f"{[s.get_publisher_count() for s in subs]}")
+        time.sleep(0.05)
+
+
 class Peer:
     """The test side: a ROS node in this process, spun in a background thread."""
 
@@ -333,21 +349,17 @@ class Peer:
             time.sleep(0.1)
 
     def roundtrip(self, msg, topics=("labels",), timeout: float = 30.0) -> dict[str, Image]:
-        """Publish ``msg`` until every topic has a result with its frame_id.
+        """Publish ``msg`` once, when the node and this peer have found each other.
 
-        Publish ``msg`` until every topic has a result with its frame_id (the node may not yet
-        have discovered this process's subscriptions; a repeated frame is harmless).
+        Return its result on every topic. Never published twice: a frame lost or stalled after
+        discovery fails the test instead of being hidden by a resend (issue 18).
         """
+        outputs = dict(zip(self.received, self.subs))
+        wait_discovered(self.pub, [outputs[t] for t in topics], timeout)
         fid = msg.header.frame_id
-        deadline = time.monotonic() + timeout
-        while True:
-            self.pub.publish(msg)
-            try:
-                self.wait(lambda: all(fid in self.received[t] for t in topics), 1.5, fid)
-                return {t: self.received[t][fid] for t in topics}
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
+        self.pub.publish(msg)
+        self.wait(lambda: all(fid in self.received[t] for t in topics), timeout, fid)
+        return {t: self.received[t][fid] for t in topics}
 
     def latest_diag(self, after: float = 0.0):
         return self.wait(
@@ -731,7 +743,8 @@ class FramePeer:
         self.labels: dict[str, object] = {}
         self.class_info: str | None = None
         self._cond = threading.Condition()
-        self.node.create_subscription(Image, f"{node}/labels", self._on_labels, output_qos(10))
+        self.labels_sub = self.node.create_subscription(Image, f"{node}/labels", self._on_labels,
+                                                        output_qos(10))
         self.node.create_subscription(String, f"{node}/class_info", self._on_info, latched_qos())
         self.executor = spin_in_background(self.node, self.ctx)
 
@@ -746,10 +759,9 @@ class FramePeer:
             self._cond.notify_all()
 
     def roundtrip(self, rgb, frame_id: str, timeout: float = 60.0):
-        """Publish ``rgb`` until its labels come back; return them.
+        """Publish ``rgb`` (rgb8) once the node is up and found; return its labels.
 
-        Publish ``rgb`` (rgb8) until labels with ``frame_id`` come back (publishing again
-        covers discovery: this peer's subscription may not be matched yet); returns them.
+        Published once, like Peer.roundtrip: no resend hides a lost or stalled frame.
         """
         from sensor_msgs.msg import Image
 
@@ -759,12 +771,11 @@ class FramePeer:
         msg.data = rgb.tobytes()
         msg.header.frame_id = frame_id
         msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
-        deadline = time.monotonic() + timeout
+        wait_discovered(self.pub, [self.labels_sub], timeout)
+        self.pub.publish(msg)
         with self._cond:
-            while frame_id not in self.labels:
-                assert time.monotonic() < deadline, f"no labels for {frame_id} after {timeout} s"
-                self.pub.publish(msg)
-                self._cond.wait(1.0)
+            found = self._cond.wait_for(lambda: frame_id in self.labels, timeout)
+            assert found, f"no labels for {frame_id} {timeout} s after publishing it once"
             return self.labels[frame_id]
 
     def close(self) -> None:
