@@ -163,7 +163,8 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
         done = ros2(env, *param_set[1:-1], str(other_weights))  # the README's line, as typed
         assert "Set parameter successful" in done.stdout, done
         assert lifecycle_set(env, node, "configure")  # the same process loads the new weights
-        assert len(re.findall(WARMED_UP, proc.log)) == 2, proc.log
+        proc.wait_for(rf"configure done in \d+ ms: model \S+ \({re.escape(str(other_weights))}\)",
+                      10)
         assert lifecycle_set(env, node, "activate")
         other = SegmentationPipeline(weights=str(other_weights), device="cpu")(frame, "rgb")
         assert not np.array_equal(other.labels, expected)  # else the switch would not show
