@@ -3,11 +3,12 @@
 
 Builds the package with colcon (a clean copy of this repository), starts the installed node with
 `ros2 run` as the README does (shipped weights, backend auto), and drives it through
-configure -> activate -> deactivate -> cleanup ``--cycles`` times with the ~/change_state service
-from rclpy. Per transition: the node's own time (its 'X done in N ms' log line) and the
-round trip seen by the caller; the node's RSS once configured and after each cleanup.
+configure -> activate -> deactivate -> activate again (the model still warm) -> deactivate ->
+cleanup ``--cycles`` times with the ~/change_state service from rclpy. Per transition: the node's
+own time (its 'X done in N ms' log line) and the round trip seen by the caller; the node's RSS
+once configured and after each cleanup, per cycle (memory growth over configure/cleanup cycles).
 
-    .venv/bin/python scripts/lifecycle_times.py --cycles 5        # results: docs/node.md
+    .venv/bin/python scripts/lifecycle_times.py --cycles 10       # results: docs/node.md
 """
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ from helpers import (LifecycleClient, Ros2Process, build_workspace, child_pid,  
 
 from seg_ros.memory import resident_bytes  # noqa: E402
 
-TRANSITIONS = ("configure", "activate", "deactivate", "cleanup")
+# one cycle: (transition, row in the table)
+STEPS = (("configure", "configure"), ("activate", "activate"), ("deactivate", "deactivate"),
+         ("activate", "activate again (warm)"), ("deactivate", "deactivate again"),
+         ("cleanup", "cleanup"))
+DONE = re.compile(r"\]: (configure|activate|deactivate|cleanup) done in (\d+) ms")
 
 
 def drive(env: dict[str, str], cycles: int, params: list[str]) -> dict:
@@ -46,7 +51,7 @@ def drive(env: dict[str, str], cycles: int, params: list[str]) -> dict:
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     client = LifecycleClient(node, "/segment_node")
-    round_trips: dict[str, list[float]] = {t: [] for t in TRANSITIONS}
+    round_trips: dict[str, list[float]] = {row: [] for _, row in STEPS}
     rss: dict[str, list[float]] = {"unconfigured (start)": [], "configured": [],
                                    "after cleanup": []}
     try:
@@ -54,10 +59,10 @@ def drive(env: dict[str, str], cycles: int, params: list[str]) -> dict:
         pid = child_pid(proc.proc.pid)
         rss["unconfigured (start)"].append(resident_bytes(pid) / 2**20)
         for _ in range(cycles):
-            for transition in TRANSITIONS:
+            for transition, row in STEPS:
                 started = time.monotonic()
                 assert client.change(transition), f"{transition} failed:\n{proc.log}"
-                round_trips[transition].append((time.monotonic() - started) * 1e3)
+                round_trips[row].append((time.monotonic() - started) * 1e3)
                 if transition in ("configure", "cleanup"):
                     time.sleep(0.5)  # let the RSS settle
                     key = "configured" if transition == "configure" else "after cleanup"
@@ -69,12 +74,21 @@ def drive(env: dict[str, str], cycles: int, params: list[str]) -> dict:
         rclpy.try_shutdown(context=context)
         proc.terminal_ctrl_c()
         proc.wait(15)
-    node_ms = {t: [float(ms) for ms in re.findall(rf"\]: {t} done in (\d+) ms", proc.log)]
-               for t in TRANSITIONS}
+    node_ms = node_times(proc.log, cycles)
     node_ms["(warm-up, in configure)"] = [float(s) * 1e3 for s in
                                           re.findall(r"warmed up at \S+ in ([\d.]+) s", proc.log)]
     return {"node_ms": node_ms, "round_trip_ms": round_trips, "rss_mib": rss,
             "ready": re.findall(r"ready: .*", proc.log)[:1]}
+
+
+def node_times(log: str, cycles: int) -> dict[str, list[float]]:
+    """Return the node's own 'done in N ms' times per table row (the log's order: STEPS')."""
+    done = DONE.findall(log)
+    assert [t for t, _ in done] == [t for t, _ in STEPS] * cycles, done
+    times: dict[str, list[float]] = {row: [] for _, row in STEPS}
+    for (_, ms), (_, row) in zip(done, STEPS * cycles):
+        times[row].append(float(ms))
+    return times
 
 
 def table(result: dict) -> str:
@@ -84,9 +98,13 @@ def table(result: dict) -> str:
         trip = result["round_trip_ms"].get(t)
         trips = f"{statistics.median(trip):.0f} / {max(trip):.0f}" if trip else "-"
         rows.append(f"| {t} | {statistics.median(node):.0f} / {max(node):.0f} | {trips} |")
-    rss = "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in vals)}"
-                    for k, vals in result["rss_mib"].items())
-    return "\n".join(rows) + f"\n\nRSS MiB: {rss}"
+    rss = result["rss_mib"]
+    rows += ["", f"RSS MiB unconfigured at start: {rss['unconfigured (start)'][0]:.0f}", "",
+             "| cycle | RSS MiB configured | RSS MiB after cleanup |", "|---|---|---|"]
+    rows += [f"| {i} | {loaded:.0f} | {released:.0f} |"
+             for i, (loaded, released) in enumerate(zip(rss["configured"], rss["after cleanup"]),
+                                                    start=1)]
+    return "\n".join(rows)
 
 
 def main() -> int:

@@ -205,6 +205,52 @@ def test_evicted_fused_graphs_free_their_memory():
     assert rss[-1] - rss[2] < 60, rss  # 12 builds after the first cycle: no 24 MB each
 
 
+# what a managed node does at each configure/cleanup, in a fresh process (the function drops
+# the whole global TorchScript unit, so it must not run beside this session's live graphs)
+FORGET_RELEASED_GRAPHS = """
+import gc, sys, torch
+from torch import nn
+from seg_ros.backends.cpu_fusion import FusedCpuForward, forget_released_graphs
+python_cu = torch.jit._state._python_cu
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+x = torch.randn(1, 3, 16, 16)
+
+def check(fused):
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x))
+    assert fused.disabled is None and fused.graphs.builds == 1
+
+for cycle in range(2):  # the second: tracing still works once the unit was emptied
+    fused = FusedCpuForward(model)
+    check(fused)
+    kept = len(python_cu.get_functions())
+    assert kept > 0  # torch keeps the trace and its frozen graph in the global unit
+    assert forget_released_graphs() is False  # a trace is alive: nothing dropped
+    assert len(python_cu.get_functions()) == kept
+    check(fused)  # and it still runs
+    del fused
+    gc.collect()
+    assert len(python_cu.get_functions()) == kept  # released, but torch still holds them
+    assert forget_released_graphs() is True
+    assert len(python_cu.get_functions()) == 0
+"""
+
+
+@pytest.mark.slow
+def test_forget_released_graphs_only_once_no_trace_is_alive():
+    """forget_released_graphs() empties TorchScript's global unit only when no trace is alive.
+
+    While a FusedCpuForward's trace lives: False, nothing dropped, the graph still runs. Once it is
+    dropped (and collected): True, and the unit, which torch would otherwise keep for the life of
+    the process, holds no function; a new model traces and runs afterwards.
+    """
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FORGET_RELEASED_GRAPHS], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, road_image):
     """Frames in 5 sizes.

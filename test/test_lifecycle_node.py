@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import (GOAL_STATES, NODE, READY, SMALL, STOP_WITHIN_S, TRACEBACK, FramePeer,
                      LifecycleClient, NodeProcess, Peer, Ros2Process, assert_stopped_cleanly,
@@ -28,6 +29,7 @@ from helpers import (GOAL_STATES, NODE, READY, SMALL, STOP_WITHIN_S, TRACEBACK, 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 
 from seg_ros.cli.live_node import random_domain, ros_env_here  # noqa: E402
 from seg_ros.memory import resident_bytes  # noqa: E402
@@ -37,6 +39,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 UNCONFIGURED = r"segment_node\]: unconfigured: parameters declared"
 STATE_IDS = {"unconfigured": 1, "inactive": 2, "active": 3, "finalized": 4}
+SUCCESS, FAILURE, ERROR = (TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE,
+                           TransitionCallbackReturn.ERROR)
+WARMED_UP = r"\[segment_node\]: warmed up at "
 RSS_FALL_MIB = 16  # the model, its fused graph and buffers: far more than this on every model
 
 
@@ -105,7 +110,9 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
 
     `ros2 run` the node and `ros2 lifecycle set` it through every transition as the README
     types them: no labels before activation or after deactivation, labels equal to the offline
-    pipeline's when active, RSS falls at cleanup, and a second configure works.
+    pipeline's when active, activate again after deactivate with the model still warm (no second
+    warm-up), RSS falls at cleanup, the README's `ros2 param set ... weights` while unconfigured,
+    and a second configure loads those weights.
     """
     commands = readme_commands("### Managed (lifecycle) node")
     run = next(c for c in commands if c.startswith("ros2 run"))
@@ -113,6 +120,9 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
     node = re.search(r"ros2 lifecycle get (\S+)", " ".join(lifecycle)).group(1)
     transitions = [shlex.split(c)[-1] for c in lifecycle if " set " in c]
     assert transitions == list(GOAL_STATES), transitions
+    param_set = shlex.split(next(c for c in commands if c.startswith("ros2 param set")))
+    assert param_set[1:5] == ["param", "set", node, "weights"], param_set
+    other_weights = save_test_weights(tmp_path / "other.pt")  # the README's /path/other.pt
     input_topic = re.search(r"image:=(\S+)", run).group(1)
     env = sourced_env(workspace, random_domain(), tmp_path / "log")
 
@@ -139,6 +149,10 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
         assert lifecycle_set(env, node, "deactivate")
         assert lifecycle_get(env, node) == "inactive [2]"
         early += send_unanswered(peer, "deactivated")
+        assert lifecycle_set(env, node, "activate")  # again: the model is still loaded and warm
+        np.testing.assert_array_equal(label_array(peer.roundtrip(frame, "reactivated")), expected)
+        assert len(re.findall(WARMED_UP, proc.log)) == 1, proc.log  # no reload, no new warm-up
+        assert lifecycle_set(env, node, "deactivate")
         warm = resident_bytes(pid)
 
         assert lifecycle_set(env, node, "cleanup")
@@ -146,9 +160,16 @@ def test_readme_commands_drive_every_transition(workspace, tmp_path, default_off
         released = resident_bytes(pid)
         assert released < warm - RSS_FALL_MIB * 2**20, (warm / 2**20, released / 2**20)
 
-        assert lifecycle_set(env, node, "configure")  # the same process loads it again
+        done = ros2(env, *param_set[1:-1], str(other_weights))  # the README's line, as typed
+        assert "Set parameter successful" in done.stdout, done
+        assert lifecycle_set(env, node, "configure")  # the same process loads the new weights
+        proc.wait_for(rf"configure done in \d+ ms: model \S+ \({re.escape(str(other_weights))}\)",
+                      10)
         assert lifecycle_set(env, node, "activate")
-        np.testing.assert_array_equal(label_array(peer.roundtrip(frame, "active_2")), expected)
+        other = SegmentationPipeline(weights=str(other_weights), device="cpu")(frame, "rgb")
+        assert not np.array_equal(other.labels, expected)  # else the switch would not show
+        np.testing.assert_array_equal(label_array(peer.roundtrip(frame, "active_2")),
+                                      other.labels)
         assert not set(early) & set(peer.labels)
 
         assert lifecycle_set(env, node, "shutdown")
@@ -279,32 +300,37 @@ def test_failed_configure_fixed_and_a_model_switch(workspace, tmp_path, weights_
     assert TRACEBACK not in node.log, node.log
 
 
-def interrupted_cleanly(node: NodeProcess) -> str:
-    """SIGINT to the node.
+def interrupted_cleanly(node: NodeProcess, signum: signal.Signals = signal.SIGINT) -> str:
+    """``signum`` (SIGINT: Ctrl-C; SIGTERM: a supervisor) to the node.
 
-    Exit code 0 within STOP_WITHIN_S, no traceback, one stop line and no error line. Returns its
-    log.
+    Exit code 0 within STOP_WITHIN_S, no traceback, one stop line naming the signal and no error
+    line. Returns its log.
     """
     started = time.monotonic()
-    code = node.stop(signal.SIGINT)
+    code = node.stop(signum)
     seconds = time.monotonic() - started
     log = node.log
     assert code == 0, log
     assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop:\n{log}"
     assert TRACEBACK not in log and "KeyboardInterrupt" not in log, log
-    assert len([line for line in log.splitlines() if "shutting down" in line]) == 1, log
+    stops = [line for line in log.splitlines() if "shutting down" in line]
+    assert len(stops) == 1 and f"{signum.name}: shutting down" in stops[0], log
     assert not [line for line in log.splitlines() if "[ERROR]" in line], log
     return log
 
 
-@pytest.mark.parametrize("state", ["unconfigured", "inactive", "active"])
-@pytest.mark.parametrize("how", ["shutdown_transition", "SIGINT"])
+@pytest.mark.parametrize(("state", "how"), [
+    *[(state, how) for how in ("shutdown_transition", "SIGINT")
+      for state in ("unconfigured", "inactive", "active")],
+    ("active", "SIGTERM"),
+])
 def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how):
-    """The shutdown transition and SIGINT from each state end the node cleanly.
+    """The shutdown transition and stop signals from each state end the node cleanly.
 
     The shutdown transition (~/change_state) from each primary state reaches finalized with
-    everything released, and the process then stops cleanly on SIGINT; SIGINT in each state runs
-    the shutdown transition itself: exit code 0, no traceback, one stop line.
+    everything released, and the process then stops cleanly on SIGINT; SIGINT in each state (and
+    SIGTERM, a supervisor's stop, once) runs the shutdown transition itself: exit code 0, no
+    traceback, one stop line.
     """
     with managed_node(workspace, tmp_path, weights_file) as (node, peer, lifecycle):
         go(lifecycle, state)
@@ -313,7 +339,7 @@ def test_shutdown_from_each_state(workspace, tmp_path, weights_file, state, how)
             assert lifecycle.state() == "finalized"
             level, values = diag_after(peer, time.monotonic())
             assert values["lifecycle_state"] == "finalized" and "model" not in values
-        log = interrupted_cleanly(node)
+        log = interrupted_cleanly(node, signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     assert len(re.findall(rf"shutdown done in \d+ ms: finalized from {state}", log)) == 1, log
 
 
@@ -330,12 +356,40 @@ def test_sigint_during_configure(workspace, tmp_path, weights_file):
     assert "configure abandoned" in log and "warmed up" not in log, log
 
 
-def test_error_processing_releases_everything(weights_file, capfd):
-    """A transition that raises is logged once and error processing releases everything.
+@contextmanager
+def node_in_process(*params: str, node_class: type | None = None):
+    """Start a managed node in this process (``node_class``, default SegmentLifecycleNode).
 
-    A transition that raises (here activate, as if the camera driver vanished: a fault
-    injected by overriding subscribe) is logged once; error processing stops frames and releases
-    the model and returns to unconfigured, from where a manager can configure again.
+    Started with ``-p`` ``params`` on a domain of its own; transitions are called directly.
+    """
+    from seg_ros.node.lifecycle_node import SegmentLifecycleNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random_domain(),
+               args=["test", "--ros-args", *[a for p in params for a in ("-p", p)]])
+    node = (node_class or SegmentLifecycleNode)(context=context)
+    try:
+        yield node
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def set_param(node, name: str, value) -> None:
+    result = node.set_parameters([Parameter(name, value=value)])[0]
+    assert result.successful, result.reason
+
+
+def test_bad_parameters_then_error_processing(weights_file, capfd):
+    """A configure that fails on a bad parameter, then a transition that raises.
+
+    Values that pass the type check but not config_values() (``model: nosuch``, ``device: tpu``)
+    fail configure: FAILURE, one error line naming the parameter, still unconfigured; each is
+    fixed by setting the parameter, and configure then succeeds. A transition that raises (here
+    activate, as if the camera driver vanished: a fault injected by overriding subscribe) is
+    logged once; error processing stops frames and releases the model and returns to
+    unconfigured, from where a manager can configure again.
     """
     from seg_ros.node.lifecycle_node import SegmentLifecycleNode
 
@@ -347,31 +401,55 @@ def test_error_processing_releases_everything(weights_file, capfd):
                 raise RuntimeError("camera driver gone")
             super().subscribe(first)
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random_domain(),
-               args=["test", "--ros-args", "-p", f"weights:={weights_file}",
-                     "-p", "backend:=torch"])
-    node = CameraGone(context=context)
-    try:
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_activate() == TransitionCallbackReturn.ERROR
+    with node_in_process(f"weights:={weights_file}", "backend:=torch", "model:=nosuch",
+                         "device:=tpu", node_class=CameraGone) as node:
+        capfd.readouterr()
+        for name, fixed in (("model", "ddrnet23_slim"), ("device", "cpu")):
+            assert node.trigger_configure() == FAILURE
+            assert node.lifecycle_state() == "unconfigured" and node.pipeline is None
+            errors = [line for line in capfd.readouterr().err.splitlines() if "[ERROR]" in line]
+            assert len(errors) == 1, errors
+            assert f"configure failed: parameter {name!r} " in errors[0], errors
+            assert errors[0].endswith("; still unconfigured"), errors
+            set_param(node, name, fixed)  # allowed: unconfigured
+        assert node.trigger_configure() == SUCCESS
+
+        assert node.trigger_activate() == ERROR
         assert node.lifecycle_state() == "unconfigured"
         assert node.pipeline is None and not node.has_parameter("class_names")
         outputs = [p.topic_name for p in node.publishers
                    if p.topic_name.endswith(("labels", "class_info"))]
         assert node.crf_worker is None and not outputs, outputs
         node.broken = False
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_configure() == SUCCESS
+        assert node.trigger_activate() == SUCCESS
+        assert node.trigger_shutdown() == SUCCESS
         assert node.lifecycle_state() == "finalized" and node.pipeline is None
-    finally:
-        node.stop()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
     err = capfd.readouterr().err
     assert err.count("activate failed: RuntimeError: camera driver gone") == 1, err
     assert "error processing (from inactive)" in err, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cleanup_frees_gpu_memory(weights_file):
+    """Cleanup gives the model's GPU memory back: allocated as before configure, cache emptied.
+
+    A first configure/cleanup leaves what stays for the life of the process (CUDA context,
+    cuDNN/cuBLAS handles and workspaces); the second configure is measured against that.
+    """
+    with node_in_process(f"weights:={weights_file}", "backend:=torch", "device:=cuda") as node:
+        assert node.trigger_configure() == SUCCESS and node.trigger_cleanup() == SUCCESS
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        assert node.trigger_configure() == SUCCESS
+        assert node.info["device"].startswith("cuda"), node.info
+        torch.cuda.synchronize()
+        loaded, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        assert loaded > before, (loaded, before)  # the model is on the GPU
+        assert node.trigger_cleanup() == SUCCESS
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before, (torch.cuda.memory_allocated(), before)
+        assert torch.cuda.memory_reserved() < reserved, (torch.cuda.memory_reserved(), reserved)
 
 
 # -- launch: managed:=true ---------------------------------------------------------------------
