@@ -23,10 +23,10 @@ import torch
 
 from helpers import (GOAL_STATES, NODE, READY, SMALL, STOP_WITHIN_S, TRACEBACK, FramePeer,
                      LifecycleClient, NodeProcess, Peer, Ros2Process, assert_stopped_cleanly,
-                     check_outputs, child_pid, image_msg, node_command, readme_commands, ros2,
-                     save_test_weights, small_frame, sourced_env)
+                     check_outputs, child_pid, image_msg, node_command, readme_commands,
+                     require_module, ros2, save_test_weights, small_frame, sourced_env)
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+rclpy = require_module("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
