@@ -8,18 +8,6 @@ import numpy as np
 import torch
 
 
-def rss_mb() -> float:
-    """Return this process's resident memory in MB (Linux /proc; NaN elsewhere)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms, dtype=np.float64)
     return {

@@ -3,7 +3,8 @@
 A managed node releases its model on ``cleanup`` so that another one can be loaded in the same
 process. Dropping the last reference frees the tensors inside the process, but without help the
 memory stays with the process: PyTorch's CUDA caching allocator keeps its blocks, and glibc keeps
-freed heap pages for reuse. :func:`give_back_memory` returns both. ROS-free.
+freed heap pages for reuse. :func:`give_back_memory` returns both. ROS-free, and light: torch
+is imported only to empty its CUDA cache, so the tools' DDS clients can read a node's RSS.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import functools
 import gc
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def resident_bytes(pid: int | str = "self") -> int | None:
@@ -26,6 +29,19 @@ def resident_bytes(pid: int | str = "self") -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def resident_mib(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` in MiB; NaN where unknown (no /proc, process gone)."""
+    size = resident_bytes(pid)
+    return float("nan") if size is None else size / 2**20
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages freed so far back to the system (a no-op where glibc is absent)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool = False) -> None:
@@ -43,12 +59,13 @@ def give_back_memory(device: torch.device | None = None, *, forget_graphs: bool 
         from .backends.cpu_fusion import forget_released_graphs
 
         forget_released_graphs()
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+    release_freed_memory()
 
 
 @functools.lru_cache(maxsize=1)

@@ -186,7 +186,7 @@ def test_evicted_fused_graphs_free_their_memory():
     weights) in TorchScript's process-wide compilation unit: +290 MB over these 12 builds.
     """
     from seg_ros.backends.cpu_fusion import FusedCpuForward
-    from seg_ros.benchmark import rss_mb
+    from seg_ros.memory import resident_mib
     from seg_ros.models.optimize import prepare_for_inference
     torch.manual_seed(0)
     model = prepare_for_inference(build_model("ddrnet23_slim", 11), torch.device("cpu"))
@@ -199,7 +199,7 @@ def test_evicted_fused_graphs_free_their_memory():
             x = torch.randn(1, 3, *shapes[i % 3]).contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(fused(x), model(x), atol=2e-3, rtol=1e-3)
             functions.append(len(python_cu.get_functions()))
-            rss.append(rss_mb())
+            rss.append(resident_mib())
     assert fused.disabled is None and fused.graphs.builds == 15 and fused.graphs.evictions == 14
     assert functions[1:] == functions[1:2] * 14, functions  # only the trace and 1st graph register
     assert rss[-1] - rss[2] < 60, rss  # 12 builds after the first cycle: no 24 MB each

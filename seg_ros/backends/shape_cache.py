@@ -10,30 +10,14 @@ graph as fragmented heap and RSS keeps climbing when sizes cycle past the cache 
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections import OrderedDict
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
+from ..memory import release_freed_memory
+
 log = logging.getLogger("seg_ros")
 V = TypeVar("V")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """Glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages freed so far back to the system (a no-op where glibc is absent)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class ShapeCache(Generic[V]):

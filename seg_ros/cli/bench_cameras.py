@@ -38,7 +38,7 @@ class Setup:
     labels_topics: list[str]
 
     def rss_mib(self) -> float:
-        return sum(node.rss_kib() for node in self.nodes) / 1024
+        return sum(node.rss_mib() for node in self.nodes)
 
     def stop(self) -> None:
         for node in self.nodes:

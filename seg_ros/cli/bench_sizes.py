@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..benchmark import percentiles, rss_mb
+from ..benchmark import percentiles
+from ..memory import resident_mib
 from ..errors import ConfigError
 from ..pipeline import SegmentationPipeline
 from ..sample import sample_road_image
@@ -71,7 +72,8 @@ def run_cycle(pipe: SegmentationPipeline, frames: list[np.ndarray], count: int
         elapsed = (time.perf_counter() - start) * 1e3
         ran_at = (pipe.sizes.kept()[-1] if pipe.backend.max_shapes
                   else pipe.inference_size_for(frame.shape[:2]))
-        records.append(FrameRecord(frame.shape[1], ran_at, round(elapsed, 2), round(rss_mb(), 1)))
+        records.append(FrameRecord(frame.shape[1], ran_at, round(elapsed, 2),
+                                   round(resident_mib(), 1)))
         labels[frame.shape[1]] = result.labels
     return records, labels
 
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         image = sample_road_image(args.height, max(widths))
     frames = cycled_frames(image, args.height, widths)
-    rss_ready = rss_mb()
+    rss_ready = resident_mib()
     start = time.perf_counter()
     records, labels = run_cycle(pipe, frames, args.frames)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),

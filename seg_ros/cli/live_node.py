@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from ..memory import resident_mib
 from ..node.dds_transport import USER_VARS as FASTDDS_USER_VARS
 from ..resources import share_path
 
@@ -113,14 +114,6 @@ def _set_or_unset(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of process ``pid`` in KiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 class NodeProcess:
     """The node as a subprocess; its output lines are kept (and written to ``log_path``)."""
 
@@ -148,8 +141,9 @@ class NodeProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def rss_kib(self) -> int:
-        return rss_kib(self.proc.pid)
+    def rss_mib(self) -> float:
+        """Return the node's resident memory in MiB; NaN once it has exited."""
+        return resident_mib(self.proc.pid)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0, strict: bool = True) -> int:
         """Signal the node and wait.

@@ -126,9 +126,8 @@ class RssSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        try:
-            mib = self.node.rss_kib() / 1024
-        except (OSError, RuntimeError):  # the node exited
+        mib = self.node.rss_mib()
+        if mib != mib:  # NaN: the node exited
             return
         self.samples.append((time.monotonic() - self._start, self.frames_sent, mib))
 
