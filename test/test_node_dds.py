@@ -108,3 +108,32 @@ def test_all_outputs_arrive_within_a_second_with_default_dds(weights_file, road_
     # a frame with no output at all may only be one the node dropped itself (latest frame wins)
     assert summary["sent"] - summary["complete"] == done["frames_dropped"] <= 5, summary
     assert "DDS: Fast DDS profile" in node.log, node.log[:2000]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_node_measures_delivery_as_a_subscriber_sees_it(tmp_path):
+    """`seg-ros bench-node` (one camera): end-to-end and the delivery stream, default DDS."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    require_module("rclpy", reason="rclpy (ROS 2) is not installed")
+    out = tmp_path / "bench.json"
+    exe = Path(sys.executable).with_name("seg-ros")
+    done = subprocess.run([str(exe), "bench-node", "--sizes", "96x128", "--frames", "2",
+                           "--warmup", "1", "--stream-frames", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["fastdds_profile"] == "default" and "Fast DDS profile" in report["node_dds"]
+    assert [(r["size"], r["outputs"]) for r in report["rows"]] == [("96x128", "labels"),
+                                                                   ("96x128", "all")]
+    for row in report["rows"]:
+        d = row["delivery"]
+        assert row["e2e_ms"]["runs"] == 2 and row["e2e_ms"]["median"] > 0, row
+        assert d["sent"] == 5 and d["node"]["frames_received"] == 5, d
+        assert d["complete"] + d["node"]["frames_dropped"] == 5 and d["partial"] == 0, d
+        assert d["lost_after_node"] == 0 and d["latency_ms"]["max"] > 0, d
+    assert row["delivery"]["outputs"] == ["labels", "color_mask", "overlay"]
