@@ -8,6 +8,7 @@ Nothing here imports rclpy at import time: modules without ROS (bags, eval) use 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -20,7 +21,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn
 
 import numpy as np
 import pytest
@@ -438,6 +440,21 @@ def ros2_executable(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
+def skip_unless_ci(what: str, reason: str) -> NoReturn:
+    """Skip the test with ``reason``; under CI (CI=true) fail it: CI must run ``what``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run {what}: {reason}")
+    pytest.skip(reason)
+
+
+def require_module(name: str, reason: str) -> ModuleType:
+    """Return the module ``name``; without it skip (``reason``), or fail under CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_unless_ci(f"the tests that need {name}", reason)
+
+
 def require_ros2_cli() -> None:
     """Skip without the ROS 2 command line, with the reason; under CI that is a failure."""
     missing = [name for name in ("ros2", "colcon") if ros2_executable(name) is None]
@@ -447,9 +464,7 @@ def require_ros2_cli() -> None:
         f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
         "with ../shared/ros2-cli present"
     )
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the ROS 2 CLI tests: {reason}")
-    pytest.skip(reason)
+    skip_unless_ci("the ROS 2 CLI tests", reason)
 
 
 def repo_files() -> list[str]:
