@@ -553,7 +553,10 @@ def ray_cluster() -> Iterator[str]:
     temp = Path(tempfile.mkdtemp(prefix="rayfx", dir="/tmp"))  # short: Ray's socket paths
     log_path = temp / "ray_start.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_AUTH_MODE"] = "disabled"  # a private test cluster: drivers here connect tokenless
+    # The auth mode of the drivers in this process: unset (Ray's default for an explicit
+    # address) or "token", which a local ray.init() before sets in os.environ (with the token in
+    # ~/.ray). A driver in token mode rejects the calls of workers that have no token.
+    env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
