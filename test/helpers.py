@@ -21,8 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pytest
@@ -440,19 +439,18 @@ def ros2_executable(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
-def skip_unless_ci(what: str, reason: str) -> NoReturn:
-    """Skip the test with ``reason``; under CI (CI=true) fail it: CI must run ``what``."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run {what}: {reason}")
-    pytest.skip(reason)
+def require_module(name: str, reason: str | None = None) -> Any:
+    """Import ``name``, or skip without it; under CI a missing dev dependency is a failure.
 
-
-def require_module(name: str, reason: str) -> ModuleType:
-    """Return the module ``name``; without it skip (``reason``), or fail under CI."""
+    ``pytest.importorskip`` for what requirements-dev.txt installs: CI must run these tests.
+    """
     try:
         return importlib.import_module(name)
-    except ImportError:
-        skip_unless_ci(f"the tests that need {name}", reason)
+    except ImportError as exc:
+        why = reason or f"{name} is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run this test: {why} ({exc})", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
 
 
 def require_ros2_cli() -> None:
@@ -464,7 +462,9 @@ def require_ros2_cli() -> None:
         f"{' and '.join(missing)} not found: install a ROS 2 distribution or run `make setup` "
         "with ../shared/ros2-cli present"
     )
-    skip_unless_ci("the ROS 2 CLI tests", reason)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the ROS 2 CLI tests: {reason}")
+    pytest.skip(reason)
 
 
 def repo_files() -> list[str]:
