@@ -5,33 +5,44 @@ Ctrl-C, dead workers.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from seg_ros import bags
 from seg_ros.cli.main import main as cli
-from seg_ros.fleet.engines import LocalProcessEngine, RayEngine
+from seg_ros.errors import ConfigError
+from seg_ros.fleet.engines import EngineError, LocalProcessEngine, RayEngine
 from seg_ros.fleet.manifest import Manifest
 from seg_ros.fleet.runner import FleetJob, FleetRunner
+from seg_ros.fleet.score import EvalOptions
 from seg_ros.fleet.segment import ReplayOptions
-from seg_ros.fleet.sources import find_bags, plan_bag, spans
-from seg_ros.fleet.tasks import REPLAY, PipelineSpec, worker_name
+from seg_ros.fleet.sources import WHOLE, find_bags, plan_bag, spans
+from seg_ros.fleet.tasks import EVAL, REPLAY, PipelineSpec, Task, worker_name
 from seg_ros.pipeline import PipelineConfig, SegmentationPipeline
 
-from helpers import write_legacy_bag
+from helpers import require_module, write_legacy_bag
 
 H, W = 32, 48
 PERIOD = 10**8  # 10 Hz recorded timing
 CLI = [sys.executable, "-m", "seg_ros.cli.main"]
+RAY_MISSING = "ray not installed (pip install 'seg_ros[ray]')"
 String = bags.typestore().types["std_msgs/msg/String"]
 
 
@@ -155,6 +166,20 @@ def test_manifest_survives_a_torn_line(tmp_path):
     m.append({"bag": "c", "status": "failed"})
     assert m.entries() == {"a": {"bag": "a", "status": "ok"},
                            "c": {"bag": "c", "status": "failed"}}
+
+
+def test_jobs_and_tasks_without_their_options_are_refused(tmp_path):
+    spec = PipelineSpec(PipelineConfig(weights="none", device="cpu"))
+    with pytest.raises(ConfigError, match="unknown fleet job kind 'train'"):
+        FleetJob("train", [], tmp_path, spec, replay=ReplayOptions())
+    with pytest.raises(ConfigError, match="a fleet eval job needs its eval options"):
+        FleetJob(EVAL, [], tmp_path, spec, replay=ReplayOptions())
+    with pytest.raises(ConfigError, match="a replay task needs replay options and output"):
+        Task("a#0", "a", "a.mcap", REPLAY, WHOLE, replay=ReplayOptions())
+    with pytest.raises(ConfigError, match="an eval task needs eval options"):
+        Task("a#0", "a", "a.mcap", EVAL, WHOLE, replay=ReplayOptions(), output="o.mcap")
+    with pytest.raises(ConfigError, match="unknown kind 'x'"):
+        Task("a#0", "a", "a.mcap", "x", WHOLE, eval=EvalOptions())
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -282,7 +307,7 @@ def test_fleet_option_mistakes_are_clear(tmp_path, tree, weights_file, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_same_labels_in_process_on_workers_and_on_ray(tmp_path, tree, weights_file):
-    pytest.importorskip("ray", reason="ray not installed (pip install 'seg_ros[ray]')")
+    require_module("ray", RAY_MISSING)
     runs = {"in-process": [], "workers": ["--workers", "2"], "ray": ["--ray", "--workers", "2"]}
     labels, scores = {}, {}
     for name, engine in runs.items():
@@ -310,19 +335,25 @@ def _job(src: Path, out: Path, weights_file: Path, attempts: int) -> FleetJob:
                     attempts=attempts)
 
 
-def _killer(engine_cls, kills: int, victim: str, **kwargs):
+def _killer(engine_cls, kills: int, victim: str, frames: int, **kwargs):
     """Return an engine factory whose engine kills a worker: a real worker death.
 
-    An engine factory whose engine kills (SIGKILL) the worker running ``victim`` as soon as it
-    reports progress, ``kills`` times: a real worker death, as the OOM killer would do it.
+    An engine factory whose engine kills (SIGKILL) the worker running ``victim`` (``frames``
+    frames) at its first progress report that shows frames still to do, ``kills`` times: a real
+    worker death, as the OOM killer would do it, and never after the task's last frame (a task
+    reports its first frame at once, so even a fast machine gets the kill while it runs).
     """
-    left = {"n": kills}
+    left = {"kills": kills, "seen": 0}
 
     def make(spec, progress):
         def on_progress(key: str, n: int) -> None:
             progress(key, n)
-            if key.startswith(victim) and left["n"] > 0:
-                left["n"] -= 1
+            if not key.startswith(victim) or left["kills"] == 0:
+                return
+            left["seen"] += n
+            if left["seen"] < frames:
+                left["kills"] -= 1
+                left["seen"] = 0
                 os.kill(pid_of(engine, key), signal.SIGKILL)
         engine = engine_cls(spec, 2, on_progress, **kwargs)
         return engine
@@ -336,25 +367,54 @@ def pid_of(engine, key: str) -> int:
     return engine.ray.get(actor.handle.pid.remote())
 
 
+class RecordingBar(tqdm):
+    """The runner's real progress bar, drawn into a buffer, keeping every count it showed."""
+
+    def __init__(self, total: int, kind: str) -> None:
+        super().__init__(total=total, desc=kind, unit="frame", file=io.StringIO(), disable=False)
+        self.shown: list[int] = []
+
+    def update(self, n=1):
+        shown = super().update(n)
+        self.shown.append(self.n)
+        return shown
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine_cls", [LocalProcessEngine, RayEngine], ids=["processes", "ray"])
 def test_a_killed_worker_is_retried_then_recorded(tmp_path, weights_file, pipe, engine_cls):
+    """A killed worker's task is retried, then recorded failed; the others are not disturbed.
+
+    Also: each worker process loads the pipeline once for all its bags, and the progress bar
+    counts every planned frame once, the retried task's lost frames taken back.
+    """
     if engine_cls is RayEngine:
-        pytest.importorskip("ray", reason="ray not installed")
+        require_module("ray", RAY_MISSING)
     src = tmp_path / "in"
-    write_bag(src / "long.mcap", records(6, 150))  # long enough to be killed while it runs
-    write_bag(src / "short.mcap", records(7, 2))
+    long_frames = 300  # long enough to be killed while it runs; its retry runs it whole
+    write_bag(src / "long.mcap", records(6, long_frames))
+    shorts = [f"short{k}.mcap" for k in range(5)]  # several bags for the other worker
+    for k, name in enumerate(shorts):
+        write_bag(src / name, records(7 + k, 2))
     expected = [bytes(bags.typestore().serialize_cdr(m, bags.IMAGE_TYPE))
-                for m in labels_msgs(pipe, 6, 150)]
+                for m in labels_msgs(pipe, 6, long_frames)]
     for kills, status in ((1, "ok"), (2, "failed")):
         out = tmp_path / f"out{kills}"
         job = _job(src, out, weights_file, attempts=2)
-        outcome = FleetRunner(job, _killer(engine_cls, kills, "long")).run()
+        bars: list[RecordingBar] = []
+
+        def make_bar(total: int, kind: str) -> RecordingBar:
+            bars.append(RecordingBar(total, kind))
+            return bars[-1]
+        runner = FleetRunner(job, _killer(engine_cls, kills, "long", long_frames),
+                             make_bar=make_bar)
+        outcome = runner.run()
         entries = Manifest(out).entries()
-        assert entries["short.mcap"]["status"] == "ok"  # the other bag is not disturbed
+        assert all(entries[name]["status"] == "ok" for name in shorts)  # not disturbed
         long = entries["long.mcap"]
-        assert long["status"] == status and long["retries"] == kills, long
+        assert long["retries"] == kills, f"{long} (killed after its last frame? too fast)"
+        assert long["status"] == status, long
         if status == "ok":
             assert outcome.exit_code == 0 and cam_labels(out / "long.mcap") == expected
         else:
@@ -363,6 +423,17 @@ def test_a_killed_worker_is_retried_then_recorded(tmp_path, weights_file, pipe, 
             assert cause in long["error"]
             assert not (out / "long.mcap").exists()  # no partial output of a failed bag
 
+        results = [r for w in runner.works.values() for r in w.results.values()]
+        per_worker = Counter(r.worker for r in results)
+        assert len(results) == len(shorts) + (status == "ok")
+        assert len(per_worker) <= 2 + kills and max(per_worker.values()) >= 2, per_worker
+        assert {r.loads for r in results} == {1}  # each worker process loaded the model once
+
+        bar, = bars
+        planned = long_frames + 2 * len(shorts)
+        assert bar.total == planned and bar.n == planned and bar.postfix == "bags 6/6"
+        assert max(bar.shown) <= planned and min(bar.shown) >= 0  # lost frames taken back
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -370,7 +441,7 @@ def test_a_killed_worker_is_retried_then_recorded(tmp_path, weights_file, pipe, 
                          ids=["in-process", "processes", "ray"])
 def test_ctrl_c_leaves_a_manifest_to_resume_from(tmp_path, weights_file, engine):
     if "--ray" in engine:
-        pytest.importorskip("ray", reason="ray not installed")
+        require_module("ray", RAY_MISSING)
     src = tmp_path / "in"
     for k in range(6):
         write_bag(src / f"bag{k}.mcap", records(20 + k, 40))
@@ -408,3 +479,138 @@ def test_ctrl_c_leaves_a_manifest_to_resume_from(tmp_path, weights_file, engine)
     assert len(final) == 6 and all(e["status"] == "ok" for e in final.values())
     for k in range(6):
         assert len(cam_labels(out / f"bag{k}.mcap")) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_in_process_engine_within_a_frame(tmp_path, weights_file):
+    """The default engine runs a bag in the driver: Ctrl-C stops it there, not at its end."""
+    src = tmp_path / "in"
+    write_bag(src / "a_short.mcap", records(30, 2))
+    write_bag(src / "long.mcap", records(31, 1000))  # about 12 s on the 2-core dev machine
+    out = tmp_path / "out"
+    cmd = [*CLI, "replay", str(src), "--out", str(out), "--topic", "/cam", *common(weights_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    writing = out / ".long.mcap.partial"  # BagWriter's staging folder: its frames have started
+    try:
+        deadline = time.monotonic() + 240
+        while not writing.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it was interrupted: a longer bag needed"
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        text = proc.communicate(timeout=60)[0]
+        stopped_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, text
+    assert stopped_s < 5, f"took {stopped_s:.1f} s to stop: the bag ran on after Ctrl-C"
+    entries = Manifest(out).entries()
+    assert list(entries) == ["a_short.mcap"] and entries["a_short.mcap"]["status"] == "ok"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_short.mcap", "a_short.mcap.summary.json", "manifest.jsonl"]  # nothing of long.mcap
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 already done (--resume)" in done.stdout
+    assert Manifest(out).entries()["long.mcap"]["status"] == "ok"
+    assert len(cam_labels(out / "long.mcap")) == 1000
+
+
+# -- Ray: cluster resources, an existing cluster --------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_refuses_more_gpus_than_the_cluster_has(tmp_path, tree, weights_file, capsys):
+    """Ray would keep actors that need absent GPUs pending forever: refused at once instead."""
+    require_module("ray", RAY_MISSING)
+    t0 = time.monotonic()
+    rc = cli(["replay", str(tree / "a.mcap"), "--out", str(tmp_path / "out"), "--ray",
+              "--workers", "2", "--gpus-per-worker", "1", *common(weights_file)])
+    assert rc == 2
+    assert ("the Ray cluster has 2 CPU and 0 GPU in all: no room for 2 workers of 1 CPU and 1 "
+            "GPU each") in capsys.readouterr().err
+    assert time.monotonic() - t0 < 120  # Ray's start-up, then the refusal: no waiting on actors
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """Return the address of a Ray cluster of this module alone (`ray start --head --block`).
+
+    2 CPUs and 1 GPU that exists only as a resource count: Ray places actors by counts and gives
+    each its GPU ids (ray.get_gpu_ids()), which is all seg_ros asks of it. Its own temp folder,
+    port and process group, so it never meets another Ray on this machine; stopped by SIGTERM to
+    its `ray start` (never `ray stop`: that stops every Ray of the user).
+    """
+    require_module("ray", RAY_MISSING)
+    temp = Path(tempfile.mkdtemp(prefix="rayfx", dir="/tmp"))  # short: Ray's socket paths
+    log_path = temp / "ray_start.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The auth mode of the drivers in this process: unset (Ray's default for an explicit
+    # address) or "token", which a local ray.init() before sets in os.environ (with the token in
+    # ~/.ray). A driver in token mode rejects the calls of workers that have no token.
+    env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+             "--num-cpus=2", "--num-gpus=1", f"--temp-dir={temp}", "--include-dashboard=false",
+             "--disable-usage-stats", "--block"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "block forever" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes of its cluster
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of this cluster's group only
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_address_runs_on_an_existing_cluster_and_its_gpus(tmp_path, tree, pipe, weights_file,
+                                                             ray_cluster, capsys):
+    out = tmp_path / "out"
+    args = ["replay", str(tree), "--topic", "/cam", "--ray-address", ray_cluster, "--workers", "2",
+            *common(weights_file)]
+    assert cli([*args, "--gpus-per-worker", "0.5", "--out", str(out)]) == 1  # the corrupt bag
+    assert all_labels(out) == {  # byte for byte the labels of the pipeline in this process
+        name: [bytes(bags.typestore().serialize_cdr(m, bags.IMAGE_TYPE))
+               for m in labels_msgs(pipe, seed, n)] for name, (seed, n) in TREE.items()}
+    entries = Manifest(out).entries()
+    workers = {w for name in TREE for w in entries[name]["workers"]}
+    assert 1 <= len(workers) <= 2 and worker_name() not in workers
+    assert all(w.endswith(" GPU 0") for w in workers), workers  # each actor got its GPU share
+
+    capsys.readouterr()
+    assert cli([*args, "--gpus-per-worker", "1", "--out", str(tmp_path / "too_many")]) == 2
+    assert ("the Ray cluster has 2 CPU and 1 GPU in all: no room for 2 workers of 1 CPU and 1 GPU "
+            "each (at most 1;") in capsys.readouterr().err
+
+    # the GPU is there but held by another job's worker: not ready in time is a clear error
+    spec = PipelineSpec(PipelineConfig(weights=str(weights_file), device="cpu", num_threads=1))
+    holder = RayEngine(spec, 1, lambda key, n: None, address=ray_cluster, gpus_per_worker=1)
+    holder.start()
+    try:
+        late = RayEngine(spec, 1, lambda key, n: None, address=ray_cluster, gpus_per_worker=1,
+                         ready_timeout_s=5)
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match="Ray workers not ready after 5 s"):
+            late.start()
+        assert time.monotonic() - t0 < 30
+        late.close()
+    finally:
+        holder.close()

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -75,10 +76,11 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
     return PipelineSpec(config, getattr(args, "crf", "off"), crf_path)
 
 
-def engine_factory(args: argparse.Namespace) -> EngineFactory:
+def engine_factory(args: argparse.Namespace, stop: threading.Event) -> EngineFactory:
     """In-process (default), --workers N local processes, or Ray (--ray / --ray-address).
 
-    Each worker gets an equal share of the CPU threads unless --threads says otherwise.
+    Each worker gets an equal share of the CPU threads unless --threads says otherwise. ``stop``
+    is the run's Ctrl-C event: the in-process engine checks it at every frame of a task.
     """
     cpus = os.cpu_count() or 1
     if args.ray or args.ray_address:
@@ -91,13 +93,13 @@ def engine_factory(args: argparse.Namespace) -> EngineFactory:
         threads = max(1, cpus // args.workers)
         return lambda spec, progress: LocalProcessEngine(spec.with_threads(threads), args.workers,
                                                          progress)
-    return lambda spec, progress: InProcessEngine(spec, progress)
+    return lambda spec, progress: InProcessEngine(spec, progress, stop)
 
 
 def run_fleet(job: FleetJob, args: argparse.Namespace) -> FleetOutcome:
     """Run ``job`` on the engine the options ask for; Ctrl-C / SIGTERM stop it cleanly."""
     with stop_on_signals() as stop:
-        return FleetRunner(job, engine_factory(args), stop).run()
+        return FleetRunner(job, engine_factory(args, stop), stop).run()
 
 
 def print_outcome(outcome: FleetOutcome, kind: str) -> None:

@@ -6,6 +6,7 @@ so a task ends within one frame, removes its partial output and is not recorded 
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -17,8 +18,9 @@ class Interrupted(Exception):
 class Control:
     """Progress and stop for one task.
 
-    ``report(n)`` receives frame counts, at most every ``interval`` seconds (a worker sends them
-    over a pipe or to Ray); ``stop()`` says whether to stop.
+    ``report(n)`` receives frame counts: the first frame at once (the task has started), then
+    at most every ``interval`` seconds (a worker sends them over a pipe or to Ray); ``stop()``
+    says whether to stop.
     """
 
     def __init__(self, report: Callable[[int], None] | None = None,
@@ -27,7 +29,7 @@ class Control:
         self._stop = stop
         self._interval = interval
         self._pending = 0
-        self._last = time.monotonic()
+        self._last = -math.inf
 
     def frame(self) -> None:
         """One more frame read; raises Interrupted when the run is being stopped."""

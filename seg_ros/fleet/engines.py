@@ -4,7 +4,8 @@ Every engine holds workers that load the pipeline once (see tasks.Worker) and ru
 time, so a worker that dies is attributed to exactly the task it held: the runner retries or
 records that task (``Lost``) and the engine starts a replacement. Progress reaches the driver
 as frame counts per task (``on_progress(key, n)``); ``stop()`` makes running tasks end within
-one frame with an ``interrupted`` result.
+one frame with an ``interrupted`` result. The in-process engine runs a task inside ``poll()``, so
+it also watches the runner's stop event (set by Ctrl-C) while the task runs.
 
 The runner uses an engine as: ``start()``; while work remains: ``submit(task)`` while ``free()``,
 then handle the events of ``poll(timeout)``; ``stop()`` on Ctrl-C; ``close()`` at the end.
@@ -28,6 +29,7 @@ from .tasks import PipelineSpec, Task, TaskResult, Worker, worker_name
 
 ProgressFn = Callable[[str, int], None]
 PROGRESS_INTERVAL_S = 0.25
+READY_TIMEOUT_S = 300.0  # Ray actors: start-up and model loading; beyond that they are stuck
 
 
 @dataclass
@@ -65,15 +67,20 @@ class EngineError(SegRosError):
 
 # -- in-process ------------------------------------------------------------------------------
 class InProcessEngine:
-    """One worker: the driver itself (the default, and what the single-bag tools always did)."""
+    """One worker: the driver itself (the default, and what the single-bag tools always did).
+
+    ``poll()`` runs the whole task, so the runner's loop cannot call ``stop()`` during it: the task
+    also checks ``stop_event`` (the runner's, set by the Ctrl-C handler) at every frame.
+    """
 
     name = "in-process"
 
-    def __init__(self, spec: PipelineSpec, on_progress: ProgressFn) -> None:
+    def __init__(self, spec: PipelineSpec, on_progress: ProgressFn,
+                 stop_event: threading.Event | None = None) -> None:
         self.spec, self.on_progress = spec, on_progress
+        self.stop_event = stop_event or threading.Event()
         self.worker: Worker | None = None
         self.task: Task | None = None
-        self.stopping = False
 
     def start(self) -> None:
         self.worker = Worker(self.spec)
@@ -88,11 +95,11 @@ class InProcessEngine:
         task, self.task = self.task, None
         if task is None or self.worker is None:
             return []
-        control = Control(lambda n: self.on_progress(task.key, n), lambda: self.stopping)
+        control = Control(lambda n: self.on_progress(task.key, n), self.stop_event.is_set)
         return [Done(self.worker.run(task, control))]
 
     def stop(self) -> None:
-        self.stopping = True
+        self.stop_event.set()
 
     def close(self) -> None:
         self.worker = None
@@ -250,20 +257,26 @@ class RayWorker:
     """The Ray actor: a Worker plus a frame counter the driver collects and a stop flag.
 
     Threaded (max_concurrency > 1), so ``frames`` and ``stop`` are answered while ``run`` works.
+    Its name carries the GPUs Ray assigned it (manifest ``workers``: which GPU ran a bag).
     """
 
     def __init__(self, spec: PipelineSpec) -> None:
+        import ray
         self.lock = threading.Lock()
         self.count = 0
         self.stop_flag = threading.Event()
         self.error: str | None = None
+        self.name = worker_name()
+        gpus = ray.get_gpu_ids()
+        if gpus:
+            self.name += f" GPU {','.join(str(g) for g in gpus)}"
         try:
-            self.worker: Worker | None = Worker(spec)
+            self.worker: Worker | None = Worker(spec, self.name)
         except SegRosError as exc:
             self.worker, self.error = None, str(exc)
 
     def ready(self) -> tuple[str, str | None]:
-        return worker_name(), self.error
+        return self.name, self.error
 
     def pid(self) -> int:
         return os.getpid()
@@ -281,7 +294,8 @@ class RayWorker:
         self.stop_flag.set()
 
     def run(self, task: Task) -> TaskResult:
-        assert self.worker is not None
+        if self.worker is None:  # the engine does not use a worker that failed to load
+            raise EngineError(f"Ray worker {self.name} has no pipeline: {self.error}")
         control = Control(self._add, self.stop_flag.is_set, PROGRESS_INTERVAL_S)
         return self.worker.run(task, control)
 
@@ -307,14 +321,16 @@ class RayEngine:
     """Ray actors, each holding a pipeline.
 
     A local Ray started in-process (``address`` None) or an existing cluster. Inputs and outputs
-    must be on storage every node sees at the same path.
+    must be on storage every node sees at the same path. Workers that the cluster's resources
+    cannot hold are refused at start (EngineError), and actors not ready within
+    ``ready_timeout_s`` (resources held by other jobs, a stuck node) are an EngineError too.
     """
 
     name = "Ray"
 
     def __init__(self, spec: PipelineSpec, workers: int | None, on_progress: ProgressFn, *,
                  address: str | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0) -> None:
+                 gpus_per_worker: float = 0.0, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
         self.ray = import_ray()
         if workers is not None and workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -323,6 +339,7 @@ class RayEngine:
         self.spec, self.workers, self.on_progress = spec, workers, on_progress
         self.address = address
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        self.ready_timeout_s = ready_timeout_s
         self.actors: list[_Actor] = []
         self.started_ray = False
         self.last_progress = 0.0
@@ -339,15 +356,23 @@ class RayEngine:
         return self._cls.remote(self.spec)
 
     def _worker_count(self) -> int:
-        if self.workers is not None:
-            return self.workers
+        """Return --workers, else as many workers as the cluster holds; EngineError if too many.
+
+        Checked against the cluster's total CPUs / GPUs, as Ray would otherwise keep actors that
+        can never be placed pending forever.
+        """
         res = self.ray.cluster_resources()
-        n = int(res.get("CPU", 1) // self.cpus)
+        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+        room = math.floor(cpus / self.cpus + 1e-9)
         if self.gpus > 0:
-            n = min(n, int(res.get("GPU", 0) // self.gpus))
-        if n < 1:
-            raise EngineError(f"the Ray cluster has no room for one worker ({self.cpus} CPU, "
-                              f"{self.gpus} GPU): {res}")
+            room = min(room, math.floor(gpus / self.gpus + 1e-9))
+        n = self.workers if self.workers is not None else room
+        if n < 1 or n > room:
+            asked = f"{n} workers" if n > 1 else "one worker"
+            raise EngineError(f"the Ray cluster has {cpus:g} CPU and {gpus:g} GPU in all: no room "
+                              f"for {asked} of {self.cpus:g} CPU and {self.gpus:g} GPU each (at "
+                              f"most {room}; lower --workers, --cpus-per-worker or "
+                              f"--gpus-per-worker)")
         return n
 
     def _connect(self) -> None:
@@ -369,16 +394,24 @@ class RayEngine:
     def start(self) -> None:
         self._connect()
         self.actors = [_Actor(self._new_actor()) for _ in range(self._worker_count())]
-        for actor in self.actors:
-            self._await_ready(actor)
+        self._await_ready(self.actors)
 
-    def _await_ready(self, actor: _Actor) -> None:
+    def _await_ready(self, actors: list[_Actor]) -> None:
+        """Wait until ``actors`` have loaded the pipeline, at most ``ready_timeout_s``."""
+        ray = self.ray
         try:
-            actor.name, error = self.ray.get(actor.handle.ready.remote())
-        except self.ray.exceptions.RayError as exc:
+            answers = ray.get([a.handle.ready.remote() for a in actors],
+                              timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise EngineError(f"Ray workers not ready after {self.ready_timeout_s:g} s: the "
+                              f"cluster cannot place them now (its CPUs / GPUs held by other "
+                              f"jobs? see `ray status`) or they hang loading the model") from None
+        except ray.exceptions.RayError as exc:
             raise EngineError(f"a Ray worker cannot start: {str(exc).splitlines()[0]}") from None
-        if error:
-            raise EngineError(f"a Ray worker cannot load the pipeline: {error}")
+        for actor, (name, error) in zip(actors, answers):
+            if error:
+                raise EngineError(f"a Ray worker cannot load the pipeline: {error}")
+            actor.name = name
 
     def free(self) -> int:
         return sum(1 for a in self.actors if a.task is None)
@@ -397,11 +430,10 @@ class RayEngine:
         done = [a for a in busy if a.ref in ready]
         if done or time.monotonic() - self.last_progress >= PROGRESS_INTERVAL_S:
             self._collect_progress(busy)  # before a task's Done: its last frames first
-        return [self._finish(actor) for actor in done]
+        return [self._finish(actor, task) for actor in done if (task := actor.task) is not None]
 
-    def _finish(self, actor: _Actor) -> Event:
-        task, ref = actor.task, actor.ref
-        assert task is not None
+    def _finish(self, actor: _Actor, task: Task) -> Event:
+        ref = actor.ref
         actor.task = actor.ref = None
         try:
             return Done(self.ray.get(ref))
@@ -416,7 +448,7 @@ class RayEngine:
         except Exception:
             pass
         actor.handle = self._new_actor()
-        self._await_ready(actor)
+        self._await_ready([actor])
 
     def _collect_progress(self, busy: list[_Actor]) -> None:
         """Frame counts of the busy actors since the last call (a dead actor's die with it)."""

@@ -4,8 +4,9 @@ A line is written (and flushed to disk) when a bag is finished, so the file is v
 crash or Ctrl-C and tells ``--resume`` what is done. Lines are appended: a bag redone by a later
 run gets a new line and the last line of a bag is its state. Fields: ``bag`` (path relative to
 the mirrored tree), ``input``, ``status`` (``ok`` / ``failed``), ``frames``, ``seconds``,
-``outputs`` (relative to OUT), ``error``, ``attempts``, ``chunks``, ``config`` (a fingerprint of
-the options the bag was processed with), ``finished`` (UTC time), plus per-kind figures.
+``outputs`` (relative to OUT), ``error``, ``retries`` (tasks rerun because their worker died),
+``chunks``, ``workers`` (which ran it), ``config`` (a fingerprint of the options the bag was
+processed with), ``finished`` (UTC time), plus per-kind figures.
 """
 from __future__ import annotations
 

@@ -39,7 +39,13 @@ from .sources import BAG_SUFFIXES, BagPlan, BagSource, Missing, find_bags, plan_
 from .tasks import EVAL, REPLAY, PipelineSpec, Task, TaskResult
 
 EngineFactory = Callable[[PipelineSpec, ProgressFn], Engine]
+BarFactory = Callable[[int, str], Any]  # (total frames, kind) -> a tqdm-like bar
 STOP_GRACE_S = 30.0
+
+
+def progress_bar(total: int, kind: str) -> tqdm:
+    """Return the run's one bar: frames over all bags, on stderr when it is a terminal."""
+    return tqdm(total=total, desc=kind, unit="frame", disable=None, file=sys.stderr)
 
 
 @dataclass
@@ -57,6 +63,13 @@ class FleetJob:
     resume: bool = False
     overwrite: bool = False
     attempts: int = 2
+
+    def __post_init__(self) -> None:
+        """Check that the job has a known kind and its options (the runner relies on both)."""
+        if self.kind not in (REPLAY, EVAL):
+            raise ConfigError(f"unknown fleet job kind {self.kind!r}")
+        if (self.replay if self.kind == REPLAY else self.eval) is None:
+            raise ConfigError(f"a fleet {self.kind} job needs its {self.kind} options")
 
     def settings(self) -> dict[str, Any]:
         """Return the options that decide outputs (not threads, engine or overwrite).
@@ -143,15 +156,18 @@ def label_folder_of(label_dir: Path, rel: Path) -> Path:
 
 
 class FleetRunner:
-    """Plans and runs one FleetJob on the engine ``make_engine`` builds."""
+    """Plans and runs one FleetJob on the engine ``make_engine`` builds.
+
+    ``stop`` is the event that Ctrl-C sets (stop_on_signals); ``make_bar`` makes the progress bar.
+    """
 
     def __init__(self, job: FleetJob, make_engine: EngineFactory,
-                 stop: threading.Event | None = None) -> None:
-        if job.kind not in (REPLAY, EVAL):
-            raise ConfigError(f"unknown fleet job kind {job.kind!r}")
+                 stop: threading.Event | None = None,
+                 make_bar: BarFactory = progress_bar) -> None:
         self.job = job
         self.make_engine = make_engine
         self.stop = stop or threading.Event()
+        self.make_bar = make_bar
         self.out = job.out_dir
         self.manifest = Manifest(job.out_dir)
         self.config = fingerprint(job.settings())
@@ -187,8 +203,7 @@ class FleetRunner:
         return self._plan_replay(source) if self.job.kind == REPLAY else self._plan_eval(source)
 
     def _plan_replay(self, source: BagSource) -> BagWork:
-        job, out = self.job, self._outputs(source.rel)
-        assert job.replay is not None
+        job, out = self.job, self._outputs(source.rel)  # job.replay is set (__post_init__)
         if out["bag"].exists() and not (job.resume or job.overwrite):
             raise bags.BagError(f"output bag {out['bag']} exists already (pass --overwrite or "
                                 f"--resume)")
@@ -205,8 +220,7 @@ class FleetRunner:
         return BagWork(source, plan, tasks)
 
     def _plan_eval(self, source: BagSource) -> BagWork:
-        job = self.job
-        assert job.eval is not None
+        job = self.job  # job.eval is set: FleetJob.__post_init__
         given = [job.eval.image_topic] if job.eval.image_topic else None
         labels = [job.eval.label_topic] if job.eval.label_topic else []
         plan = plan_bag(source.path, given, job.chunk_frames, job.eval.max_frames,
@@ -329,7 +343,6 @@ class FleetRunner:
         self._settle_bar(work)
 
     def _finish_replay(self, work: BagWork, results: list[TaskResult]) -> dict[str, Any]:
-        assert self.job.replay is not None
         out = self._outputs(work.source.rel)
         parts: list[ReplayPart] = [r.part for r in results]  # type: ignore[misc]
         if work.chunked:
@@ -348,7 +361,6 @@ class FleetRunner:
                            segmented=summary["segmented"], failed_frames=summary["failed"])
 
     def _finish_eval(self, work: BagWork, results: list[TaskResult]) -> dict[str, Any]:
-        assert self.job.eval is not None
         parts: list[EvalPart] = [r.part for r in results]  # type: ignore[misc]
         first = parts[0].acc
         acc = ConfusionAccumulator(first.num_classes, first.ignore_id)
@@ -443,8 +455,7 @@ class FleetRunner:
 
     def _run_engine(self, works: list[BagWork]) -> None:
         total = sum(w.plan.frames for w in works)
-        self.bar = tqdm(total=total, desc=self.job.kind, unit="frame", disable=None,
-                        file=sys.stderr)
+        self.bar = self.make_bar(total, self.job.kind)
         self.bar.set_postfix_str(f"bags 0/{len(works)}")
         engine = self.make_engine(self.job.spec, self._progress)
         try:

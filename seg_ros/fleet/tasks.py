@@ -15,9 +15,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import SegRosError
+from ..errors import ConfigError, SegRosError
 from ..pipeline import PipelineConfig
 from .control import Control, Interrupted
 from .score import EvalOptions, EvalPart, eval_bag
@@ -69,10 +69,23 @@ class Task:
     eval: EvalOptions | None = None
     label_folder: str | None = None
 
+    def __post_init__(self) -> None:
+        """Check that the task carries what its kind needs (where it is made, not run)."""
+        if self.kind not in (REPLAY, EVAL):
+            raise ConfigError(f"task {self.key}: unknown kind {self.kind!r}")
+        if self.kind == REPLAY and (self.replay is None or self.output is None):
+            raise ConfigError(f"task {self.key}: a replay task needs replay options and output")
+        if self.kind == EVAL and self.eval is None:
+            raise ConfigError(f"task {self.key}: an eval task needs eval options")
+
 
 @dataclass
 class TaskResult:
-    """What a task gives back. ``status``: ok, failed (``error`` says why) or interrupted."""
+    """What a task gives back. ``status``: ok, failed (``error`` says why) or interrupted.
+
+    ``loads``: pipelines built so far in the process that ran it; 1 in a worker process or Ray
+    actor, however many tasks it ran (each worker loads the model once).
+    """
 
     key: str
     status: str
@@ -83,6 +96,7 @@ class TaskResult:
     pipeline: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
     class_names: list[str] = field(default_factory=list)
+    loads: int = 0
 
 
 def worker_name() -> str:
@@ -90,9 +104,14 @@ def worker_name() -> str:
 
 
 class Worker:
-    """The pipeline and refiner of one worker (process, actor or the driver), loaded once."""
+    """The pipeline and refiner of one worker (process, actor or the driver), loaded once.
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    ``name`` (default host:pid) identifies it in results and the manifest.
+    """
+
+    loads: ClassVar[int] = 0  # Workers built in this process (see TaskResult.loads)
+
+    def __init__(self, spec: PipelineSpec, name: str | None = None) -> None:
         from ..crf import create_refiner, load_crf_config
         from ..pipeline import SegmentationPipeline
         self.spec = spec
@@ -102,14 +121,15 @@ class Worker:
             crf_config = load_crf_config(spec.crf_config)
             self.refiner = create_refiner(spec.crf, crf_config, self.pipe.device)
         self.pipe.warm_up()  # per-shape tracing / graph capture now, not inside the first bag
-        self.name = worker_name()
+        self.name = name or worker_name()
+        Worker.loads += 1
 
     def run(self, task: Task, control: Control) -> TaskResult:
         """Run ``task``; every failure becomes a failed result (a bad bag never stops a run)."""
         t0 = time.perf_counter()
         result = TaskResult(task.key, "ok", worker=self.name, pipeline=self.pipe.describe(),
                             trained=bool(self.pipe.trained),
-                            class_names=list(self.pipe.classes.names))
+                            class_names=list(self.pipe.classes.names), loads=Worker.loads)
         try:
             result.part = self._execute(task, control)
         except Interrupted:
@@ -123,11 +143,9 @@ class Worker:
         return result
 
     def _execute(self, task: Task, control: Control) -> ReplayPart | EvalPart:
-        if task.kind == REPLAY:
-            assert task.replay is not None and task.output is not None
-            return replay_bag(Path(task.input), Path(task.output), self.pipe, task.replay,
+        if task.kind == REPLAY:  # its replay options and output are set: Task.__post_init__
+            return replay_bag(Path(task.input), Path(str(task.output)), self.pipe, task.replay,
                               refiner=self.refiner, span=task.span, control=control)
-        assert task.eval is not None
         label_folder = Path(task.label_folder) if task.label_folder else None
         return eval_bag(Path(task.input), self.pipe, task.eval, refiner=self.refiner,
                         span=task.span, label_folder=label_folder,
