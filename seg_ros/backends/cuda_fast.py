@@ -114,15 +114,16 @@ class PinnedUploader:
         self._done: torch.cuda.Event | None = None
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        if self._done is not None:
-            self._done.synchronize()
+        done = self._done
+        if done is None:
+            done = self._done = torch.cuda.Event()
+        else:
+            done.synchronize()  # the previous copy out of the buffer has finished
         if self._buf is None or tuple(self._buf.shape) != image.shape:
             self._buf = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-            self._done = torch.cuda.Event()
         np.copyto(self._buf.numpy(), image)
         frame = self._buf.to(self.device, non_blocking=True)
-        assert self._done is not None
-        self._done.record(torch.cuda.current_stream(self.device))
+        done.record(torch.cuda.current_stream(self.device))
         return frame
 
 
