@@ -79,8 +79,9 @@ class PipelineConfig:
     ``input_size`` (H, W): inference size; ``None`` takes the weights' training size, else the
     frame's own size. Sizes are rounded to the model's size divisor. ``min_frames_per_new_size``:
     when frames come in more sizes than the backend keeps graphs for, a new size replaces a kept
-    one at most once per this many frames, and frames in between run at the nearest kept size
-    (1: every new size is built at once, exact but slow when sizes cycle; see seg_ros/sizes.py).
+    one only once that has gone unused for this many frames; until then the frame runs at the
+    nearest kept size (1: every new size is built at once, exact but slow when sizes cycle; see
+    seg_ros/sizes.py).
     ``max_batch``: the most frames :meth:`SegmentationPipeline.segment_batch` runs in one forward
     pass (the node's camera count); backends keep graphs for every batch size up to it.
     ``keep_aspect``, ``output_resolution`` and ``max_input_pixels`` are defaults that
@@ -581,6 +582,7 @@ class SegmentationPipeline:
             self.segment_batch(
                 [(blank, "rgb")] * int(batch), FrameOptions(color=True, overlay=True)
             )
+        self.sizes.mark_unused()  # built in advance; the first to go if no frame comes in it
         return h, w
 
     def describe(self) -> dict[str, Any]:

@@ -5,10 +5,12 @@ session, a TensorRT engine) and builds it on the first frame of a shape: about 0
 2-core CPU for DDRNet-23-slim, minutes for a TensorRT engine. It keeps at most ``capacity`` of
 them. As long as frames come in at most ``capacity`` sizes, every frame runs at its own size and
 each size costs one build. Beyond that, a plain LRU would rebuild on every frame when sizes cycle
-(issue 18: 1.1 s instead of 66 ms per frame). So a new size replaces the least recently used one
-at most once per ``min_frames_per_new_size`` frames; frames in between are resized into the kept
-size nearest in shape, which changes their scale a little (and 2-7 % of their labels, measured in
-docs/pipeline.md). A camera that switches to a new size for good gets it within that many frames.
+(issue 18: 1.1 s instead of 66 ms per frame), and even a rate-limited one leaves a few MiB behind
+per rebuild (oneDNN and TorchScript state that outlives the graph). So a new size replaces the
+least recently used kept size only once that one has gone unused for ``min_frames_per_new_size``
+frames; until then the frame runs at the kept size nearest in shape, which changes its scale a
+little (and 2-7 % of its labels, measured in docs/pipeline.md). Sizes that keep cycling are thus
+never rebuilt, and a camera that switches to a new size for good gets it within that many frames.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ class KeptSizes:
             raise ValueError(f"min_frames_per_new_size must be >= 1, "
                              f"got {min_frames_per_new_size}")
         self.min_frames_per_new_size = min_frames_per_new_size
-        self._kept: OrderedDict[Size, None] = OrderedDict()
-        self._frames_since_replacement = min_frames_per_new_size  # the first replacement is free
+        self._last_used: OrderedDict[Size, int] = OrderedDict()  # kept size -> frame number
+        self._frame = 0
         self.replaced = 0  # kept sizes given up for a new one (each costs a build)
         self.resized = 0  # frames run at another kept size than their own
 
@@ -51,32 +53,40 @@ class KeptSizes:
             return size
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
-        self._frames_since_replacement += 1
-        if size in self._kept:
+        self._frame += 1
+        if size in self._last_used or len(self._last_used) < capacity:
             return self._use(size)
-        if len(self._kept) < capacity:
-            return self._use(size)
-        if self._frames_since_replacement >= self.min_frames_per_new_size:
-            old, _ = self._kept.popitem(last=False)
-            self._frames_since_replacement = 0
+        oldest, last_used = next(iter(self._last_used.items()))
+        if self._frame - last_used >= self.min_frames_per_new_size:  # unused that long: stale
+            del self._last_used[oldest]
             self.replaced += 1
-            log.info("inference size %dx%d replaces %dx%d (more than %d sizes seen)",
-                     *size, *old, capacity)
+            log.info("inference size %dx%d replaces %dx%d (unused for %d frames)",
+                     *size, *oldest, self._frame - last_used)
             return self._use(size)
-        nearest = min(self._kept, key=lambda kept: distortion(kept, size))
+        nearest = min(self._last_used, key=lambda kept: distortion(kept, size))
         if self.resized == 0:
             log.warning("frames come in more than %d sizes: a frame whose own inference size "
                         "is not kept runs at the nearest kept one (here %dx%d for %dx%d) rather "
-                        "than rebuilding the network's graph every frame",
-                        capacity, *nearest, *size)
+                        "than rebuilding the network's graph; a kept size unused for %d frames "
+                        "makes room for a new one", capacity, *nearest, *size,
+                        self.min_frames_per_new_size)
         self.resized += 1
         return self._use(nearest)
 
+    def mark_unused(self) -> None:
+        """Make every kept size replaceable at once until a frame uses it again.
+
+        After a warm-up: its size was built in advance, but no camera may ever send it, so it
+        must not hold a place against the sizes frames do come in.
+        """
+        for size in self._last_used:
+            self._last_used[size] = self._frame - self.min_frames_per_new_size
+
     def _use(self, size: Size) -> Size:
-        self._kept[size] = None
-        self._kept.move_to_end(size)
+        self._last_used[size] = self._frame
+        self._last_used.move_to_end(size)
         return size
 
     def kept(self) -> list[Size]:
         """Return the sizes in use, least recently used first."""
-        return list(self._kept)
+        return list(self._last_used)

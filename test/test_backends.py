@@ -267,7 +267,8 @@ def test_cycling_frame_sizes_do_not_rebuild_every_frame(tmp_path, weights_file, 
                      "--device", "cpu", "--input-size", "96x128", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["warm_up_size"] == [96, 128] and len(report["kept_sizes"]) == 4
-    assert 4 <= report["graph_builds"] <= 5, report  # warm-up + 3 sizes + at most one replacement
+    # warm-up + 4 frame sizes: the warm-up's (no frame comes in it) gave way, the rest stay
+    assert report["graph_builds"] == 5, report
     assert report["frames_resized_into_kept_size"] == 6  # the 6 frames 220 wide: run at 64x128
     ran_at = {tuple(r["ran_at"]) for r in report["records"]}
     assert len(ran_at) <= 5 and all(h % 8 == 0 and w % 8 == 0 for h, w in ran_at)

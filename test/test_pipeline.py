@@ -246,23 +246,26 @@ def test_warm_up_builds_the_per_shape_graph_before_the_first_frame(weights_file,
     assert SegmentationPipeline(weights="none", device="cpu").warm_up() is None
 
 
-def test_kept_sizes_resize_into_the_nearest_and_replace_at_a_bounded_rate():
+def test_kept_sizes_resize_into_the_nearest_and_replace_only_stale_ones():
     """Up to ``capacity`` sizes run as they are.
 
-    Beyond, a new size replaces the least recently used one at most once per
-    ``min_frames_per_new_size`` frames, and frames in between run at the kept size nearest in
-    shape. A camera that changes size for good is adopted within that bound.
+    Beyond, a frame runs at the kept size nearest in shape; a new size replaces the least
+    recently used kept one only once that has gone unused for ``min_frames_per_new_size`` frames.
+    Sizes that cycle are never rebuilt; a camera that changes size for good is adopted.
     """
     sizes = KeptSizes(min_frames_per_new_size=5)
     first = [sizes.choose(s, 2) for s in [(8, 16), (16, 16), (8, 16)]]
     assert first == [(8, 16), (16, 16), (8, 16)]
-    assert sizes.choose((24, 24), 2) == (24, 24) and sizes.replaced == 1  # (16, 16) goes
-    assert sizes.kept() == [(8, 16), (24, 24)]
-    assert sizes.choose((16, 16), 2) == (24, 24)  # the kept size nearest in shape
+    cycling = [sizes.choose(s, 2) for s in [(24, 24), (8, 16), (16, 16)] * 3]
+    assert cycling == [(16, 16), (8, 16), (16, 16)] * 3  # (24, 24) runs at the nearest
+    assert sizes.replaced == 0 and sizes.resized == 3 and sizes.kept() == [(8, 16), (16, 16)]
     assert sizes.choose((8, 24), 2) == (8, 16)
-    assert sizes.resized == 2 and sizes.replaced == 1
-    new = [sizes.choose((40, 48), 2) for _ in range(6)]  # a new size for good
-    assert new[:2] == [(24, 24)] * 2 and new[2:] == [(40, 48)] * 4 and sizes.replaced == 2
+    new = [sizes.choose((40, 48), 2) for _ in range(8)]  # a new size for good
+    # (16, 16), its nearest, stays in use; (8, 16) is stale after 5 frames without a frame
+    assert new == [(16, 16)] * 4 + [(40, 48)] * 4 and sizes.replaced == 1
+    assert sizes.kept() == [(16, 16), (40, 48)]
+    sizes.mark_unused()  # after a warm-up: a size no frame has asked for yet gives way at once
+    assert sizes.choose((64, 64), 2) == (64, 64) and sizes.kept() == [(40, 48), (64, 64)]
     assert sizes.choose((123, 77), None) == (123, 77)  # a backend without per-shape builds
     always = KeptSizes(min_frames_per_new_size=1)  # the plain LRU
     assert [always.choose(s, 1) for s in [(8, 8), (16, 16), (8, 8)]] == [(8, 8), (16, 16), (8, 8)]
@@ -282,5 +285,5 @@ def test_frames_in_more_sizes_than_graphs_run_at_kept_sizes(weights_file, road_i
         frame = np.ascontiguousarray(road_image[:64, :width])
         assert pipe(frame, "rgb").labels.shape == (64, width)
     assert len(pipe.sizes.kept()) == 4 == pipe.backend.describe()["graphs"]
-    assert pipe.sizes.replaced == 1 and pipe.sizes.resized == 1
-    assert pipe.sizes.kept()[-1] == (56, 64)
+    assert pipe.sizes.replaced == 0 and pipe.sizes.resized == 1  # all four kept sizes in use
+    assert pipe.sizes.kept() == [(56, 64), (48, 64), (40, 64), (64, 64)]
