@@ -29,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[seg-ros] %(levelname)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand; return its exit code.
+
+    The contract of every entry point (``seg-ros`` and the light ``python -m seg_ros.cli.X``
+    ones): a SegRosError is one line and exit code 2, Ctrl-C exit code 130.
+    """
     try:
         return int(args.func(args) or 0)
     except SegRosError as exc:
@@ -40,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seg-ros {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[seg-ros] %(levelname)s: %(message)s")
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -223,15 +223,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Without importing torch, so it starts fast.
     """
-    from ..errors import SegRosError
+    from .main import run_command
     parser = argparse.ArgumentParser(prog="seg-ros")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["play", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except SegRosError as exc:
-        print(f"seg-ros play: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(parser.parse_args(["play", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

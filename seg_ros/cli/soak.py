@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import threading
@@ -127,7 +128,7 @@ class RssSampler:
 
     def sample(self) -> None:
         mib = self.node.rss_mib()
-        if mib != mib:  # NaN: the node exited
+        if math.isnan(mib):  # the node exited
             return
         self.samples.append((time.monotonic() - self._start, self.frames_sent, mib))
 

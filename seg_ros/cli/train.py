@@ -129,17 +129,13 @@ def run_pack(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the training commands alone: imports neither the other tools nor ROS."""
     import logging
-    from ..errors import SegRosError
+
+    from .main import run_command
     logging.basicConfig(level=logging.INFO, format="[seg-ros] %(levelname)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m seg_ros.cli.train")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SegRosError as exc:
-        print(f"seg-ros {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
